@@ -1,0 +1,41 @@
+"""CNN Explorer: what a convolutional network is made of and what it sees.
+
+>>> import cnnviz
+>>> cnnviz.list_models(source="torchvision")[:3]
+['alexnet', 'vgg16', 'resnet18']
+>>> view = cnnviz.feature_maps("resnet18", "examples/coffee.png", layer="layer1.0.conv1")
+>>> view.maps.shape, view.image.shape      # Tensor[C,H,W] float32, uint8[H,W,3] grid
+"""
+from __future__ import annotations
+
+from .activations import capture, run
+from .errors import CnnvizError, InvalidImageError, InvalidOptionError, UnknownLayerError, UnknownModelError
+from .explore import architecture, feature_maps, filter_grid, predict
+from .layers import LayerInfo, list_layers
+from .preprocess import open_image
+from .registry import DEFAULT_MODEL, OFFLINE_MODEL, LoadedModel, ModelSpec, get_spec, list_models, load_model
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "OFFLINE_MODEL",
+    "CnnvizError",
+    "InvalidImageError",
+    "InvalidOptionError",
+    "LayerInfo",
+    "LoadedModel",
+    "ModelSpec",
+    "UnknownLayerError",
+    "UnknownModelError",
+    "architecture",
+    "capture",
+    "feature_maps",
+    "filter_grid",
+    "get_spec",
+    "list_layers",
+    "list_models",
+    "load_model",
+    "open_image",
+    "predict",
+    "run",
+]
+__version__ = "1.0.0"

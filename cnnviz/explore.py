@@ -1,0 +1,132 @@
+"""The app's operations by model name, as the UI, the HTTP API and notebooks use them.
+
+Each function takes plain values (a model name, an image, option strings), validates them, and
+returns data plus a ready-to-show ``uint8[H,W,3]`` image where there is one.
+"""
+from __future__ import annotations
+
+import hashlib
+import threading
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from . import activations, filters as filters_mod, layers, preprocess, render, summary as summary_mod
+from .activations import Prediction
+from .errors import InvalidOptionError
+from .registry import LoadedModel, load_model
+
+_SUMMARIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_PREDICTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # loaded -> image digest -> top-5
+_LOCK = threading.Lock()
+MAX_DEPTH = 8
+
+
+def _check(value: str, valid: tuple[str, ...], what: str) -> str:
+    if value not in valid:
+        raise InvalidOptionError(f"Unknown {what} {value!r}; use one of: {', '.join(valid)}.")
+    return value
+
+
+def architecture(model: str, weights: str = "pretrained", depth: int = 3) -> summary_mod.Summary:
+    """Per-layer table and totals of a model at a nesting depth (1 = top-level blocks).
+
+    >>> s = architecture("resnet50", weights="random", depth=1)
+    >>> round(s.total_macs / 1e9, 1)
+    4.1
+    """
+    if not isinstance(depth, (int, float)) or not 1 <= int(depth) <= MAX_DEPTH:
+        raise InvalidOptionError(f"Depth must be a whole number from 1 to {MAX_DEPTH}, not {depth!r}.")
+    loaded = load_model(model, weights)
+    with _LOCK:
+        per_model = _SUMMARIES.setdefault(loaded, {})
+        cached = per_model.get(int(depth))
+    if cached is None:
+        cached = summary_mod.summarize(loaded.model, loaded.input_size, depth=int(depth))
+        with _LOCK:
+            per_model[int(depth)] = cached
+    return cached
+
+
+@dataclass(frozen=True)
+class FiltersView:
+    filters: filters_mod.Filters
+    image: np.ndarray  # uint8[H,W,3]
+
+
+def filter_grid(model: str, weights: str = "pretrained", normalise: str = "layer") -> FiltersView:
+    """The first convolution's filters, drawn as a grid (colour when they see RGB).
+
+    >>> filter_grid("alexnet", weights="random").filters.weight.shape
+    torch.Size([64, 3, 11, 11])
+    """
+    _check(normalise, render.FILTER_NORMALISATIONS, "normalisation")
+    found = filters_mod.first_layer_filters(load_model(model, weights))
+    return FiltersView(found, render.render_filters(found.weight.numpy(), normalise))
+
+
+@dataclass(frozen=True)
+class FeatureMapsView:
+    layer: layers.LayerInfo
+    maps: torch.Tensor  # [C,H,W] float32: the layer's whole output for the image
+    channels: torch.Tensor  # indices of the channels drawn, in drawing order
+    image: np.ndarray  # uint8[H,W,3] grid
+    predictions: list[Prediction]  # top-5, empty when the model is not an ImageNet classifier
+
+
+def feature_maps(
+    model: str,
+    image,
+    layer: str | None = None,
+    weights: str = "pretrained",
+    channels: str = "first",
+    n: int = 64,
+    colormap: str = "gray",
+    normalise: str = "channel",
+) -> FeatureMapsView:
+    """Feature maps of ``image`` (a path, PIL image or array) at ``layer`` (qualified module name;
+    None: the first convolution), with the model's top-5 predictions.
+
+    >>> view = feature_maps("resnet18", "examples/coffee.png", "layer1", weights="random")
+    >>> tuple(view.maps.shape)
+    (64, 56, 56)
+    """
+    _check(colormap, render.COLORMAPS, "colormap")
+    _check(normalise, render.NORMALISATIONS, "normalisation")
+    loaded = load_model(model, weights)
+    info = layers.get_layer(loaded, layer)
+    x = preprocess.to_input(loaded, preprocess.open_image(image))
+    maps, predictions = _analyse_cached(loaded, x, info.name)
+    chosen = activations.select_channels(maps, channels, n)
+    grid = render.render_feature_maps(maps[chosen].numpy(), colormap, normalise)
+    return FeatureMapsView(info, maps, chosen, grid, predictions)
+
+
+def _analyse_cached(loaded: LoadedModel, x: torch.Tensor, layer: str) -> tuple[torch.Tensor, list[Prediction]]:
+    """Predictions depend only on the image: once known, other layers need only a partial forward pass."""
+    digest = hashlib.blake2b(x.cpu().numpy().tobytes(), digest_size=16).digest()
+    with _LOCK:
+        per_model = _PREDICTIONS.setdefault(loaded, OrderedDict())
+        known = per_model.get(digest)
+    result = activations.analyse(loaded, x, layer, with_predictions=known is None)
+    if known is None:
+        known = result.predictions or []
+        with _LOCK:
+            per_model[digest] = known
+            while len(per_model) > 32:
+                per_model.popitem(last=False)
+    return result.maps, known
+
+
+def predict(model: str, image, weights: str = "pretrained", k: int = 5) -> list[Prediction]:
+    """Top-k classes of ``image`` with probabilities (empty for models without ImageNet labels).
+
+    >>> [p.label for p in predict("timm/efficientnet_lite0", "examples/coffee.png")][:1]
+    ['espresso']
+    """
+    loaded = load_model(model, weights)
+    x = preprocess.to_input(loaded, preprocess.open_image(image))
+    return activations.top_k(activations.run(loaded.model, x), loaded.categories, k)

@@ -1,0 +1,124 @@
+"""From a user's file to the model's input, with the model's own preprocessing and labels.
+
+Nothing here hard-codes mean/std, sizes or labels: torchvision models use ``weights.transforms()`` and
+``weights.meta["categories"]``; timm models use their pretrained config (``resolve_model_data_config``,
+``create_transform``) and ``ImageNetInfo``.
+"""
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import InvalidImageError
+
+if TYPE_CHECKING:
+    from .registry import LoadedModel
+
+MAX_PIXELS = 40_000_000  # larger images are refused before decoding (decompression bombs)
+MAX_SIDE = 4096  # decoded images are shrunk to this longest side before preprocessing
+ACCEPTED = "PNG, JPEG, WebP, GIF, BMP or TIFF"
+
+Transform = Callable[[Image.Image], torch.Tensor]
+
+
+def torchvision_transform(weights_enum) -> tuple[Transform, tuple[int, int, int]]:
+    """The transform torchvision ships with the weights, and the input size it produces."""
+    transform = weights_enum.transforms()
+    crop = int(transform.crop_size[0])
+    return transform, (3, crop, crop)
+
+
+def torchvision_categories(weights_enum) -> tuple[str, ...] | None:
+    cats = weights_enum.meta.get("categories")
+    return tuple(cats) if cats else None
+
+
+def timm_transform(model: torch.nn.Module) -> tuple[Transform, tuple[int, int, int]]:
+    """timm's eval transform from the model's own data config."""
+    from timm.data import create_transform, resolve_model_data_config
+
+    cfg = resolve_model_data_config(model)
+    return create_transform(**cfg, is_training=False), tuple(cfg["input_size"])
+
+
+def timm_categories(model: torch.nn.Module) -> tuple[str, ...] | None:
+    """Class names for timm classifiers trained on an ImageNet subset; None otherwise."""
+    from timm.data import ImageNetInfo, infer_imagenet_subset
+
+    subset = infer_imagenet_subset(model)
+    if not subset:
+        return None
+    info = ImageNetInfo(subset)
+    return tuple(info.index_to_description(i).split(",")[0] for i in range(info.num_classes()))
+
+
+def open_image(source: str | os.PathLike | Image.Image | np.ndarray) -> Image.Image:
+    """Decode an image safely into an upright RGB PIL image.
+
+    Refuses non-images and decompression bombs with :class:`InvalidImageError`; applies EXIF
+    orientation, takes the first frame of animations, composites transparency onto white, scales
+    16-bit and float images, and shrinks very large images to ``MAX_SIDE``.
+
+    >>> open_image("examples/coffee.png").mode
+    'RGB'
+    """
+    if source is None:
+        raise InvalidImageError("No image given. Upload a photo (or pick an example) first.")
+    if isinstance(source, np.ndarray):
+        image = Image.fromarray(source)
+    elif isinstance(source, Image.Image):
+        image = source
+    else:
+        image = _open_file(source)
+    try:
+        image = _to_rgb(image)
+    except (OSError, ValueError, SyntaxError) as e:
+        raise InvalidImageError(f"The image could not be decoded ({e}). Upload a {ACCEPTED} file.") from e
+    if max(image.size) > MAX_SIDE:
+        image.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)
+    return image
+
+
+def _open_file(path: str | os.PathLike) -> Image.Image:
+    name = os.path.basename(str(path))
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        raise InvalidImageError(f"The file {name!r} is empty or missing. Upload a {ACCEPTED} image.")
+    too_big = (
+        f"The image is larger than the {MAX_PIXELS // 1_000_000} megapixels this app accepts. Upload a smaller image."
+    )
+    try:
+        image = Image.open(path)
+    except Image.DecompressionBombError as e:
+        raise InvalidImageError(too_big) from e
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise InvalidImageError(
+            f"The file {name!r} is not an image this app can read. Upload a {ACCEPTED} image."
+        ) from e
+    width, height = image.size
+    if width * height > MAX_PIXELS:
+        raise InvalidImageError(f"{too_big} (This one is {width}×{height} pixels.)")
+    return image
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float32)
+        peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(array / peak * 255.0, 0, 255).astype(np.uint8))
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB")
+
+
+def to_input(loaded: LoadedModel, image: Image.Image) -> torch.Tensor:
+    """Apply the model's own transform: PIL RGB -> ``Tensor[1,3,H,W]`` float32 on the model's device."""
+    return loaded.transform(image).unsqueeze(0).to(loaded.device)

@@ -1,0 +1,283 @@
+"""The model registry: curated specs as data, name resolution, and a bounded cache of loaded models.
+
+A name is resolved in this order (see :func:`get_spec`):
+
+1. a curated key (``"alexnet"``, ``"timm/resnet50.a1_in1k"``);
+2. ``"torchvision/<name>"`` or ``"timm/<name>[.<tag>]"``, the library named explicitly;
+3. a bare name: torchvision's classification model when torchvision has one, else timm's.
+
+Nothing else (paths, hub repos, code) is ever accepted as a model name.
+"""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import functools
+import os
+import re
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import torch
+from PIL import Image
+
+from . import preprocess, weights
+from .errors import InvalidOptionError, UnknownModelError
+
+Source = Literal["torchvision", "timm"]
+WEIGHT_CHOICES = ("pretrained", "random")
+DEFAULT_MODEL = "alexnet"
+OFFLINE_MODEL = "timm/efficientnet_lite0"
+
+_NAME_RE = re.compile(r"^(?:(torchvision|timm)/)?([A-Za-z0-9][A-Za-z0-9_.\-]{0,99})$")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One registry entry.
+
+    >>> get_spec("resnet18").source
+    'torchvision'
+    """
+
+    key: str  # what the UI and API use: "alexnet", "timm/resnet50.a1_in1k"
+    source: Source
+    arch: str  # the name the library builds: "alexnet", "resnet50.a1_in1k"
+    display: str  # "AlexNet"
+    note: str = ""
+
+    @property
+    def label(self) -> str:
+        """Selector label naming the library, e.g. ``"ResNet-50 (a1) · timm"``."""
+        suffix = f" — {self.note}" if self.note else ""
+        return f"{self.display} · {self.source}{suffix}"
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register_model(spec: ModelSpec) -> ModelSpec:
+    """Add a curated spec; a duplicate key is a programming error and raises."""
+    if spec.key in _REGISTRY:
+        raise ValueError(f"model {spec.key!r} is already registered")
+    _REGISTRY[spec.key] = spec
+    return spec
+
+
+def _tv(arch: str, display: str, note: str = "") -> ModelSpec:
+    return register_model(ModelSpec(arch, "torchvision", arch, display, note))
+
+
+def _timm(arch: str, display: str, note: str = "") -> ModelSpec:
+    return register_model(ModelSpec(f"timm/{arch}", "timm", arch, display, note))
+
+
+_tv("alexnet", "AlexNet")
+_tv("vgg16", "VGG16")
+_tv("resnet18", "ResNet-18")
+_tv("resnet50", "ResNet-50")
+_tv("googlenet", "GoogLeNet")
+_tv("densenet121", "DenseNet-121")
+_tv("squeezenet1_1", "SqueezeNet 1.1")
+_tv("mobilenet_v2", "MobileNetV2")
+_tv("mobilenet_v3_large", "MobileNetV3-Large")
+_tv("efficientnet_b0", "EfficientNet-B0")
+_tv("regnet_y_400mf", "RegNetY-400MF")
+_tv("convnext_tiny", "ConvNeXt-Tiny")
+_timm("efficientnet_lite0", "EfficientNet-Lite0", "ImageNet weights bundled, works offline")
+_timm("resnet50.a1_in1k", "ResNet-50 (a1)")
+_timm("efficientnet_b0.ra_in1k", "EfficientNet-B0")
+_timm("mobilenetv3_large_100.ra_in1k", "MobileNetV3-Large 1.0")
+_timm("mobilenetv4_conv_small.e2400_r224_in1k", "MobileNetV4-Conv-Small")
+_timm("convnext_tiny.fb_in1k", "ConvNeXt-Tiny")
+_timm("regnety_008.pycls_in1k", "RegNetY-800MF")
+_timm("cspdarknet53.ra_in1k", "CSPDarknet-53")
+_timm("rexnet_100.nav_in1k", "ReXNet 1.0")
+_timm("ghostnet_100.in1k", "GhostNet 1.0")
+_timm("ese_vovnet19b_dw.ra_in1k", "VoVNet-19b-dw (eSE)")
+
+
+def list_models(
+    source: Source | None = None, include: str | None = None, exclude: str | None = None
+) -> list[str]:
+    """Curated model keys, optionally filtered by library and fnmatch patterns, in registry order.
+
+    >>> list_models(source="torchvision", include="resnet*")
+    ['resnet18', 'resnet50']
+    """
+    keys = [s.key for s in _REGISTRY.values() if source is None or s.source == source]
+    if include:
+        keys = [k for k in keys if fnmatch.fnmatch(k, include)]
+    if exclude:
+        keys = [k for k in keys if not fnmatch.fnmatch(k, exclude)]
+    return keys
+
+
+def curated_specs() -> list[ModelSpec]:
+    """All curated specs in registry order (torchvision first, then timm)."""
+    return list(_REGISTRY.values())
+
+
+@functools.cache
+def _torchvision_names() -> frozenset[str]:
+    import torchvision
+
+    return frozenset(torchvision.models.list_models(module=torchvision.models))
+
+
+@functools.cache
+def _timm_pretrained_tags() -> frozenset[str]:
+    import timm
+
+    return frozenset(timm.list_models(pretrained=True))
+
+
+def _timm_exists(name: str) -> bool:
+    import timm
+
+    if "." in name:  # timm.is_model() accepts any tag; check the tag really exists
+        return name in _timm_pretrained_tags()
+    return timm.is_model(name)
+
+
+def _unknown(name: str) -> UnknownModelError:
+    import timm
+
+    pool = list(_REGISTRY) + sorted(_torchvision_names()) + timm.list_models()
+    bare = name.split("/", 1)[-1]
+    close = difflib.get_close_matches(bare, pool, n=5, cutoff=0.6)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    return UnknownModelError(
+        f"Unknown model {name!r}. Use a name from the list, any torchvision classification model "
+        f"(e.g. 'resnet34') or any timm model (e.g. 'timm/resnet50.a1_in1k').{hint}"
+    )
+
+
+def get_spec(name: str) -> ModelSpec:
+    """Resolve a user-given model name to a spec, or raise :class:`UnknownModelError`.
+
+    >>> get_spec("timm/resnet50").key, get_spec("resnet50").source
+    ('timm/resnet50', 'torchvision')
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise UnknownModelError("No model name given. Pick a model from the list.")
+    name = name.strip()
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    match = _NAME_RE.match(name)
+    if match is None:
+        raise UnknownModelError(
+            f"{name[:80]!r} is not a model name. Names contain only letters, digits, '_', '.', '-', "
+            "optionally prefixed by 'torchvision/' or 'timm/'."
+        )
+    library, arch = match.groups()
+    if library in (None, "torchvision") and arch in _torchvision_names():
+        return _REGISTRY.get(arch) or ModelSpec(arch, "torchvision", arch, arch)
+    if library in (None, "timm") and _timm_exists(arch):
+        key = f"timm/{arch}"
+        return _REGISTRY.get(key) or ModelSpec(key, "timm", arch, arch)
+    raise _unknown(name)
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedModel:
+    """A model ready for inference, with its own preprocessing and labels.
+
+    ``model`` is in eval mode on ``device``. Treat it as read-only: it is shared by every request.
+    """
+
+    spec: ModelSpec
+    model: torch.nn.Module
+    transform: Callable[[Image.Image], torch.Tensor]  # PIL RGB -> Tensor[3,H,W] float32
+    input_size: tuple[int, int, int]
+    categories: tuple[str, ...] | None
+    weights: weights.WeightsOutcome
+    device: torch.device
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``"auto"`` (default, or ``$CNNVIZ_DEVICE``) picks CUDA when available, else CPU."""
+    choice = str(device or os.environ.get("CNNVIZ_DEVICE", "auto"))
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if choice.startswith("cuda") and not torch.cuda.is_available():
+        raise InvalidOptionError("CUDA was requested but no CUDA device is available; use 'cpu' or 'auto'.")
+    if choice.split(":")[0] not in ("cpu", "cuda"):
+        raise InvalidOptionError(f"Unknown device {choice!r}; use 'auto', 'cpu' or 'cuda'.")
+    return torch.device(choice)
+
+
+def _build(spec: ModelSpec, pretrained: bool, device: torch.device) -> LoadedModel:
+    if spec.source == "torchvision":
+        model, weights_enum, outcome = weights.load_torchvision(spec.arch, pretrained)
+        transform, input_size = preprocess.torchvision_transform(weights_enum)
+        categories = preprocess.torchvision_categories(weights_enum)
+    else:
+        model, outcome = weights.load_timm(spec.arch, pretrained)
+        transform, input_size = preprocess.timm_transform(model)
+        categories = preprocess.timm_categories(model)
+    model = model.eval().requires_grad_(False).to(device)
+    return LoadedModel(spec, model, transform, input_size, categories, outcome, device)
+
+
+class _ModelCache:
+    """LRU cache of loaded models with one lock per key, so concurrent requests load a model once."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[tuple, LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()
+        self._key_locks: dict[tuple, threading.Lock] = {}
+
+    def get(self, key: tuple, build: Callable[[], LoadedModel]) -> LoadedModel:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+            key_lock = self._key_locks.setdefault(key, threading.Lock())
+        with key_lock:
+            with self._lock:
+                if key in self._items:
+                    return self._items[key]
+            loaded = build()
+            with self._lock:
+                self._items[key] = loaded
+                while len(self._items) > self.capacity:
+                    self._items.popitem(last=False)
+                self._key_locks.pop(key, None)
+            return loaded
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+_CACHE = _ModelCache(int(os.environ.get("CNNVIZ_MODEL_CACHE", "3")))
+
+
+def load_model(
+    name: str, weights: str = "pretrained", device: str | torch.device | None = None
+) -> LoadedModel:
+    """Build (or fetch from the bounded cache) a model by name.
+
+    ``weights="pretrained"`` falls back to random weights with a notice when they cannot be had
+    (see ``loaded.weights.notice``); ``"random"`` always initialises randomly.
+
+    >>> m = load_model("resnet18", weights="random")
+    >>> m.input_size, m.model.training
+    ((3, 224, 224), False)
+    """
+    spec = get_spec(name)
+    if weights not in WEIGHT_CHOICES:
+        raise InvalidOptionError(f"Unknown weights choice {weights!r}; use 'pretrained' or 'random'.")
+    dev = resolve_device(device)
+    return _CACHE.get(
+        (spec.key, weights, str(dev)), lambda: _build(spec, weights == "pretrained", dev)
+    )
+
+
+def clear_cache() -> None:
+    """Forget every loaded model (tests use this)."""
+    _CACHE.clear()

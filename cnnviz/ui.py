@@ -1,0 +1,246 @@
+"""The Gradio app: components, tabs, thin handlers, and user mistakes turned into gr.Error.
+
+The only module that imports gradio. Public endpoints: ``/architecture``, ``/filters``,
+``/feature_maps``; everything else is wired as private events.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import re
+import tempfile
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+from PIL import Image as PILImage
+
+from . import explore, layers, preprocess, registry, render
+from .errors import CnnvizError
+
+log = logging.getLogger(__name__)
+EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
+TABLE_HEADERS = ["layer", "type", "output shape", "kernel", "stride", "params", "MACs"]
+CHANNEL_CHOICES = [("first N", "first"), ("top N by mean activation", "top"), ("all", "all")]
+MAX_UPLOAD = "20mb"
+
+
+class SafeImage(gr.Image):
+    """gr.Image that turns an unreadable upload into a plain sentence instead of a decoder traceback.
+
+    With ``type="filepath"`` it hands over the path; :func:`cnnviz.open_image` does the decoding.
+    """
+
+    is_template = True
+
+    def preprocess(self, payload):
+        try:
+            return super().preprocess(payload)
+        except gr.Error:
+            raise
+        except (PILImage.UnidentifiedImageError, PILImage.DecompressionBombError, OSError, ValueError, SyntaxError) as e:
+            raise gr.Error(
+                f"That file is not an image this app can read. Upload a {preprocess.ACCEPTED} image."
+            ) from e
+
+
+def _user_errors(fn):
+    """Show library errors as their plain sentence; log anything else and show a short message."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except CnnvizError as e:
+            raise gr.Error(str(e)) from e
+        except Exception as e:  # a bug or a model that cannot run: keep serving, say what failed
+            log.exception("handler %s failed", fn.__name__)
+            raise gr.Error(f"Something went wrong in {fn.__name__.replace('_', ' ')}: {type(e).__name__}: {e}") from e
+
+    return wrapper
+
+
+def _fmt_count(n: float) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return str(int(n))
+
+
+def _weights_notice(loaded: registry.LoadedModel) -> str:
+    spec, outcome = loaded.spec, loaded.weights
+    head = f"**{spec.display}** · {spec.source} · `{spec.key}` · on {loaded.device.type}"
+    if outcome.notice:
+        return f"⚠️ {head} — **random weights**: {outcome.notice}"
+    if not outcome.pretrained:
+        return f"🎲 {head} — random weights (as chosen): filters and maps show an untrained network."
+    return f"✅ {head} — pretrained weights: {outcome.source}."
+
+
+def _csv_path(model: str, text: str) -> str:
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", model)
+    folder = Path(tempfile.mkdtemp(prefix="cnnviz-"))
+    path = folder / f"{safe}-architecture.csv"
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+@_user_errors
+def architecture(model: str, weights: str = "pretrained", depth: float = 3):
+    """Per-layer table, totals, CSV file and text summary of a model."""
+    s = explore.architecture(model, weights, int(depth))
+    rows = [[r.name, r.type, "×".join(map(str, r.output_shape)), r.kernel, r.stride, r.params, r.macs] for r in s.rows]
+    totals = (
+        f"**Input** {'×'.join(map(str, s.input_size))} · **parameters** {s.total_params:,} "
+        f"({s.trainable_params:,} trainable, {s.non_trainable_params:,} non-trainable) · "
+        f"**MACs** {_fmt_count(s.total_macs)} · **estimated memory** {s.total_mb:.1f} MB "
+        f"(input {s.input_mb:.2f} + forward/backward {s.forward_backward_mb:.1f} + params {s.params_mb:.1f})"
+    )
+    return totals, pd.DataFrame(rows, columns=TABLE_HEADERS), _csv_path(model, s.to_csv()), s.to_text()
+
+
+@_user_errors
+def filters(model: str, weights: str = "pretrained", normalise: str = "layer"):
+    """The first convolution's filters as an image, with a caption naming the layer and weight shape."""
+    view = explore.filter_grid(model, weights, normalise)
+    per = "the whole layer's range" if normalise == "layer" else "each filter's own range"
+    colour = "in colour (R, G, B input channels)" if view.filters.weight.shape[1] == 3 else "in grey (mean over input channels)"
+    caption = f"`{view.filters.layer}` — {view.filters.description}; drawn {colour}, scaled to {per}."
+    return view.image, caption
+
+
+@_user_errors
+def feature_maps(
+    model: str,
+    image: str,
+    layer: str = "",
+    weights: str = "pretrained",
+    channels: str = "first",
+    n: float = 64,
+    colormap: str = "gray",
+    normalise: str = "channel",
+):
+    """The image's feature maps at a layer (qualified module name; empty: first conv) and top-5 predictions."""
+    view = explore.feature_maps(model, image, layer or None, weights, channels, int(n), colormap, normalise)
+    shown = view.channels.tolist()
+    total = view.maps.shape[0]
+    if channels == "top":
+        which = f"the {len(shown)} channels with the highest mean activation, strongest first: {', '.join(map(str, shown[:16]))}{' …' if len(shown) > 16 else ''}"
+    else:
+        which = f"channels 0–{len(shown) - 1} of {total}, row by row"
+    caption = f"`{view.layer.name}` · {view.layer.type} · {'×'.join(map(str, view.layer.shape))} — {which}; {normalise} normalisation."
+    labels = {p.label: p.probability for p in view.predictions} or None
+    return view.image, labels, caption
+
+
+def _maps_if_image(model, image, layer, weights, channels, n, colormap, normalise):
+    if not image:
+        return None, None, "Upload a photo, paste one, or pick an example to see its feature maps."
+    return feature_maps(model, image, layer, weights, channels, n, colormap, normalise)
+
+
+@_user_errors
+def _select_model(model: str, weights: str, progress=gr.Progress(track_tqdm=True)):
+    loaded = registry.load_model(model, weights)
+    found = layers.list_layers(loaded)
+    default = layers.get_layer(loaded, None).name
+    choices = [(layer.label, layer.name) for layer in found]
+    return _weights_notice(loaded), gr.Dropdown(choices=choices, value=default)
+
+
+def _startup(progress=gr.Progress(track_tqdm=True)):
+    """Open on the default model when its pretrained weights can be had, else on the bundled offline model."""
+    default = registry.load_model(registry.DEFAULT_MODEL, "pretrained")
+    if default.weights.pretrained:
+        return registry.DEFAULT_MODEL, ""
+    offline = registry.get_spec(registry.OFFLINE_MODEL)
+    return registry.OFFLINE_MODEL, (
+        f"ℹ️ {default.weights.notice} So the app opened on **{offline.display}**, whose ImageNet weights ship "
+        f"with the app. {default.spec.display} is still in the list, with random weights."
+    )
+
+
+def _example_paths() -> list[list[str]]:
+    return [[str(p)] for p in sorted(EXAMPLES_DIR.iterdir()) if p.suffix.lower() in EXAMPLE_EXTENSIONS]
+
+
+def build_demo() -> gr.Blocks:
+    """Build the app. Nothing is loaded until a page opens (then the default model)."""
+    model_choices = [(spec.label, spec.key) for spec in registry.curated_specs()]
+    with gr.Blocks(title="CNN Explorer") as demo:
+        gr.Markdown(
+            "# 🔬 CNN Explorer\nWhat a convolutional network is made of and what it sees: its layers, "
+            "its first-layer filters, and the feature maps of your own photo at any layer."
+        )
+        with gr.Row():
+            model = gr.Dropdown(
+                model_choices, value=None, label="Model", allow_custom_value=True, scale=3,
+                info="Pick one, or type any torchvision name (resnet34) or timm name (timm/resnet50.a1_in1k).",
+            )
+            weights = gr.Radio(list(registry.WEIGHT_CHOICES), value="pretrained", label="Weights", scale=1)
+        banner = gr.Markdown(elem_id="startup-banner")
+        notice = gr.Markdown(elem_id="weights-notice")
+        with gr.Tabs():
+            with gr.Tab("Architecture", id="architecture"):
+                depth = gr.Slider(1, explore.MAX_DEPTH, value=3, step=1, label="Depth (1 = top-level blocks)")
+                totals = gr.Markdown(elem_id="arch-totals")
+                table = gr.Dataframe(headers=TABLE_HEADERS, interactive=False, max_height=520, elem_id="arch-table")
+                csv_file = gr.File(label="Download CSV", elem_id="arch-csv")
+                with gr.Accordion("Text summary (torchinfo style)", open=False):
+                    text = gr.Code(language=None, label="Summary", elem_id="arch-text")
+            with gr.Tab("Filters", id="filters"):
+                filter_norm = gr.Radio(
+                    [("whole layer", "layer"), ("per filter", "filter")], value="layer", label="Normalise"
+                )
+                filter_caption = gr.Markdown(elem_id="filters-caption")
+                filter_image = gr.Image(
+                    label="First-layer filters", format="png", interactive=False,
+                    buttons=["download", "fullscreen"], elem_id="filters-image",
+                )
+            with gr.Tab("Feature maps", id="feature-maps"):
+                with gr.Row():
+                    with gr.Column(scale=1):
+                        image = SafeImage(
+                            type="filepath", sources=["upload", "clipboard"], label="Your image", elem_id="input-image"
+                        )
+                        gr.Examples(_example_paths(), inputs=[image], label="Examples")
+                        layer = gr.Dropdown([], label="Layer", allow_custom_value=True, elem_id="layer-select")
+                        channels = gr.Radio(CHANNEL_CHOICES, value="first", label="Channels")
+                        n = gr.Slider(1, 512, value=64, step=1, label="N")
+                        colormap = gr.Dropdown(list(render.COLORMAPS), value="gray", label="Colormap")
+                        map_norm = gr.Radio(
+                            [("per channel", "channel"), ("per layer", "layer")], value="channel", label="Normalise"
+                        )
+                    with gr.Column(scale=2):
+                        maps_caption = gr.Markdown(elem_id="maps-caption")
+                        maps_image = gr.Image(
+                            label="Feature maps", format="png", interactive=False,
+                            buttons=["download", "fullscreen"], elem_id="maps-image",
+                        )
+                        predictions = gr.Label(num_top_classes=5, label="Top-5 predictions", elem_id="predictions")
+
+        arch_io = dict(inputs=[model, weights, depth], outputs=[totals, table, csv_file, text])
+        filter_io = dict(inputs=[model, weights, filter_norm], outputs=[filter_image, filter_caption])
+        maps_io = dict(
+            inputs=[model, image, layer, weights, channels, n, colormap, map_norm],
+            outputs=[maps_image, predictions, maps_caption],
+        )
+
+        demo.load(_startup, outputs=[model, banner], api_visibility="private")
+        gr.on(
+            [model.change, weights.change], _select_model, [model, weights], [notice, layer], api_visibility="private"
+        ).success(architecture, **arch_io, api_visibility="private").success(
+            filters, **filter_io, api_visibility="private"
+        ).success(_maps_if_image, **maps_io, api_visibility="private")
+        depth.release(architecture, **arch_io, api_name="architecture")
+        filter_norm.change(filters, **filter_io, api_name="filters")
+        gr.on(
+            [layer.input, channels.change, n.release, colormap.change, map_norm.change],
+            feature_maps, **maps_io, api_name="feature_maps",
+        )
+        image.change(_maps_if_image, **maps_io, api_visibility="private")
+    demo.queue(max_size=32, default_concurrency_limit=2)
+    return demo

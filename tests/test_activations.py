@@ -1,0 +1,94 @@
+"""Captured activations equal the module outputs computed independently; hooks never leak."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from cnnviz import activations, layers
+from tests.fixtures.tiny import TinyResNet
+
+
+def _hook_count(model: torch.nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+@pytest.fixture
+def tiny() -> TinyResNet:
+    torch.manual_seed(0)
+    return TinyResNet().eval()
+
+
+def test_capture_equals_reference_despite_inplace_relu(tiny):
+    x = torch.randn(1, 3, 16, 16)
+    with activations.capture(tiny, ["conv1", "relu", "conv2"]) as out:
+        activations.run(tiny, x)
+    with torch.no_grad():  # reference: the same computation written out by hand
+        conv1 = torch.nn.functional.conv2d(x, tiny.conv1.weight, tiny.conv1.bias, stride=2, padding=1)
+        relu1 = conv1.clamp_min(0)
+        conv2 = torch.nn.functional.conv2d(relu1, tiny.conv2.weight, tiny.conv2.bias, padding=1)
+    torch.testing.assert_close(out["conv1"], conv1[0])  # not overwritten by the in-place ReLU after it
+    torch.testing.assert_close(out["relu"], relu1[0])  # a reused module: its first call
+    torch.testing.assert_close(out["conv2"], conv2[0])
+    assert _hook_count(tiny) == 0
+
+
+def test_hooks_removed_and_mode_restored_on_error(tiny):
+    tiny.train()
+    with pytest.raises(RuntimeError):
+        with activations.capture(tiny, ["conv1"]):
+            activations.run(tiny, torch.randn(1, 5, 16, 16))  # wrong channel count
+    assert _hook_count(tiny) == 0 and tiny.training
+
+
+def test_stop_early_skips_the_rest(tiny):
+    calls = []
+    tiny.fc.register_forward_hook(lambda *a: calls.append(1))
+    with activations.capture(tiny, ["conv1"], stop_early=True) as out:
+        result = activations.run(tiny, torch.randn(1, 3, 16, 16))
+    assert result is None and "conv1" in out and calls == []
+
+
+def test_hooks_ignore_other_threads(tiny):
+    other_done = threading.Event()
+    with activations.capture(tiny, ["conv1"]) as out:
+        t = threading.Thread(target=lambda: (activations.run(tiny, torch.ones(1, 3, 16, 16)), other_done.set()))
+        t.start()
+        t.join()
+        assert other_done.is_set() and out == {}  # another request's forward is not captured here
+        x = torch.randn(1, 3, 16, 16)
+        activations.run(tiny, x)
+    torch.testing.assert_close(out["conv1"], tiny.conv1(x)[0].detach())
+
+
+def test_top_k_softmax_and_labels():
+    logits = torch.tensor([[0.0, 2.0, 1.0]])
+    preds = activations.top_k(logits, ["a", "b", "c"], k=2)
+    assert [p.label for p in preds] == ["b", "c"]
+    assert preds[0].probability == pytest.approx(torch.softmax(logits, 1)[0, 1].item())
+    assert activations.top_k(logits, None) == [] and activations.top_k(logits, ["a"]) == []
+
+
+def test_select_channels_modes():
+    maps = torch.zeros(6, 2, 2)
+    maps[4] += 5
+    maps[1] += 3
+    assert activations.select_channels(maps, "top", 2).tolist() == [4, 1]
+    assert activations.select_channels(maps, "first", 100).tolist() == list(range(6))
+    assert activations.select_channels(maps, "all").tolist() == list(range(6))
+    with pytest.raises(ValueError, match="channel selection"):
+        activations.select_channels(maps, "some")
+
+
+def test_find_layers_forward_order_shapes_and_calls(tiny):
+    found = layers.find_layers(tiny, (3, 16, 16))
+    assert [(l.name, l.shape, l.calls) for l in found] == [
+        ("conv1", (8, 8, 8), 1),
+        ("relu", (8, 8, 8), 2),
+        ("conv2", (8, 8, 8), 1),
+        ("pool", (8, 1, 1), 1),
+    ]
+    assert found[1].label == "relu · ReLU · 8×8×8 · called 2×, first call"
+    assert _hook_count(tiny) == 0
+    assert layers.first_conv_name(tiny) == "conv1"

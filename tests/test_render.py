@@ -1,0 +1,82 @@
+"""render.py: pure array code, checked against hand computations."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cnnviz import render
+
+
+def test_minmax_per_axis_and_constant_input():
+    a = np.array([[[0.0, 2.0], [4.0, 8.0]], [[5.0, 5.0], [5.0, 5.0]]], dtype=np.float32)
+    out = render.minmax(a, (1, 2))
+    np.testing.assert_allclose(out[0], [[0, 0.25], [0.5, 1.0]])
+    np.testing.assert_array_equal(out[1], 0)  # constant channel: no division by zero
+    assert a[0, 1, 1] == 8.0  # input not mutated
+
+
+def test_lut_matches_matplotlib_and_grey_is_identity():
+    from matplotlib import colormaps
+
+    np.testing.assert_array_equal(render.lut("gray")[:, 0], np.arange(256))
+    expected = np.round(colormaps["viridis"](200 / 255)[:3] * np.array(255)).astype(np.uint8)
+    np.testing.assert_array_equal(render.lut("viridis")[200], expected)
+    with pytest.raises(ValueError, match="Unknown colormap"):
+        render.lut("jet")
+
+
+def test_tile_places_tiles_row_by_row_with_padding():
+    tiles = np.stack([np.full((2, 3, 3), i * 10, np.uint8) for i in range(5)])
+    grid = render.tile(tiles, cols=3, pad=1, pad_value=255)
+    assert grid.shape == (2 * 2 + 1, 3 * 3 + 2, 3)
+    assert grid[0, 0, 0] == 0 and grid[0, 4, 0] == 10 and grid[3, 0, 0] == 30 and grid[3, 4, 0] == 40
+    assert grid[2, 0, 0] == 255 and grid[0, 3, 0] == 255  # padding rows/columns
+    assert (grid[3:, 8:] == 255).all()  # empty sixth cell
+
+
+def test_resize_tiles_nearest_up_and_block_mean_down():
+    a = np.arange(4, dtype=np.float32).reshape(1, 2, 2)
+    up = render.resize_tiles(a, 6)
+    assert up.shape == (1, 6, 6) and (up[0, :3, :3] == 0).all() and (up[0, 3:, 3:] == 3).all()
+    down = render.resize_tiles(np.arange(16, dtype=np.float32).reshape(1, 4, 4), 2)
+    np.testing.assert_allclose(down[0], [[2.5, 4.5], [10.5, 12.5]])
+
+
+def test_feature_map_grid_pixels_come_from_the_maps():
+    rng = np.random.default_rng(0)
+    maps = rng.random((4, 5, 5)).astype(np.float32) * 10
+    grid = render.render_feature_maps(maps, "gray", "channel")
+    size = render.tile_size(4, 5)
+    factor = size // 5
+    # tile 3 sits in row 1, column 1 of a 2×2 grid; its top-left pixel is the channel's normalised [0, 0]
+    y = x = factor * 5 + 2
+    m = maps[3]
+    assert grid[y, x, 0] == round((m[0, 0] - m.min()) / (m.max() - m.min()) * 255)
+
+
+def test_layer_normalisation_keeps_relative_brightness():
+    maps = np.stack([np.full((4, 4), 1.0), np.full((4, 4), 3.0)]).astype(np.float32)
+    maps[:, 0, 0] = 0.0
+    grid = render.render_feature_maps(maps, "gray", "layer")
+    size = render.tile_size(2, 4)
+    left, right = grid[size - 1, size - 1, 0], grid[size - 1, size + 2 + size - 1, 0]
+    assert right > left  # per-layer scale: the brighter channel stays brighter
+
+
+def test_render_filters_colour_and_layer_normalisation():
+    w = np.zeros((2, 3, 3, 3), np.float32)
+    w[0, 0] = 1.0  # filter 0: pure red
+    w[1, 2] = -1.0  # filter 1: no blue at all
+    img = render.render_filters(w, "layer")
+    size = render.tile_size(2, 3)
+    assert tuple(img[1, 1]) == (255, 127, 127) or tuple(img[1, 1]) == (255, 128, 128)
+    second = img[1, size + max(2, size // 16) + 1]
+    assert second[2] == 0 and second[0] == second[1]
+    assert render.render_filters(w, "filter").shape == img.shape
+
+
+def test_big_layers_are_capped():
+    maps = np.zeros((2048, 7, 7), np.float32)
+    assert max(render.render_feature_maps(maps).shape[:2]) <= render.MAX_GRID_SIDE
+    maps = np.zeros((512, 56, 56), np.float32)
+    assert max(render.render_feature_maps(maps).shape[:2]) <= render.MAX_GRID_SIDE
