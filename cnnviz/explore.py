@@ -45,7 +45,8 @@ def architecture(model: str, weights: str = "pretrained", depth: int = 3) -> sum
         per_model = _SUMMARIES.setdefault(loaded, {})
         cached = per_model.get(int(depth))
     if cached is None:
-        cached = summary_mod.summarize(loaded.model, loaded.input_size, depth=int(depth))
+        with loaded.lock:
+            cached = summary_mod.summarize(loaded.model, loaded.input_size, depth=int(depth))
         with _LOCK:
             per_model[int(depth)] = cached
     return cached
@@ -111,7 +112,8 @@ def _analyse_cached(loaded: LoadedModel, x: torch.Tensor, layer: str) -> tuple[t
     with _LOCK:
         per_model = _PREDICTIONS.setdefault(loaded, OrderedDict())
         known = per_model.get(digest)
-    result = activations.analyse(loaded, x, layer, with_predictions=known is None)
+    with loaded.lock:
+        result = activations.analyse(loaded, x, layer, with_predictions=known is None)
     if known is None:
         known = result.predictions or []
         with _LOCK:
@@ -129,4 +131,6 @@ def predict(model: str, image, weights: str = "pretrained", k: int = 5) -> list[
     """
     loaded = load_model(model, weights)
     x = preprocess.to_input(loaded, preprocess.open_image(image))
-    return activations.top_k(activations.run(loaded.model, x), loaded.categories, k)
+    with loaded.lock:
+        logits = activations.run(loaded.model, x)
+    return activations.top_k(logits, loaded.categories, k)

@@ -64,7 +64,8 @@ def list_layers(loaded: LoadedModel) -> tuple[LayerInfo, ...]:
     with _LOCK:
         cached = _CACHE.get(loaded)
     if cached is None:
-        cached = find_layers(loaded.model, loaded.input_size, loaded.device)
+        with loaded.lock:
+            cached = find_layers(loaded.model, loaded.input_size, loaded.device)
         with _LOCK:
             _CACHE[loaded] = cached
     return cached

@@ -17,7 +17,7 @@ import os
 import re
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Literal
 
 import torch
@@ -186,6 +186,8 @@ class LoadedModel:
     """A model ready for inference, with its own preprocessing and labels.
 
     ``model`` is in eval mode on ``device``. Treat it as read-only: it is shared by every request.
+    Hold ``lock`` around anything that runs it with hooks attached (captures, summaries), so one
+    request's hooks never see another request's forward pass.
     """
 
     spec: ModelSpec
@@ -195,6 +197,7 @@ class LoadedModel:
     categories: tuple[str, ...] | None
     weights: weights.WeightsOutcome
     device: torch.device
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -218,7 +221,7 @@ def _build(spec: ModelSpec, pretrained: bool, device: torch.device) -> LoadedMod
         model, outcome = weights.load_timm(spec.arch, pretrained)
         transform, input_size = preprocess.timm_transform(model)
         categories = preprocess.timm_categories(model)
-    model = model.eval().requires_grad_(False).to(device)
+    model = model.eval().to(device)
     return LoadedModel(spec, model, transform, input_size, categories, outcome, device)
 
 

@@ -1,0 +1,56 @@
+"""What the app shows equals what the network computes, checked by independent computations."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+import cnnviz
+from cnnviz import preprocess, render
+
+
+def _input(name: str, path) -> tuple[cnnviz.LoadedModel, torch.Tensor]:
+    loaded = cnnviz.load_model(name, "random")
+    return loaded, preprocess.to_input(loaded, preprocess.open_image(path))
+
+
+def test_alexnet_maps_equal_the_sliced_network(coffee):
+    loaded, x = _input("alexnet", coffee)
+    view = cnnviz.feature_maps("alexnet", coffee, "features.3", "random")
+    with torch.no_grad():
+        reference = loaded.model.features[:4](x.clone())[0]
+    torch.testing.assert_close(view.maps, reference)
+    # and the picture is drawn from exactly those numbers
+    expected = render.render_feature_maps(reference[:64].numpy(), "gray", "channel")
+    np.testing.assert_array_equal(view.image, expected)
+
+
+def test_resnet_block_maps_equal_a_hand_written_forward(coffee):
+    loaded, x = _input("resnet18", coffee)
+    m = loaded.model
+    view = cnnviz.feature_maps("resnet18", coffee, "layer1.1.conv2", "random")
+    with torch.no_grad():
+        h = m.maxpool(torch.relu(m.bn1(m.conv1(x))))
+        block0 = m.layer1[0]
+        h = torch.relu(block0.bn2(block0.conv2(torch.relu(block0.bn1(block0.conv1(h))))) + h)
+        b1 = m.layer1[1]
+        reference = b1.conv2(torch.relu(b1.bn1(b1.conv1(h))))[0]
+    torch.testing.assert_close(view.maps, reference, rtol=1e-4, atol=1e-4)
+
+
+def test_predictions_equal_softmax_of_the_full_forward(coffee):
+    loaded, x = _input("resnet18", coffee)
+    view = cnnviz.feature_maps("resnet18", coffee, "layer2", "random")
+    with torch.no_grad():
+        probs = torch.softmax(loaded.model(x), 1)[0]
+    top = probs.topk(5)
+    assert [p.label for p in view.predictions] == [loaded.categories[i] for i in top.indices.tolist()]
+    np.testing.assert_allclose([p.probability for p in view.predictions], top.values.numpy(), rtol=1e-5)
+    # a second layer on the same image reuses the predictions and still shows the right maps
+    again = cnnviz.feature_maps("resnet18", coffee, "layer1", "random")
+    assert again.predictions == view.predictions and tuple(again.maps.shape) == (64, 56, 56)
+
+
+def test_top_channels_are_the_strongest(coffee):
+    view = cnnviz.feature_maps("resnet18", coffee, "layer3", "random", channels="top", n=8)
+    means = view.maps.mean(dim=(1, 2))
+    assert view.channels.tolist() == means.topk(8).indices.tolist()

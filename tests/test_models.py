@@ -1,0 +1,33 @@
+"""Every curated model builds with random weights and goes through all three views."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import cnnviz
+from cnnviz import registry
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", registry.list_models())
+def test_curated_model_through_every_view(name, coffee):
+    loaded = cnnviz.load_model(name, "random")
+    assert not loaded.model.training
+    assert loaded.categories is not None and len(loaded.categories) == 1000
+
+    summary = cnnviz.architecture(name, "random", depth=2)
+    assert summary.total_params == sum(p.numel() for p in loaded.model.parameters())
+    assert summary.total_macs > 0 and summary.input_size == loaded.input_size
+
+    grid = cnnviz.filter_grid(name, "random")
+    assert grid.filters.weight.ndim == 4 and grid.image.ndim == 3
+
+    found = cnnviz.list_layers(loaded)
+    assert found and all(len(l.shape) == 3 for l in found)
+    first = cnnviz.feature_maps(name, coffee, None, "random")
+    assert first.layer.name == grid.filters.layer  # default layer: the first convolution
+    assert tuple(first.maps.shape) == first.layer.shape
+    assert len(first.predictions) == 5 and sum(p.probability for p in first.predictions) <= 1.0001
+    last = cnnviz.feature_maps(name, coffee, found[-1].name, "random")
+    assert tuple(last.maps.shape) == found[-1].shape and torch.isfinite(last.maps).all()
+    registry.clear_cache()
