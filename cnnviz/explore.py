@@ -6,6 +6,7 @@ returns data plus a ready-to-show ``uint8[H,W,3]`` image where there is one.
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import weakref
 from collections import OrderedDict
@@ -20,6 +21,7 @@ from .errors import InvalidOptionError
 from .registry import LoadedModel, load_model
 
 _SUMMARIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_INPUTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # loaded -> file key -> (input, digest)
 _PREDICTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # loaded -> image digest -> top-5
 _LOCK = threading.Lock()
 MAX_DEPTH = 8
@@ -99,16 +101,37 @@ def feature_maps(
     _check(normalise, render.NORMALISATIONS, "normalisation")
     loaded = load_model(model, weights)
     info = layers.get_layer(loaded, layer)
-    x = preprocess.to_input(loaded, preprocess.open_image(image))
-    maps, predictions = _analyse_cached(loaded, x, info.name)
+    x, digest = _model_input(loaded, image)
+    maps, predictions = _analyse_cached(loaded, x, digest, info.name)
     chosen = activations.select_channels(maps, channels, n)
     grid = render.render_feature_maps(maps[chosen].numpy(), colormap, normalise)
     return FeatureMapsView(info, maps, chosen, grid, predictions)
 
 
-def _analyse_cached(loaded: LoadedModel, x: torch.Tensor, layer: str) -> tuple[torch.Tensor, list[Prediction]]:
+def _model_input(loaded: LoadedModel, image) -> tuple[torch.Tensor, bytes]:
+    """The model's input for ``image`` and a digest of it. A file already seen (same path, size and
+    modification time: a layer switch on the same upload) is not decoded and transformed again."""
+    key = None
+    if isinstance(image, (str, os.PathLike)) and os.path.isfile(image):
+        stat = os.stat(image)
+        key = (os.fspath(image), stat.st_size, stat.st_mtime_ns)
+        with _LOCK:
+            hit = _INPUTS.setdefault(loaded, OrderedDict()).get(key)
+        if hit is not None:
+            return hit
+    x = preprocess.to_input(loaded, preprocess.open_image(image))
+    entry = (x, hashlib.blake2b(x.cpu().numpy().tobytes(), digest_size=16).digest())
+    if key is not None:
+        with _LOCK:
+            per_model = _INPUTS.setdefault(loaded, OrderedDict())
+            per_model[key] = entry
+            while len(per_model) > 8:
+                per_model.popitem(last=False)
+    return entry
+
+
+def _analyse_cached(loaded: LoadedModel, x: torch.Tensor, digest: bytes, layer: str) -> tuple[torch.Tensor, list[Prediction]]:
     """Predictions depend only on the image: once known, other layers need only a partial forward pass."""
-    digest = hashlib.blake2b(x.cpu().numpy().tobytes(), digest_size=16).digest()
     with _LOCK:
         per_model = _PREDICTIONS.setdefault(loaded, OrderedDict())
         known = per_model.get(digest)

@@ -6,9 +6,12 @@ The only module that imports gradio. Public endpoints: ``/architecture``, ``/fil
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import re
 import tempfile
+import threading
+from collections import deque
 from pathlib import Path
 
 import gradio as gr
@@ -80,12 +83,30 @@ def _weights_notice(loaded: registry.LoadedModel) -> str:
     return f"✅ {head} — pretrained weights: {outcome.source}."
 
 
-def _csv_path(model: str, text: str) -> str:
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", model)
-    folder = Path(tempfile.mkdtemp(prefix="cnnviz-"))
-    path = folder / f"{safe}-architecture.csv"
-    path.write_text(text, encoding="utf-8")
-    return str(path)
+class _OutputFiles:
+    """Files handed to Gradio (which copies them into its own cache): written to a private folder,
+    only the newest ``keep`` kept, so a long-running server does not fill its disk."""
+
+    def __init__(self, keep: int = 64) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="cnnviz-"))
+        self.keep = keep
+        self._paths: deque[Path] = deque()
+        self._lock = threading.Lock()
+
+    def write(self, name: str, data: bytes) -> str:
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:120]
+        path = self.folder / hashlib.blake2b(data, digest_size=8).hexdigest() / safe
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(data)
+        with self._lock:
+            self._paths.append(path)
+            while len(self._paths) > self.keep:
+                old = self._paths.popleft()
+                old.unlink(missing_ok=True)
+        return str(path)
+
+
+_OUTPUTS = _OutputFiles()
 
 
 @_user_errors
@@ -99,7 +120,8 @@ def architecture(model: str, weights: str = "pretrained", depth: float = 3):
         f"**MACs** {_fmt_count(s.total_macs)} · **estimated memory** {s.total_mb:.1f} MB "
         f"(input {s.input_mb:.2f} + forward/backward {s.forward_backward_mb:.1f} + params {s.params_mb:.1f})"
     )
-    return totals, pd.DataFrame(rows, columns=TABLE_HEADERS), _csv_path(model, s.to_csv()), s.to_text()
+    csv_path = _OUTPUTS.write(f"{model}-architecture.csv", s.to_csv().encode())
+    return totals, pd.DataFrame(rows, columns=TABLE_HEADERS), csv_path, s.to_text()
 
 
 @_user_errors
@@ -109,7 +131,7 @@ def filters(model: str, weights: str = "pretrained", normalise: str = "layer"):
     per = "the whole layer's range" if normalise == "layer" else "each filter's own range"
     colour = "in colour (R, G, B input channels)" if view.filters.weight.shape[1] == 3 else "in grey (mean over input channels)"
     caption = f"`{view.filters.layer}` — {view.filters.description}; drawn {colour}, scaled to {per}."
-    return view.image, caption
+    return _OUTPUTS.write(f"{model}-filters.png", render.encode(view.image, "png")), caption
 
 
 @_user_errors
@@ -133,7 +155,8 @@ def feature_maps(
         which = f"channels 0–{len(shown) - 1} of {total}, row by row"
     caption = f"`{view.layer.name}` · {view.layer.type} · {'×'.join(map(str, view.layer.shape))} — {which}; {normalise} normalisation."
     labels = {p.label: p.probability for p in view.predictions} or None
-    return view.image, labels, caption
+    grid = _OUTPUTS.write(f"{model}-{view.layer.name}.jpg", render.encode(view.image, "jpeg"))
+    return grid, labels, caption
 
 
 def _maps_if_image(model, image, layer, weights, channels, n, colormap, normalise):
@@ -170,7 +193,7 @@ def _example_paths() -> list[list[str]]:
 def build_demo() -> gr.Blocks:
     """Build the app. Nothing is loaded until a page opens (then the default model)."""
     model_choices = [(spec.label, spec.key) for spec in registry.curated_specs()]
-    with gr.Blocks(title="CNN Explorer") as demo:
+    with gr.Blocks(title="CNN Explorer", delete_cache=(3600, 3600)) as demo:
         gr.Markdown(
             "# 🔬 CNN Explorer\nWhat a convolutional network is made of and what it sees: its layers, "
             "its first-layer filters, and the feature maps of your own photo at any layer."
@@ -197,7 +220,7 @@ def build_demo() -> gr.Blocks:
                 )
                 filter_caption = gr.Markdown(elem_id="filters-caption")
                 filter_image = gr.Image(
-                    label="First-layer filters", format="png", interactive=False,
+                    label="First-layer filters", type="filepath", interactive=False,
                     buttons=["download", "fullscreen"], elem_id="filters-image",
                 )
             with gr.Tab("Feature maps", id="feature-maps"):
@@ -217,7 +240,7 @@ def build_demo() -> gr.Blocks:
                     with gr.Column(scale=2):
                         maps_caption = gr.Markdown(elem_id="maps-caption")
                         maps_image = gr.Image(
-                            label="Feature maps", format="png", interactive=False,
+                            label="Feature maps", type="filepath", interactive=False,
                             buttons=["download", "fullscreen"], elem_id="maps-image",
                         )
                         predictions = gr.Label(num_top_classes=5, label="Top-5 predictions", elem_id="predictions")

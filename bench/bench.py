@@ -1,0 +1,256 @@
+"""Speed of CNN Explorer, measured in one run against its floors and against the seed's recipe.
+
+    python bench/bench.py                 # all models, CPU (and CUDA when present)
+    python bench/bench.py --models alexnet resnet18 --repeats 5 --no-server
+
+Prints markdown tables of medians (ms) and ratios; nothing here is a test and nothing asserts a time.
+Random weights are used (speed does not depend on the values), so it runs offline.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("CNNVIZ_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+MODELS = ["alexnet", "resnet18", "resnet50", "vgg16", "timm/convnext_tiny.fb_in1k", "efficientnet_b0"]
+PHOTO = ROOT / "examples" / "cat.png"
+
+
+def median_ms(fn, repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+class Photos:
+    """A fresh variant of the photo per call, so per-image caches never hit where a new upload is measured."""
+
+    def __init__(self, folder: Path) -> None:
+        self.base = np.asarray(Image.open(PHOTO).convert("RGB")).copy()
+        self.folder, self.count = folder, 0
+
+    def __call__(self) -> str:
+        self.count += 1
+        variant = self.base.copy()
+        h, w = variant.shape[:2]  # change the centre: corners are cropped away by the transforms
+        variant[h // 2 - 4 : h // 2 + 4, w // 2 - 4 : w // 2 + 4] = [self.count % 256, self.count // 256 % 256, 7]
+        path = self.folder / f"photo-{self.count}.png"
+        Image.fromarray(variant).save(path)
+        return str(path)
+
+
+def seed_recipe(model: torch.nn.Module, layer_fn, x: torch.Tensor) -> None:
+    """The blog post's way: run the layer, then an 8×8 grid of matplotlib subplots saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with torch.no_grad():
+        maps = layer_fn(x)[0]
+    fig = plt.figure(figsize=(8, 8))
+    for i in range(min(64, maps.shape[0])):
+        ax = fig.add_subplot(8, 8, i + 1)
+        ax.imshow(maps[i].cpu().numpy(), cmap="gray")
+        ax.axis("off")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+
+
+def bench_model(name: str, device: str, repeats: int, photos: Photos) -> dict[str, float]:
+    import gradio as gr
+
+    import cnnviz
+    from cnnviz import activations, explore, preprocess, ui
+
+    os.environ["CNNVIZ_DEVICE"] = device
+    loaded = cnnviz.load_model(name, "random", device)
+    found = cnnviz.list_layers(loaded)
+    first = cnnviz.feature_maps(name, photos(), None, "random").layer.name
+    names = [layer.name for layer in found]
+    picks = {"first": first, "middle": names[len(names) // 2], "last": names[-1]}
+    x = preprocess.to_input(loaded, preprocess.open_image(str(PHOTO)))
+    encoder = gr.Image(format="png")
+    r: dict[str, float] = {}
+
+    r["forward"] = median_ms(lambda: activations.run(loaded.model, x), repeats)
+    for where, layer in picks.items():
+        def to_layer(layer=layer):
+            with activations.capture(loaded.model, [layer], stop_early=True):
+                activations.run(loaded.model, x)
+        r[f"forward to {where}"] = median_ms(to_layer, repeats)
+
+    def request(layer: str, path_fn) -> None:
+        image, _, _ = ui.feature_maps(name, path_fn(), layer, "random")
+        encoder.postprocess(image)
+
+    for where, layer in picks.items():
+        fresh = iter([photos() for _ in range(repeats + 1)])  # written before timing starts
+        r[f"request {where} (new image)"] = median_ms(lambda layer=layer: request(layer, lambda: next(fresh)), repeats)
+    same = photos()
+    request(first, lambda: same)
+    cycle = iter([picks["middle"], picks["last"], picks["first"]] * (repeats + 2))
+    r["layer switch (same image)"] = median_ms(lambda: request(next(cycle), lambda: same), repeats)
+    r["filters view"] = median_ms(lambda: encoder.postprocess(ui.filters(name, "random")[0]), repeats)
+
+    def architecture_first() -> None:
+        explore._SUMMARIES.pop(loaded, None)
+        ui.architecture(name, "random", 3)
+
+    r["architecture (first)"] = median_ms(architecture_first, max(3, repeats // 2))
+    r["architecture (repeated)"] = median_ms(lambda: ui.architecture(name, "random", 3), repeats)
+
+    module = loaded.model.get_submodule(first)
+    store = {}
+
+    def layer_fn(inp, module=module):
+        handle = module.register_forward_hook(lambda m, i, o: store.__setitem__("o", o.detach().clone()))
+        try:
+            with torch.no_grad():
+                loaded.model(inp)
+        finally:
+            handle.remove()
+        return store["o"]
+
+    r["seed recipe (first layer, matplotlib 8×8)"] = median_ms(lambda: seed_recipe(loaded.model, layer_fn, x), max(3, repeats // 2))
+    return r
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bench_round_trip(repeats: int, photos: Photos) -> dict[str, float]:
+    """Handler time vs the same call through gradio_client against a launched app."""
+    from gradio_client import Client, handle_file
+
+    from cnnviz import ui
+
+    demo = ui.build_demo()
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        same = photos()
+        r: dict[str, float] = {}
+        calls = {
+            "feature_maps": (lambda: ui.feature_maps("resnet18", same, "layer1", "random"),
+                             lambda: client.predict(model="resnet18", image=handle_file(same), layer="layer1", weights="random", api_name="/feature_maps")),
+            "filters": (lambda: ui.filters("resnet18", "random"),
+                        lambda: client.predict(model="resnet18", weights="random", api_name="/filters")),
+            "architecture": (lambda: ui.architecture("resnet18", "random", 3),
+                             lambda: client.predict(model="resnet18", weights="random", api_name="/architecture")),
+        }
+        for endpoint, (direct, remote) in calls.items():
+            r[f"{endpoint}: handler"] = median_ms(direct, repeats)
+            r[f"{endpoint}: gradio_client round trip"] = median_ms(remote, repeats)
+        return r
+    finally:
+        demo.close()
+
+
+def rss_mb(pid: int) -> float:
+    import psutil
+
+    proc = psutil.Process(pid)
+    return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)]) / 2**20
+
+
+def bench_startup() -> dict[str, float]:
+    """`python app.py` until its first page is served, vs only importing its dependencies."""
+    env = {**os.environ, "CNNVIZ_OFFLINE": "1"}
+    code = "import torch, torchvision, timm, gradio, time; time.sleep(1.5)"
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env)
+    import psutil
+
+    peak = 0.0
+    while proc.poll() is None:
+        try:
+            peak = max(peak, rss_mb(proc.pid))
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.05)
+    imports_s = time.perf_counter() - start - 1.5
+    port = free_port()
+    start = time.perf_counter()
+    app = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--port", str(port)], env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1).read()
+                break
+            except OSError:
+                time.sleep(0.05)
+        served_s = time.perf_counter() - start
+        time.sleep(2)
+        idle = rss_mb(app.pid)
+    finally:
+        app.terminate()
+        app.wait(10)
+    return {"imports only (s)": imports_s, "app first page (s)": served_s, "import footprint (MB)": peak, "app idle RSS (MB)": idle}
+
+
+def table(title: str, rows: dict[str, float], floor: float | None = None, seed: float | None = None) -> str:
+    head = f"\n**{title}**\n\n| measure | median | × forward |" + (" seed ÷ ours |" if seed else "") + "\n|---|---:|---:|" + ("---:|" if seed else "") + "\n"
+    lines = []
+    for key, value in rows.items():
+        ratio = f"{value / floor:.2f}" if floor else ""
+        extra = f" {seed / value:.0f}× |" if seed and key.startswith("request") else (" |" if seed else "")
+        lines.append(f"| {key} | {value:.1f} | {ratio} |{extra}")
+    return head + "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="*", default=MODELS)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--device", nargs="*", default=None, help="cpu and/or cuda (default: cpu, plus cuda when present)")
+    parser.add_argument("--no-server", action="store_true", help="skip the gradio_client and start-up measurements")
+    args = parser.parse_args()
+    devices = args.device or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, devices {devices}, repeats {args.repeats}")
+    with tempfile.TemporaryDirectory() as tmp:
+        photos = Photos(Path(tmp))
+        for device in devices:
+            for name in args.models:
+                r = bench_model(name, device, args.repeats, photos)
+                seed = r.pop("seed recipe (first layer, matplotlib 8×8)")
+                print(table(f"{name} on {device} (ms)", r, r["forward"], seed))
+                print(f"\nseed recipe for the same first-layer grid: {seed:.1f} ms")
+        if not args.no_server:
+            print(table("HTTP round trip, resnet18 on cpu (ms)", bench_round_trip(args.repeats, photos)))
+            for key, value in bench_startup().items():
+                print(f"- {key}: {value:.1f}")
+
+
+if __name__ == "__main__":
+    main()
