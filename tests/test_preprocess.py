@@ -84,3 +84,40 @@ def test_truncated_jpeg_and_bombs_are_refused(tmp_path):
 def test_no_image_is_a_sentence():
     with pytest.raises(InvalidImageError, match="No image"):
         preprocess.open_image(None)
+
+
+def _palette_with_transparency() -> Image.Image:
+    image = Image.new("P", (16, 16), 0)
+    image.putpalette([0, 0, 255] + [255, 0, 0] * 255)
+    image.info["transparency"] = 0  # index 0 (blue) is transparent → white after compositing
+    return image
+
+
+def _animated(tmp_path) -> str:
+    frames = [Image.new("RGB", (32, 32), c) for c in ("red", "green")]
+    path = tmp_path / "anim.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:])
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("make", "size", "pixel"),
+    [
+        (lambda tmp: _save(tmp, _palette_with_transparency(), "pal.png", transparency=0), (16, 16), (255, 255, 255)),
+        (_animated, (32, 32), (255, 0, 0)),  # the first frame
+        (lambda tmp: _save(tmp, Image.new("RGB", (1, 1), (0, 255, 0)), "one.png"), (1, 1), (0, 255, 0)),
+        (lambda tmp: _save(tmp, Image.new("L", (10000, 50), 128), "pano.png"), (preprocess.MAX_SIDE, 20), (128, 128, 128)),
+        (lambda tmp: _save(tmp, Image.new("RGBA", (8, 8), (0, 0, 255, 255)), "opaque.webp", lossless=True), (8, 8), (0, 0, 255)),
+    ],
+)
+def test_unusual_valid_images(tmp_path, make, size, pixel):
+    image = preprocess.open_image(make(tmp_path))
+    assert image.mode == "RGB" and image.size == size
+    assert image.getpixel((0, 0)) == pixel
+
+
+def test_pdf_renamed_to_jpg_is_refused(tmp_path):
+    path = tmp_path / "paper.jpg"
+    path.write_bytes(b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF")
+    with pytest.raises(InvalidImageError, match="not an image"):
+        preprocess.open_image(str(path))
