@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import os
 import re
 import tempfile
 import threading
@@ -265,5 +266,5 @@ def build_demo() -> gr.Blocks:
             feature_maps, **maps_io, api_name="feature_maps",
         )
         image.change(_maps_if_image, **maps_io, api_visibility="private")
-    demo.queue(max_size=32, default_concurrency_limit=2)
+    demo.queue(max_size=int(os.environ.get("CNNVIZ_QUEUE_SIZE", "32")), default_concurrency_limit=2)
     return demo
