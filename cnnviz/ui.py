@@ -231,7 +231,7 @@ def build_demo() -> gr.Blocks:
                             type="filepath", sources=["upload", "clipboard"], label="Your image", elem_id="input-image"
                         )
                         gr.Examples(_example_paths(), inputs=[image], label="Examples")
-                        layer = gr.Dropdown([], label="Layer", allow_custom_value=True, elem_id="layer-select")
+                        layer = gr.Dropdown([], value="", label="Layer", allow_custom_value=True, elem_id="layer-select")
                         channels = gr.Radio(CHANNEL_CHOICES, value="first", label="Channels")
                         n = gr.Slider(1, 512, value=64, step=1, label="N")
                         colormap = gr.Dropdown(list(render.COLORMAPS), value="gray", label="Colormap")
@@ -253,18 +253,21 @@ def build_demo() -> gr.Blocks:
             outputs=[maps_image, predictions, maps_caption],
         )
 
+        # Public endpoints first, so they keep their names; the UI's own wiring is private.
+        depth.release(architecture, **arch_io, api_name="architecture")
+        filter_norm.change(filters, **filter_io, api_name="filters")
+        api_only = gr.Button(visible=False)  # /feature_maps is strict: no image is an error there
+        api_only.click(feature_maps, **maps_io, api_name="feature_maps")
+
         demo.load(_startup, outputs=[model, banner], api_visibility="private")
         gr.on(
             [model.change, weights.change], _select_model, [model, weights], [notice, layer], api_visibility="private"
         ).success(architecture, **arch_io, api_visibility="private").success(
             filters, **filter_io, api_visibility="private"
         ).success(_maps_if_image, **maps_io, api_visibility="private")
-        depth.release(architecture, **arch_io, api_name="architecture")
-        filter_norm.change(filters, **filter_io, api_name="filters")
-        gr.on(
-            [layer.input, channels.change, n.release, colormap.change, map_norm.change],
-            feature_maps, **maps_io, api_name="feature_maps",
+        gr.on(  # in the page, controls touched before there is an image show a hint, not an error
+            [image.change, layer.select, channels.change, n.release, colormap.change, map_norm.change],
+            _maps_if_image, **maps_io, api_visibility="private",
         )
-        image.change(_maps_if_image, **maps_io, api_visibility="private")
     demo.queue(max_size=int(os.environ.get("CNNVIZ_QUEUE_SIZE", "32")), default_concurrency_limit=2)
     return demo

@@ -1,0 +1,308 @@
+"""Fixtures for the end-to-end tests: the real app in a subprocess, a Chromium page, library truths.
+
+* ``app_url``: ``python app.py --port N`` on a free loopback port, offline (``CNNVIZ_OFFLINE=1``), CPU,
+  analytics off, its own GRADIO_TEMP_DIR; output goes to ``test-artifacts/server.log``. Set
+  ``CNNVIZ_E2E_URL`` to test an app that is already running instead (e.g. a patched copy).
+* ``client``: a ``gradio_client.Client`` on that URL.
+* ``browser_page``: a fresh Playwright (sync API) page in Debian's Chromium per test. Missing
+  ``/usr/bin/chromium`` skips the browser tests, loudly, except under CI (``CI`` set and not
+  false/0/no), where it fails them.
+* ``shot``: ``shot("step")`` saves ``test-artifacts/<test>/NN-step.png``; a failing browser test also
+  leaves ``ZZ-failure.png``.
+* ``library``: what the cnnviz library itself says about a model (the truth the app is compared with).
+"""
+from __future__ import annotations
+
+import functools
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts"
+EXAMPLES = ROOT / "examples"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+STARTUP_TIMEOUT_S = 120  # importing torch/timm/gradio on 2 CPU cores takes ~10 s; leave room
+UI_TIMEOUT_MS = 60_000  # a model load plus a forward pass on 2 CPU cores, with a wide margin
+
+# The library truths are computed in this process: it must be offline and on the CPU like the server.
+os.environ["CNNVIZ_OFFLINE"] = "1"
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+os.environ.setdefault("CNNVIZ_DEVICE", "cpu")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the item so fixtures can tell whether the test failed."""
+    rep = yield
+    setattr(item, f"rep_{rep.when}", rep)
+    return rep
+
+
+# --------------------------------------------------------------------------------------------- server
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _log_tail(path: Path, chars: int = 4000) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")[-chars:]
+    except OSError:
+        return "(no server log)"
+
+
+def _wait_until_serving(url: str, proc: subprocess.Popen | None, log: Path | None) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    last = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the app exited with code {proc.returncode} before serving:\n{_log_tail(log)}")
+        try:
+            with urllib.request.urlopen(url + "config", timeout=5) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as e:
+            last = e
+        time.sleep(0.3)
+    raise RuntimeError(f"the app did not serve {url} within {STARTUP_TIMEOUT_S} s ({last}):\n{_log_tail(log) if log else ''}")
+
+
+class Server:
+    def __init__(self, url: str, log: Path | None) -> None:
+        self.url = url
+        self.log = log
+
+    def log_text(self) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace") if self.log and self.log.exists() else ""
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory) -> Server:
+    """The app as a user starts it (``python app.py``), in its own process, on a free loopback port."""
+    external = os.environ.get("CNNVIZ_E2E_URL")
+    if external:
+        url = external.rstrip("/") + "/"
+        _wait_until_serving(url, None, None)
+        yield Server(url, None)
+        return
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    log = ARTIFACTS / "server.log"
+    env = dict(
+        os.environ,
+        CNNVIZ_OFFLINE="1",
+        CNNVIZ_DEVICE="cpu",
+        GRADIO_ANALYTICS_ENABLED="False",
+        GRADIO_TEMP_DIR=str(tmp_path_factory.mktemp("gradio-tmp")),
+        PYTHONUNBUFFERED="1",
+    )
+    env.pop("GRADIO_SERVER_NAME", None)
+    env.pop("GRADIO_SERVER_PORT", None)
+    for attempt in range(3):  # the free port can be taken between probing and binding: try another
+        port = _free_port()
+        url = f"http://127.0.0.1:{port}/"
+        with log.open("w", encoding="utf-8") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
+                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )
+        try:
+            _wait_until_serving(url, proc, log)
+            break
+        except RuntimeError:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(10)
+            if attempt == 2 or "address already in use" not in _log_tail(log).lower():
+                raise
+    try:
+        yield Server(url, log)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def app_url(server) -> str:
+    return server.url
+
+
+@pytest.fixture(scope="session")
+def client(app_url, tmp_path_factory):
+    from gradio_client import Client
+
+    return Client(app_url, verbose=False, download_files=str(tmp_path_factory.mktemp("client-downloads")))
+
+
+# -------------------------------------------------------------------------------------------- browser
+
+
+_BROWSER_SKIPPED: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Say it at the end too: skipped browser tests are easy to miss in a long run."""
+    if _BROWSER_SKIPPED:
+        terminalreporter.write_sep(
+            "!", f"BROWSER TESTS SKIPPED: {_BROWSER_SKIPPED[0]} is missing (they fail instead when CI is set)",
+            red=True, bold=True,
+        )
+
+
+def _ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """Debian's Chromium through Playwright's sync API (Playwright cannot download browsers here)."""
+    if not CHROMIUM.exists():
+        _BROWSER_SKIPPED.append(str(CHROMIUM))
+        reason = (
+            f"!!! BROWSER TESTS NOT RUN: {CHROMIUM} is missing. Install it (apt-get install -y chromium); "
+            "Playwright cannot download its own browsers on this machine. !!!"
+        )
+        if _ci():
+            pytest.fail(reason + " CI is set, so this is a failure, not a skip.", pytrace=False)
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def _artifact_dir(request) -> Path:
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)
+    folder = ARTIFACTS / name
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.png"):
+        old.unlink()
+    return folder
+
+
+class PageProblems:
+    """Browser-side errors seen during a test: uncaught exceptions and console errors."""
+
+    def __init__(self) -> None:
+        self.page_errors: list[str] = []
+        self.console_errors: list[str] = []
+
+
+@pytest.fixture
+def browser_page(chromium, app_url, request):
+    """A fresh browser context and page per test, 1400×1000, with generous timeouts for model loads."""
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=UI_TIMEOUT_MS)
+    context = chromium.new_context(viewport={"width": 1400, "height": 1000})
+    context.set_default_timeout(UI_TIMEOUT_MS)
+    page = context.new_page()
+    problems = PageProblems()
+    page.on("pageerror", lambda e: problems.page_errors.append(str(e)))
+    page.on("console", lambda m: problems.console_errors.append(m.text) if m.type == "error" else None)
+    page.problems = problems
+    page.artifacts = _artifact_dir(request)
+    page.shots = 0
+    yield page
+    failed = any(getattr(getattr(request.node, f"rep_{when}", None), "failed", False) for when in ("setup", "call"))
+    if failed:
+        try:
+            page.screenshot(path=str(page.artifacts / "ZZ-failure.png"), full_page=True)
+        except Exception:  # the page may be gone; the failure itself is what matters
+            pass
+    context.close()
+
+
+@pytest.fixture
+def shot(browser_page):
+    """``shot("after-upload")`` saves a numbered full-page screenshot of the current step."""
+
+    def take(step: str) -> Path:
+        browser_page.shots += 1
+        path = browser_page.artifacts / f"{browser_page.shots:02d}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', step)}.png"
+        browser_page.screenshot(path=str(path), full_page=True)
+        return path
+
+    return take
+
+
+# -------------------------------------------------------------------------------------------- library
+
+
+class Library:
+    """What cnnviz itself computes, in this process, for comparing with what the app serves."""
+
+    @functools.cache
+    def architecture(self, model: str, weights: str = "random", depth: int = 3):
+        import cnnviz
+
+        return cnnviz.architecture(model, weights, depth)
+
+    @functools.cache
+    def layers(self, model: str, weights: str = "random"):
+        import cnnviz
+
+        return cnnviz.list_layers(cnnviz.load_model(model, weights))
+
+    def layer_labels(self, model: str, weights: str = "random") -> list[str]:
+        return [layer.label for layer in self.layers(model, weights)]
+
+    def default_layer(self, model: str, weights: str = "random"):
+        """The layer the app selects after a model change: the first convolution."""
+        import cnnviz
+        from cnnviz.layers import get_layer
+
+        return get_layer(cnnviz.load_model(model, weights), None)
+
+    @functools.cache
+    def filter_grid(self, model: str, weights: str = "random", normalise: str = "layer"):
+        import cnnviz
+
+        return cnnviz.filter_grid(model, weights, normalise)
+
+    @functools.cache
+    def feature_maps(self, model: str, image: str, layer: str | None = None, weights: str = "random"):
+        import cnnviz
+
+        return cnnviz.feature_maps(model, image, layer, weights)
+
+
+@pytest.fixture(scope="session")
+def library() -> Library:
+    return Library()
+
+
+# ---------------------------------------------------------------------------------------------- files
+
+
+@pytest.fixture(scope="session")
+def not_an_image(tmp_path_factory) -> Path:
+    """A text file renamed .png, as a user might upload by mistake."""
+    path = tmp_path_factory.mktemp("bad-upload") / "holiday.png"
+    path.write_text("This is a shopping list, not a picture.\nmilk\neggs\n", encoding="utf-8")
+    return path
