@@ -169,7 +169,7 @@ def get_spec(name: str) -> ModelSpec:
     match = _NAME_RE.match(name)
     if match is None:
         raise UnknownModelError(
-            f"{name[:80]!r} is not a model name. Names contain only letters, digits, '_', '.', '-', "
+            f"Not a model name: {name[:80]!r}. Names contain only letters, digits, '_', '.', '-', "
             "optionally prefixed by 'torchvision/' or 'timm/'."
         )
     library, arch = match.groups()

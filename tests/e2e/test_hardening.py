@@ -1,0 +1,104 @@
+"""What a public link receives: odd files, hostile names, out-of-range options, oversized uploads,
+and many clients at once. Each gets a result or a sentence, and the server keeps serving."""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from PIL import Image
+
+from .conftest import EXAMPLES
+from .test_api import assert_readable, assert_still_serving
+
+pytestmark = pytest.mark.e2e
+
+
+def _maps(client, **kw):
+    args = dict(model="resnet18", layer="layer1", weights="random")
+    args.update(kw)
+    return client.predict(api_name="/feature_maps", **args)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["../../etc/passwd", "/etc/passwd", "__import__('os').system('id')", "hf-hub:timm/resnet50", "resnet18; rm -rf /", "x" * 5000],
+)
+def test_hostile_model_names_are_refused_with_a_sentence(client, name):
+    with pytest.raises(Exception) as e:
+        client.predict(model=name, weights="random", api_name="/filters")
+    assert_readable(str(e.value), "model")
+    assert_still_serving(client)
+
+
+def assert_names_value_and_valid(message: str, bad: str, valid: str) -> None:
+    """Gradio validates radios, dropdowns and sliders itself; its message names the bad value and what is valid."""
+    assert "Traceback" not in message and bad in message and valid in message, message
+
+
+@pytest.mark.parametrize(
+    ("options", "bad", "valid"),
+    [
+        (dict(channels="some"), "some", "['first', 'top', 'all']"),
+        (dict(channels="top", n=0), "0", "minimum value 1"),
+        (dict(channels="top", n=10**7), "10000000", "maximum value 512"),
+        (dict(colormap="jet"), "jet", "'viridis'"),
+        (dict(normalise="global"), "global", "['channel', 'layer']"),
+        (dict(weights="imagenet"), "imagenet", "['pretrained', 'random']"),
+    ],
+)
+def test_out_of_range_options_sent_straight_to_the_api(client, options, bad, valid):
+    with pytest.raises(Exception) as e:
+        _maps(client, image=handle_file(str(EXAMPLES / "cat.png")), **options)
+    assert_names_value_and_valid(str(e.value), bad, valid)
+    assert_still_serving(client)
+
+
+def test_layer_outside_the_model_is_refused(client):
+    with pytest.raises(Exception) as e:
+        _maps(client, image=handle_file(str(EXAMPLES / "cat.png")), layer="layer1/../../fc")
+    assert_readable(str(e.value), "has no layer")
+
+
+def test_depth_out_of_range(client):
+    with pytest.raises(Exception) as e:
+        client.predict(model="resnet18", weights="random", depth=50, api_name="/architecture")
+    assert_names_value_and_valid(str(e.value), "50", "maximum value 8")
+
+
+def test_exif_rotated_photo_arrives_upright(client, tmp_path):
+    image = Image.new("RGB", (64, 32), "white")
+    exif = image.getexif()
+    exif[0x0112] = 6
+    path = tmp_path / "rotated.jpg"
+    image.save(path, exif=exif)
+    grid, labels, caption = _maps(client, image=handle_file(str(path)))
+    assert caption.startswith("`layer1`") and Image.open(grid).size[0] > 0
+
+
+def test_oversized_upload_is_refused_and_the_server_lives(client, tmp_path):
+    path = tmp_path / "huge.png"
+    path.write_bytes(os.urandom(21 * 1024 * 1024))  # over the 20 MB limit
+    with pytest.raises(Exception) as e:
+        _maps(client, image=handle_file(str(path)))
+    assert "large" in str(e.value).lower() or "size" in str(e.value).lower(), str(e.value)
+    assert_still_serving(client)
+
+
+def test_concurrent_clients_all_succeed_with_their_own_results(app_url):
+    photos = [EXAMPLES / "cat.png", EXAMPLES / "coffee.png", EXAMPLES / "rocket.jpg"]
+    models = ["resnet18", "timm/efficientnet_lite0", "mobilenet_v3_large"]
+
+    def one(i: int):
+        client = Client(app_url, verbose=False)
+        model, photo = models[i % 3], photos[i // 3 % 3]
+        grid, labels, caption = client.predict(model=model, image=handle_file(str(photo)), layer="", weights="pretrained", api_name="/feature_maps")
+        return model, photo.name, labels["label"] if labels else None, np.asarray(Image.open(grid)).shape
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(one, range(9)))
+    assert len(results) == 9
+    lite0 = {photo: label for model, photo, label, _ in results if model == "timm/efficientnet_lite0"}
+    assert lite0["coffee.png"] == "espresso" and lite0["cat.png"] in ("tabby", "tiger cat", "Egyptian cat")
