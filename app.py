@@ -22,6 +22,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available here; use --device auto or cpu.")
     os.environ["CNNVIZ_DEVICE"] = args.device
     from cnnviz.ui import MAX_UPLOAD, build_demo
 
