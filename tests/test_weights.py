@@ -15,7 +15,6 @@ from pathlib import Path
 import huggingface_hub.constants
 import pytest
 import safetensors.torch
-import skimage.data
 import timm
 import timm.data
 import torch
@@ -24,6 +23,7 @@ from PIL import Image
 
 from cnnviz import weights
 from cnnviz.errors import UnknownModelError
+from tests.conftest import EXAMPLES
 
 LITE0_CATS = {"tabby, tabby cat", "tiger cat", "Egyptian cat"}
 TIMM_SMALL = "mobilenetv3_small_050"  # 1.6 M parameters, weights on the Hub as timm/mobilenetv3_small_050.lamb_in1k
@@ -400,16 +400,16 @@ def lite0_classifier():
 
 @pytest.mark.parametrize(
     ("photo", "expected"),
-    [(skimage.data.coffee, {"espresso"}), (skimage.data.chelsea, LITE0_CATS)],
+    [("coffee.png", {"espresso"}), ("cat.png", LITE0_CATS)],
     ids=["coffee", "chelsea"],
 )
 def test_bundled_lite0_classifies_real_photos(lite0_classifier, photo, expected):
     model, transform, labels = lite0_classifier
-    x = transform(Image.fromarray(photo())).unsqueeze(0)
+    x = transform(Image.open(EXAMPLES / photo).convert("RGB")).unsqueeze(0)
     with torch.inference_mode():
         probs = model(x).softmax(dim=-1)[0]
     prob, index = probs.max(dim=0)
     top1 = labels.index_to_description(int(index))
-    print(f"{photo.__name__}: top-1 {top1!r} p={float(prob):.3f}")
-    assert top1 in expected, f"{photo.__name__}: top-1 {top1!r} (p={float(prob):.3f}), expected one of {expected}"
+    print(f"{photo}: top-1 {top1!r} p={float(prob):.3f}")
+    assert top1 in expected, f"{photo}: top-1 {top1!r} (p={float(prob):.3f}), expected one of {expected}"
     assert float(prob) > 0.3
