@@ -112,10 +112,16 @@ def bench_model(name: str, device: str, repeats: int, photos: Photos) -> dict[st
     for where, layer in picks.items():
         fresh = iter([photos() for _ in range(repeats + 1)])  # written before timing starts
         r[f"request {where} (new image)"] = median_ms(lambda layer=layer: request(layer, lambda: next(fresh)), repeats)
-    same = photos()
-    request(first, lambda: same)
-    cycle = iter([picks["middle"], picks["last"], picks["first"]] * (repeats + 2))
-    r["layer switch (same image)"] = median_ms(lambda: request(next(cycle), lambda: same), repeats)
+    first_switch = []
+    for _ in range(repeats):  # a new image, then its first switch to another layer (keeps every layer)
+        path = photos()
+        request(first, lambda: path)
+        start = time.perf_counter()
+        request(picks["middle"], lambda: path)
+        first_switch.append((time.perf_counter() - start) * 1000)
+    r["layer switch, first on an image"] = statistics.median(first_switch)
+    cycle = iter([picks["last"], picks["first"], picks["middle"]] * (repeats + 2))
+    r["layer switch, later ones"] = median_ms(lambda: request(next(cycle), lambda: path), repeats)
     r["filters view"] = median_ms(lambda: encoder.postprocess(ui.filters(name, "random")[0]), repeats)
 
     def architecture_first() -> None:
@@ -168,12 +174,52 @@ def bench_round_trip(repeats: int, photos: Photos) -> dict[str, float]:
             "architecture": (lambda: ui.architecture("resnet18", "random", 3),
                              lambda: client.predict(model="resnet18", weights="random", api_name="/architecture")),
         }
+        http = RawHttp(f"http://127.0.0.1:{port}")
+        uploaded = http.upload(same)
+        raw = {
+            "feature_maps": lambda: http.call("feature_maps", ["resnet18", uploaded, "layer1", "random", "first", 64, "gray", "channel"]),
+            "filters": lambda: http.call("filters", ["resnet18", "random", "layer"]),
+            "architecture": lambda: http.call("architecture", ["resnet18", "random", 3]),
+        }
         for endpoint, (direct, remote) in calls.items():
             r[f"{endpoint}: handler"] = median_ms(direct, repeats)
+            r[f"{endpoint}: raw HTTP round trip (+ output download)"] = median_ms(raw[endpoint], repeats)
             r[f"{endpoint}: gradio_client round trip"] = median_ms(remote, repeats)
         return r
     finally:
         demo.close()
+
+
+class RawHttp:
+    """Gradio's HTTP protocol by hand (POST /gradio_api/call/<name>, then read its event stream), to
+    separate the server's overhead from gradio_client's (which polls its message queue every 50 ms)."""
+
+    def __init__(self, base: str) -> None:
+        import httpx
+
+        self.http = httpx.Client(base_url=base, timeout=60)
+
+    def upload(self, path: str) -> dict:
+        with open(path, "rb") as f:
+            (server_path,) = self.http.post("/gradio_api/upload", files={"files": f}).json()
+        return {"path": server_path, "meta": {"_type": "gradio.FileData"}}
+
+    def call(self, name: str, data: list) -> None:
+        event = self.http.post(f"/gradio_api/call/{name}", json={"data": data}).json()["event_id"]
+        payload = ""
+        with self.http.stream("GET", f"/gradio_api/call/{name}/{event}") as stream:
+            for line in stream.iter_lines():
+                if line.startswith("event: error"):
+                    raise RuntimeError(f"{name} failed")
+                if line.startswith("data:"):
+                    payload = line
+        if '"url"' in payload:  # fetch the output file as a browser would
+            import json
+
+            outputs = json.loads(payload[5:])
+            for item in outputs:
+                if isinstance(item, dict) and item.get("url"):
+                    self.http.get(item["url"]).raise_for_status()
 
 
 def rss_mb(pid: int) -> float:

@@ -17,6 +17,7 @@ import torch
 from .errors import InvalidOptionError
 
 if TYPE_CHECKING:
+    from .layers import LayerInfo
     from .registry import LoadedModel
 
 OutputFn = Callable[[str, torch.Tensor], None]
@@ -86,6 +87,29 @@ def capture(model: torch.nn.Module, layers: Sequence[str], stop_early: bool = Fa
 
     with forward_hooks(model, list(layers), on_output):
         yield store
+
+
+def capture_all(
+    model: torch.nn.Module, layers: Sequence[LayerInfo], x: torch.Tensor
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """One full forward pass that keeps every layer's output, ``{name: Tensor[1,C,H,W]}`` on the
+    model's device, and returns the model output too.
+
+    Outputs that stay intact are kept by reference (no copy); those that :func:`cnnviz.layers.find_layers`
+    saw overwritten in place later in the pass are copied. An output changed in place unexpectedly
+    (its version counter moved) is left out rather than kept wrong.
+    """
+    copy = {layer.name for layer in layers if layer.overwritten}
+    store: dict[str, tuple[torch.Tensor, int]] = {}
+
+    def on_output(name: str, output) -> None:
+        if name not in store and isinstance(output, torch.Tensor):
+            kept = output.detach().clone() if name in copy else output.detach()
+            store[name] = (kept, output._version)
+
+    with forward_hooks(model, [layer.name for layer in layers], on_output), torch.no_grad():
+        logits = model(x)
+    return {n: t for n, (t, v) in store.items() if n in copy or t._version == v}, logits
 
 
 def run(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor | None:

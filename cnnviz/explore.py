@@ -24,6 +24,8 @@ _SUMMARIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _INPUTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # loaded -> file key -> (input, digest)
 _PREDICTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # loaded -> image digest -> top-5
 _LOCK = threading.Lock()
+_ACTIVATIONS: OrderedDict[tuple[int, bytes], tuple[weakref.ref, dict]] = OrderedDict()  # every layer of recent images
+MAX_KEPT_IMAGES = 2  # bounds that memory: one image's maps are ~5–250 MB depending on the model
 MAX_DEPTH = 8
 
 
@@ -131,19 +133,32 @@ def _model_input(loaded: LoadedModel, image) -> tuple[torch.Tensor, bytes]:
 
 
 def _analyse_cached(loaded: LoadedModel, x: torch.Tensor, digest: bytes, layer: str) -> tuple[torch.Tensor, list[Prediction]]:
-    """Predictions depend only on the image: once known, other layers need only a partial forward pass."""
+    """A new image costs one forward pass (this layer and the predictions). The first switch to another
+    layer of the same image keeps every layer's output from one full pass, so later switches cost no pass."""
     with _LOCK:
         per_model = _PREDICTIONS.setdefault(loaded, OrderedDict())
         known = per_model.get(digest)
-    with loaded.lock:
-        result = activations.analyse(loaded, x, layer, with_predictions=known is None)
+        kept = _ACTIVATIONS.get((id(loaded), digest))
+    if known is not None and kept is not None and kept[0]() is loaded and layer in kept[1]:
+        return kept[1][layer][0].to("cpu", torch.float32, copy=True), known
     if known is None:
-        known = result.predictions or []
+        with loaded.lock:
+            result = activations.analyse(loaded, x, layer, with_predictions=True)
         with _LOCK:
-            per_model[digest] = known
+            per_model[digest] = result.predictions or []
             while len(per_model) > 32:
                 per_model.popitem(last=False)
-    return result.maps, known
+        return result.maps, per_model[digest]
+    with loaded.lock:
+        store, _ = activations.capture_all(loaded.model, layers.list_layers(loaded), x)
+    with _LOCK:
+        _ACTIVATIONS[(id(loaded), digest)] = (weakref.ref(loaded), store)
+        while len(_ACTIVATIONS) > MAX_KEPT_IMAGES:
+            _ACTIVATIONS.popitem(last=False)
+    if layer in store:
+        return store[layer][0].to("cpu", torch.float32, copy=True), known
+    with loaded.lock:
+        return activations.analyse(loaded, x, layer, with_predictions=False).maps, known
 
 
 def predict(model: str, image, weights: str = "pretrained", k: int = 5) -> list[Prediction]:

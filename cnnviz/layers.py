@@ -4,12 +4,12 @@ from __future__ import annotations
 import difflib
 import threading
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import torch
 
-from .activations import forward_hooks, run
+from .activations import forward_hooks
 from .errors import UnknownLayerError
 
 if TYPE_CHECKING:
@@ -24,6 +24,7 @@ class LayerInfo:
     type: str  # "Conv2d"
     shape: tuple[int, int, int]  # (C, H, W) of its first call
     calls: int  # how many times the module runs per forward pass
+    overwritten: bool = False  # its output is changed in place later in the pass (e.g. ReLU(inplace=True))
 
     @property
     def label(self) -> str:
@@ -41,6 +42,7 @@ def find_layers(model: torch.nn.Module, input_size: tuple[int, int, int], device
     """
     modules = dict(model.named_modules())
     order: dict[str, LayerInfo] = {}
+    outputs: dict[str, tuple[torch.Tensor, int]] = {}
 
     def on_output(name: str, output) -> None:
         if name in order:
@@ -49,10 +51,13 @@ def find_layers(model: torch.nn.Module, input_size: tuple[int, int, int], device
         elif isinstance(output, torch.Tensor) and output.ndim == 4:
             shape = tuple(int(s) for s in output.shape[1:])
             order[name] = LayerInfo(name, type(modules[name]).__name__, shape, 1)
+            outputs[name] = (output, output._version)
 
-    with forward_hooks(model, None, on_output):
-        run(model, torch.zeros(1, *input_size, device=device))
-    return tuple(order.values())
+    with forward_hooks(model, None, on_output), torch.no_grad():  # no_grad, not inference_mode: keeps version counters
+        model(torch.zeros(1, *input_size, device=device))
+    return tuple(
+        replace(info, overwritten=outputs[name][0]._version != outputs[name][1]) for name, info in order.items()
+    )
 
 
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

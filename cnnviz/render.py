@@ -108,7 +108,9 @@ def render_feature_maps(
         raise ValueError(f"Unknown normalisation {normalise!r}; use one of {', '.join(NORMALISATIONS)}.")
     unit = minmax(maps, (1, 2) if normalise == "channel" else None)
     size = tile_size(len(maps), max(maps.shape[1:]), target)
-    return tile(colorize(resize_tiles(unit, size), colormap))
+    if size < max(maps.shape[1:]):  # shrink the values, then colour
+        return tile(colorize(resize_tiles(unit, size), colormap))
+    return tile(resize_tiles(colorize(unit, colormap), size))  # colour the few native pixels, then enlarge
 
 
 def render_filters(weight: np.ndarray, normalise: str = "layer", target: int = 1024) -> np.ndarray:

@@ -89,6 +89,20 @@ def test_find_layers_forward_order_shapes_and_calls(tiny):
         ("conv2", (8, 8, 8), 1),
         ("pool", (8, 1, 1), 1),
     ]
+    assert [l.overwritten for l in found] == [True, False, False, False]  # conv1's output is ReLU'd in place
     assert found[1].label == "relu · ReLU · 8×8×8 · called 2×, first call"
     assert _hook_count(tiny) == 0
     assert layers.first_conv_name(tiny) == "conv1"
+
+
+def test_capture_all_equals_one_layer_captures(tiny):
+    x = torch.randn(1, 3, 16, 16)
+    found = layers.find_layers(tiny, (3, 16, 16))
+    store, logits = activations.capture_all(tiny, found, x)
+    assert set(store) == {l.name for l in found}
+    for layer in found:
+        with activations.capture(tiny, [layer.name]) as one:
+            activations.run(tiny, x)
+        torch.testing.assert_close(store[layer.name][0], one[layer.name])
+    torch.testing.assert_close(logits, tiny(x).detach())
+    assert _hook_count(tiny) == 0

@@ -54,3 +54,17 @@ def test_top_channels_are_the_strongest(coffee):
     view = cnnviz.feature_maps("resnet18", coffee, "layer3", "random", channels="top", n=8)
     means = view.maps.mean(dim=(1, 2))
     assert view.channels.tolist() == means.topk(8).indices.tolist()
+
+
+def test_layer_switches_show_every_layer_exactly(coffee):
+    """After the first switch every layer comes from one kept pass; each must equal its own capture."""
+    from cnnviz import activations, explore
+
+    loaded, x = _input("resnet18", coffee)
+    cnnviz.feature_maps("resnet18", coffee, "layer1", "random")  # new image: predictions known
+    for layer in cnnviz.list_layers(loaded):
+        view = cnnviz.feature_maps("resnet18", coffee, layer.name, "random")
+        with activations.capture(loaded.model, [layer.name]) as one:
+            activations.run(loaded.model, x)
+        torch.testing.assert_close(view.maps, one[layer.name], msg=layer.name)
+    assert len(explore._ACTIVATIONS) <= explore.MAX_KEPT_IMAGES

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import cnnviz
-from cnnviz import registry
+from cnnviz import preprocess, registry
 
 
 @pytest.mark.slow
@@ -30,4 +30,10 @@ def test_curated_model_through_every_view(name, coffee):
     assert len(first.predictions) == 5 and sum(p.probability for p in first.predictions) <= 1.0001
     last = cnnviz.feature_maps(name, coffee, found[-1].name, "random")
     assert tuple(last.maps.shape) == found[-1].shape and torch.isfinite(last.maps).all()
+    middle = found[len(found) // 2]  # served from the pass kept by the switch above
+    kept = cnnviz.feature_maps(name, coffee, middle.name, "random")
+    x = preprocess.to_input(loaded, preprocess.open_image(coffee))
+    with cnnviz.capture(loaded.model, [middle.name]) as one:
+        cnnviz.run(loaded.model, x)
+    torch.testing.assert_close(kept.maps, one[middle.name])
     registry.clear_cache()
