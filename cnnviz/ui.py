@@ -6,12 +6,12 @@ The only module that imports gradio. Public endpoints: ``/architecture``, ``/fil
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import os
 import re
 import tempfile
 import threading
+import uuid
 from collections import deque
 from pathlib import Path
 
@@ -96,7 +96,7 @@ class _OutputFiles:
 
     def write(self, name: str, data: bytes) -> str:
         safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:120]
-        path = self.folder / hashlib.blake2b(data, digest_size=8).hexdigest() / safe
+        path = self.folder / uuid.uuid4().hex / safe  # never reused: evicting an old file cannot hit a new one
         path.parent.mkdir(exist_ok=True)
         path.write_bytes(data)
         with self._lock:
@@ -104,6 +104,7 @@ class _OutputFiles:
             while len(self._paths) > self.keep:
                 old = self._paths.popleft()
                 old.unlink(missing_ok=True)
+                old.parent.rmdir()
         return str(path)
 
 

@@ -1,0 +1,39 @@
+"""ui.py handlers without a browser: error mapping and the files handed to Gradio."""
+from __future__ import annotations
+
+import gradio as gr
+import pytest
+
+from cnnviz import ui
+from tests.conftest import EXAMPLES
+
+
+def test_output_files_never_reuse_a_path_and_keep_only_the_newest():
+    files = ui._OutputFiles(keep=2)
+    paths = [files.write("same-name.jpg", b"same bytes") for _ in range(3)]
+    assert len(set(paths)) == 3  # identical outputs still get their own file
+    from pathlib import Path
+
+    assert [Path(p).exists() for p in paths] == [False, True, True]
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: ui.filters("no_such_net", "random"), "Unknown model"),
+        (lambda: ui.feature_maps("resnet18", None, "", "random"), "No image given"),
+        (lambda: ui.feature_maps("resnet18", str(EXAMPLES / "cat.png"), "fc", "random"), "has no layer"),
+        (lambda: ui.architecture("resnet18", "random", 0), "Depth must be"),
+    ],
+)
+def test_user_mistakes_become_gr_error_sentences(call, message):
+    with pytest.raises(gr.Error, match=message):
+        call()
+
+
+def test_handlers_return_files_and_captions():
+    image, labels, caption = ui.feature_maps("resnet18", str(EXAMPLES / "cat.png"), "layer1.0.conv1", "random", "top", 8)
+    assert image.endswith(".jpg") and len(labels) == 5
+    assert caption.startswith("`layer1.0.conv1` · Conv2d · 64×56×56 — the 8 channels with the highest mean activation")
+    png, caption = ui.filters("resnet18", "random", "filter")
+    assert png.endswith(".png") and "64 filters of 3×7×7" in caption and "each filter's own range" in caption
