@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 MAX_PIXELS = 40_000_000  # larger images are refused before decoding (decompression bombs)
 MAX_SIDE = 4096  # decoded images are shrunk to this longest side before preprocessing
 ACCEPTED = "PNG, JPEG, WebP, GIF, BMP or TIFF"
+NOT_AN_IMAGE = f"That file is not an image this app can read. Upload a {ACCEPTED} image."
+TOO_BIG = f"The image is larger than the {MAX_PIXELS // 1_000_000} megapixels this app accepts. Upload a smaller image."
 
 Transform = Callable[[Image.Image], torch.Tensor]
 
@@ -87,9 +89,7 @@ def _open_file(path: str | os.PathLike) -> Image.Image:
     name = os.path.basename(str(path))
     if not os.path.isfile(path) or os.path.getsize(path) == 0:
         raise InvalidImageError(f"The file {name!r} is empty or missing. Upload a {ACCEPTED} image.")
-    too_big = (
-        f"The image is larger than the {MAX_PIXELS // 1_000_000} megapixels this app accepts. Upload a smaller image."
-    )
+    too_big = TOO_BIG
     try:
         image = Image.open(path)
     except Image.DecompressionBombError as e:

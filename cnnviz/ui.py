@@ -31,22 +31,22 @@ MAX_UPLOAD = "20mb"
 
 
 class SafeImage(gr.Image):
-    """gr.Image that turns an unreadable upload into a plain sentence instead of a decoder traceback.
-
-    With ``type="filepath"`` it hands over the path; :func:`cnnviz.open_image` does the decoding.
-    """
+    """gr.Image that hands the uploaded file's path straight over (``image_mode=None``: Gradio neither
+    decodes nor converts it) and turns a file its header check rejects into a plain sentence.
+    :func:`cnnviz.open_image` does the decoding, with its size limit, EXIF and mode handling."""
 
     is_template = True
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(type="filepath", image_mode=None, **kwargs)
 
     def preprocess(self, payload):
         try:
             return super().preprocess(payload)
-        except gr.Error:
-            raise
-        except (PILImage.UnidentifiedImageError, PILImage.DecompressionBombError, OSError, ValueError, SyntaxError) as e:
-            raise gr.Error(
-                f"That file is not an image this app can read. Upload a {preprocess.ACCEPTED} image."
-            ) from e
+        except PILImage.DecompressionBombError as e:
+            raise gr.Error(preprocess.TOO_BIG) from e
+        except (PILImage.UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+            raise gr.Error(preprocess.NOT_AN_IMAGE) from e
 
 
 def _user_errors(fn):
@@ -228,9 +228,7 @@ def build_demo() -> gr.Blocks:
             with gr.Tab("Feature maps", id="feature-maps"):
                 with gr.Row():
                     with gr.Column(scale=1):
-                        image = SafeImage(
-                            type="filepath", sources=["upload", "clipboard"], label="Your image", elem_id="input-image"
-                        )
+                        image = SafeImage(sources=["upload", "clipboard"], label="Your image", elem_id="input-image")
                         gr.Examples(_example_paths(), inputs=[image], label="Examples")
                         layer = gr.Dropdown([], value="", label="Layer", allow_custom_value=True, elem_id="layer-select")
                         channels = gr.Radio(CHANNEL_CHOICES, value="first", label="Channels")

@@ -102,3 +102,34 @@ def test_concurrent_clients_all_succeed_with_their_own_results(app_url):
     assert len(results) == 9
     lite0 = {photo: label for model, photo, label, _ in results if model == "timm/efficientnet_lite0"}
     assert lite0["coffee.png"] == "espresso" and lite0["cat.png"] in ("tabby", "tiger cat", "Egyptian cat")
+
+
+def _sixteen_bit(path):
+    ramp = (np.linspace(0, 65535, 64 * 64).reshape(64, 64)).astype(np.uint16)
+    Image.fromarray(ramp).save(path)
+
+
+def _cmyk(path):
+    Image.new("CMYK", (64, 64), (0, 200, 200, 0)).save(path)
+
+
+def _palette(path):
+    image = Image.new("P", (64, 64), 1)
+    image.putpalette([0, 0, 255] + [255, 128, 0] * 255)
+    image.paste(0, (0, 0, 32, 64))
+    image.save(path, transparency=0)
+
+
+@pytest.mark.parametrize(("make", "name"), [(_sixteen_bit, "ramp16.png"), (_cmyk, "cmyk.jpg"), (_palette, "pal.png")])
+def test_unusual_uploads_are_decoded_by_us_not_converted_on_the_way(client, tmp_path, make, name):
+    """Gradio would convert these to RGB itself (clipping 16-bit to white); the maps must equal the library's."""
+    import cnnviz
+
+    path = tmp_path / name
+    make(path)
+    lite0 = "timm/efficientnet_lite0"  # bundled weights: the server's model and ours are the same network
+    grid, _, _ = _maps(client, model=lite0, weights="pretrained", image=handle_file(str(path)), layer="conv_stem")
+    served = np.asarray(Image.open(grid).convert("RGB"), dtype=np.float32)
+    truth = cnnviz.feature_maps(lite0, str(path), "conv_stem", "pretrained").image.astype(np.float32)
+    assert served.shape == truth.shape
+    assert np.abs(served - truth).mean() < 4  # JPEG, not another image
