@@ -27,9 +27,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is available here; use --device auto or cpu.")
     os.environ["CNNVIZ_DEVICE"] = args.device
-    from cnnviz.ui import MAX_UPLOAD, build_demo
+    from cnnviz.ui import CSS, MAX_UPLOAD, build_demo
 
-    build_demo().launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_UPLOAD)
+    build_demo().launch(
+        server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_UPLOAD, css=CSS
+    )
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ COLORMAPS = ("gray", "viridis", "magma", "inferno", "cividis", "coolwarm")
 NORMALISATIONS = ("channel", "layer")  # feature maps: per channel or over the whole layer
 FILTER_NORMALISATIONS = ("layer", "filter")  # filters: over the whole layer (the seed's) or per filter
 MAX_GRID_SIDE = 2048  # longest side of any grid sent to the browser, in pixels
+MAPS_TARGET = 512  # feature-map grids: native resolution, enlarged by whole factors only below ~512 px
+FILTERS_TARGET = 1024  # filter grids: kernels are tiny, so each weight becomes a visible square
 
 
 def minmax(a: np.ndarray, axes: tuple[int, ...] | None = None) -> np.ndarray:
@@ -94,7 +96,7 @@ def tile_size(n: int, side: int, target: int = 1024, max_side: int = MAX_GRID_SI
 
 
 def render_feature_maps(
-    maps: np.ndarray, colormap: str = "gray", normalise: str = "channel", target: int = 1024
+    maps: np.ndarray, colormap: str = "gray", normalise: str = "channel", target: int = MAPS_TARGET
 ) -> np.ndarray:
     """Draw feature maps ``float32[C,H,W]`` as a near-square grid, ``uint8[H',W',3]``.
 
@@ -113,7 +115,7 @@ def render_feature_maps(
     return tile(resize_tiles(colorize(unit, colormap), size))  # colour the few native pixels, then enlarge
 
 
-def render_filters(weight: np.ndarray, normalise: str = "layer", target: int = 1024) -> np.ndarray:
+def render_filters(weight: np.ndarray, normalise: str = "layer", target: int = FILTERS_TARGET) -> np.ndarray:
     """Draw conv kernels ``float32[O,I,kh,kw]`` as a grid, ``uint8[H,W,3]``, each kernel upscaled with
     nearest-neighbour so every weight is a visible square.
 

@@ -28,17 +28,19 @@ EXAMPLE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 TABLE_HEADERS = ["layer", "type", "output shape", "kernel", "stride", "params", "MACs"]
 CHANNEL_CHOICES = [("first N", "first"), ("top N by mean activation", "top"), ("all", "all")]
 MAX_UPLOAD = "20mb"
+# Grids arrive at (about) the maps' own resolution; the page enlarges them with crisp pixels.
+CSS = "#maps-image img, #filters-image img { image-rendering: pixelated; width: 100%; height: auto; object-fit: contain; }"
 
 
 class SafeImage(gr.Image):
-    """gr.Image that hands the uploaded file's path straight over (``image_mode=None``: Gradio neither
-    decodes nor converts it) and turns a file its header check rejects into a plain sentence.
-    :func:`cnnviz.open_image` does the decoding, with its size limit, EXIF and mode handling."""
+    """gr.Image that turns a file Gradio's header check rejects into a plain sentence.
+
+    Build it with ``type="filepath", image_mode=None`` so Gradio hands the uploaded file's path over
+    without decoding or converting it; :func:`cnnviz.open_image` does the decoding, with its size
+    limit, EXIF and mode handling. (Gradio reads a component's config from its constructor arguments,
+    so a subclass cannot set these in its own ``__init__``.)"""
 
     is_template = True
-
-    def __init__(self, **kwargs) -> None:
-        super().__init__(type="filepath", image_mode=None, **kwargs)
 
     def preprocess(self, payload):
         try:
@@ -228,7 +230,10 @@ def build_demo() -> gr.Blocks:
             with gr.Tab("Feature maps", id="feature-maps"):
                 with gr.Row():
                     with gr.Column(scale=1):
-                        image = SafeImage(sources=["upload", "clipboard"], label="Your image", elem_id="input-image")
+                        image = SafeImage(
+                            type="filepath", image_mode=None, sources=["upload", "clipboard"],
+                            label="Your image", elem_id="input-image",
+                        )
                         gr.Examples(_example_paths(), inputs=[image], label="Examples")
                         layer = gr.Dropdown([], value="", label="Layer", allow_custom_value=True, elem_id="layer-select")
                         channels = gr.Radio(CHANNEL_CHOICES, value="first", label="Channels")

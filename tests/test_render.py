@@ -46,7 +46,7 @@ def test_feature_map_grid_pixels_come_from_the_maps():
     rng = np.random.default_rng(0)
     maps = rng.random((4, 5, 5)).astype(np.float32) * 10
     grid = render.render_feature_maps(maps, "gray", "channel")
-    size = render.tile_size(4, 5)
+    size = render.tile_size(4, 5, render.MAPS_TARGET)
     factor = size // 5
     # tile 3 sits in row 1, column 1 of a 2×2 grid; its top-left pixel is the channel's normalised [0, 0]
     y = x = factor * 5 + 2
@@ -58,7 +58,7 @@ def test_layer_normalisation_keeps_relative_brightness():
     maps = np.stack([np.full((4, 4), 1.0), np.full((4, 4), 3.0)]).astype(np.float32)
     maps[:, 0, 0] = 0.0
     grid = render.render_feature_maps(maps, "gray", "layer")
-    size = render.tile_size(2, 4)
+    size = render.tile_size(2, 4, render.MAPS_TARGET)
     left, right = grid[size - 1, size - 1, 0], grid[size - 1, size + 2 + size - 1, 0]
     assert right > left  # per-layer scale: the brighter channel stays brighter
 
