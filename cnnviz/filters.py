@@ -58,7 +58,7 @@ class Filters:
     @property
     def description(self) -> str:
         o, i, kh, kw = self.weight.shape
-        return f"{self.layer} ({self.module_type}): {o} filters of {i}×{kh}×{kw}, stride {self.stride[0]}×{self.stride[1]}"
+        return f"{self.module_type} · {o} filters of {i}×{kh}×{kw}, stride {self.stride[0]}×{self.stride[1]}"
 
 
 def first_layer_filters(loaded: LoadedModel) -> Filters:

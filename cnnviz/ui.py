@@ -134,7 +134,7 @@ def filters(model: str, weights: str = "pretrained", normalise: str = "layer"):
     view = explore.filter_grid(model, weights, normalise)
     per = "the whole layer's range" if normalise == "layer" else "each filter's own range"
     colour = "in colour (R, G, B input channels)" if view.filters.weight.shape[1] == 3 else "in grey (mean over input channels)"
-    caption = f"`{view.filters.layer}` — {view.filters.description}; drawn {colour}, scaled to {per}."
+    caption = f"`{view.filters.layer}` · {view.filters.description}; drawn {colour}, scaled to {per}."
     return _OUTPUTS.write(f"{model}-filters.png", render.encode(view.image, "png")), caption
 
 
