@@ -164,7 +164,7 @@ def _analyse_cached(loaded: LoadedModel, x: torch.Tensor, digest: bytes, layer: 
 def predict(model: str, image, weights: str = "pretrained", k: int = 5) -> list[Prediction]:
     """Top-k classes of ``image`` with probabilities (empty for models without ImageNet labels).
 
-    >>> [p.label for p in predict("timm/efficientnet_lite0", "examples/coffee.png")][:1]
+    >>> [p.label for p in predict("timm/tf_efficientnet_lite0", "examples/coffee.png")][:1]
     ['espresso']
     """
     loaded = load_model(model, weights)

@@ -29,7 +29,7 @@ from .errors import InvalidOptionError, UnknownModelError
 Source = Literal["torchvision", "timm"]
 WEIGHT_CHOICES = ("pretrained", "random")
 DEFAULT_MODEL = "alexnet"
-OFFLINE_MODEL = "timm/efficientnet_lite0"
+OFFLINE_MODEL = "timm/tf_efficientnet_lite0"
 
 _NAME_RE = re.compile(r"^(?:(torchvision|timm)/)?([A-Za-z0-9][A-Za-z0-9_.\-]{0,99})$")
 
@@ -86,7 +86,7 @@ _tv("mobilenet_v3_large", "MobileNetV3-Large")
 _tv("efficientnet_b0", "EfficientNet-B0")
 _tv("regnet_y_400mf", "RegNetY-400MF")
 _tv("convnext_tiny", "ConvNeXt-Tiny")
-_timm("efficientnet_lite0", "EfficientNet-Lite0", "ImageNet weights bundled, works offline")
+_timm("tf_efficientnet_lite0", "EfficientNet-Lite0 (TF)", "ImageNet weights bundled, works offline")
 _timm("resnet50.a1_in1k", "ResNet-50 (a1)")
 _timm("efficientnet_b0.ra_in1k", "EfficientNet-B0")
 _timm("mobilenetv3_large_100.ra_in1k", "MobileNetV3-Large 1.0")

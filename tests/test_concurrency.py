@@ -43,10 +43,10 @@ def test_summary_while_others_run_forward_passes():
 
 
 def test_weights_choices_are_separate_models():
-    trained = registry.load_model("timm/efficientnet_lite0", "pretrained")
+    trained = registry.load_model("timm/tf_efficientnet_lite0", "pretrained")
     before = trained.model.conv_stem.weight.clone()
-    untrained = registry.load_model("timm/efficientnet_lite0", "random")
+    untrained = registry.load_model("timm/tf_efficientnet_lite0", "random")
     assert untrained.model is not trained.model
     assert trained.weights.pretrained and not untrained.weights.pretrained
     torch.testing.assert_close(trained.model.conv_stem.weight, before)
-    assert cnnviz.predict("timm/efficientnet_lite0", EXAMPLES / "coffee.png")[0].label == "espresso"
+    assert cnnviz.predict("timm/tf_efficientnet_lite0", EXAMPLES / "coffee.png")[0].label == "espresso"

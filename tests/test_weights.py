@@ -316,7 +316,7 @@ def lite0_file() -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def lite0_timm_state() -> dict[str, torch.Tensor]:
-    return timm.create_model("efficientnet_lite0").state_dict()
+    return timm.create_model("tf_efficientnet_lite0").state_dict()
 
 
 def test_lite0_stage_depths_are_timms():
@@ -359,7 +359,7 @@ def test_map_lite0_keys_names_the_key_that_does_not_fit(lite0_file, lite0_timm_s
 
 
 def test_load_bundled_lite0_loads_exact_tensors(lite0_file):
-    model = timm.create_model("efficientnet_lite0")
+    model = timm.create_model("tf_efficientnet_lite0")
     outcome = weights.load_bundled_lite0(model)
     assert outcome == weights.WeightsOutcome(True, weights.BUNDLED_LITE0_SOURCE, None)
     assert torch.equal(model.conv_stem.weight, lite0_file["_conv_stem.weight"])
@@ -381,17 +381,23 @@ def test_load_bundled_lite0_without_the_package_gives_notice(monkeypatch):
     assert torch.equal(model.conv_stem.weight, before)
 
 
-@pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite0.ra_in1k", "tf_efficientnet_lite0"])
-def test_load_timm_lite0_uses_the_bundle_offline(name, isolated):
-    model, outcome = weights.load_timm(name, pretrained=True)
+def test_load_timm_lite0_uses_the_bundle_offline(isolated):
+    model, outcome = weights.load_timm("tf_efficientnet_lite0", pretrained=True)
     assert outcome == weights.WeightsOutcome(True, weights.BUNDLED_LITE0_SOURCE, None)
     assert not model.training
+    assert type(model.conv_stem).__name__ == "Conv2dSame"  # the TF-faithful variant the weights come from
     assert isolated.hosts == []
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite0.ra_in1k", "tf_efficientnet_lite0.in1k"])
+def test_other_lite0_names_are_timms_own_weights_not_the_bundle(name, isolated):
+    model, outcome = weights.load_timm(name, pretrained=True)
+    assert not outcome.pretrained and outcome.notice  # offline here: timm's hub weights cannot be had
 
 
 @pytest.fixture(scope="module")
 def lite0_classifier():
-    model, outcome = weights.load_timm("efficientnet_lite0", pretrained=True)
+    model, outcome = weights.load_timm("tf_efficientnet_lite0", pretrained=True)
     assert outcome.pretrained
     transform = timm.data.create_transform(**timm.data.resolve_model_data_config(model))
     labels = timm.data.ImageNetInfo()

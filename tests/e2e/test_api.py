@@ -61,7 +61,7 @@ def test_public_endpoints_have_the_documented_names(client):
 
 @pytest.mark.parametrize(
     "model, weights",
-    [("resnet18", "random"), ("timm/resnet50.a1_in1k", "random"), ("timm/efficientnet_lite0", "pretrained")],
+    [("resnet18", "random"), ("timm/resnet50.a1_in1k", "random"), ("timm/tf_efficientnet_lite0", "pretrained")],
 )
 def test_architecture_matches_library(client, library, model, weights):
     totals, table, csv_path, text = client.predict(
@@ -88,7 +88,7 @@ def test_filters_random_weights_have_library_grid_size(client, library, model):
 
 
 def test_filters_pretrained_are_the_library_grid_pixel_for_pixel(client, library):
-    model = "timm/efficientnet_lite0"
+    model = "timm/tf_efficientnet_lite0"
     image, caption = client.predict(model=model, weights="pretrained", api_name=endpoint(client, "filters"))
     truth = library.filter_grid(model, "pretrained")
     served = np.asarray(Image.open(image).convert("RGB"))
@@ -116,7 +116,7 @@ def test_feature_maps_grid_size_and_caption(client, library, model, layer):
 def test_feature_maps_pretrained_lite0_calls_coffee_espresso(client, library):
     from gradio_client import handle_file
 
-    model, coffee = "timm/efficientnet_lite0", str(EXAMPLES / "coffee.png")
+    model, coffee = "timm/tf_efficientnet_lite0", str(EXAMPLES / "coffee.png")
     image, labels, caption = client.predict(
         model=model, image=handle_file(coffee), layer="", weights="pretrained", api_name="/feature_maps"
     )

@@ -42,8 +42,8 @@ from .conftest import EXAMPLES, UI_TIMEOUT_MS
 
 pytestmark = pytest.mark.e2e
 
-OFFLINE_MODEL = "timm/efficientnet_lite0"
-OFFLINE_LABEL = "EfficientNet-Lite0 · timm — ImageNet weights bundled, works offline"
+OFFLINE_MODEL = "timm/tf_efficientnet_lite0"
+OFFLINE_LABEL = "EfficientNet-Lite0 (TF) · timm — ImageNet weights bundled, works offline"
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -249,7 +249,7 @@ def test_opens_on_offline_model_with_banner_and_architecture(browser_page: Page,
     expect(banner).to_contain_text("EfficientNet-Lite0")
     expect(page.get_by_label("Model", exact=True)).to_have_value(OFFLINE_LABEL)
     notice = wait_text(page, "#weights-notice", startswith="✅")
-    assert "timm/efficientnet_lite0" in notice and "pretrained weights" in notice
+    assert "timm/tf_efficientnet_lite0" in notice and "pretrained weights" in notice
 
     truth = library.architecture(OFFLINE_MODEL, "pretrained", 3)
     wait_table_rows(page, len(truth.rows))
@@ -273,7 +273,7 @@ def test_switching_model_updates_every_tab_and_the_layer_dropdown(browser_page: 
     wait_text(page, "#maps-caption", startswith="conv_stem")
     assert dropdown_options(page, "#layer-select") == library.layer_labels(OFFLINE_MODEL, "pretrained")
     set_weights(page, "random")
-    wait_text(page, "#weights-notice", startswith="🎲", contains="timm/efficientnet_lite0")
+    wait_text(page, "#weights-notice", startswith="🎲", contains="timm/tf_efficientnet_lite0")
     shot("feature-maps-tab-lite0")
 
     # gradio#12246: new choices and a value ("conv1") that was not among the old ones, tab visible.
@@ -374,7 +374,7 @@ def test_feature_maps_upload_example_and_layer_change(browser_page: Page, app_ur
     layer = "blocks.2.0.conv_dw"
     truth = library.feature_maps(OFFLINE_MODEL, coffee, layer, "pretrained")
     choose_layer(page, layer, truth.layer.label)
-    caption = wait_text(page, "#maps-caption", startswith=f"{layer} · Conv2d · 144×28×28")
+    caption = wait_text(page, "#maps-caption", startswith=f"{layer} · {truth.layer.type} · 144×28×28")
     assert "channels 0–63 of 144" in caption
     layer_img = wait_image(page, "#maps-image", not_src=coffee_img["src"])
     assert (layer_img["w"], layer_img["h"]) == (truth.image.shape[1], truth.image.shape[0])

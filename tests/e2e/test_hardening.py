@@ -89,7 +89,7 @@ def test_oversized_upload_is_refused_and_the_server_lives(client, tmp_path):
 
 def test_concurrent_clients_all_succeed_with_their_own_results(app_url):
     photos = [EXAMPLES / "cat.png", EXAMPLES / "coffee.png", EXAMPLES / "rocket.jpg"]
-    models = ["resnet18", "timm/efficientnet_lite0", "mobilenet_v3_large"]
+    models = ["resnet18", "timm/tf_efficientnet_lite0", "mobilenet_v3_large"]
 
     def one(i: int):
         client = Client(app_url, verbose=False)
@@ -100,7 +100,7 @@ def test_concurrent_clients_all_succeed_with_their_own_results(app_url):
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(one, range(9)))
     assert len(results) == 9
-    lite0 = {photo: label for model, photo, label, _ in results if model == "timm/efficientnet_lite0"}
+    lite0 = {photo: label for model, photo, label, _ in results if model == "timm/tf_efficientnet_lite0"}
     assert lite0["coffee.png"] == "espresso" and lite0["cat.png"] in ("tabby", "tiger cat", "Egyptian cat")
 
 
@@ -127,7 +127,7 @@ def test_unusual_uploads_are_decoded_by_us_not_converted_on_the_way(client, tmp_
 
     path = tmp_path / name
     make(path)
-    lite0 = "timm/efficientnet_lite0"  # bundled weights: the server's model and ours are the same network
+    lite0 = "timm/tf_efficientnet_lite0"  # bundled weights: the server's model and ours are the same network
     grid, _, _ = _maps(client, model=lite0, weights="pretrained", image=handle_file(str(path)), layer="conv_stem")
     served = np.asarray(Image.open(grid).convert("RGB"), dtype=np.float32)
     truth = cnnviz.feature_maps(lite0, str(path), "conv_stem", "pretrained").image.astype(np.float32)
