@@ -7,6 +7,7 @@ that registered them, so two requests sharing a model never see each other's act
 """
 from __future__ import annotations
 
+import difflib
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import torch
 
-from .errors import InvalidOptionError
+from .errors import InvalidOptionError, UnknownLayerError
 
 if TYPE_CHECKING:
     from .layers import LayerInfo
@@ -40,6 +41,11 @@ def forward_hooks(model: torch.nn.Module, names: Sequence[str] | None, on_output
     """
     modules = dict(model.named_modules())
     wanted = [n for n in modules if n] if names is None else list(names)
+    missing = [n for n in wanted if n not in modules]
+    if missing:
+        close = difflib.get_close_matches(str(missing[0]), list(modules), n=5, cutoff=0.5)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise UnknownLayerError(f"The model has no module named {str(missing[0])[:80]!r}.{hint}")
     owner = threading.get_ident()
     handles = []
     saved_mode = model.training
@@ -125,15 +131,22 @@ def run(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor | None:
 class Prediction:
     label: str
     probability: float
+    index: int  # class index: labels repeat in ImageNet ("crane" the bird and the machine)
 
 
 def top_k(logits: torch.Tensor, categories: Sequence[str] | None, k: int = 5) -> list[Prediction]:
-    """Softmax top-k of ``logits[1,N]``; empty when the output is not a classification over known classes."""
+    """Softmax top-k of ``logits[1,N]``; empty when the output is not a classification over known classes.
+
+    >>> top_k(torch.tensor([[0.0, 2.0]]), ["cat", "dog"], k=1)
+    [Prediction(label='dog', probability=0.88..., index=1)]
+    """
+    if k < 1:
+        raise InvalidOptionError(f"k must be at least 1, not {k}.")
     if logits is None or logits.ndim != 2 or not categories or logits.shape[1] != len(categories):
         return []
     probs = torch.softmax(logits[0].float(), dim=0)
     values, indices = probs.topk(min(k, probs.numel()))
-    return [Prediction(categories[i], float(v)) for v, i in zip(values.tolist(), indices.tolist())]
+    return [Prediction(categories[i], float(v), i) for v, i in zip(values.tolist(), indices.tolist())]
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,9 @@ def filter_grid(model: str, weights: str = "pretrained", normalise: str = "layer
     torch.Size([64, 3, 11, 11])
     """
     _check(normalise, render.FILTER_NORMALISATIONS, "normalisation")
-    found = filters_mod.first_layer_filters(load_model(model, weights))
+    loaded = load_model(model, weights)
+    with loaded.lock:  # runs the convolution once: keep it out of another request's hooked pass
+        found = filters_mod.first_layer_filters(loaded)
     return FiltersView(found, render.render_filters(found.weight.numpy(), normalise))
 
 
@@ -79,7 +81,7 @@ class FeatureMapsView:
     maps: torch.Tensor  # [C,H,W] float32: the layer's whole output for the image
     channels: torch.Tensor  # indices of the channels drawn, in drawing order
     image: np.ndarray  # uint8[H,W,3] grid
-    predictions: list[Prediction]  # top-5, empty when the model is not an ImageNet classifier
+    predictions: tuple[Prediction, ...]  # top-5, empty when the model is not an ImageNet classifier
 
 
 def feature_maps(
@@ -106,7 +108,8 @@ def feature_maps(
     x, digest = _model_input(loaded, image)
     maps, predictions = _analyse_cached(loaded, x, digest, info.name)
     chosen = activations.select_channels(maps, channels, n)
-    grid = render.render_feature_maps(maps[chosen].numpy(), colormap, normalise)
+    whole = (float(maps.min()), float(maps.max())) if normalise == "layer" else None  # all channels, not just those shown
+    grid = render.render_feature_maps(maps[chosen].numpy(), colormap, normalise, value_range=whole)
     return FeatureMapsView(info, maps, chosen, grid, predictions)
 
 
@@ -132,7 +135,7 @@ def _model_input(loaded: LoadedModel, image) -> tuple[torch.Tensor, bytes]:
     return entry
 
 
-def _analyse_cached(loaded: LoadedModel, x: torch.Tensor, digest: bytes, layer: str) -> tuple[torch.Tensor, list[Prediction]]:
+def _analyse_cached(loaded: LoadedModel, x: torch.Tensor, digest: bytes, layer: str) -> tuple[torch.Tensor, tuple[Prediction, ...]]:
     """A new image costs one forward pass (this layer and the predictions). The first switch to another
     layer of the same image keeps every layer's output from one full pass, so later switches cost no pass."""
     with _LOCK:
@@ -144,11 +147,12 @@ def _analyse_cached(loaded: LoadedModel, x: torch.Tensor, digest: bytes, layer: 
     if known is None:
         with loaded.lock:
             result = activations.analyse(loaded, x, layer, with_predictions=True)
+        known = tuple(result.predictions or ())
         with _LOCK:
-            per_model[digest] = result.predictions or []
+            per_model[digest] = known
             while len(per_model) > 32:
                 per_model.popitem(last=False)
-        return result.maps, per_model[digest]
+        return result.maps, known
     with loaded.lock:
         store, _ = activations.capture_all(loaded.model, layers.list_layers(loaded), x)
     with _LOCK:

@@ -16,6 +16,7 @@ import functools
 import os
 import re
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Literal
@@ -226,27 +227,41 @@ def _build(spec: ModelSpec, pretrained: bool, device: torch.device) -> LoadedMod
 
 
 class _ModelCache:
-    """LRU cache of loaded models with one lock per key, so concurrent requests load a model once."""
+    """LRU cache of loaded models with one lock per key, so concurrent requests load a model once.
+
+    A model that fell back to random weights is rebuilt once the offline verdict has expired, so a
+    machine that comes back online gets its pretrained weights without a restart."""
 
     def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._items: OrderedDict[tuple, LoadedModel] = OrderedDict()
+        self.capacity = max(1, capacity)
+        self._items: OrderedDict[tuple, tuple[LoadedModel, float]] = OrderedDict()
         self._lock = threading.Lock()
         self._key_locks: dict[tuple, threading.Lock] = {}
 
+    def _fresh(self, key: tuple) -> LoadedModel | None:
+        item = self._items.get(key)
+        if item is None:
+            return None
+        loaded, built = item
+        fell_back = getattr(getattr(loaded, "weights", None), "notice", None)
+        if fell_back and time.monotonic() - built > weights.PROBE_TTL_S:
+            del self._items[key]
+            return None
+        self._items.move_to_end(key)
+        return loaded
+
     def get(self, key: tuple, build: Callable[[], LoadedModel]) -> LoadedModel:
         with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]
+            if (loaded := self._fresh(key)) is not None:
+                return loaded
             key_lock = self._key_locks.setdefault(key, threading.Lock())
         with key_lock:
             with self._lock:
-                if key in self._items:
-                    return self._items[key]
+                if (loaded := self._fresh(key)) is not None:
+                    return loaded
             loaded = build()
             with self._lock:
-                self._items[key] = loaded
+                self._items[key] = (loaded, time.monotonic())
                 while len(self._items) > self.capacity:
                     self._items.popitem(last=False)
                 self._key_locks.pop(key, None)
@@ -258,6 +273,29 @@ class _ModelCache:
 
 
 _CACHE = _ModelCache(int(os.environ.get("CNNVIZ_MODEL_CACHE", "3")))
+MAX_PARAMS = int(os.environ.get("CNNVIZ_MAX_PARAMS", "300000000"))  # typed names beyond this are refused
+
+
+def _check_size(spec: ModelSpec) -> None:
+    """Refuse a typed (non-curated) model too large for a shared server, counting its parameters on
+    the meta device (no memory, no download)."""
+    if spec.key in _REGISTRY:
+        return
+    with torch.device("meta"):
+        if spec.source == "torchvision":
+            import torchvision
+
+            model = torchvision.models.get_model(spec.arch, weights=None)
+        else:
+            import timm
+
+            model = timm.create_model(spec.arch, pretrained=False)
+    count = sum(p.numel() for p in model.parameters())
+    if count > MAX_PARAMS:
+        raise InvalidOptionError(
+            f"{spec.key} has {count / 1e6:,.0f} M parameters; this app loads models up to "
+            f"{MAX_PARAMS / 1e6:,.0f} M (set CNNVIZ_MAX_PARAMS to change that)."
+        )
 
 
 def load_model(
@@ -276,9 +314,12 @@ def load_model(
     if weights not in WEIGHT_CHOICES:
         raise InvalidOptionError(f"Unknown weights choice {weights!r}; use 'pretrained' or 'random'.")
     dev = resolve_device(device)
-    return _CACHE.get(
-        (spec.key, weights, str(dev)), lambda: _build(spec, weights == "pretrained", dev)
-    )
+
+    def build() -> LoadedModel:
+        _check_size(spec)
+        return _build(spec, weights == "pretrained", dev)
+
+    return _CACHE.get((spec.key, weights, str(dev)), build)
 
 
 def clear_cache() -> None:

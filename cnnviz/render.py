@@ -96,19 +96,28 @@ def tile_size(n: int, side: int, target: int = 1024, max_side: int = MAX_GRID_SI
 
 
 def render_feature_maps(
-    maps: np.ndarray, colormap: str = "gray", normalise: str = "channel", target: int = MAPS_TARGET
+    maps: np.ndarray,
+    colormap: str = "gray",
+    normalise: str = "channel",
+    target: int = MAPS_TARGET,
+    value_range: tuple[float, float] | None = None,
 ) -> np.ndarray:
     """Draw feature maps ``float32[C,H,W]`` as a near-square grid, ``uint8[H',W',3]``.
 
     ``normalise="channel"`` stretches each map to its own range; ``"layer"`` uses one range for all,
-    so brightness is comparable between channels.
+    so brightness is comparable between channels: ``value_range`` (the whole layer's min and max when
+    only some channels are drawn), else the range of ``maps``.
 
     >>> render_feature_maps(np.random.rand(64, 55, 55).astype(np.float32)).shape[2]
     3
     """
     if normalise not in NORMALISATIONS:
         raise ValueError(f"Unknown normalisation {normalise!r}; use one of {', '.join(NORMALISATIONS)}.")
-    unit = minmax(maps, (1, 2) if normalise == "channel" else None)
+    if normalise == "layer" and value_range is not None:
+        lo, hi = value_range
+        unit = np.clip((np.asarray(maps, dtype=np.float32) - lo) / max(hi - lo, EPS), 0.0, 1.0)
+    else:
+        unit = minmax(maps, (1, 2) if normalise == "channel" else None)
     size = tile_size(len(maps), max(maps.shape[1:]), target)
     if size < max(maps.shape[1:]):  # shrink the values, then colour
         return tile(colorize(resize_tiles(unit, size), colormap))

@@ -9,9 +9,11 @@ import functools
 import logging
 import os
 import re
+import shutil
 import tempfile
 import threading
 import uuid
+import weakref
 from collections import deque
 from pathlib import Path
 
@@ -64,9 +66,18 @@ def _user_errors(fn):
             raise gr.Error(str(e)) from e
         except Exception as e:  # a bug or a model that cannot run: keep serving, say what failed
             log.exception("handler %s failed", fn.__name__)
-            raise gr.Error(f"Something went wrong in {fn.__name__.replace('_', ' ')}: {type(e).__name__}: {e}") from e
+            what = fn.__name__.strip("_").replace("_", " ")
+            raise gr.Error(f"Something went wrong in {what}: {type(e).__name__}: {str(e)[:200]}") from e
 
     return wrapper
+
+
+def _whole(value, what: str) -> int:
+    """A whole number from a component value, or a sentence saying what was wrong."""
+    try:
+        return int(float(value))
+    except (TypeError, ValueError, OverflowError) as e:
+        raise gr.Error(f"{what} must be a whole number, not {value!r}.") from e
 
 
 def _fmt_count(n: float) -> str:
@@ -95,11 +106,12 @@ class _OutputFiles:
         self.keep = keep
         self._paths: deque[Path] = deque()
         self._lock = threading.Lock()
+        weakref.finalize(self, shutil.rmtree, self.folder, ignore_errors=True)  # also at interpreter exit
 
     def write(self, name: str, data: bytes) -> str:
         safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:120]
         path = self.folder / uuid.uuid4().hex / safe  # never reused: evicting an old file cannot hit a new one
-        path.parent.mkdir(exist_ok=True)
+        path.parent.mkdir(parents=True)  # parents: survives a /tmp cleaner removing our folder
         path.write_bytes(data)
         with self._lock:
             self._paths.append(path)
@@ -116,7 +128,7 @@ _OUTPUTS = _OutputFiles()
 @_user_errors
 def architecture(model: str, weights: str = "pretrained", depth: float = 3):
     """Per-layer table, totals, CSV file and text summary of a model."""
-    s = explore.architecture(model, weights, int(depth))
+    s = explore.architecture(model, weights, _whole(depth, "Depth"))
     rows = [[r.name, r.type, "×".join(map(str, r.output_shape)), r.kernel, r.stride, r.params, r.macs] for r in s.rows]
     totals = (
         f"**Input** {'×'.join(map(str, s.input_size))} · **parameters** {s.total_params:,} "
@@ -150,7 +162,7 @@ def feature_maps(
     normalise: str = "channel",
 ):
     """The image's feature maps at a layer (qualified module name; empty: first conv) and top-5 predictions."""
-    view = explore.feature_maps(model, image, layer or None, weights, channels, int(n), colormap, normalise)
+    view = explore.feature_maps(model, image, layer or None, weights, channels, _whole(n, "N"), colormap, normalise)
     shown = view.channels.tolist()
     total = view.maps.shape[0]
     if channels == "top":
@@ -158,9 +170,15 @@ def feature_maps(
     else:
         which = f"channels 0–{len(shown) - 1} of {total}, row by row"
     caption = f"`{view.layer.name}` · {view.layer.type} · {'×'.join(map(str, view.layer.shape))} — {which}; {normalise} normalisation."
-    labels = {p.label: p.probability for p in view.predictions} or None
+    labels = _label_dict(view.predictions)
     grid = _OUTPUTS.write(f"{model}-{view.layer.name}.jpg", render.encode(view.image, "jpeg"))
     return grid, labels, caption
+
+
+def _label_dict(predictions) -> dict[str, float] | None:
+    """gr.Label's {label: probability}; a label that repeats (ImageNet has two "crane"s) gets its class index."""
+    names = [p.label for p in predictions]
+    return {(p.label if names.count(p.label) == 1 else f"{p.label} (class {p.index})"): p.probability for p in predictions} or None
 
 
 def _maps_if_image(model, image, layer, weights, channels, n, colormap, normalise):
@@ -178,6 +196,7 @@ def _select_model(model: str, weights: str, progress=gr.Progress(track_tqdm=True
     return _weights_notice(loaded), gr.Dropdown(choices=choices, value=default)
 
 
+@_user_errors
 def _startup(progress=gr.Progress(track_tqdm=True)):
     """Open on the default model when its pretrained weights can be had, else on the bundled offline model."""
     default = registry.load_model(registry.DEFAULT_MODEL, "pretrained")
@@ -250,11 +269,13 @@ def build_demo() -> gr.Blocks:
                         )
                         predictions = gr.Label(num_top_classes=5, label="Top-5 predictions", elem_id="predictions")
 
-        arch_io = dict(inputs=[model, weights, depth], outputs=[totals, table, csv_file, text])
-        filter_io = dict(inputs=[model, weights, filter_norm], outputs=[filter_image, filter_caption])
+        # One concurrency group: at most 2 handlers run at once in all (the queue's default limit).
+        arch_io = dict(inputs=[model, weights, depth], outputs=[totals, table, csv_file, text], concurrency_id="work")
+        filter_io = dict(inputs=[model, weights, filter_norm], outputs=[filter_image, filter_caption], concurrency_id="work")
         maps_io = dict(
             inputs=[model, image, layer, weights, channels, n, colormap, map_norm],
             outputs=[maps_image, predictions, maps_caption],
+            concurrency_id="work",
         )
 
         # Public endpoints first, so they keep their names; the UI's own wiring is private.
@@ -263,9 +284,10 @@ def build_demo() -> gr.Blocks:
         api_only = gr.Button(visible=False)  # /feature_maps is strict: no image is an error there
         api_only.click(feature_maps, **maps_io, api_name="feature_maps")
 
-        demo.load(_startup, outputs=[model, banner], api_visibility="private")
+        demo.load(_startup, outputs=[model, banner], api_visibility="private", concurrency_id="work")
         gr.on(
-            [model.change, weights.change], _select_model, [model, weights], [notice, layer], api_visibility="private"
+            [model.change, weights.change], _select_model, [model, weights], [notice, layer],
+            api_visibility="private", concurrency_id="work",
         ).success(architecture, **arch_io, api_visibility="private").success(
             filters, **filter_io, api_visibility="private"
         ).success(_maps_if_image, **maps_io, api_visibility="private")

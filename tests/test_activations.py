@@ -106,3 +106,12 @@ def test_capture_all_equals_one_layer_captures(tiny):
         torch.testing.assert_close(store[layer.name][0], one[layer.name])
     torch.testing.assert_close(logits, tiny(x).detach())
     assert _hook_count(tiny) == 0
+
+
+def test_capture_of_a_misspelt_module_names_close_matches(tiny):
+    from cnnviz.errors import UnknownLayerError
+
+    with pytest.raises(UnknownLayerError, match="conv1"):
+        with activations.capture(tiny, ["conv_1"]):
+            pass
+    assert _hook_count(tiny) == 0

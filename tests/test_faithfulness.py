@@ -68,3 +68,11 @@ def test_layer_switches_show_every_layer_exactly(coffee):
             activations.run(loaded.model, x)
         torch.testing.assert_close(view.maps, one[layer.name], msg=layer.name)
     assert len(explore._ACTIVATIONS) <= explore.MAX_KEPT_IMAGES
+
+
+def test_per_layer_scale_does_not_depend_on_how_many_channels_are_drawn(coffee):
+    few = cnnviz.feature_maps("resnet18", coffee, "layer1", "random", channels="first", n=4, normalise="layer")
+    many = cnnviz.feature_maps("resnet18", coffee, "layer1", "random", channels="first", n=64, normalise="layer")
+    lo, hi = float(few.maps.min()), float(few.maps.max())
+    expected = np.rint((few.maps[0, 0, 0].item() - lo) / (hi - lo) * 255)
+    assert few.image[0, 0, 0] == expected and many.image[0, 0, 0] == expected

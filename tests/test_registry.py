@@ -78,3 +78,20 @@ def test_cache_is_bounded_and_loads_once(monkeypatch):
     registry.load_model("alexnet", "random")  # evicts resnet18 (least recently used)
     assert registry.load_model("resnet18", "random") is not first
     assert builds == ["resnet18", "vgg16", "alexnet", "resnet18"]
+
+
+def test_typed_models_too_large_for_a_shared_server_are_refused():
+    with pytest.raises(InvalidOptionError, match=r"vit_h_14 has 632 M parameters; this app loads models up to 300 M"):
+        registry.load_model("vit_h_14", "random")
+
+
+def test_fallback_to_random_weights_is_retried_after_the_offline_verdict_expires(monkeypatch):
+    from cnnviz import weights
+
+    first = registry.load_model("resnet18", "pretrained")  # offline in tests: random weights + notice
+    assert first.weights.notice
+    assert registry.load_model("resnet18", "pretrained") is first  # remembered for a while
+    monkeypatch.setattr(weights, "PROBE_TTL_S", 0.0)
+    assert registry.load_model("resnet18", "pretrained") is not first  # then tried again
+    trained = registry.load_model("timm/tf_efficientnet_lite0", "pretrained")
+    assert registry.load_model("timm/tf_efficientnet_lite0", "pretrained") is trained  # real weights stay

@@ -80,3 +80,12 @@ def test_big_layers_are_capped():
     assert max(render.render_feature_maps(maps).shape[:2]) <= render.MAX_GRID_SIDE
     maps = np.zeros((512, 56, 56), np.float32)
     assert max(render.render_feature_maps(maps).shape[:2]) <= render.MAX_GRID_SIDE
+
+
+def test_layer_normalisation_uses_the_whole_layers_range_when_given():
+    maps = np.full((2, 4, 4), 5.0, np.float32)
+    maps[:, 0, 0] = 0.0
+    own = render.render_feature_maps(maps, "gray", "layer")
+    whole = render.render_feature_maps(maps, "gray", "layer", value_range=(0.0, 10.0))
+    assert own[1, 1, 0] == 0 and own[-2, -2, 0] == 255  # stretched to the drawn channels' own range
+    assert whole[-2, -2, 0] == 128  # 5 in a layer that reaches 10 is mid-grey

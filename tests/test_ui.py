@@ -37,3 +37,19 @@ def test_handlers_return_files_and_captions():
     assert caption.startswith("`layer1.0.conv1` · Conv2d · 64×56×56 — the 8 channels with the highest mean activation")
     png, caption = ui.filters("resnet18", "random", "filter")
     assert png.endswith(".png") and "64 filters of 3×7×7" in caption and "each filter's own range" in caption
+
+
+def test_repeated_labels_stay_apart_in_the_label_dict():
+    from cnnviz.activations import Prediction
+
+    top = [Prediction("crane", 0.5, 134), Prediction("crane", 0.3, 517), Prediction("tabby", 0.1, 281)]
+    assert ui._label_dict(top) == {"crane (class 134)": 0.5, "crane (class 517)": 0.3, "tabby": 0.1}
+    assert ui._label_dict([]) is None
+
+
+@pytest.mark.parametrize("bad", [None, "lots", float("nan")])
+def test_non_numbers_for_numeric_options_are_a_sentence(bad):
+    with pytest.raises(gr.Error, match="must be a whole number"):
+        ui.architecture("resnet18", "random", bad)
+    with pytest.raises(gr.Error, match="must be a whole number"):
+        ui.feature_maps("resnet18", str(EXAMPLES / "cat.png"), "layer1", "random", "top", bad)
