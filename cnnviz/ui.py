@@ -31,7 +31,7 @@ TABLE_HEADERS = ["layer", "type", "output shape", "kernel", "stride", "params", 
 CHANNEL_CHOICES = [("first N", "first"), ("top N by mean activation", "top"), ("all", "all")]
 MAX_UPLOAD = "20mb"
 # Grids arrive at (about) the maps' own resolution; the page enlarges them with crisp pixels.
-CSS = "#maps-image img, #filters-image img { image-rendering: pixelated; width: 100%; height: auto; object-fit: contain; }"
+CSS = "#maps-image img, #filters-image img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }"
 
 
 class SafeImage(gr.Image):
@@ -243,7 +243,7 @@ def build_demo() -> gr.Blocks:
                 )
                 filter_caption = gr.Markdown(elem_id="filters-caption")
                 filter_image = gr.Image(
-                    label="First-layer filters", type="filepath", interactive=False,
+                    label="First-layer filters", type="filepath", interactive=False, height=640,
                     buttons=["download", "fullscreen"], elem_id="filters-image",
                 )
             with gr.Tab("Feature maps", id="feature-maps"):
@@ -264,7 +264,7 @@ def build_demo() -> gr.Blocks:
                     with gr.Column(scale=2):
                         maps_caption = gr.Markdown(elem_id="maps-caption")
                         maps_image = gr.Image(
-                            label="Feature maps", type="filepath", interactive=False,
+                            label="Feature maps", type="filepath", interactive=False, height=640,
                             buttons=["download", "fullscreen"], elem_id="maps-image",
                         )
                         predictions = gr.Label(num_top_classes=5, label="Top-5 predictions", elem_id="predictions")
