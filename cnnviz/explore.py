@@ -29,6 +29,14 @@ MAX_KEPT_IMAGES = 2  # bounds that memory: one image's maps are ~5–250 MB depe
 MAX_DEPTH = 8
 
 
+def _remember(cache: OrderedDict, key, value, limit: int):
+    """Put ``value`` in an LRU ``cache`` bounded to ``limit`` entries (call under ``_LOCK``)."""
+    cache[key] = value
+    while len(cache) > limit:
+        cache.popitem(last=False)
+    return value
+
+
 def _check(value: str, valid: tuple[str, ...], what: str) -> str:
     if value not in valid:
         raise InvalidOptionError(f"Unknown {what} {value!r}; use one of: {', '.join(valid)}.")
@@ -44,15 +52,16 @@ def architecture(model: str, weights: str = "pretrained", depth: int = 3) -> sum
     """
     if not isinstance(depth, (int, float)) or not 1 <= int(depth) <= MAX_DEPTH:
         raise InvalidOptionError(f"Depth must be a whole number from 1 to {MAX_DEPTH}, not {depth!r}.")
+    depth = int(depth)
     loaded = load_model(model, weights)
     with _LOCK:
         per_model = _SUMMARIES.setdefault(loaded, {})
-        cached = per_model.get(int(depth))
+        cached = per_model.get(depth)
     if cached is None:
         with loaded.lock:
-            cached = summary_mod.summarize(loaded.model, loaded.input_size, depth=int(depth))
+            cached = summary_mod.summarize(loaded.model, loaded.input_size, depth=depth)
         with _LOCK:
-            per_model[int(depth)] = cached
+            per_model[depth] = cached
     return cached
 
 
@@ -128,10 +137,7 @@ def _model_input(loaded: LoadedModel, image) -> tuple[torch.Tensor, bytes]:
     entry = (x, hashlib.blake2b(x.cpu().numpy().tobytes(), digest_size=16).digest())
     if key is not None:
         with _LOCK:
-            per_model = _INPUTS.setdefault(loaded, OrderedDict())
-            per_model[key] = entry
-            while len(per_model) > 8:
-                per_model.popitem(last=False)
+            _remember(_INPUTS.setdefault(loaded, OrderedDict()), key, entry, 8)
     return entry
 
 
@@ -147,18 +153,13 @@ def _analyse_cached(loaded: LoadedModel, x: torch.Tensor, digest: bytes, layer: 
     if known is None:
         with loaded.lock:
             result = activations.analyse(loaded, x, layer, with_predictions=True)
-        known = tuple(result.predictions or ())
         with _LOCK:
-            per_model[digest] = known
-            while len(per_model) > 32:
-                per_model.popitem(last=False)
+            known = _remember(per_model, digest, tuple(result.predictions or ()), 32)
         return result.maps, known
     with loaded.lock:
         store, _ = activations.capture_all(loaded.model, layers.list_layers(loaded), x)
     with _LOCK:
-        _ACTIVATIONS[(id(loaded), digest)] = (weakref.ref(loaded), store)
-        while len(_ACTIVATIONS) > MAX_KEPT_IMAGES:
-            _ACTIVATIONS.popitem(last=False)
+        _remember(_ACTIVATIONS, (id(loaded), digest), (weakref.ref(loaded), store), MAX_KEPT_IMAGES)
     if layer in store:
         return store[layer][0].to("cpu", torch.float32, copy=True), known
     with loaded.lock:

@@ -133,7 +133,7 @@ class Summary:
         return buffer.getvalue()
 
     def _totals_lines(self) -> list[str]:
-        unit, value = _readable_macs(self.total_macs)
+        unit, value = readable_macs(self.total_macs)
         return [
             f"Total params: {self.total_params:,}",
             f"Trainable params: {self.trainable_params:,}",
@@ -375,8 +375,12 @@ def _format_shape(shape: Sequence[int]) -> str:
     return "×".join(map(str, shape))
 
 
-def _readable_macs(macs: int) -> tuple[str, float]:
-    """torchinfo's units: G from 1e9, T from 1e12, else M."""
+def readable_macs(macs: int) -> tuple[str, float]:
+    """torchinfo's units: G from 1e9, T from 1e12, else M.
+
+    >>> readable_macs(4_089_184_256)
+    ('G', 4.089184256)
+    """
     if macs >= 1e12:
         return "T", macs / 1e12
     if macs >= 1e9:

@@ -21,7 +21,7 @@ import gradio as gr
 import pandas as pd
 from PIL import Image as PILImage
 
-from . import explore, layers, preprocess, registry, render
+from . import explore, layers, preprocess, registry, render, summary
 from .errors import CnnvizError
 
 log = logging.getLogger(__name__)
@@ -80,13 +80,6 @@ def _whole(value, what: str) -> int:
         raise gr.Error(f"{what} must be a whole number, not {value!r}.") from e
 
 
-def _fmt_count(n: float) -> str:
-    for unit, size in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= size:
-            return f"{n / size:.2f} {unit}"
-    return str(int(n))
-
-
 def _weights_notice(loaded: registry.LoadedModel) -> str:
     spec, outcome = loaded.spec, loaded.weights
     head = f"**{spec.display}** · {spec.source} · `{spec.key}` · on {loaded.device.type}"
@@ -129,11 +122,12 @@ _OUTPUTS = _OutputFiles()
 def architecture(model: str, weights: str = "pretrained", depth: float = 3):
     """Per-layer table, totals, CSV file and text summary of a model."""
     s = explore.architecture(model, weights, _whole(depth, "Depth"))
+    macs_unit, macs = summary.readable_macs(s.total_macs)
     rows = [[r.name, r.type, "×".join(map(str, r.output_shape)), r.kernel, r.stride, r.params, r.macs] for r in s.rows]
     totals = (
         f"**Input** {'×'.join(map(str, s.input_size))} · **parameters** {s.total_params:,} "
         f"({s.trainable_params:,} trainable, {s.non_trainable_params:,} non-trainable) · "
-        f"**MACs** {_fmt_count(s.total_macs)} · **estimated memory** {s.total_mb:.1f} MB "
+        f"**MACs** {macs:.2f} {macs_unit} · **estimated memory** {s.total_mb:.1f} MB "
         f"(input {s.input_mb:.2f} + forward/backward {s.forward_backward_mb:.1f} + params {s.params_mb:.1f})"
     )
     csv_path = _OUTPUTS.write(f"{model}-architecture.csv", s.to_csv().encode())
