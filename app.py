@@ -9,6 +9,20 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import sys
+
+# glibc keeps freed activation memory in its heap (a server that once held a 600 px EfficientNet stays
+# at several GB); with every allocation of 128 kB or more served by mmap it goes back to the system.
+# The variable only acts when set before the process starts, so the app re-executes itself once.
+ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
+
+
+def use_returning_allocator() -> None:
+    """Re-execute once with ALLOCATOR_ENV set (Linux; a value the operator set is kept as it is)."""
+    missing = {k: v for k, v in ALLOCATOR_ENV.items() if k not in os.environ}
+    if missing and sys.platform.startswith("linux"):
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **missing})
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -27,12 +41,21 @@ def main(argv: list[str] | None = None) -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is available here; use --device auto or cpu.")
     os.environ["CNNVIZ_DEVICE"] = args.device
-    from cnnviz.ui import CSS, MAX_UPLOAD, build_demo
+    from cnnviz import server
 
-    build_demo().launch(
-        server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_UPLOAD, css=CSS
-    )
+    folder = server.private_temp_folder()  # before gradio is imported: it reads GRADIO_TEMP_DIR then
+    from cnnviz.ui import launch
+
+    try:
+        demo = launch(args.host, args.port, args.share)
+    except OSError as e:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise SystemExit(f"Cannot serve on {args.host}:{args.port} ({str(e).split('. ')[0]}); "
+                         "is another server using that port? Choose one with --port.") from None
+    server.exit_cleanly(folder, demo.close)
+    server.wait_forever()
 
 
 if __name__ == "__main__":
+    use_returning_allocator()
     main()

@@ -20,3 +20,16 @@ class InvalidImageError(CnnvizError):
 
 class InvalidOptionError(CnnvizError):
     """An option value outside its valid range."""
+
+
+MAX_QUOTE = 80  # characters of user input a message may repeat
+
+
+def quoted(value: object, limit: int = MAX_QUOTE) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for messages that repeat what a user sent.
+
+    >>> quoted("x" * 500)[:6], len(quoted("x" * 500))
+    ("'xxxxx", 81)
+    """
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -17,16 +17,82 @@ import torch
 
 from . import activations, filters as filters_mod, layers, preprocess, render, summary as summary_mod
 from .activations import Prediction
-from .errors import InvalidOptionError
+from .errors import InvalidOptionError, quoted
 from .registry import LoadedModel, load_model
+from .weights import WeightsOutcome
 
 _SUMMARIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _INPUTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # loaded -> file key -> (input, digest)
 _PREDICTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # loaded -> image digest -> top-5
 _LOCK = threading.Lock()
-_ACTIVATIONS: OrderedDict[tuple[int, bytes], tuple[weakref.ref, dict]] = OrderedDict()  # every layer of recent images
-MAX_KEPT_IMAGES = 2  # bounds that memory: one image's maps are ~5–250 MB depending on the model
 MAX_DEPTH = 8
+
+
+class KeptMaps:
+    """Layer outputs of recent images, kept so that a layer switch needs no forward pass, bounded by
+    bytes (not by images: one image of a 600 px EfficientNet is several GB of maps).
+
+    Entries are ``Tensor[C,H,W]`` float32 per (model, image digest, layer), evicted least recently
+    used first until their total is within ``budget`` bytes. One pass keeps at most ``budget // 4``
+    bytes (:meth:`window`), so a few users' windows fit at once.
+    """
+
+    def __init__(self, budget: int) -> None:
+        self.budget = max(0, int(budget))
+        self.nbytes = 0
+        self._items: OrderedDict[tuple[int, bytes, str], tuple[weakref.ref, torch.Tensor]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, loaded: LoadedModel, digest: bytes, layer: str) -> torch.Tensor | None:
+        """A copy of the kept maps, or None."""
+        with self._lock:
+            item = self._items.get((id(loaded), digest, layer))
+            if item is None or item[0]() is not loaded:
+                return None
+            self._items.move_to_end((id(loaded), digest, layer))
+            return item[1].clone()
+
+    def window(self, found: tuple[layers.LayerInfo, ...], info: layers.LayerInfo) -> list[layers.LayerInfo]:
+        """``info`` and its neighbours (one after, one before, …) while their maps fit in a quarter of
+        the budget, in forward order."""
+        share, total = self.budget // 4, info.nbytes
+        lo = hi = found.index(info)
+        grew = True
+        while grew:  # once a side does not fit it never will (the total only grows): the window is contiguous
+            grew = False
+            for j in (hi + 1, lo - 1):
+                if 0 <= j < len(found) and total + found[j].nbytes <= share:
+                    total += found[j].nbytes
+                    lo, hi, grew = min(lo, j), max(hi, j), True
+        return list(found[lo : hi + 1])
+
+    def put(self, loaded: LoadedModel, digest: bytes, maps: dict[str, torch.Tensor]) -> None:
+        """Keep ``maps`` (name -> Tensor[C,H,W]); evict the oldest entries beyond the budget."""
+        with self._lock:
+            for name, tensor in maps.items():
+                size = tensor.numel() * tensor.element_size()
+                if size > self.budget:
+                    continue
+                if (id(loaded), digest, name) in self._items:
+                    self._drop((id(loaded), digest, name))
+                self._items[(id(loaded), digest, name)] = (weakref.ref(loaded), tensor)
+                self.nbytes += size
+            for key in [k for k, (ref, _) in self._items.items() if ref() is None]:  # models gone from the cache
+                self._drop(key)
+            while self.nbytes > self.budget and self._items:
+                self._drop(next(iter(self._items)))
+
+    def _drop(self, key: tuple[int, bytes, str]) -> None:
+        _, tensor = self._items.pop(key)
+        self.nbytes -= tensor.numel() * tensor.element_size()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self.nbytes = 0
+
+
+KEPT = KeptMaps(int(float(os.environ.get("CNNVIZ_KEPT_MB", "1024")) * 2**20))
 
 
 def _remember(cache: OrderedDict, key, value, limit: int):
@@ -39,7 +105,7 @@ def _remember(cache: OrderedDict, key, value, limit: int):
 
 def _check(value: str, valid: tuple[str, ...], what: str) -> str:
     if value not in valid:
-        raise InvalidOptionError(f"Unknown {what} {value!r}; use one of: {', '.join(valid)}.")
+        raise InvalidOptionError(f"Unknown {what} {quoted(value)}; use one of: {', '.join(valid)}.")
     return value
 
 
@@ -51,7 +117,7 @@ def architecture(model: str, weights: str = "pretrained", depth: int = 3) -> sum
     4.1
     """
     if not isinstance(depth, (int, float)) or not 1 <= int(depth) <= MAX_DEPTH:
-        raise InvalidOptionError(f"Depth must be a whole number from 1 to {MAX_DEPTH}, not {depth!r}.")
+        raise InvalidOptionError(f"Depth must be a whole number from 1 to {MAX_DEPTH}, not {quoted(depth)}.")
     depth = int(depth)
     loaded = load_model(model, weights)
     with _LOCK:
@@ -69,6 +135,7 @@ def architecture(model: str, weights: str = "pretrained", depth: int = 3) -> sum
 class FiltersView:
     filters: filters_mod.Filters
     image: np.ndarray  # uint8[H,W,3]
+    weights: WeightsOutcome  # which weights the filters are from
 
 
 def filter_grid(model: str, weights: str = "pretrained", normalise: str = "layer") -> FiltersView:
@@ -81,7 +148,7 @@ def filter_grid(model: str, weights: str = "pretrained", normalise: str = "layer
     loaded = load_model(model, weights)
     with loaded.lock:  # runs the convolution once: keep it out of another request's hooked pass
         found = filters_mod.first_layer_filters(loaded)
-    return FiltersView(found, render.render_filters(found.weight.numpy(), normalise))
+    return FiltersView(found, render.render_filters(found.weight.numpy(), normalise), loaded.weights)
 
 
 @dataclass(frozen=True)
@@ -91,6 +158,7 @@ class FeatureMapsView:
     channels: torch.Tensor  # indices of the channels drawn, in drawing order
     image: np.ndarray  # uint8[H,W,3] grid
     predictions: tuple[Prediction, ...]  # top-5, empty when the model is not an ImageNet classifier
+    weights: WeightsOutcome  # which weights the maps are from
 
 
 def feature_maps(
@@ -115,11 +183,11 @@ def feature_maps(
     loaded = load_model(model, weights)
     info = layers.get_layer(loaded, layer)
     x, digest = _model_input(loaded, image)
-    maps, predictions = _analyse_cached(loaded, x, digest, info.name)
+    maps, predictions = _analyse_cached(loaded, x, digest, info)
     chosen = activations.select_channels(maps, channels, n)
     whole = (float(maps.min()), float(maps.max())) if normalise == "layer" else None  # all channels, not just those shown
     grid = render.render_feature_maps(maps[chosen].numpy(), colormap, normalise, value_range=whole)
-    return FeatureMapsView(info, maps, chosen, grid, predictions)
+    return FeatureMapsView(info, maps, chosen, grid, predictions, loaded.weights)
 
 
 def _model_input(loaded: LoadedModel, image) -> tuple[torch.Tensor, bytes]:
@@ -141,29 +209,26 @@ def _model_input(loaded: LoadedModel, image) -> tuple[torch.Tensor, bytes]:
     return entry
 
 
-def _analyse_cached(loaded: LoadedModel, x: torch.Tensor, digest: bytes, layer: str) -> tuple[torch.Tensor, tuple[Prediction, ...]]:
-    """A new image costs one forward pass (this layer and the predictions). The first switch to another
-    layer of the same image keeps every layer's output from one full pass, so later switches cost no pass."""
+def _analyse_cached(loaded: LoadedModel, x: torch.Tensor, digest: bytes, info: layers.LayerInfo) -> tuple[torch.Tensor, tuple[Prediction, ...]]:
+    """The layer's maps and the top-5 for an image, with as few passes as the byte budget allows.
+
+    A new image costs one pass, which gives the predictions and keeps the layers around the one asked
+    for (as many as :data:`KEPT` allows per pass); a switch to a kept layer costs no pass, a switch
+    beyond them one pass that stops right after the new window."""
     with _LOCK:
         per_model = _PREDICTIONS.setdefault(loaded, OrderedDict())
         known = per_model.get(digest)
-        kept = _ACTIVATIONS.get((id(loaded), digest))
-    if known is not None and kept is not None and kept[0]() is loaded and layer in kept[1]:
-        return kept[1][layer][0].to("cpu", torch.float32, copy=True), known
+    maps = KEPT.get(loaded, digest, info.name)
+    if maps is not None and known is not None:
+        return maps, known
+    window = KEPT.window(layers.list_layers(loaded), info)
+    with loaded.lock:
+        store, logits = activations.capture_layers(loaded, window, x, with_logits=known is None)
     if known is None:
-        with loaded.lock:
-            result = activations.analyse(loaded, x, layer, with_predictions=True)
         with _LOCK:
-            known = _remember(per_model, digest, tuple(result.predictions or ()), 32)
-        return result.maps, known
-    with loaded.lock:
-        store, _ = activations.capture_all(loaded.model, layers.list_layers(loaded), x)
-    with _LOCK:
-        _remember(_ACTIVATIONS, (id(loaded), digest), (weakref.ref(loaded), store), MAX_KEPT_IMAGES)
-    if layer in store:
-        return store[layer][0].to("cpu", torch.float32, copy=True), known
-    with loaded.lock:
-        return activations.analyse(loaded, x, layer, with_predictions=False).maps, known
+            known = _remember(per_model, digest, tuple(activations.top_k(logits, loaded.categories)), 32)
+    KEPT.put(loaded, digest, store)
+    return store[info.name].clone(), known
 
 
 def predict(model: str, image, weights: str = "pretrained", k: int = 5) -> list[Prediction]:

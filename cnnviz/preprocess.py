@@ -19,7 +19,11 @@ if TYPE_CHECKING:
     from .registry import LoadedModel
 
 MAX_PIXELS = 40_000_000  # larger images are refused before decoding (decompression bombs)
+MAX_BYTES = 20 * 2**20  # larger files are refused before they are opened (the upload limit, for every source)
 MAX_SIDE = 4096  # decoded images are shrunk to this longest side before preprocessing
+# The only Pillow decoders ever used (JPEG includes the multi-picture JPEGs phones write). Anything
+# else — EPS (which would start Ghostscript), PSD, ICO, PCX, … — is refused without reaching its decoder.
+FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 ACCEPTED = "PNG, JPEG, WebP, GIF, BMP or TIFF"
 NOT_AN_IMAGE = f"That file is not an image this app can read. Upload a {ACCEPTED} image."
 TOO_BIG = f"The image is larger than the {MAX_PIXELS // 1_000_000} megapixels this app accepts. Upload a smaller image."
@@ -86,12 +90,16 @@ def open_image(source: str | os.PathLike | Image.Image | np.ndarray) -> Image.Im
 
 
 def _open_file(path: str | os.PathLike) -> Image.Image:
-    name = os.path.basename(str(path))
+    name = os.path.basename(str(path))[:80]
     if not os.path.isfile(path) or os.path.getsize(path) == 0:
         raise InvalidImageError(f"The file {name!r} is empty or missing. Upload a {ACCEPTED} image.")
+    if os.path.getsize(path) > MAX_BYTES:
+        raise InvalidImageError(
+            f"The file {name!r} is larger than the {MAX_BYTES // 2**20} MB this app accepts. Upload a smaller image."
+        )
     too_big = TOO_BIG
     try:
-        image = Image.open(path)
+        image = Image.open(path, formats=FORMATS)
     except Image.DecompressionBombError as e:
         raise InvalidImageError(too_big) from e
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:

@@ -6,27 +6,28 @@ The only module that imports gradio. Public endpoints: ``/architecture``, ``/fil
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
+import math
 import os
 import re
 import shutil
-import tempfile
 import threading
 import uuid
-import weakref
 from collections import deque
 from pathlib import Path
 
 import gradio as gr
+from gradio import utils as gradio_utils
 import pandas as pd
-from PIL import Image as PILImage
 
 from . import explore, layers, preprocess, registry, render, summary
-from .errors import CnnvizError
+from .errors import CnnvizError, quoted
 
 log = logging.getLogger(__name__)
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 EXAMPLE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
+EXAMPLE_FILES = frozenset(p.resolve() for p in EXAMPLES_DIR.iterdir() if p.suffix.lower() in EXAMPLE_EXTENSIONS)
 TABLE_HEADERS = ["layer", "type", "output shape", "kernel", "stride", "params", "MACs"]
 CHANNEL_CHOICES = [("first N", "first"), ("top N by mean activation", "top"), ("all", "all")]
 MAX_UPLOAD = "20mb"
@@ -35,22 +36,91 @@ CSS = "#maps-image img, #filters-image img { image-rendering: pixelated; width: 
 
 
 class SafeImage(gr.Image):
-    """gr.Image that turns a file Gradio's header check rejects into a plain sentence.
+    """gr.Image that only ever hands over a file this app may open.
 
-    Build it with ``type="filepath", image_mode=None`` so Gradio hands the uploaded file's path over
-    without decoding or converting it; :func:`cnnviz.open_image` does the decoding, with its size
-    limit, EXIF and mode handling. (Gradio reads a component's config from its constructor arguments,
-    so a subclass cannot set these in its own ``__init__``.)"""
+    Gradio 6.31 skips its upload-folder check for a payload without ``meta`` and decodes ``data:``
+    URLs itself, so the check lives here, at the component boundary: the path must name an existing
+    file inside this app's own upload folder (``GRADIO_CACHE``, a private folder per server) or one of
+    the shipped examples; URLs of any kind are refused. Nothing is decoded here:
+    :func:`cnnviz.open_image` does that, with its byte, pixel and format limits.
+
+    Build it with ``type="filepath", image_mode=None``. (Gradio reads a component's config from its
+    constructor arguments, so a subclass cannot set these in its own ``__init__``.)"""
 
     is_template = True
 
-    def preprocess(self, payload):
-        try:
-            return super().preprocess(payload)
-        except PILImage.DecompressionBombError as e:
-            raise gr.Error(preprocess.TOO_BIG) from e
-        except (PILImage.UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-            raise gr.Error(preprocess.NOT_AN_IMAGE) from e
+    def preprocess(self, payload) -> str | None:
+        if payload is None:
+            return None
+        return self.allowed_path(payload.model_dump())
+
+    def allowed_path(self, payload: dict) -> str:
+        """The real path of an upload payload ``{"path": ...}``, or a :class:`gr.Error`."""
+        if payload.get("url") and not payload.get("path"):
+            raise gr.Error(NOT_UPLOADED)
+        return allowed_upload(payload.get("path"), Path(self.GRADIO_CACHE))
+
+
+NOT_UPLOADED = (
+    "The image must be a file uploaded to this app (POST /gradio_api/upload, or gradio_client's "
+    "handle_file); URLs, data: URLs and server paths are not accepted."
+)
+
+
+def allowed_upload(path: object, upload_folder: Path) -> str:
+    """``path`` as a real path when it is a file inside ``upload_folder`` or one of the examples;
+    otherwise a :class:`gr.Error` that names neither the path nor the server's folders."""
+    if not isinstance(path, str) or not path or "\0" in path:
+        raise gr.Error(NOT_UPLOADED)
+    real = Path(os.path.realpath(path))
+    inside = real.is_relative_to(upload_folder.resolve()) or real in EXAMPLE_FILES
+    if not inside or not real.is_file():
+        raise gr.Error(NOT_UPLOADED if not inside else "That upload is no longer on the server. Upload the image again.")
+    return str(real)
+
+
+class _Blocks(gr.Blocks):
+    """gr.Blocks that checks each call's parameters before Gradio's own processing, so that a raw API
+    call with a wrong count or a wrong type gets a sentence instead of an empty error, and no message
+    repeats more than ~80 characters of what was sent."""
+
+    async def preprocess_data(self, block_fn, inputs, state, explicit_call=False):
+        _check_call(block_fn, inputs)
+        return await super().preprocess_data(block_fn, inputs, state, explicit_call)
+
+
+def _check_call(block_fn, inputs: list) -> None:
+    """Raise a :class:`gr.Error` naming the first parameter of ``inputs`` that cannot be processed."""
+    names = list(inspect.signature(block_fn.fn).parameters)[: len(block_fn.inputs)]
+    if not isinstance(inputs, list) or len(inputs) != len(block_fn.inputs):
+        sent = len(inputs) if isinstance(inputs, list) else 0
+        where = f"The /{block_fn.api_name} endpoint" if block_fn.api_name else "This event"
+        raise gr.Error(
+            f"{where} takes {len(names)} parameters, in this order: {', '.join(names)}; "
+            f"{sent} {'was' if sent == 1 else 'were'} sent."
+        )
+    for name, component, value in zip(names, block_fn.inputs, inputs):
+        if isinstance(component, SafeImage) and isinstance(value, dict):
+            component.allowed_path(value)  # before Gradio's own file handling, which has gaps
+        problem = _parameter_problem(component, value)
+        if problem:
+            raise gr.Error(f"Parameter '{name}' ({component.label}) {problem}, not {quoted(value)}.")
+
+
+def _parameter_problem(component, value) -> str | None:
+    """What is wrong with ``value`` for ``component`` (e.g. "must be a number"), or None."""
+    if isinstance(component, gr.Image):
+        return None if value is None or isinstance(value, dict) else "must be an uploaded file ({\"path\": ...} from /gradio_api/upload)"
+    if isinstance(component, (gr.Slider, gr.Number)):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return None if ok else "must be a number"
+    if isinstance(component, (gr.Radio, gr.Dropdown)):
+        if not isinstance(value, str):
+            return "must be text"
+        valid = [choice[1] for choice in component.choices]
+        if not getattr(component, "allow_custom_value", False) and value not in valid:
+            return f"must be one of {', '.join(map(repr, valid))}"
+    return None
 
 
 def _user_errors(fn):
@@ -91,27 +161,28 @@ def _weights_notice(loaded: registry.LoadedModel) -> str:
 
 
 class _OutputFiles:
-    """Files handed to Gradio (which copies them into its own cache): written to a private folder,
-    only the newest ``keep`` kept, so a long-running server does not fill its disk."""
+    """Files handed to Gradio (which copies them into its own cache): written to ``outputs/`` in the
+    server's temp folder, only the newest ``keep`` kept, so a long-running server does not fill its
+    disk. A folder removed under it (a /tmp cleaner) is made again on the next write."""
 
     def __init__(self, keep: int = 64) -> None:
-        self.folder = Path(tempfile.mkdtemp(prefix="cnnviz-"))
         self.keep = keep
         self._paths: deque[Path] = deque()
         self._lock = threading.Lock()
-        weakref.finalize(self, shutil.rmtree, self.folder, ignore_errors=True)  # also at interpreter exit
+
+    @property
+    def folder(self) -> Path:
+        return Path(gradio_utils.get_upload_folder()) / "outputs"
 
     def write(self, name: str, data: bytes) -> str:
         safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:120]
         path = self.folder / uuid.uuid4().hex / safe  # never reused: evicting an old file cannot hit a new one
-        path.parent.mkdir(parents=True)  # parents: survives a /tmp cleaner removing our folder
+        path.parent.mkdir(parents=True)
         path.write_bytes(data)
         with self._lock:
             self._paths.append(path)
             while len(self._paths) > self.keep:
-                old = self._paths.popleft()
-                old.unlink(missing_ok=True)
-                old.parent.rmdir()
+                shutil.rmtree(self._paths.popleft().parent, ignore_errors=True)
         return str(path)
 
 
@@ -204,13 +275,14 @@ def _startup(progress=gr.Progress(track_tqdm=True)):
 
 
 def _example_paths() -> list[list[str]]:
-    return [[str(p)] for p in sorted(EXAMPLES_DIR.iterdir()) if p.suffix.lower() in EXAMPLE_EXTENSIONS]
+    return [[str(p)] for p in sorted(EXAMPLE_FILES)]
 
 
 def build_demo() -> gr.Blocks:
     """Build the app. Nothing is loaded until a page opens (then the default model)."""
     model_choices = [(spec.label, spec.key) for spec in registry.curated_specs()]
-    with gr.Blocks(title="CNN Explorer", delete_cache=(3600, 3600)) as demo:
+    gr.set_static_paths(sorted(EXAMPLE_FILES))  # examples are served in place, never copied to the cache
+    with _Blocks(title="CNN Explorer", delete_cache=(3600, 3600)) as demo:
         gr.Markdown(
             "# 🔬 CNN Explorer\nWhat a convolutional network is made of and what it sees: its layers, "
             "its first-layer filters, and the feature maps of your own photo at any layer."
@@ -290,4 +362,17 @@ def build_demo() -> gr.Blocks:
             _maps_if_image, **maps_io, api_visibility="private",
         )
     demo.queue(max_size=int(os.environ.get("CNNVIZ_QUEUE_SIZE", "32")), default_concurrency_limit=2)
+    return demo
+
+
+def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False) -> gr.Blocks:
+    """Build the demo and start serving it in background threads; returns the running demo.
+
+    Raises:
+        OSError: the port is taken (Gradio's "Cannot find empty port ...")."""
+    demo = build_demo()
+    demo.launch(
+        server_name=host, server_port=port, share=share, max_file_size=MAX_UPLOAD, css=CSS,
+        prevent_thread_lock=True,
+    )
     return demo
