@@ -10,16 +10,18 @@ Nothing else (paths, hub repos, code) is ever accepted as a model name.
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import fnmatch
 import functools
+import itertools
 import os
 import re
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Callable, Iterator, Literal
 
 import torch
 from PIL import Image
@@ -226,23 +228,53 @@ def _build(spec: ModelSpec, pretrained: bool, device: torch.device) -> LoadedMod
     return LoadedModel(spec, model, transform, input_size, categories, outcome, device)
 
 
+def model_nbytes(model: torch.nn.Module) -> int:
+    """Bytes held by ``model``'s parameters and buffers, each storage counted once (tied weights too).
+
+    >>> model_nbytes(torch.nn.Linear(10, 4))  # (40 + 4) float32
+    176
+    """
+    storages = {
+        t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+        for t in itertools.chain(model.parameters(), model.buffers())
+    }
+    return sum(storages.values())
+
+
+@dataclass(frozen=True)
+class CacheInfo:
+    """What the model cache holds now, and its two bounds."""
+
+    count: int  # models held
+    nbytes: int  # their parameter + buffer bytes
+    capacity: int  # at most this many models ($CNNVIZ_MODEL_CACHE)
+    max_bytes: int  # and at most this many bytes ($CNNVIZ_MODEL_CACHE_MB), unless one model alone is larger
+
+
 class _ModelCache:
-    """LRU cache of loaded models with one lock per key, so concurrent requests load a model once.
+    """LRU cache of loaded models bounded by count and by bytes, with one lock per key, so concurrent
+    requests load a model once.
 
-    A model that fell back to random weights is rebuilt once the offline verdict has expired, so a
-    machine that comes back online gets its pretrained weights without a restart."""
+    After each insertion the least recently used models are evicted until both bounds hold; the model
+    just inserted always stays, even when alone it exceeds ``max_bytes``. A model that fell back to
+    random weights is rebuilt once the offline verdict has expired, so a machine that comes back online
+    gets its pretrained weights without a restart."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, max_bytes: int) -> None:
         self.capacity = max(1, capacity)
-        self._items: OrderedDict[tuple, tuple[LoadedModel, float]] = OrderedDict()
+        self.max_bytes = max(0, max_bytes)
+        self._items: OrderedDict[tuple, tuple[LoadedModel, float, int]] = OrderedDict()  # (model, built at, bytes)
         self._lock = threading.Lock()
         self._key_locks: dict[tuple, threading.Lock] = {}
+
+    def _nbytes(self) -> int:
+        return sum(nbytes for _, _, nbytes in self._items.values())
 
     def _fresh(self, key: tuple) -> LoadedModel | None:
         item = self._items.get(key)
         if item is None:
             return None
-        loaded, built = item
+        loaded, built, _ = item
         fell_back = getattr(getattr(loaded, "weights", None), "notice", None)
         if fell_back and time.monotonic() - built > weights.PROBE_TTL_S:
             del self._items[key]
@@ -260,37 +292,102 @@ class _ModelCache:
                 if (loaded := self._fresh(key)) is not None:
                     return loaded
             loaded = build()
+            nbytes = model_nbytes(loaded.model)
             with self._lock:
-                self._items[key] = (loaded, time.monotonic())
-                while len(self._items) > self.capacity:
+                self._items[key] = (loaded, time.monotonic(), nbytes)
+                while len(self._items) > 1 and (len(self._items) > self.capacity or self._nbytes() > self.max_bytes):
                     self._items.popitem(last=False)
                 self._key_locks.pop(key, None)
             return loaded
+
+    def info(self) -> CacheInfo:
+        with self._lock:
+            return CacheInfo(len(self._items), self._nbytes(), self.capacity, self.max_bytes)
 
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
 
 
-_CACHE = _ModelCache(int(os.environ.get("CNNVIZ_MODEL_CACHE", "3")))
+_CACHE = _ModelCache(
+    int(os.environ.get("CNNVIZ_MODEL_CACHE", "3")),
+    int(float(os.environ.get("CNNVIZ_MODEL_CACHE_MB", "2048")) * 2**20),  # 2 GiB suits a 16 GB host
+)
 MAX_PARAMS = int(os.environ.get("CNNVIZ_MAX_PARAMS", "300000000"))  # typed names beyond this are refused
 
 
-def _check_size(spec: ModelSpec) -> None:
-    """Refuse a typed (non-curated) model too large for a shared server, counting its parameters on
-    the meta device (no memory, no download)."""
+def _construct(spec: ModelSpec) -> torch.nn.Module:
+    """The library's own builder with random weights, on the current default device."""
+    if spec.source == "torchvision":
+        import torchvision
+
+        return torchvision.models.get_model(spec.arch, weights=None)
+    import timm
+
+    return timm.create_model(spec.arch, pretrained=False)
+
+
+_META_PARAMETERS = threading.local()  # .active: this thread moves parameters to meta as they are registered
+_META_PARAMETERS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _parameters_on_meta() -> Iterator[None]:
+    """Within the block, and only in this thread, every parameter a module registers is moved to the meta
+    device at once; all other tensors stay on the CPU with real values. Peak memory is one parameter's."""
+    with _META_PARAMETERS_LOCK:
+        original = torch.nn.Module.register_parameter
+
+        def register_parameter(module: torch.nn.Module, name: str, param: torch.nn.Parameter | None) -> None:
+            if param is not None and getattr(_META_PARAMETERS, "active", False):
+                param = torch.nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+            original(module, name, param)
+
+        torch.nn.Module.register_parameter = register_parameter
+        _META_PARAMETERS.active = True
+        try:
+            yield
+        finally:
+            _META_PARAMETERS.active = False
+            torch.nn.Module.register_parameter = original
+
+
+def count_parameters(spec: ModelSpec) -> int:
+    """How many parameters ``spec``'s model has, counted with no weights in memory and no download.
+
+    The model is built on the meta device (shapes only, no data). A builder that needs real numbers
+    while it builds cannot run there (torchvision's RegNets call ``.tolist()`` on a tensor: "Cannot copy
+    out of meta tensor"); it runs again with its ordinary tensors on the CPU and each parameter moved to
+    meta as it is registered. Either way the count is of the very module the library builds, never a
+    published figure.
+
+    >>> count_parameters(get_spec("resnet18"))
+    11689512
+    """
+    try:
+        with torch.device("meta"):
+            model = _construct(spec)
+    except (NotImplementedError, RuntimeError):  # data-dependent code on meta tensors
+        with _parameters_on_meta():
+            model = _construct(spec)
+    return sum(p.numel() for p in model.parameters())
+
+
+def check_size(spec: ModelSpec) -> None:
+    """Refuse a typed (non-curated) model too large for a shared server (see :func:`count_parameters`).
+
+    >>> check_size(get_spec("regnet_y_128gf"))
+    Traceback (most recent call last):
+    ...
+    cnnviz.errors.InvalidOptionError: regnet_y_128gf has 645 M parameters; this app loads models up to 300 M (set CNNVIZ_MAX_PARAMS to change that).
+
+    Raises:
+        InvalidOptionError: the model has more than ``MAX_PARAMS`` parameters, so loading it could
+            exhaust the memory every user of the server shares.
+    """
     if spec.key in _REGISTRY:
         return
-    with torch.device("meta"):
-        if spec.source == "torchvision":
-            import torchvision
-
-            model = torchvision.models.get_model(spec.arch, weights=None)
-        else:
-            import timm
-
-            model = timm.create_model(spec.arch, pretrained=False)
-    count = sum(p.numel() for p in model.parameters())
+    count = count_parameters(spec)
     if count > MAX_PARAMS:
         raise InvalidOptionError(
             f"{spec.key} has {count / 1e6:,.0f} M parameters; this app loads models up to "
@@ -316,10 +413,20 @@ def load_model(
     dev = resolve_device(device)
 
     def build() -> LoadedModel:
-        _check_size(spec)
+        check_size(spec)
         return _build(spec, weights == "pretrained", dev)
 
     return _CACHE.get((spec.key, weights, str(dev)), build)
+
+
+def cache_info() -> CacheInfo:
+    """How many models the cache holds and their bytes, with its bounds.
+
+    >>> info = cache_info()
+    >>> info.count <= info.capacity
+    True
+    """
+    return _CACHE.info()
 
 
 def clear_cache() -> None:
