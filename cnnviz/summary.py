@@ -4,9 +4,12 @@ torchinfo 1.8.0 gives the layer tree (which modules ran, in forward order, at wh
 layer's parameter count and the memory totals. Its mult-adds, though, only see the weights of leaf
 modules and miss functional ops (0.32 G instead of 4.5 G for timm convnext_tiny), so MACs are counted
 at the op level by ``torch.utils.flop_counter.FlopCounterMode`` (MACs = FLOPs / 2) during the same,
-single forward pass. Each call of each module gets the MACs counted between its entry and its exit,
-so a module that runs several times (torchvision ResNet's ``relu``) gets one row per call with that
-call's own figures, and the totals come from the global count, never from summing rows.
+single forward pass. Torch has no formula for some fused attention kernels (CPU
+``scaled_dot_product_attention``, the fused op of ``nn.MultiheadAttention``'s inference fast path),
+so they get theirs here, counted like the matrix products they replace. Each call of each module
+gets the MACs counted between its entry and its exit, so a module that runs several times
+(torchvision ResNet's ``relu``) gets one row per call with that call's own figures, and the totals
+come from the global count, never from summing rows.
 
 >>> import torch
 >>> s = summarize(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3)), (3, 8, 8))
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import numbers
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -26,7 +30,7 @@ from typing import Any
 import torch
 import torchinfo
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from torch.utils.hooks import RemovableHandle
 from torchinfo.torchinfo import clear_cached_forward_pass
 
@@ -206,6 +210,7 @@ class _CallRecorder:
         self._model = model
         self._counter = counter
         self._open: dict[int, list[int]] = {}
+        self._stack: list[nn.Module] = []
         self._handles: list[RemovableHandle] = []
 
     def __enter__(self) -> _CallRecorder:
@@ -228,10 +233,22 @@ class _CallRecorder:
             return sum(call.macs for call in self.calls[id(module)])
         return sum(self.module_macs(child) for child in module.children())
 
+    def innermost_open_layer(self) -> str:
+        """Qualified name of the innermost module entered and not left ("" for none or the model).
+
+        After a failed forward pass, that is the layer which raised.
+        """
+        if not self._stack:
+            return ""
+        return next(name for name, module in self._model.named_modules() if module is self._stack[-1])
+
     def _enter_call(self, module: nn.Module, args: Any) -> None:
         self._open.setdefault(id(module), []).append(self._counter.get_total_flops())
+        self._stack.append(module)
 
     def _exit_call(self, module: nn.Module, args: Any, output: Any) -> None:
+        while self._stack and self._stack.pop() is not module:
+            pass  # a child whose exception its parent caught never reached its own exit
         flops = self._counter.get_total_flops() - self._open[id(module)].pop()
         shape = tuple(output.shape[1:]) if isinstance(output, torch.Tensor) else ()
         self.calls.setdefault(id(module), []).append(_Call(flops // 2, shape))
@@ -241,18 +258,106 @@ def _forward_with_counts(
     model: nn.Module, example: torch.Tensor, size: tuple[int, int, int]
 ) -> tuple[torchinfo.ModelStatistics, _CallRecorder]:
     """torchinfo's forward pass with op-level FLOP counting and per-call recording around it."""
+    counter = _GlobalFlopCounter()
+    calls = _CallRecorder(model, counter)
     try:
-        with FlopCounterMode(display=False) as counter, _CallRecorder(model, counter) as calls:
+        with counter, calls:
             stats = torchinfo.summary(model, input_data=example, verbose=0, mode="eval")
     except RuntimeError as e:
-        cause = e.__cause__ or e
-        raise InvalidOptionError(
-            f"{type(model).__name__} could not run on a {_format_shape(size)} input "
-            f"({type(cause).__name__}: {cause}). Try the model's usual input size, e.g. 3×224×224."
-        ) from e
+        raise InvalidOptionError(_failure_message(model, size, calls, e.__cause__ or e)) from e
     finally:
         clear_cached_forward_pass()  # torchinfo 1.8 caches every summary list (and so the model)
     return stats, calls
+
+
+def _failure_message(
+    model: nn.Module, size: tuple[int, int, int], calls: _CallRecorder, cause: BaseException
+) -> str:
+    """What failed, where, and the model's own input size when it differs from ``size``."""
+    layer = calls.innermost_open_layer()
+    where = f" in layer {layer}" if layer else ""
+    message = (
+        f"{type(model).__name__} could not run on a {_format_shape(size)} input: "
+        f"{type(cause).__name__}{where}: {str(cause).rstrip('. ')}."
+    )
+    own_size = _own_input_size(model)
+    if own_size is not None and own_size != size:
+        message += f" Its own input size is {_format_shape(own_size)}."
+    return message
+
+
+def _own_input_size(model: nn.Module) -> tuple[int, ...] | None:
+    """The (C, H, W) a timm model was configured for (``pretrained_cfg``), else None."""
+    config = getattr(model, "pretrained_cfg", None)
+    size = config.get("input_size") if isinstance(config, dict) else None
+    return tuple(size) if size is not None and len(size) == 3 else None
+
+
+# --- attention MACs --------------------------------------------------------------------------
+
+
+def _fused_sdpa_flops(
+    query_shape: torch.Size, key_shape: torch.Size, value_shape: torch.Size, *args: Any, **kwargs: Any
+) -> int:
+    """A fused ``scaled_dot_product_attention`` kernel: Q·Kᵀ and weights·V, torch's own formula.
+
+    Shapes are (batch, heads, tokens, channels); grouped key/value heads are allowed.
+    """
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _native_mha_flops(
+    query_shape: torch.Size,
+    key_shape: torch.Size,
+    value_shape: torch.Size,
+    embed_dim: int,
+    *args: Any,
+    **kwargs: Any,
+) -> int:
+    """``nn.MultiheadAttention``'s fused path, one op: q/k/v projections, attention, output projection.
+
+    Query is (batch, Lq, E), key and value (batch, Lk, E). Biases are not counted (as for
+    ``addmm``); FLOPs are 2 × MACs.
+    """
+    *batch, query_len, _ = query_shape
+    key_len = key_shape[-2]
+    projections = (2 * query_len + 2 * key_len) * embed_dim * embed_dim  # q and output; k and v
+    attention = 2 * query_len * key_len * embed_dim  # Q·Kᵀ and weights·V, summed over heads
+    return 2 * math.prod(batch) * (projections + attention)
+
+
+_ATTENTION_FLOPS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _fused_sdpa_flops,
+    torch.ops.aten._scaled_dot_product_attention_math_for_mps: _fused_sdpa_flops,
+    torch.ops.aten._native_multi_head_attention: _native_mha_flops,
+}
+"""FLOP formulas for attention kernels that torch 2.14 counts as 0; its CUDA kernels have their own."""
+
+
+class _GlobalFlopCounter(FlopCounterMode):
+    """``FlopCounterMode`` with attention formulas and only the global count, which is all we read.
+
+    Its per-module attribution comes from a ``ModuleTracker`` that hooks every module of every
+    thread and registers gradient hooks on module inputs that require grad; one that has no graph
+    (a parameter's view made without gradients, like timm PiT's class token passed on to the next
+    stage) makes it raise. ``_CallRecorder`` attributes MACs to modules instead.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(display=False, custom_mapping=_ATTENTION_FLOPS)
+        self.mod_tracker = _GlobalOnly()
+
+
+class _GlobalOnly:
+    """Stands in for ``FlopCounterMode``'s module tracker: every count goes to "Global" only."""
+
+    parents = frozenset({"Global"})
+
+    def __enter__(self) -> _GlobalOnly:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
 
 
 @contextmanager

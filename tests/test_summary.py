@@ -1,5 +1,6 @@
-"""Tests for cnnviz.summary: golden text, MACs against textbook formulas and published figures,
-parameter totals, depth and names, and that summarize leaves the model as it found it.
+"""Tests for cnnviz.summary: golden text, MACs against textbook formulas and published figures
+(attention included), parameter totals, depth and names, failures, and that summarize leaves the
+model as it found it.
 
 Random weights only (no downloads). Set CNNVIZ_UPDATE_GOLDEN=1 to rewrite tests/golden/ after a
 deliberate format change, then check the new file by eye.
@@ -18,6 +19,8 @@ import timm
 import torch
 import torchvision
 from torch import nn
+from torch.nn import functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from cnnviz.errors import InvalidOptionError
@@ -76,6 +79,63 @@ class ReuseAndFunctional(nn.Module):
         return x.flatten(1) @ self.weight
 
 
+class TokenAttention(nn.Module):
+    """The C×H×W input as H·W tokens of C channels through ``nn.MultiheadAttention``, self-attending."""
+
+    def __init__(self, channels: int, heads: int) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(channels, heads, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = x.flatten(2).transpose(1, 2)
+        return self.attn(tokens, tokens, tokens, need_weights=False)[0]
+
+
+class CrossAttention(nn.Module):
+    """``F.scaled_dot_product_attention`` with 2 heads, queries from the first row of pixels.
+
+    Input C×H×W: keys and values from all H·W pixels, C/2 channels per head. Values can be
+    narrower (every ``value_step``-th channel): a strided view, which CPU leaves to the math path
+    instead of its fused kernel.
+    """
+
+    def __init__(self, value_step: int) -> None:
+        super().__init__()
+        self.value_step = value_step
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, channels = x.shape[:2]
+        tokens = x.flatten(2).transpose(1, 2).reshape(batch, -1, 2, channels // 2).transpose(1, 2)
+        tokens = tokens.contiguous()  # the fused kernel wants unit stride along channels
+        query = tokens[:, :, : x.shape[-1]]
+        return F.scaled_dot_product_attention(query, tokens, tokens[..., :: self.value_step])
+
+
+class TokenFromParameter(nn.Module):
+    """A learnt class token, expanded without gradients and handed to a submodule (timm PiT)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.token = nn.Parameter(torch.zeros(1, 1, 4))
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        token = self.token.expand(x.shape[0], -1, -1)
+        return self.head(token) + x.mean((2, 3))[:, None, :]
+
+
+class OpsSeen(TorchDispatchMode):
+    """Names of the aten ops that reach the dispatcher, to tell which attention path ran."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        self.names.add(func._overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
 def conv_out(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
@@ -95,6 +155,21 @@ def tiny_reference_macs() -> dict[str, int]:
         "conv1": conv1, "relu": 0, "block": block_conv, "block.conv": block_conv, "block.bn": 0,
         "block.pool": 0, "pool": 0, "flatten": 0, "fc": fc,
     }
+
+
+def attention_macs(query_len: int, key_len: int, qk_dim: int, v_dim: int) -> int:
+    """Q·Kᵀ (Lq·Lk·d) plus weights·V (Lq·Lk·dv), summed over heads (d and dv are totals)."""
+    return query_len * key_len * (qk_dim + v_dim)
+
+
+def vit_reference_macs(depth: int, dim: int, mlp_dim: int, patch: int, side: int, classes: int) -> int:
+    """A plain ViT with a class token: patch conv, per block qkv + attention + proj + MLP, head."""
+    patches = (side // patch) ** 2
+    tokens = patches + 1
+    embed = patches * dim * 3 * patch * patch
+    block = tokens * dim * 3 * dim + attention_macs(tokens, tokens, dim, dim) + tokens * dim * dim
+    block += 2 * tokens * dim * mlp_dim
+    return embed + depth * block + dim * classes
 
 
 def hook_count(model: nn.Module) -> int:
@@ -198,17 +273,59 @@ def test_per_module_macs_agree_with_flop_counter_attribution() -> None:
     assert summary.total_macs == counter.get_total_flops() // 2
 
 
+@pytest.mark.parametrize("heads", [2, 3])  # nn.MultiheadAttention's fast path needs an even count
+def test_multihead_attention_macs_match_formula_on_both_paths(heads: int) -> None:
+    channels, side = 12, 4
+    model = TokenAttention(channels, heads).eval()
+    tokens = side * side
+    with torch.inference_mode(), OpsSeen() as seen:
+        model(torch.rand(1, channels, side, side))
+    assert ("_native_multi_head_attention" in seen.names) == (heads % 2 == 0)
+    projections = 4 * tokens * channels * channels  # q, k, v and output
+    expected = projections + attention_macs(tokens, tokens, channels, channels)
+    summary = summarize(model, (channels, side, side))
+    assert summary.total_macs == expected
+    assert summary.rows[0].name == "attn" and summary.rows[0].macs == expected
+
+
+@pytest.mark.parametrize("value_step", [1, 2])
+def test_scaled_dot_product_attention_macs_match_formula(value_step: int) -> None:
+    channels, height, width = 16, 3, 5  # 2 heads of 8 channels; 5 queries, 15 keys
+    summary = summarize(CrossAttention(value_step), (channels, height, width))
+    assert summary.total_macs == attention_macs(width, height * width, channels, channels // value_step)
+
+
+def test_timm_vit_macs_match_textbook_formula() -> None:
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=2).eval()
+    expected = vit_reference_macs(depth=2, dim=192, mlp_dim=768, patch=16, side=224, classes=1000)
+    assert summarize(model, (3, 224, 224), depth=1).total_macs == expected
+
+
 @pytest.mark.parametrize(
-    ("source", "name", "published_gmacs"),
-    [
-        ("torchvision", "resnet50", 4.1),
-        ("timm", "convnext_tiny", 4.47),  # torchinfo alone reports 0.32
-        ("torchvision", "alexnet", 0.71),
+    "name",
+    ["alexnet", "resnet50", "efficientnet_b0", "convnext_tiny", "swin_t", "maxvit_t", "vit_b_16"],
+)
+def test_torchvision_macs_match_weights_meta(name: str) -> None:
+    published = torchvision.models.get_model_weights(name).DEFAULT.meta["_ops"]  # GMACs, "GFLOPS"
+    total = summarize(torchvision_model(name), (3, 224, 224), depth=1).total_macs
+    assert total / 1e9 == pytest.approx(published, rel=0.03)
+
+
+@pytest.mark.parametrize(
+    ("name", "published_gmacs"),
+    [  # timm's own benchmark table (results/benchmark-infer-amp-nchw-pt291-cu128-4090.csv, infer_gmacs)
+        ("convnext_tiny", 4.47),  # torchinfo alone reports 0.32
+        ("vit_tiny_patch16_224", 1.26),
+        ("deit_tiny_patch16_224", 1.26),
+        ("pit_ti_224", 0.70),
+        ("crossvit_tiny_240", 1.57),
+        ("swin_tiny_patch4_window7_224", 4.51),
+        ("maxvit_tiny_tf_224", 5.6),
     ],
 )
-def test_total_macs_match_published_figures(source: str, name: str, published_gmacs: float) -> None:
-    model = torchvision_model(name) if source == "torchvision" else timm_model(name)
-    total = summarize(model, (3, 224, 224), depth=1).total_macs
+def test_timm_macs_match_published_figures(name: str, published_gmacs: float) -> None:
+    model = timm_model(name)
+    total = summarize(model, model.pretrained_cfg["input_size"], depth=1).total_macs
     assert total / 1e9 == pytest.approx(published_gmacs, rel=0.03)
 
 
@@ -274,6 +391,32 @@ def test_failed_forward_raises_plain_error_and_cleans_up() -> None:
     with pytest.raises(InvalidOptionError, match="could not run on a 3×2×2 input"):
         summarize(model, (3, 2, 2))
     assert hook_count(model) == 0 and model.training and model.block.bn.training
+
+
+def test_failure_says_which_layer_raised_and_suggests_no_size_it_does_not_know() -> None:
+    with pytest.raises(InvalidOptionError) as raised:
+        summarize(tiny_model(), (3, 2, 2))
+    message = str(raised.value)
+    assert message.startswith("Sequential could not run on a 3×2×2 input: RuntimeError in layer conv1: ")
+    assert "size is" not in message and "3×224×224" not in message
+
+
+def test_failure_suggests_the_models_own_input_size_only_when_it_differs() -> None:
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=1)
+    own_size = r"in layer patch_embed: .*Its own input size is 3×224×224\.$"
+    with pytest.raises(InvalidOptionError, match=own_size):
+        summarize(model, (3, 64, 64))
+    model = tiny_model()
+    model.pretrained_cfg = {"input_size": (3, 2, 2)}
+    with pytest.raises(InvalidOptionError) as raised:
+        summarize(model, (3, 2, 2))
+    assert "own input size" not in str(raised.value)
+
+
+def test_parameter_view_handed_to_a_submodule_is_summarised() -> None:
+    summary = summarize(TokenFromParameter(), (3, 2, 2))
+    assert summary.total_macs == 4 * 3
+    assert [(row.name, row.output_shape, row.macs) for row in summary.rows] == [("head", (1, 3), 12)]
 
 
 @pytest.mark.parametrize("input_size", [(3, 32), (3, 0, 32), (3, 32.0, 32)])
