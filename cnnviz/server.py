@@ -51,3 +51,53 @@ def wait_forever() -> None:
     """Keep the main thread alive (signals are handled there) while the server runs in its threads."""
     while True:
         time.sleep(3600)
+
+
+class BodyLimit:
+    """ASGI middleware: refuse request bodies over ``limit`` bytes (``upload_limit`` for uploads) with
+    413 and one sentence, by ``Content-Length`` when sent and by counting the streamed body otherwise."""
+
+    def __init__(self, app, limit: int = 1 * 2**20, upload_limit: int = 25 * 2**20, upload_path: str = "/gradio_api/upload") -> None:
+        self.app, self.limit, self.upload_limit, self.upload_path = app, limit, upload_limit, upload_path
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope.get("method") not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+        limit = self.upload_limit if scope.get("path", "").endswith(self.upload_path) else self.limit
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            return await _too_large(send, limit)
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise _BodyTooLarge
+            return message
+
+        started = False
+
+        async def tracked(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, tracked)
+        except _BodyTooLarge:
+            if not started:
+                await _too_large(send, limit)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _too_large(send, limit: int) -> None:
+    body = f"The request is larger than the {limit // 2**20} MB this server accepts.".encode()
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import gradio as gr
 from gradio import utils as gradio_utils
+from starlette.middleware import Middleware
 import pandas as pd
 
-from . import explore, layers, preprocess, registry, render, summary
+from . import explore, layers, preprocess, registry, render, server, summary
 from .errors import CnnvizError, quoted
 
 log = logging.getLogger(__name__)
@@ -373,6 +374,6 @@ def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False) -> gr
     demo = build_demo()
     demo.launch(
         server_name=host, server_port=port, share=share, max_file_size=MAX_UPLOAD, css=CSS,
-        prevent_thread_lock=True,
+        prevent_thread_lock=True, app_kwargs={"middleware": [Middleware(server.BodyLimit)]},
     )
     return demo
