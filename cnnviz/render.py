@@ -73,17 +73,23 @@ def tile(images: np.ndarray, cols: int | None = None, pad: int = 2, pad_value: i
 
 
 def resize_tiles(images: np.ndarray, size: int) -> np.ndarray:
-    """Resize square-ish tiles ``[N,h,w,...]`` so the longer side is about ``size``: nearest-neighbour
-    up (every pixel stays a crisp block) or block-average down."""
+    """Resize tiles ``[N,h,w,...]`` (any ``h, w >= 1``, square or not) so the longer side is about
+    ``size``: nearest-neighbour up by a whole factor (every pixel stays a crisp block), or block-average
+    down by a whole step, where a side shorter than the step is averaged whole into one pixel.
+
+    >>> resize_tiles(np.ones((2, 1, 401), np.float32), 100).shape
+    (2, 1, 80)
+    """
     h, w = images.shape[1:3]
     longest = max(h, w)
     if size >= longest:
         factor = max(1, size // longest)
         return images.repeat(factor, axis=1).repeat(factor, axis=2)
     step = math.ceil(longest / max(size, 1))
-    hh, ww = (h // step) * step or h, (w // step) * step or w
+    step_h, step_w = min(step, h), min(step, w)
+    hh, ww = (h // step_h) * step_h, (w // step_w) * step_w  # drop the last partial block
     cropped = images[:, :hh, :ww].astype(np.float32)
-    shape = (images.shape[0], hh // step, step, ww // step, step) + images.shape[3:]
+    shape = (images.shape[0], hh // step_h, step_h, ww // step_w, step_w) + images.shape[3:]
     return cropped.reshape(shape).mean(axis=(2, 4)).astype(images.dtype)
 
 

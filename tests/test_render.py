@@ -89,3 +89,30 @@ def test_layer_normalisation_uses_the_whole_layers_range_when_given():
     whole = render.render_feature_maps(maps, "gray", "layer", value_range=(0.0, 10.0))
     assert own[1, 1, 0] == 0 and own[-2, -2, 0] == 255  # stretched to the drawn channels' own range
     assert whole[-2, -2, 0] == 128  # 5 in a layer that reaches 10 is mid-grey
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [(1, 1, 1), (3, 1, 1), (3, 1, 401), (7, 401, 1), (7, 23, 3000), (2, 1, 5000), (64, 7, 7), (2304, 14, 14), (1, 600, 600)],
+)
+def test_any_map_shape_draws(shape):
+    maps = np.random.default_rng(0).random(shape, dtype=np.float32)
+    for normalise in render.NORMALISATIONS:
+        grid = render.render_feature_maps(maps, "viridis", normalise)
+        assert grid.dtype == np.uint8 and grid.ndim == 3 and grid.shape[2] == 3 and min(grid.shape[:2]) >= 1
+        assert max(grid.shape[:2]) <= render.MAX_GRID_SIDE + 2 * 128  # the cap, give or take one tile's padding
+
+
+@pytest.mark.parametrize(
+    "h, w, size, expected",
+    [(1, 401, 100, (1, 80)), (401, 1, 100, (80, 1)), (3, 1, 128, (126, 42)), (23, 3000, 128, (1, 125)), (7, 7, 3, (2, 2))],
+)
+def test_resize_tiles_handles_sides_shorter_than_the_step(h, w, size, expected):
+    tiles = np.arange(2 * h * w, dtype=np.float32).reshape(2, h, w)
+    out = render.resize_tiles(tiles, size)
+    assert out.shape == (2, *expected)
+    if size < max(h, w):  # each output pixel is the mean of its block (a side shorter than the step: all of it)
+        step = -(-max(h, w) // size)
+        sh, sw = min(step, h), min(step, w)
+        np.testing.assert_allclose(out[1, 0, 0], tiles[1, :sh, :sw].mean(), rtol=1e-6)
+        np.testing.assert_allclose(out[0, -1, -1], tiles[0, (expected[0] - 1) * sh : expected[0] * sh, (expected[1] - 1) * sw : expected[1] * sw].mean(), rtol=1e-6)
