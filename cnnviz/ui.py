@@ -5,6 +5,7 @@ The only module that imports gradio. Public endpoints: ``/architecture``, ``/fil
 """
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import logging
@@ -18,7 +19,9 @@ from collections import deque
 from pathlib import Path
 
 import gradio as gr
+from fastapi import HTTPException
 from gradio import utils as gradio_utils
+from gradio.context import LocalContext
 from starlette.middleware import Middleware
 import pandas as pd
 
@@ -124,13 +127,72 @@ def _parameter_problem(component, value) -> str | None:
     return None
 
 
+MAX_PER_SESSION = int(os.environ.get("CNNVIZ_MAX_PER_SESSION", "6"))  # queued or running, per page
+MAX_PER_CLIENT = int(os.environ.get("CNNVIZ_MAX_PER_CLIENT", "8"))  # per client address (see README)
+
+
+def _limit_clients(demo: gr.Blocks, per_session: int, per_client: int) -> None:
+    """Refuse (HTTP 429, one sentence) a new event when its page or its client address already has
+    that many events queued or running, so one client cannot fill the queue for everyone.
+
+    Every queued route (``/queue/join``, ``/call/<name>``) goes through ``Queue.push``; counting and
+    pushing happen under one lock. The address is the one uvicorn reports (``X-Forwarded-For`` is
+    trusted only from ``FORWARDED_ALLOW_IPS``)."""
+    queue = demo._queue
+    push = queue.push
+    lock = asyncio.Lock()
+
+    async def limited_push(body, request, username):
+        async with lock:
+            client = request.client.host if request.client else None
+            events = [e for e in list(queue.event_ids_to_events.values()) if e.alive]
+            same_client = sum(1 for e in events if client and e.request is not None and e.request.client
+                              and e.request.client.host == client)
+            same_page = sum(1 for e in events if body.session_hash and e.session_hash == body.session_hash)
+            if same_client >= per_client or same_page >= per_session:
+                raise HTTPException(429, detail=(
+                    f"Too many requests from you at once ({max(same_client, same_page)} queued or running); "
+                    "wait for them to finish, then try again."
+                ))
+            return await push(body, request, username)
+
+    queue.push = limited_push
+
+
+def _stop_reason() -> str | None:
+    """Why the current queued event need not finish: ``"gone"`` once Gradio gave up on it (its page
+    closed, its client disconnected, or it was cancelled), ``"superseded"`` when it is a page event and
+    the same page has queued a newer call of the same handler; None otherwise, and outside a queued call."""
+    event_id, blocks = LocalContext.event_id.get(None), LocalContext.blocks.get(None)
+    if event_id is None or blocks is None or blocks._queue is None:
+        return None
+    queue = blocks._queue
+    event = queue.event_ids_to_events.get(event_id)
+    if event is None or not event.alive:
+        return "gone"
+    if event.fn.api_visibility == "public" or not event.session_hash:
+        return None  # API callers get every answer they asked for
+    for waiting in list(queue.event_queue_per_concurrency_id.values()):
+        for other in list(waiting.queue):
+            if (other.session_hash == event.session_hash and other.fn.fn is event.fn.fn
+                    and other._id != event._id and other.enqueue_time > event.enqueue_time):
+                return "superseded"
+    return None
+
+
 def _user_errors(fn):
-    """Show library errors as their plain sentence; log anything else and show a short message."""
+    """Show library errors as their plain sentence; log anything else and show a short message.
+    Work nobody waits for any more (a superseded page event, a client gone) stops and changes nothing."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            if _stop_reason():
+                return gr.skip()  # a newer call of this view is queued, or nobody waits for this one
+            with explore.stop_when(_stop_reason):
+                return fn(*args, **kwargs)
+        except explore.Stopped:
+            return gr.skip()
         except gr.Error:
             raise
         except CnnvizError as e:
@@ -362,7 +424,9 @@ def build_demo() -> gr.Blocks:
             [image.change, layer.select, channels.change, n.release, colormap.change, map_norm.change],
             _maps_if_image, **maps_io, api_visibility="private",
         )
-    demo.queue(max_size=int(os.environ.get("CNNVIZ_QUEUE_SIZE", "32")), default_concurrency_limit=2)
+    # api_open=False: every call goes through the queue (Gradio's /run/<name> routes would skip it)
+    demo.queue(max_size=int(os.environ.get("CNNVIZ_QUEUE_SIZE", "32")), default_concurrency_limit=2, api_open=False)
+    _limit_clients(demo, MAX_PER_SESSION, MAX_PER_CLIENT)
     return demo
 
 
