@@ -101,3 +101,62 @@ async def _too_large(send, limit: int) -> None:
     await send({"type": "http.response.start", "status": 413,
                 "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
+
+
+class UploadJanitor:
+    """ASGI middleware for the upload route: after each upload, remove what cut-off uploads left behind
+    and keep the folder within ``quota`` bytes, oldest files first.
+
+    Gradio streams an upload into a temporary file at the top of the upload folder and moves it into a
+    sub-folder when the upload completes; a client that hangs up mid-upload leaves that file behind.
+    Once no upload is in flight, any file at the top of the folder is such a leftover."""
+
+    def __init__(self, app, folder: str | os.PathLike, quota: int, upload_path: str = "/gradio_api/upload") -> None:
+        self.app, self.folder, self.quota, self.upload_path = app, Path(folder), quota, upload_path
+        self.in_flight = 0
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not scope.get("path", "").endswith(self.upload_path):
+            return await self.app(scope, receive, send)
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+            if self.in_flight == 0:
+                remove_partial_uploads(self.folder)
+            enforce_quota(self.folder, self.quota)
+
+
+def remove_partial_uploads(folder: Path) -> None:
+    """Delete the files directly inside ``folder`` (finished uploads live in its sub-folders)."""
+    for path in _entries(folder):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+
+
+def enforce_quota(folder: Path, quota: int) -> int:
+    """Delete the oldest files under ``folder`` until the rest take at most ``quota`` bytes; returns
+    the bytes left."""
+    files = []
+    for path in folder.rglob("*") if folder.is_dir() else ():
+        try:
+            stat = path.stat()
+        except OSError:  # removed meanwhile
+            continue
+        if path.is_file():
+            files.append((stat.st_mtime, stat.st_size, path))
+    total = sum(size for _, size, _ in files)
+    for _, size, path in sorted(files, key=lambda f: f[0]):
+        if total <= quota:
+            break
+        path.unlink(missing_ok=True)
+        total -= size
+    return total
+
+
+def _entries(folder: Path) -> list[Path]:
+    try:
+        return list(folder.iterdir())
+    except OSError:
+        return []

@@ -35,6 +35,7 @@ EXAMPLE_FILES = frozenset(p.resolve() for p in EXAMPLES_DIR.iterdir() if p.suffi
 TABLE_HEADERS = ["layer", "type", "output shape", "kernel", "stride", "params", "MACs"]
 CHANNEL_CHOICES = [("first N", "first"), ("top N by mean activation", "top"), ("all", "all")]
 MAX_UPLOAD = "20mb"
+UPLOAD_QUOTA = int(float(os.environ.get("CNNVIZ_DISK_QUOTA_MB", "1024")) * 2**20)  # uploads + cached outputs
 # Grids arrive at (about) the maps' own resolution; the page enlarges them with crisp pixels.
 CSS = "#maps-image img, #filters-image img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }"
 
@@ -225,13 +226,15 @@ def _weights_notice(loaded: registry.LoadedModel) -> str:
 
 class _OutputFiles:
     """Files handed to Gradio (which copies them into its own cache): written to ``outputs/`` in the
-    server's temp folder, only the newest ``keep`` kept, so a long-running server does not fill its
-    disk. A folder removed under it (a /tmp cleaner) is made again on the next write."""
+    server's temp folder, only the newest ``keep`` kept, and the whole folder held to the disk quota,
+    so a long-running server does not fill its disk. A folder removed under it (a /tmp cleaner) is made
+    again on the next write."""
 
     def __init__(self, keep: int = 64) -> None:
         self.keep = keep
         self._paths: deque[Path] = deque()
         self._lock = threading.Lock()
+        self._writes = 0
 
     @property
     def folder(self) -> Path:
@@ -246,6 +249,9 @@ class _OutputFiles:
             self._paths.append(path)
             while len(self._paths) > self.keep:
                 shutil.rmtree(self._paths.popleft().parent, ignore_errors=True)
+            self._writes += 1
+            if self._writes % 32 == 0:  # Gradio's copies of our outputs count against the disk quota too
+                server.enforce_quota(Path(gradio_utils.get_upload_folder()), UPLOAD_QUOTA)
         return str(path)
 
 
@@ -438,6 +444,10 @@ def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False) -> gr
     demo = build_demo()
     demo.launch(
         server_name=host, server_port=port, share=share, max_file_size=MAX_UPLOAD, css=CSS,
-        prevent_thread_lock=True, app_kwargs={"middleware": [Middleware(server.BodyLimit)]},
+        prevent_thread_lock=True,
+        app_kwargs={"middleware": [
+            Middleware(server.BodyLimit),
+            Middleware(server.UploadJanitor, folder=gradio_utils.get_upload_folder(), quota=UPLOAD_QUOTA),
+        ]},
     )
     return demo

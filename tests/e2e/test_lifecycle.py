@@ -21,14 +21,14 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 class App:
-    def __init__(self, tmp_path: Path, port: int | None = None) -> None:
+    def __init__(self, tmp_path: Path, port: int | None = None, env: dict[str, str] | None = None) -> None:
         self.parent = tmp_path / "temp-parent"
         self.parent.mkdir(exist_ok=True)
         self.port = port or _free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.log = tmp_path / f"server-{self.port}-{time.monotonic_ns()}.log"
         env = dict(os.environ, CNNVIZ_OFFLINE="1", CNNVIZ_DEVICE="cpu", GRADIO_ANALYTICS_ENABLED="False",
-                   GRADIO_TEMP_DIR=str(self.parent), PYTHONUNBUFFERED="1")
+                   GRADIO_TEMP_DIR=str(self.parent), PYTHONUNBUFFERED="1", **(env or {}))
         with self.log.open("w") as out:
             self.proc = subprocess.Popen([sys.executable, "app.py", "--port", str(self.port)], cwd=ROOT, env=env,
                                          stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -56,8 +56,8 @@ class App:
 def start(tmp_path):
     apps: list[App] = []
 
-    def make(port: int | None = None) -> App:
-        apps.append(App(tmp_path, port))
+    def make(port: int | None = None, env: dict[str, str] | None = None) -> App:
+        apps.append(App(tmp_path, port, env))
         return apps[-1]
 
     yield make
@@ -107,3 +107,31 @@ def test_a_tmp_cleaner_does_not_break_the_server(start):
     status, outputs = raw.call("feature_maps", maps_args({"path": str(EXAMPLES / "cat.png")}))  # an example
     assert status == "complete", outputs
     assert str(app.folder) not in app.output()
+
+
+def test_cut_off_uploads_leave_nothing_and_uploads_are_held_to_a_quota(start, tmp_path):
+    import socket
+
+    app = start(env={"CNNVIZ_DISK_QUOTA_MB": "3"}).serving()
+    raw = Raw(app.url)
+    with socket.create_connection(("127.0.0.1", app.port)) as sock:  # promise 5 MB, send 1 MB, hang up
+        boundary = "cutoff"
+        head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"big.png\"\r\n"
+                "Content-Type: image/png\r\n\r\n").encode()
+        sock.sendall((f"POST /gradio_api/upload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
+                      f"boundary={boundary}\r\nContent-Length: {5 * 2**20}\r\n\r\n").encode() + head + os.urandom(2**20))
+        time.sleep(1)
+    deadline = time.monotonic() + 10
+    while [p for p in app.folder.iterdir() if p.is_file()] and time.monotonic() < deadline:
+        raw.upload(EXAMPLES / "cat.png")  # the next upload tidies up
+        time.sleep(0.5)
+    assert not [p for p in app.folder.iterdir() if p.is_file()], "a cut-off upload left a partial file"
+
+    uploaded = []
+    for i in range(6):  # 6 × 1 MB through a 3 MB quota: the oldest go first
+        path = tmp_path / f"noise{i}.png"
+        path.write_bytes(os.urandom(2**20))
+        uploaded.append(Path(raw.upload(path)))
+    total = sum(p.stat().st_size for p in app.folder.rglob("*") if p.is_file())
+    assert total <= 3 * 2**20
+    assert uploaded[-1].exists() and not uploaded[0].exists()
