@@ -1,9 +1,11 @@
 """Capturing what layers output: forward hooks that live only inside a context manager.
 
-Hooks copy the output (detached, on the CPU) when it is produced, because in-place ops later in the
-forward pass (``ReLU(inplace=True)``) overwrite it. A module called several times per forward pass
-(torchvision ResNet's shared ``relu``) is recorded at its first call. Hooks act only for the thread
-that registered them, so two requests sharing a model never see each other's activations.
+Every capture gives ``Tensor[C,H,W]`` float32 on the CPU for batch item 0, in the layout it is
+drawn in whatever the module's own layout (see :class:`cnnviz.layers.LayerInfo`). Hooks take the
+output when it is produced, because in-place ops later in the forward pass (``ReLU(inplace=True)``)
+overwrite it. A module called several times per forward pass (torchvision ResNet's shared ``relu``)
+is recorded at its first call. Hooks act only for the thread that registered them, so two requests
+sharing a model never see each other's activations.
 """
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ if TYPE_CHECKING:
     from .layers import LayerInfo
     from .registry import LoadedModel
 
-OutputFn = Callable[[str, torch.Tensor], None]
+InputFn = Callable[[str, tuple], None]  # (module name, positional inputs)
+OutputFn = Callable[[str, tuple, object], None]  # (module name, positional inputs, output)
 
 
 class _StopForward(Exception):
@@ -29,13 +32,28 @@ class _StopForward(Exception):
 
 
 @contextmanager
-def forward_hooks(model: torch.nn.Module, names: Sequence[str] | None, on_output: OutputFn) -> Iterator[None]:
-    """Call ``on_output(name, output)`` for each named module's output during forwards in this block.
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Run ``model`` in eval mode inside the block; every module's own training flag is restored on exit."""
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
 
-    ``names=None`` hooks every submodule. The model runs in eval mode inside the block; its training
-    mode is restored and every hook removed on exit, even when the forward pass raises.
 
-    >>> with forward_hooks(model, ["conv1"], lambda n, t: print(n, tuple(t.shape))):
+@contextmanager
+def forward_hooks(
+    model: torch.nn.Module, names: Sequence[str] | None, on_output: OutputFn, on_input: InputFn | None = None
+) -> Iterator[None]:
+    """Call ``on_output(name, inputs, output)`` after, and ``on_input(name, inputs)`` before, each
+    named module's forward during passes in this block made by this thread.
+
+    ``names=None`` hooks every submodule. The model runs in eval mode inside the block; each module's
+    training flag is restored and every hook removed on exit, even when the forward pass raises.
+
+    >>> with forward_hooks(model, ["conv1"], lambda n, i, t: print(n, tuple(t.shape))):
     ...     _ = model(x)
     conv1 (1, 64, 112, 112)
     """
@@ -48,74 +66,109 @@ def forward_hooks(model: torch.nn.Module, names: Sequence[str] | None, on_output
         raise UnknownLayerError(f"The model has no module named {str(missing[0])[:80]!r}.{hint}")
     owner = threading.get_ident()
     handles = []
-    saved_mode = model.training
 
-    def make_hook(name: str):
-        def hook(_module, _inputs, output):
+    def make_hooks(name: str):
+        def after(_module, inputs, output):
             if threading.get_ident() == owner:
-                on_output(name, output)
+                on_output(name, inputs, output)
 
-        return hook
+        def before(_module, inputs):
+            if threading.get_ident() == owner:
+                on_input(name, inputs)
 
-    try:
-        model.eval()
-        for name in wanted:
-            handles.append(modules[name].register_forward_hook(make_hook(name)))
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(saved_mode)
+        return before, after
+
+    with eval_mode(model):
+        try:
+            for name in wanted:
+                before, after = make_hooks(name)
+                if on_input is not None:
+                    handles.append(modules[name].register_forward_pre_hook(before))
+                handles.append(modules[name].register_forward_hook(after))
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
+def _cpu_copy(maps: torch.Tensor) -> torch.Tensor:
+    """A contiguous float32 CPU copy of ``maps``, detached from the model's tensors."""
+    return maps.detach().to("cpu", torch.float32, copy=True, memory_format=torch.contiguous_format)
+
+
+def _by_name(layers: Sequence[LayerInfo]) -> dict[str, LayerInfo]:
+    return {layer.name: layer for layer in layers}
 
 
 @contextmanager
-def capture(model: torch.nn.Module, layers: Sequence[str], stop_early: bool = False) -> Iterator[dict[str, torch.Tensor]]:
-    """Record the first output of each layer in ``layers`` as ``Tensor[C,H,W]`` float32 on the CPU.
+def capture(model: torch.nn.Module, layers: Sequence[LayerInfo], stop_early: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+    """Record the first output of each layer as ``Tensor[C,H,W]`` float32 on the CPU (a copy, batch
+    item 0, converted from the layer's layout).
 
     With ``stop_early=True`` the forward pass is cut short once all layers are captured (call the
     model through :func:`run`, which swallows the internal stop signal).
 
-    >>> with capture(model, ["layer1"]) as out:
+    >>> with capture(model, [get_layer(loaded, "layer1")]) as out:
     ...     run(model, x)
     >>> out["layer1"].shape
     torch.Size([64, 56, 56])
     """
+    wanted = _by_name(layers)
     store: dict[str, torch.Tensor] = {}
-    remaining = set(layers)
 
-    def on_output(name: str, output) -> None:
-        if name in store or not isinstance(output, torch.Tensor):
+    def on_output(name: str, _inputs: tuple, output) -> None:
+        if name in store:
             return
-        store[name] = output[0].detach().to("cpu", torch.float32, copy=True)
-        remaining.discard(name)
-        if stop_early and not remaining:
+        store[name] = _cpu_copy(wanted[name].to_chw(output))
+        if stop_early and len(store) == len(wanted):
             raise _StopForward
 
-    with forward_hooks(model, list(layers), on_output):
+    with forward_hooks(model, list(wanted), on_output):
         yield store
 
 
-def capture_all(
-    model: torch.nn.Module, layers: Sequence[LayerInfo], x: torch.Tensor
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """One full forward pass that keeps every layer's output, ``{name: Tensor[1,C,H,W]}`` on the
-    model's device, and returns the model output too.
+def capture_layers(
+    loaded: LoadedModel, layers: Sequence[LayerInfo], x: torch.Tensor, with_logits: bool
+) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """One forward pass of ``x`` capturing several layers: ``({name: Tensor[C,H,W] float32 cpu}, logits)``.
 
-    Outputs that stay intact are kept by reference (no copy); those that :func:`cnnviz.layers.find_layers`
-    saw overwritten in place later in the pass are copied. An output changed in place unexpectedly
-    (its version counter moved) is left out rather than kept wrong.
+    The caller holds ``loaded.lock``. Without ``with_logits`` the pass stops right after the last of
+    the layers and the logits are None. Each map belongs to the caller alone: outputs that are already
+    float32 on the CPU and that the listing did not see overwritten are kept by reference (a view of
+    batch item 0, no copy); others are copied when produced. After the pass, an output kept by
+    reference whose version counter moved (an in-place change the listing missed) is captured again
+    with a copy, so no map is ever kept wrong.
     """
-    copy = {layer.name for layer in layers if layer.overwritten}
-    store: dict[str, tuple[torch.Tensor, int]] = {}
+    model = loaded.model
+    wanted = _by_name(layers)
+    kept: dict[str, tuple[torch.Tensor, int | None]] = {}  # name -> (maps, version when kept by reference)
 
-    def on_output(name: str, output) -> None:
-        if name not in store and isinstance(output, torch.Tensor):
-            kept = output.detach().clone() if name in copy else output.detach()
-            store[name] = (kept, output._version)
+    def on_output(name: str, _inputs: tuple, output) -> None:
+        if name in kept:
+            return
+        info = wanted[name]
+        maps = info.to_chw(output).detach()
+        by_reference = not info.overwritten and maps.device.type == "cpu" and maps.dtype == torch.float32
+        if by_reference and not torch.is_inference(maps):
+            kept[name] = (maps, maps._version)
+        else:
+            kept[name] = (_cpu_copy(maps), None)
+        if not with_logits and len(kept) == len(wanted):
+            raise _StopForward
 
-    with forward_hooks(model, [layer.name for layer in layers], on_output), torch.no_grad():
-        logits = model(x)
-    return {n: t for n, (t, v) in store.items() if n in copy or t._version == v}, logits
+    logits = None
+    with forward_hooks(model, list(wanted), on_output), torch.no_grad():  # no_grad, not inference_mode: keeps versions
+        try:
+            logits = model(x)
+        except _StopForward:
+            pass
+    store = {name: maps for name, (maps, _) in kept.items()}
+    changed = [wanted[name] for name, (maps, version) in kept.items() if version is not None and maps._version != version]
+    if changed:
+        with capture(model, changed, stop_early=True) as again:
+            run(model, x)
+        store.update(again)
+    return store, logits
 
 
 def run(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor | None:
@@ -156,15 +209,15 @@ class Analysis:
     predictions: list[Prediction] | None  # None when not computed (early stop)
 
 
-def analyse(loaded: LoadedModel, x: torch.Tensor, layer: str, with_predictions: bool = True) -> Analysis:
-    """One forward pass: the layer's feature maps and, if asked, the top-5 predictions.
+def analyse(loaded: LoadedModel, x: torch.Tensor, layer: LayerInfo, with_predictions: bool = True) -> Analysis:
+    """One forward pass (the caller holds ``loaded.lock``): the layer's feature maps ``Tensor[C,H,W]``
+    float32 on the CPU and, if asked, the top-5 predictions.
 
     Without predictions the pass stops right after ``layer``.
     """
-    with capture(loaded.model, [layer], stop_early=not with_predictions) as store:
-        logits = run(loaded.model, x)
+    store, logits = capture_layers(loaded, [layer], x, with_logits=with_predictions)
     predictions = top_k(logits, loaded.categories) if with_predictions and isinstance(logits, torch.Tensor) else None
-    return Analysis(layer, store[layer], predictions)
+    return Analysis(layer.name, store[layer.name], predictions)
 
 
 CHANNEL_MODES = ("first", "all", "top")

@@ -1,71 +1,287 @@
-"""Which modules produce feature maps: every module with a 4-D output, in forward order, with its shape."""
+"""Which modules produce maps of the image, their layout, drawn shape and order.
+
+One forward pass on zeros (the model's own square input size) records each module's first output
+and decides how it is laid out. The rule, from the output's shape and what the model says:
+
+* **NCHW** — a 4-D ``[1, C, H, W]`` with ``H == W`` (a square input gives square maps);
+* **NHWC** — a 4-D ``[1, H, W, C]`` with ``H == W`` (ConvNeXt/Swin/MaxViT/EdgeNeXt blocks run on
+  channels-last tensors: ``Permute``, ``LayerNorm``, ``Linear``). A cube (``C == H == W``) takes the
+  layout of its input (the image, or a listed output) or, for a ``Permute``, the layout it produces;
+  a cube whose layout cannot be known is left out;
+* **tokens** — a 3-D ``[1, T, D]`` whose ``T`` is a patch grid the model declares (timm
+  ``patch_embed.grid_size``, or ``img_size // patch_size``; torchvision ViT ``image_size //
+  patch_size``), possibly after its prefix tokens (timm ``num_prefix_tokens``, else one per class
+  token); the prefix is set aside and the rest drawn as ``D×gh×gw``.
+
+Everything else is left out, and :func:`listing_note` says why: per-head tensors inside an
+attention module (its ``num_heads`` shows up as a dimension: queries/keys per head, attention
+weights), windows or patches cut out of the image (their first dimension is not the batch of one),
+and shapes with no square map (token sequences off the declared grid, non-square 4-D tensors).
+"""
 from __future__ import annotations
 
 import difflib
 import threading
 import weakref
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from collections import Counter
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
 from .activations import forward_hooks
-from .errors import UnknownLayerError
+from .errors import CnnvizError, UnknownLayerError
 
 if TYPE_CHECKING:
     from .registry import LoadedModel
 
+Layout = Literal["NCHW", "NHWC", "tokens"]
+LEFT_OUT_REASONS = ("heads", "windows", "no map")  # see LeftOut.reason
+
 
 @dataclass(frozen=True)
 class LayerInfo:
-    """A module whose output is a feature map (``Tensor[1,C,H,W]``)."""
+    """A module whose output is a map of the image, drawn as ``Tensor[C,H,W]``."""
 
     name: str  # qualified name from named_modules(): "layer2.1.conv2"
     type: str  # "Conv2d"
-    shape: tuple[int, int, int]  # (C, H, W) of its first call
+    shape: tuple[int, int, int]  # (C, H, W) as drawn, of its first call
     calls: int  # how many times the module runs per forward pass
+    layout: Layout = "NCHW"  # how the raw output holds that map
+    prefix: int = 0  # tokens only: leading (class, register, distillation) tokens set aside
     overwritten: bool = False  # its output is changed in place later in the pass (e.g. ReLU(inplace=True))
 
     @property
     def label(self) -> str:
-        """Selector label, e.g. ``"layer2.1.conv2 · Conv2d · 128×28×28"``."""
+        """Selector label, e.g. ``"layer2.1.conv2 · Conv2d · 128×28×28"`` or
+        ``"stages.0.blocks.0.mlp.fc1 · Linear · 384×56×56, channels-last"``."""
         c, h, w = self.shape
         again = f" · called {self.calls}×, first call" if self.calls > 1 else ""
-        return f"{self.name} · {self.type} · {c}×{h}×{w}{again}"
+        return f"{self.name} · {self.type} · {c}×{h}×{w}{_LAYOUT_WORDS[self.layout](self.prefix)}{again}"
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the drawn map as ``float32[C,H,W]``."""
+        c, h, w = self.shape
+        return c * h * w * 4
+
+    def to_chw(self, output: torch.Tensor) -> torch.Tensor:
+        """Batch item 0 of this layer's raw ``output`` as ``Tensor[C,H,W]``: a view, not a copy.
+
+        NCHW ``[N,C,H,W]`` → ``[C,H,W]``; NHWC ``[N,H,W,C]`` → permuted; tokens ``[N,T,D]`` → the
+        prefix tokens dropped and the rest reshaped row by row to ``[D,H,W]``.
+
+        Raises:
+            CnnvizError: the output does not have the layout this layer was listed with (a model
+                whose structure changes with its input).
+        """
+        c, h, w = self.shape
+        if not isinstance(output, torch.Tensor) or output.ndim != (3 if self.layout == "tokens" else 4):
+            raise CnnvizError(
+                f"Layer {self.name!r} was listed as a {self.layout} map but gave "
+                f"{tuple(getattr(output, 'shape', ()))}; it cannot be drawn for this input."
+            )
+        if self.layout == "NCHW":
+            return output[0]
+        if self.layout == "NHWC":
+            return output[0].permute(2, 0, 1)
+        if output.shape[1] != self.prefix + h * w:
+            raise CnnvizError(
+                f"Layer {self.name!r} was listed with {self.prefix + h * w} tokens but gave "
+                f"{output.shape[1]}; it cannot be drawn for this input."
+            )
+        return output[0, self.prefix :].reshape(h, w, output.shape[2]).permute(2, 0, 1)
 
 
-def find_layers(model: torch.nn.Module, input_size: tuple[int, int, int], device: torch.device | str = "cpu") -> tuple[LayerInfo, ...]:
-    """Run one forward pass on zeros and list the modules with a 4-D output, in the order they finish.
+_LAYOUT_WORDS = {
+    "NCHW": lambda prefix: "",
+    "NHWC": lambda prefix: ", channels-last",
+    "tokens": lambda prefix: ", patch tokens" + (f", {prefix} prefix token{'s' * (prefix > 1)} set aside" if prefix else ""),
+}
 
-    >>> [l.name for l in find_layers(torchvision.models.alexnet(), (3, 224, 224))][:2]
+
+@dataclass(frozen=True)
+class LeftOut:
+    """A module with a 3-D or larger tensor output that is not a map of the image."""
+
+    name: str
+    type: str
+    shape: tuple[int, ...]  # the raw output's shape, batch included
+    reason: str  # "heads": per-head attention tensor; "windows": windows or patches; "no map": no square H×W
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What :func:`find_layers` found: the listed layers in the order they finish, and what it left out."""
+
+    layers: tuple[LayerInfo, ...]
+    left_out: tuple[LeftOut, ...]
+
+
+def find_layers(model: torch.nn.Module, input_size: tuple[int, int, int], device: torch.device | str = "cpu") -> Listing:
+    """Run one forward pass on zeros and list the modules whose output is a map of the image.
+
+    Only shapes are kept, not the outputs: each recorded output is watched through a weak reference,
+    and at every later module boundary (pre- and post-hook) the version counters of those still alive
+    are compared with their values when recorded, so an in-place change later in the pass marks the
+    layer ``overwritten``. An output modified in place and freed before the next module boundary is
+    missed; :func:`cnnviz.activations.capture_layers` checks the version of every output it keeps by
+    reference, so such a miss costs a second pass, never a wrong map.
+
+    >>> [l.name for l in find_layers(torchvision.models.alexnet(), (3, 224, 224)).layers][:2]
     ['features.0', 'features.1']
     """
     modules = dict(model.named_modules())
-    order: dict[str, LayerInfo] = {}
-    outputs: dict[str, tuple[torch.Tensor, int]] = {}
+    grids = _token_grids(model)
+    prefix = _prefix_tokens(model)
+    x = torch.zeros(1, *input_size, device=device)
+    found: dict[str, LayerInfo] = {}
+    left_out: dict[str, LeftOut] = {}
+    calls: Counter[str] = Counter()
+    watched: dict[str, tuple[weakref.ref, int]] = {}  # listed outputs still alive: (output, version when listed)
+    overwritten: set[str] = set()
 
-    def on_output(name: str, output) -> None:
-        if name in order:
-            info = order[name]
-            order[name] = LayerInfo(info.name, info.type, info.shape, info.calls + 1)
-        elif isinstance(output, torch.Tensor) and output.ndim == 4:
-            shape = tuple(int(s) for s in output.shape[1:])
-            order[name] = LayerInfo(name, type(modules[name]).__name__, shape, 1)
-            outputs[name] = (output, output._version)
+    def check_versions(_name: str = "", _inputs: tuple = ()) -> None:
+        for name, (ref, version) in list(watched.items()):
+            tensor = ref()
+            if tensor is None:
+                del watched[name]
+            elif tensor._version != version:
+                overwritten.add(name)
 
-    with forward_hooks(model, None, on_output), torch.no_grad():  # no_grad, not inference_mode: keeps version counters
-        model(torch.zeros(1, *input_size, device=device))
-    return tuple(
-        replace(info, overwritten=outputs[name][0]._version != outputs[name][1]) for name, info in order.items()
+    def input_layout(inputs: tuple) -> Layout | None:
+        first = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
+        if first is x:
+            return "NCHW"
+        return next((found[n].layout for n, (ref, _) in watched.items() if first is not None and ref() is first), None)
+
+    def on_output(name: str, inputs: tuple, output) -> None:
+        check_versions()
+        calls[name] += 1
+        if calls[name] > 1 or not isinstance(output, torch.Tensor) or output.ndim < 3:
+            return
+        module = modules[name]
+        decided = _classify(tuple(output.shape), module, _heads_around(name, modules), grids, prefix, input_layout(inputs))
+        if isinstance(decided, str):
+            left_out[name] = LeftOut(name, type(module).__name__, tuple(output.shape), decided)
+            return
+        layout, shape, set_aside = decided
+        found[name] = LayerInfo(name, type(module).__name__, shape, 1, layout, set_aside)
+        watched[name] = (weakref.ref(output), output._version)
+
+    with forward_hooks(model, None, on_output, on_input=check_versions), torch.no_grad():  # no_grad keeps version counters
+        model(x)
+    check_versions()
+    layers = tuple(
+        LayerInfo(i.name, i.type, i.shape, calls[i.name], i.layout, i.prefix, i.name in overwritten) for i in found.values()
     )
+    return Listing(layers, tuple(left_out.values()))
+
+
+def _classify(
+    shape: tuple[int, ...],
+    module: torch.nn.Module,
+    heads: frozenset[int],
+    grids: frozenset[tuple[int, int]],
+    prefix: int,
+    input_layout: Layout | None,
+) -> tuple[Layout, tuple[int, int, int], int] | str:
+    """(layout, drawn (C, H, W), prefix set aside) for a raw output ``shape``, or a LeftOut reason."""
+    if shape[0] != 1:
+        return "windows"
+    decided = _map_layout(shape, module, grids, prefix, input_layout)
+    if len(shape) == 4 and heads & ({decided[1][0]} if decided else {shape[1]}):
+        return "heads"  # [1, heads, T, T] attention weights, [1, heads, T, d] queries/keys, [1, T, T, heads]
+    return decided or "no map"
+
+
+def _map_layout(
+    shape: tuple[int, ...],
+    module: torch.nn.Module,
+    grids: frozenset[tuple[int, int]],
+    prefix: int,
+    input_layout: Layout | None,
+) -> tuple[Layout, tuple[int, int, int], int] | None:
+    """The square map a batch-of-one output ``shape`` holds, by the rule in the module docstring."""
+    if len(shape) == 3:
+        for gh, gw in sorted(grids):
+            for p in sorted({0, prefix}):
+                if shape[1] == p + gh * gw:
+                    return "tokens", (shape[2], gh, gw), p
+        return None
+    if len(shape) != 4:
+        return None
+    _, a, b, c = shape
+    if b == c != a:
+        return "NCHW", (a, b, c), 0
+    if a == b != c:
+        return "NHWC", (c, a, b), 0
+    if a == b == c:
+        layout = _permute_layout(module) or input_layout
+        return (layout, (a, a, a), 0) if layout in ("NCHW", "NHWC") else None
+    return None
+
+
+def _permute_layout(module: torch.nn.Module) -> Layout | None:
+    """The layout a 4-D permutation module (torchvision's ``Permute``) produces, else None."""
+    if type(module).__name__ != "Permute":
+        return None
+    return {(0, 2, 3, 1): "NHWC", (0, 3, 1, 2): "NCHW"}.get(tuple(getattr(module, "dims", ()) or ()))
+
+
+def _heads_around(name: str, modules: dict[str, torch.nn.Module]) -> frozenset[int]:
+    """Head counts (``num_heads`` / ``n_heads``) of the module and the modules that contain it."""
+    parts = name.split(".")
+    heads = set()
+    for i in range(len(parts) + 1):
+        module = modules.get(".".join(parts[:i]))
+        for attr in ("num_heads", "n_heads"):
+            value = getattr(module, attr, None)
+            if isinstance(value, int) and not isinstance(value, bool):
+                heads.add(value)
+    return frozenset(heads)
+
+
+def _pair(value) -> tuple[int, int] | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value, value
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        return int(value[0]), int(value[1])
+    return None
+
+
+def _token_grids(model: torch.nn.Module) -> frozenset[tuple[int, int]]:
+    """The square patch grids the model declares: a module's ``grid_size``, else its image size
+    (``img_size`` / ``image_size``) over its ``patch_size``."""
+    grids = set()
+    for module in model.modules():
+        grid = _pair(getattr(module, "grid_size", None))
+        if grid is None:
+            image = _pair(getattr(module, "img_size", None) or getattr(module, "image_size", None))
+            patch = _pair(getattr(module, "patch_size", None))
+            if image and patch and patch[0] > 0 and patch[1] > 0:
+                grid = (image[0] // patch[0], image[1] // patch[1])
+        if grid and grid[0] == grid[1] > 0:
+            grids.add(grid)
+    return frozenset(grids)
+
+
+def _prefix_tokens(model: torch.nn.Module) -> int:
+    """Tokens before the patches: timm's ``num_prefix_tokens``, else 1 when the model has a class
+    token parameter (torchvision ViT ``class_token``, timm CrossViT ``cls_token_<branch>``)."""
+    declared = getattr(model, "num_prefix_tokens", None)
+    if isinstance(declared, int) and not isinstance(declared, bool):
+        return declared
+    names = (n.rsplit(".", 1)[-1] for n, _ in model.named_parameters())
+    return int(any(n == "class_token" or n.startswith("cls_token") for n in names))
 
 
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
 
 
-def list_layers(loaded: LoadedModel) -> tuple[LayerInfo, ...]:
-    """The feature-map layers of a loaded model (computed once per loaded model)."""
+def _listing(loaded: LoadedModel) -> Listing:
+    """The listing of a loaded model, computed once per loaded model."""
     with _LOCK:
         cached = _CACHE.get(loaded)
     if cached is None:
@@ -76,9 +292,45 @@ def list_layers(loaded: LoadedModel) -> tuple[LayerInfo, ...]:
     return cached
 
 
+def list_layers(loaded: LoadedModel) -> tuple[LayerInfo, ...]:
+    """The layers of a loaded model whose output is a map of the image, in the order they finish."""
+    return _listing(loaded).layers
+
+
+def listing_note(loaded: LoadedModel) -> str | None:
+    """A sentence for the layer picker saying what was left out and how tokens are drawn, or None
+    when every output with an image-like shape is listed (plain CNNs).
+
+    >>> listing_note(load_model("timm/vit_tiny_patch16_224", "random"))
+    'Listed: outputs that are maps of the image. Left out: 24 per-head tensors inside attention ...'
+    """
+    listing = _listing(loaded)
+    counts = Counter(item.reason for item in listing.left_out)
+    parts = [
+        f"{_count(counts['heads'], 'per-head tensor')} inside attention (queries, keys, attention weights)" if counts["heads"] else "",
+        f"{_count(counts['windows'], 'tensor')} of windows or patches cut out of the image" if counts["windows"] else "",
+        f"{_count(counts['no map'], 'tensor')} with no square map (token sequences off the patch grid, other shapes)" if counts["no map"] else "",
+    ]
+    sentences = []
+    if counts:
+        sentences.append("Listed: outputs that are maps of the image. Left out: " + "; ".join(p for p in parts if p) + ".")
+    tokens = [layer for layer in listing.layers if layer.layout == "tokens"]
+    if tokens:
+        _, h, w = tokens[-1].shape
+        aside = " with the class and other prefix tokens set aside" if any(layer.prefix for layer in tokens) else ""
+        sentences.append(f"Patch tokens are drawn on their {h}×{w} grid{aside}.")
+    return " ".join(sentences) or None
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' * (n != 1)}"
+
+
 def get_layer(loaded: LoadedModel, name: str | None) -> LayerInfo:
     """The layer called ``name``; None or "" means the first convolution. Unknown names raise with close matches."""
     layers = list_layers(loaded)
+    if not layers:
+        raise UnknownLayerError(f"{loaded.spec.display} has no layer whose output is a map of the image.")
     if not name:
         first = first_conv_name(loaded.model)
         return next((l for l in layers if l.name == first), layers[0])

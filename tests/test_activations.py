@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -20,9 +21,19 @@ def tiny() -> TinyResNet:
     return TinyResNet().eval()
 
 
+def _layers(model: torch.nn.Module, *names: str, size=(3, 16, 16)) -> list[layers.LayerInfo]:
+    found = {layer.name: layer for layer in layers.find_layers(model, size).layers}
+    return [found[name] for name in names]
+
+
+def _loaded(model: torch.nn.Module) -> SimpleNamespace:
+    """What capture_layers and analyse read of a LoadedModel."""
+    return SimpleNamespace(model=model, categories=None, lock=threading.RLock())
+
+
 def test_capture_equals_reference_despite_inplace_relu(tiny):
     x = torch.randn(1, 3, 16, 16)
-    with activations.capture(tiny, ["conv1", "relu", "conv2"]) as out:
+    with activations.capture(tiny, _layers(tiny, "conv1", "relu", "conv2")) as out:
         activations.run(tiny, x)
     with torch.no_grad():  # reference: the same computation written out by hand
         conv1 = torch.nn.functional.conv2d(x, tiny.conv1.weight, tiny.conv1.bias, stride=2, padding=1)
@@ -35,24 +46,36 @@ def test_capture_equals_reference_despite_inplace_relu(tiny):
 
 
 def test_hooks_removed_and_mode_restored_on_error(tiny):
+    conv1 = _layers(tiny, "conv1")
     tiny.train()
     with pytest.raises(RuntimeError):
-        with activations.capture(tiny, ["conv1"]):
+        with activations.capture(tiny, conv1):
             activations.run(tiny, torch.randn(1, 5, 16, 16))  # wrong channel count
     assert _hook_count(tiny) == 0 and tiny.training
 
 
+def test_each_modules_own_training_flag_is_restored(tiny):
+    conv1 = _layers(tiny, "conv1")
+    tiny.train()
+    tiny.conv2.eval()  # a mixed model: frozen part in eval, the rest training
+    with activations.capture(tiny, conv1):
+        assert not any(m.training for m in tiny.modules())  # eval inside the block
+        activations.run(tiny, torch.randn(1, 3, 16, 16))
+    assert tiny.training and tiny.conv1.training and not tiny.conv2.training
+
+
 def test_stop_early_skips_the_rest(tiny):
+    conv1 = _layers(tiny, "conv1")
     calls = []
     tiny.fc.register_forward_hook(lambda *a: calls.append(1))
-    with activations.capture(tiny, ["conv1"], stop_early=True) as out:
+    with activations.capture(tiny, conv1, stop_early=True) as out:
         result = activations.run(tiny, torch.randn(1, 3, 16, 16))
     assert result is None and "conv1" in out and calls == []
 
 
 def test_hooks_ignore_other_threads(tiny):
     other_done = threading.Event()
-    with activations.capture(tiny, ["conv1"]) as out:
+    with activations.capture(tiny, _layers(tiny, "conv1")) as out:
         t = threading.Thread(target=lambda: (activations.run(tiny, torch.ones(1, 3, 16, 16)), other_done.set()))
         t.start()
         t.join()
@@ -82,7 +105,7 @@ def test_select_channels_modes():
 
 
 def test_find_layers_forward_order_shapes_and_calls(tiny):
-    found = layers.find_layers(tiny, (3, 16, 16))
+    found = layers.find_layers(tiny, (3, 16, 16)).layers
     assert [(l.name, l.shape, l.calls) for l in found] == [
         ("conv1", (8, 8, 8), 1),
         ("relu", (8, 8, 8), 2),
@@ -95,23 +118,73 @@ def test_find_layers_forward_order_shapes_and_calls(tiny):
     assert layers.first_conv_name(tiny) == "conv1"
 
 
-def test_capture_all_equals_one_layer_captures(tiny):
+def test_capture_layers_equals_one_layer_captures(tiny):
     x = torch.randn(1, 3, 16, 16)
-    found = layers.find_layers(tiny, (3, 16, 16))
-    store, logits = activations.capture_all(tiny, found, x)
+    found = layers.find_layers(tiny, (3, 16, 16)).layers
+    store, logits = activations.capture_layers(_loaded(tiny), found, x, with_logits=True)
     assert set(store) == {l.name for l in found}
     for layer in found:
-        with activations.capture(tiny, [layer.name]) as one:
+        with activations.capture(tiny, [layer]) as one:
             activations.run(tiny, x)
-        torch.testing.assert_close(store[layer.name][0], one[layer.name])
+        torch.testing.assert_close(store[layer.name], one[layer.name])
+        assert store[layer.name].dtype == torch.float32 and store[layer.name].device.type == "cpu"
     torch.testing.assert_close(logits, tiny(x).detach())
     assert _hook_count(tiny) == 0
+
+
+def test_capture_layers_stops_after_the_last_layer_without_logits(tiny):
+    wanted = _layers(tiny, "conv2", "conv1")
+    calls = []
+    tiny.fc.register_forward_hook(lambda *a: calls.append(1))
+    store, logits = activations.capture_layers(_loaded(tiny), wanted, torch.randn(1, 3, 16, 16), with_logits=False)
+    assert logits is None and set(store) == {"conv1", "conv2"} and calls == []
+
+
+class _HiddenInPlace(torch.nn.Module):
+    """conv's output is doubled in place and freed before any other module runs: the listing cannot see it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.head = torch.nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self._inner(x))
+
+    def _inner(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        y.mul_(2)
+        return y.mean(dim=(2, 3))
+
+
+def test_capture_layers_never_keeps_a_map_changed_in_place_unseen():
+    torch.manual_seed(0)
+    model = _HiddenInPlace().eval()
+    (conv,) = _layers(model, "conv", size=(3, 8, 8))
+    assert not conv.overwritten  # the documented blind spot of the listing
+    x = torch.randn(1, 3, 8, 8)
+    store, _ = activations.capture_layers(_loaded(model), [conv], x, with_logits=True)
+    with torch.no_grad():
+        reference = torch.nn.functional.conv2d(x, model.conv.weight, model.conv.bias, padding=1)[0]
+    torch.testing.assert_close(store["conv"], reference)  # not the doubled values
+
+
+def test_analyse_gives_the_layers_maps_and_predictions(tiny):
+    x = torch.randn(1, 3, 16, 16)
+    (conv2,) = _layers(tiny, "conv2")
+    loaded = SimpleNamespace(model=tiny, categories=tuple("abcdefghij"), lock=threading.RLock())
+    result = activations.analyse(loaded, x, conv2)
+    with activations.capture(tiny, [conv2]) as one:
+        logits = activations.run(tiny, x)
+    torch.testing.assert_close(result.maps, one["conv2"])
+    assert result.layer == "conv2" and result.predictions == activations.top_k(logits, loaded.categories)
+    assert activations.analyse(loaded, x, conv2, with_predictions=False).predictions is None
 
 
 def test_capture_of_a_misspelt_module_names_close_matches(tiny):
     from cnnviz.errors import UnknownLayerError
 
     with pytest.raises(UnknownLayerError, match="conv1"):
-        with activations.capture(tiny, ["conv_1"]):
+        with activations.forward_hooks(tiny, ["conv_1"], lambda *a: None):
             pass
     assert _hook_count(tiny) == 0
