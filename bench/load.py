@@ -1,10 +1,12 @@
-"""Bounded load test on loopback: many gradio_client clients at once against a launched app.
+"""Bounded load test and memory budgets on loopback, against a launched app.
 
     python bench/load.py                          # 16 clients × 4 requests over 3 models
     python bench/load.py --clients 48 --requests 2 --queue 8   # overload: expect clear "queue is full"
+    python bench/load.py --memory                 # the three memory scenarios against their budgets
 
 Starts `python app.py` on a free loopback port (offline, random weights), reports failed requests,
-error messages, latency percentiles and the server's peak RSS, then stops the server. Not a test.
+error messages, latency percentiles and the server's peak RSS, then stops the server. The memory
+scenarios each start a fresh server and print its peak (or idle) RSS next to the budget. Not a test.
 """
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ import psutil
 from gradio_client import Client, handle_file
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("CNNVIZ_OFFLINE", "1")
 MODELS = ["resnet18", "timm/efficientnet_lite0", "mobilenet_v3_large"]
 PHOTOS = sorted(p for p in (ROOT / "examples").iterdir() if p.suffix in (".png", ".jpg"))
 
@@ -62,27 +66,127 @@ def one_client(url: str, index: int, requests: int, results: list) -> None:
             results.append(("error", time.perf_counter() - start, str(e)[:160]))
 
 
+class RssWatch:
+    """Polls a process's RSS every 50 ms in a thread; ``peak`` and ``now`` in bytes."""
+
+    def __init__(self, pid: int) -> None:
+        self.process, self.samples, self._stop = psutil.Process(pid), [], threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.samples.append(self.process.memory_info().rss)
+            except psutil.NoSuchProcess:
+                return
+            time.sleep(0.05)
+
+    @property
+    def peak(self) -> int:
+        return max(self.samples)
+
+    @property
+    def now(self) -> int:
+        return self.process.memory_info().rss
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def raw_maps(http, url: str, model: str, image_path: str, layer: str) -> None:
+    """One /feature_maps call over plain HTTP (upload path already on the server); raises on an error."""
+    import json
+
+    body = {"data": [model, {"path": image_path, "meta": {"_type": "gradio.FileData"}}, layer, "random", "first", 16, "gray", "channel"]}
+    event = http.post(f"{url}gradio_api/call/feature_maps", json=body).json()["event_id"]
+    with http.stream("GET", f"{url}gradio_api/call/feature_maps/{event}") as stream:
+        kind = None
+        for line in stream.iter_lines():
+            if line.startswith("event: "):
+                kind = line[7:]
+            elif line.startswith("data: ") and kind in ("complete", "error"):
+                if kind == "error":
+                    raise RuntimeError(f"{model} {layer}: {json.loads(line[6:])}")
+                return
+
+
+def layer_names(model: str, count: int) -> list[str]:
+    """``count`` layers spread over the model's list (first, …, last), from the library itself."""
+    import cnnviz
+
+    found = cnnviz.list_layers(cnnviz.load_model(model, "random"))
+    step = max(1, (len(found) - 1) / max(1, count - 1))
+    return [found[min(len(found) - 1, round(i * step))].name for i in range(count)]
+
+
+def user(url: str, model: str, photos: list[Path], layers: list[str]) -> None:
+    """A user exploring: each photo uploaded, then its maps at each layer in turn."""
+    import httpx
+
+    with httpx.Client(timeout=600) as http:
+        for photo in photos:
+            with photo.open("rb") as f:
+                path = http.post(f"{url}gradio_api/upload", files={"files": (photo.name, f)}).json()[0]
+            for layer in layers:
+                raw_maps(http, url, model, path, layer)
+
+
+def memory_scenarios() -> None:
+    """Peak RSS of one user on torchvision efficientnet_b7 (3 photos × 5 layers), of two users at once
+    on timm efficientnet_b8, and idle RSS after cycling through 10 models, each on a fresh server."""
+    gb = 2**30
+    env = {**os.environ, "CNNVIZ_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    cycle = ["alexnet", "vgg16", "resnet50", "densenet121", "efficientnet_b3", "convnext_tiny",
+             "timm/efficientnet_b2", "regnet_y_1_6gf", "mobilenet_v3_large", "timm/resnet50"]
+    scenarios = [
+        ("one user, efficientnet_b7 (600 px): 3 photos × 5 layers", 4 * gb, "peak",
+         [lambda url: user(url, "efficientnet_b7", PHOTOS[:3], layer_names("efficientnet_b7", 5))]),
+        ("two users at once, timm/efficientnet_b8 (672 px): 1 photo × 2 layers each", 6 * gb, "peak",
+         [lambda url, i=i: user(url, "timm/efficientnet_b8", PHOTOS[i:i + 1], layer_names("timm/efficientnet_b8", 2)[::1 - 2 * i])
+          for i in range(2)]),
+        ("idle after cycling through 10 models (1 photo, 3 layers each)", 2 * gb, "idle",
+         [lambda url: [user(url, m, PHOTOS[:1], layer_names(m, 3)) for m in cycle]]),
+    ]
+    print("| scenario | measured | budget | |\n|---|---:|---:|---|")
+    for title, budget, kind, users in scenarios:
+        port = free_port()
+        proc = start_app(port, env)
+        watch = RssWatch(proc.pid)
+        try:
+            start = time.perf_counter()
+            with ThreadPoolExecutor(len(users)) as pool:
+                for future in [pool.submit(u, f"http://127.0.0.1:{port}/") for u in users]:
+                    future.result()
+            time.sleep(3 if kind == "idle" else 0)
+            figure = watch.now if kind == "idle" else watch.peak
+            wall = time.perf_counter() - start
+        finally:
+            watch.stop()
+            proc.terminate()
+            proc.wait(30)
+        verdict = "within" if figure <= budget else "OVER"
+        print(f"| {title} | {kind} {figure / gb:.2f} GB (peak {watch.peak / gb:.2f}, {wall:.0f} s) | "
+              f"{budget / gb:.0f} GB | {verdict} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--requests", type=int, default=4)
     parser.add_argument("--queue", type=int, default=None, help="CNNVIZ_QUEUE_SIZE for the server")
+    parser.add_argument("--memory", action="store_true", help="run the memory scenarios instead")
     args = parser.parse_args()
-    env = {**os.environ, "CNNVIZ_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    if args.memory:
+        return memory_scenarios()
+    env = {**os.environ, "CNNVIZ_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
+           "CNNVIZ_MAX_PER_CLIENT": str(args.clients * 2)}  # every client here shares one address
     if args.queue:
         env["CNNVIZ_QUEUE_SIZE"] = str(args.queue)
     port = free_port()
     proc = start_app(port, env)
-    server = psutil.Process(proc.pid)
-    peak, stop = [server.memory_info().rss], threading.Event()
-
-    def watch() -> None:
-        while not stop.is_set():
-            peak.append(server.memory_info().rss)
-            time.sleep(0.1)
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
+    watch = RssWatch(proc.pid)
     results: list = []
     start = time.perf_counter()
     try:
@@ -92,8 +196,7 @@ def main() -> None:
         wall = time.perf_counter() - start
         alive = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).status == 200
     finally:
-        stop.set()
-        watcher.join()
+        watch.stop()
         proc.terminate()
         proc.wait(10)
     ok = [t for status, t, _ in results if status == "ok"]
@@ -103,7 +206,7 @@ def main() -> None:
     if ok:
         q = statistics.quantiles(ok, n=20)
         print(f"latency s: median {statistics.median(ok):.2f}, p95 {q[-1]:.2f}, max {max(ok):.2f}")
-    print(f"server RSS MB: start {peak[0] / 2**20:.0f}, peak {max(peak) / 2**20:.0f}")
+    print(f"server RSS MB: start {watch.samples[0] / 2**20:.0f}, peak {watch.peak / 2**20:.0f}")
     for message, count in errors.most_common(5):
         print(f"  {count}× {message}")
 

@@ -27,6 +27,7 @@ import pandas as pd
 
 from . import explore, layers, preprocess, registry, render, server, summary
 from .errors import CnnvizError, quoted
+from .weights import WeightsOutcome
 
 log = logging.getLogger(__name__)
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
@@ -270,6 +271,7 @@ def architecture(model: str, weights: str = "pretrained", depth: float = 3):
         f"**MACs** {macs:.2f} {macs_unit} · **estimated memory** {s.total_mb:.1f} MB "
         f"(input {s.input_mb:.2f} + forward/backward {s.forward_backward_mb:.1f} + params {s.params_mb:.1f})"
     )
+    totals += "\n\n" + _weights_used(registry.load_model(model, weights).weights)
     csv_path = _OUTPUTS.write(f"{model}-architecture.csv", s.to_csv().encode())
     return totals, pd.DataFrame(rows, columns=TABLE_HEADERS), csv_path, s.to_text()
 
@@ -280,7 +282,7 @@ def filters(model: str, weights: str = "pretrained", normalise: str = "layer"):
     view = explore.filter_grid(model, weights, normalise)
     per = "the whole layer's range" if normalise == "layer" else "each filter's own range"
     colour = "in colour (R, G, B input channels)" if view.filters.weight.shape[1] == 3 else "in grey (mean over input channels)"
-    caption = f"`{view.filters.layer}` · {view.filters.description}; drawn {colour}, scaled to {per}."
+    caption = f"`{view.filters.layer}` · {view.filters.description}; drawn {colour}, scaled to {per}.\n\n{_weights_used(view.weights)}"
     return _OUTPUTS.write(f"{model}-filters.png", render.encode(view.image, "png")), caption
 
 
@@ -303,10 +305,19 @@ def feature_maps(
         which = f"the {len(shown)} channels with the highest mean activation, strongest first: {', '.join(map(str, shown[:16]))}{' …' if len(shown) > 16 else ''}"
     else:
         which = f"channels 0–{len(shown) - 1} of {total}, row by row"
-    caption = f"`{view.layer.name}` · {view.layer.type} · {'×'.join(map(str, view.layer.shape))} — {which}; {normalise} normalisation."
+    caption = f"`{view.layer.name}` · {view.layer.type} · {'×'.join(map(str, view.layer.shape))} — {which}; {normalise} normalisation.\n\n{_weights_used(view.weights)}"
     labels = _label_dict(view.predictions)
     grid = _OUTPUTS.write(f"{model}-{view.layer.name}.jpg", render.encode(view.image, "jpeg"))
     return grid, labels, caption
+
+
+def _weights_used(outcome: WeightsOutcome) -> str:
+    """One line for every answer, saying which weights produced it."""
+    if outcome.notice:
+        return f"⚠️ **Random weights** (pretrained were asked for): {outcome.notice}"
+    if not outcome.pretrained:
+        return "🎲 Random weights, as chosen: an untrained network."
+    return f"✅ Pretrained weights: {outcome.source}."
 
 
 def _label_dict(predictions) -> dict[str, float] | None:
