@@ -159,7 +159,8 @@ def capture_layers(
     logits = None
     with forward_hooks(model, list(wanted), on_output), torch.no_grad():  # no_grad, not inference_mode: keeps versions
         try:
-            logits = model(x)
+            output = model(x)
+            logits = output if with_logits else None
         except _StopForward:
             pass
     store = {name: maps for name, (maps, _) in kept.items()}

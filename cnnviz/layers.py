@@ -36,7 +36,6 @@ if TYPE_CHECKING:
     from .registry import LoadedModel
 
 Layout = Literal["NCHW", "NHWC", "tokens"]
-LEFT_OUT_REASONS = ("heads", "windows", "no map")  # see LeftOut.reason
 
 
 @dataclass(frozen=True)
@@ -57,7 +56,7 @@ class LayerInfo:
         ``"stages.0.blocks.0.mlp.fc1 · Linear · 384×56×56, channels-last"``."""
         c, h, w = self.shape
         again = f" · called {self.calls}×, first call" if self.calls > 1 else ""
-        return f"{self.name} · {self.type} · {c}×{h}×{w}{_LAYOUT_WORDS[self.layout](self.prefix)}{again}"
+        return f"{self.name} · {self.type} · {c}×{h}×{w}{_layout_words(self.layout, self.prefix)}{again}"
 
     @property
     def nbytes(self) -> int:
@@ -93,11 +92,13 @@ class LayerInfo:
         return output[0, self.prefix :].reshape(h, w, output.shape[2]).permute(2, 0, 1)
 
 
-_LAYOUT_WORDS = {
-    "NCHW": lambda prefix: "",
-    "NHWC": lambda prefix: ", channels-last",
-    "tokens": lambda prefix: ", patch tokens" + (f", {prefix} prefix token{'s' * (prefix > 1)} set aside" if prefix else ""),
-}
+def _layout_words(layout: Layout, prefix: int) -> str:
+    """What a label adds for a layout other than NCHW."""
+    if layout == "NHWC":
+        return ", channels-last"
+    if layout == "tokens":
+        return ", patch tokens" + (f", {_count(prefix, 'prefix token')} set aside" if prefix else "")
+    return ""
 
 
 @dataclass(frozen=True)
@@ -150,10 +151,11 @@ def find_layers(model: torch.nn.Module, input_size: tuple[int, int, int], device
                 overwritten.add(name)
 
     def input_layout(inputs: tuple) -> Layout | None:
-        first = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
+        """The layout of a module's first input when it is the image or a listed output still alive."""
+        first = inputs[0] if inputs else None
         if first is x:
             return "NCHW"
-        return next((found[n].layout for n, (ref, _) in watched.items() if first is not None and ref() is first), None)
+        return next((found[n].layout for n, (ref, _) in watched.items() if ref() is first), None) if first is not None else None
 
     def on_output(name: str, inputs: tuple, output) -> None:
         check_versions()
