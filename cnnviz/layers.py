@@ -318,9 +318,9 @@ def listing_note(loaded: LoadedModel) -> str | None:
         sentences.append("Listed: outputs that are maps of the image. Left out: " + "; ".join(p for p in parts if p) + ".")
     tokens = [layer for layer in listing.layers if layer.layout == "tokens"]
     if tokens:
-        _, h, w = tokens[-1].shape
+        grids = ", ".join(dict.fromkeys(f"{layer.shape[1]}×{layer.shape[2]}" for layer in tokens))
         aside = " with the class and other prefix tokens set aside" if any(layer.prefix for layer in tokens) else ""
-        sentences.append(f"Patch tokens are drawn on their {h}×{w} grid{aside}.")
+        sentences.append(f"Patch tokens are drawn on their patch grid ({grids}){aside}.")
     return " ".join(sentences) or None
 
 

@@ -183,7 +183,7 @@ class _Loaded:
 def test_listing_note_explains_what_a_transformer_leaves_out():
     note = layers.listing_note(_Loaded(TinyViT().eval(), (3, 16, 16)))
     assert "2 per-head tensors" in note and "1 tensor of windows" in note
-    assert "Patch tokens are drawn on their 4×4 grid with the class and other prefix tokens set aside." in note
+    assert "Patch tokens are drawn on their patch grid (4×4) with the class and other prefix tokens set aside." in note
     assert layers.listing_note(_Loaded(TinyResNet().eval(), (3, 16, 16))) is None
 
 
