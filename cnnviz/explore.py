@@ -74,7 +74,7 @@ class KeptMaps:
         """Keep ``maps`` (name -> Tensor[C,H,W]); evict the oldest entries beyond the budget."""
         with self._lock:
             for name, tensor in maps.items():
-                size = tensor.numel() * tensor.element_size()
+                size = _nbytes(tensor)
                 if size > self.budget:
                     continue
                 if (id(loaded), digest, name) in self._items:
@@ -88,12 +88,17 @@ class KeptMaps:
 
     def _drop(self, key: tuple[int, bytes, str]) -> None:
         _, tensor = self._items.pop(key)
-        self.nbytes -= tensor.numel() * tensor.element_size()
+        self.nbytes -= _nbytes(tensor)
 
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
             self.nbytes = 0
+
+
+def _nbytes(tensor: torch.Tensor) -> int:
+    """Bytes a kept tensor holds alive: its whole storage (a view may keep a larger one)."""
+    return tensor.untyped_storage().nbytes()
 
 
 KEPT = KeptMaps(int(float(os.environ.get("CNNVIZ_KEPT_MB", "1024")) * 2**20))

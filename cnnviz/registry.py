@@ -313,7 +313,7 @@ _CACHE = _ModelCache(
     int(os.environ.get("CNNVIZ_MODEL_CACHE", "3")),
     int(float(os.environ.get("CNNVIZ_MODEL_CACHE_MB", "2048")) * 2**20),  # 2 GiB suits a 16 GB host
 )
-MAX_PARAMS = int(os.environ.get("CNNVIZ_MAX_PARAMS", "300000000"))  # typed names beyond this are refused
+MAX_PARAMS = int(os.environ.get("CNNVIZ_MAX_PARAMS", "350000000"))  # typed names beyond this are refused
 
 
 def _construct(spec: ModelSpec) -> torch.nn.Module:
@@ -379,7 +379,7 @@ def check_size(spec: ModelSpec) -> None:
     >>> check_size(get_spec("regnet_y_128gf"))
     Traceback (most recent call last):
     ...
-    cnnviz.errors.InvalidOptionError: regnet_y_128gf has 645 M parameters; this app loads models up to 300 M (set CNNVIZ_MAX_PARAMS to change that).
+    cnnviz.errors.InvalidOptionError: regnet_y_128gf has 645 M parameters; this app loads models up to 350 M (set CNNVIZ_MAX_PARAMS to change that).
 
     Raises:
         InvalidOptionError: the model has more than ``MAX_PARAMS`` parameters, so loading it could

@@ -305,7 +305,8 @@ def feature_maps(
         which = f"the {len(shown)} channels with the highest mean activation, strongest first: {', '.join(map(str, shown[:16]))}{' …' if len(shown) > 16 else ''}"
     else:
         which = f"channels 0–{len(shown) - 1} of {total}, row by row"
-    caption = f"`{view.layer.name}` · {view.layer.type} · {'×'.join(map(str, view.layer.shape))} — {which}; {normalise} normalisation.\n\n{_weights_used(view.weights)}"
+    described = view.layer.label[len(view.layer.name):]  # " · type · C×H×W[, layout][, calls]"
+    caption = f"`{view.layer.name}`{described} — {which}; {normalise} normalisation.\n\n{_weights_used(view.weights)}"
     labels = _label_dict(view.predictions)
     grid = _OUTPUTS.write(f"{model}-{view.layer.name}.jpg", render.encode(view.image, "jpeg"))
     return grid, labels, caption
@@ -338,7 +339,8 @@ def _select_model(model: str, weights: str, progress=gr.Progress(track_tqdm=True
     found = layers.list_layers(loaded)
     default = layers.get_layer(loaded, None).name
     choices = [(layer.label, layer.name) for layer in found]
-    return _weights_notice(loaded), gr.Dropdown(choices=choices, value=default)
+    note = layers.listing_note(loaded)
+    return _weights_notice(loaded) + (f"\n\nℹ️ {note}" if note else ""), gr.Dropdown(choices=choices, value=default)
 
 
 @_user_errors

@@ -64,10 +64,10 @@ def test_layer_switches_show_every_layer_exactly(coffee):
     cnnviz.feature_maps("resnet18", coffee, "layer1", "random")  # new image: predictions known
     for layer in cnnviz.list_layers(loaded):
         view = cnnviz.feature_maps("resnet18", coffee, layer.name, "random")
-        with activations.capture(loaded.model, [layer.name]) as one:
+        with activations.capture(loaded.model, [layer]) as one:
             activations.run(loaded.model, x)
         torch.testing.assert_close(view.maps, one[layer.name], msg=layer.name)
-    assert len(explore._ACTIVATIONS) <= explore.MAX_KEPT_IMAGES
+    assert explore.KEPT.nbytes <= explore.KEPT.budget
 
 
 def test_per_layer_scale_does_not_depend_on_how_many_channels_are_drawn(coffee):

@@ -125,7 +125,7 @@ def test_the_newest_model_stays_even_when_alone_it_exceeds_the_budget(monkeypatc
 
 
 def test_typed_models_too_large_for_a_shared_server_are_refused():
-    with pytest.raises(InvalidOptionError, match=r"vit_h_14 has 632 M parameters; this app loads models up to 300 M"):
+    with pytest.raises(InvalidOptionError, match=r"vit_h_14 has 632 M parameters; this app loads models up to 350 M"):
         registry.load_model("vit_h_14", "random")
 
 
@@ -144,7 +144,7 @@ def test_every_torchvision_regnet_passes_the_size_check(name):
 def test_the_largest_regnet_gets_the_refusal_sentence():
     assert len(REGNETS) == 15
     millions = f"{_published_params('regnet_y_128gf') / 1e6:,.0f}"
-    with pytest.raises(InvalidOptionError, match=rf"^regnet_y_128gf has {millions} M parameters; this app loads models up to 300 M"):
+    with pytest.raises(InvalidOptionError, match=rf"^regnet_y_128gf has {millions} M parameters; this app loads models up to 350 M"):
         registry.load_model("regnet_y_128gf", "random")
 
 
