@@ -8,6 +8,7 @@ GRADIO_SERVER_NAME / GRADIO_SERVER_PORT are respected when the flags are not giv
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shutil
 import sys
@@ -36,6 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("cnnviz").setLevel(logging.INFO)
     import torch
 
     if args.device == "cuda" and not torch.cuda.is_available():

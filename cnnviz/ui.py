@@ -164,7 +164,8 @@ def _limit_clients(demo: gr.Blocks, per_session: int, per_client: int) -> None:
 def _stop_reason() -> str | None:
     """Why the current queued event need not finish: ``"gone"`` once Gradio gave up on it (its page
     closed, its client disconnected, or it was cancelled), ``"superseded"`` when it is a page event and
-    the same page has queued a newer call of the same handler; None otherwise, and outside a queued call."""
+    the same page has sent a newer call of the same handler (queued or running); None otherwise, and
+    outside a queued call."""
     event_id, blocks = LocalContext.event_id.get(None), LocalContext.blocks.get(None)
     if event_id is None or blocks is None or blocks._queue is None:
         return None
@@ -174,11 +175,10 @@ def _stop_reason() -> str | None:
         return "gone"
     if event.fn.api_visibility == "public" or not event.session_hash:
         return None  # API callers get every answer they asked for
-    for waiting in list(queue.event_queue_per_concurrency_id.values()):
-        for other in list(waiting.queue):
-            if (other.session_hash == event.session_hash and other.fn.fn is event.fn.fn
-                    and other._id != event._id and other.enqueue_time > event.enqueue_time):
-                return "superseded"
+    for other in list(queue.event_ids_to_events.values()):  # queued or running
+        if (other.alive and other.session_hash == event.session_hash and other.fn.fn is event.fn.fn
+                and other.enqueue_time > event.enqueue_time):
+            return "superseded"
     return None
 
 
@@ -189,11 +189,13 @@ def _user_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            if _stop_reason():
+            if reason := _stop_reason():
+                log.info("%s not started: %s", fn.__name__, reason)
                 return gr.skip()  # a newer call of this view is queued, or nobody waits for this one
             with explore.stop_when(_stop_reason):
                 return fn(*args, **kwargs)
-        except explore.Stopped:
+        except explore.Stopped as e:
+            log.info("%s stopped mid-pass: %s", fn.__name__, e)
             return gr.skip()
         except gr.Error:
             raise

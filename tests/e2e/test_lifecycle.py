@@ -3,6 +3,7 @@ when the port is taken, and healing when a /tmp cleaner removes its files. Each 
 ``python app.py``, since it stops or damages it."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -135,3 +136,69 @@ def test_cut_off_uploads_leave_nothing_and_uploads_are_held_to_a_quota(start, tm
     total = sum(p.stat().st_size for p in app.folder.rglob("*") if p.is_file())
     assert total <= 3 * 2**20
     assert uploaded[-1].exists() and not uploaded[0].exists()
+
+
+def _join(http, url: str, fn_index: int, data: list, session: str) -> str:
+    body = {"data": data, "fn_index": fn_index, "session_hash": session, "event_data": None, "trigger_id": None}
+    response = http.post(f"{url}gradio_api/queue/join", json=body)
+    assert response.status_code == 200, response.text
+    return response.json()["event_id"]
+
+
+def _dependency(config: dict, api_name: str | None = None, trigger: tuple[str, str] | None = None) -> int:
+    """fn_index of the dependency with that api_name, or triggered by (elem_id, event)."""
+    ids = {c.get("props", {}).get("elem_id"): c["id"] for c in config["components"]}
+    for dep in config["dependencies"]:
+        if api_name and dep.get("api_name") == api_name:
+            return dep["id"]
+        if trigger and [ids.get(trigger[0]), trigger[1]] in [list(t) for t in dep["targets"]]:
+            return dep["id"]
+    raise AssertionError(f"no dependency {api_name or trigger}")
+
+
+def _wait_for_log(app: App, text: str, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in app.output():
+        assert time.monotonic() < deadline, f"{text!r} never logged:\n{app.output()[-2000:]}"
+        time.sleep(0.2)
+
+
+def test_work_whose_client_is_gone_stops(start):
+    import httpx
+
+    app = start().serving()
+    with httpx.Client(timeout=60) as http:
+        config = http.get(f"{app.url}config").json()
+        session = "gone-client"
+        _join(http, app.url, _dependency(config, api_name="architecture"), ["efficientnet_b7", "random", 3], session)
+        with http.stream("GET", f"{app.url}gradio_api/queue/data", params={"session_hash": session}) as stream:
+            for line in stream.iter_lines():  # hang up as soon as the work has started
+                if "process_starts" in line:
+                    break
+    _wait_for_log(app, "architecture stopped mid-pass: gone")
+
+
+def test_a_newer_page_request_of_the_same_view_supersedes_the_older(start):
+    import httpx
+
+    app = start().serving()
+    raw = Raw(app.url)
+    image = {"path": raw.upload(EXAMPLES / "cat.png"), "meta": {"_type": "gradio.FileData"}}
+    with httpx.Client(timeout=120) as http:
+        config = http.get(f"{app.url}config").json()
+        maps = _dependency(config, trigger=("input-image", "change"))  # the page's own (private) maps event
+        session = "one-page"
+        args = ["efficientnet_b7", image, "", "random", "first", 16, "gray", "channel"]
+        first = _join(http, app.url, maps, args, session)
+        time.sleep(1)
+        second = _join(http, app.url, maps, args[:2] + ["features.8"] + args[3:], session)
+        done = {}
+        with http.stream("GET", f"{app.url}gradio_api/queue/data", params={"session_hash": session}) as stream:
+            for line in stream.iter_lines():
+                if line.startswith("data: ") and '"process_completed"' in line:
+                    message = json.loads(line[6:])
+                    done[message["event_id"]] = message
+                    if len(done) == 2:
+                        break
+    assert done[second]["success"], done[second]
+    _wait_for_log(app, "superseded")
