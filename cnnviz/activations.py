@@ -9,8 +9,10 @@ sharing a model never see each other's activations.
 """
 from __future__ import annotations
 
+import contextvars
 import difflib
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
@@ -29,6 +31,51 @@ OutputFn = Callable[[str, tuple, object], None]  # (module name, positional inpu
 
 class _StopForward(Exception):
     """Raised from a hook once everything asked for is captured, to skip the rest of the network."""
+
+
+class Stopped(Exception):
+    """Raised inside a forward pass when the :func:`stop_when` check says nobody waits for the answer."""
+
+
+_STOP_CHECK: contextvars.ContextVar[Callable[[], str | None] | None] = contextvars.ContextVar("stop_check", default=None)
+STOP_CHECK_EVERY_S = 0.02
+
+
+@contextmanager
+def stop_when(check: Callable[[], str | None]) -> Iterator[None]:
+    """Within the block, forward passes started by this thread end with :class:`Stopped` as soon as
+    ``check()`` returns a reason (it is asked before each module runs, at most every 20 ms)."""
+    token = _STOP_CHECK.set(check)
+    try:
+        yield
+    finally:
+        _STOP_CHECK.reset(token)
+
+
+@contextmanager
+def interruptible(model: torch.nn.Module) -> Iterator[None]:
+    """Forward pre-hooks that raise :class:`Stopped` when this thread's stop check fires; removed on exit."""
+    check = _STOP_CHECK.get()
+    if check is None:
+        yield
+        return
+    if reason := check():
+        raise Stopped(reason)
+    owner, last = threading.get_ident(), [time.monotonic()]
+
+    def hook(_module, _inputs):
+        now = time.monotonic()
+        if threading.get_ident() == owner and now - last[0] >= STOP_CHECK_EVERY_S:
+            last[0] = now
+            if reason := check():
+                raise Stopped(reason)
+
+    handles = [m.register_forward_pre_hook(hook) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 @contextmanager

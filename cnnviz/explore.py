@@ -5,22 +5,18 @@ returns data plus a ready-to-show ``uint8[H,W,3]`` image where there is one.
 """
 from __future__ import annotations
 
-import contextvars
 import hashlib
 import os
 import threading
-import time
 import weakref
 from collections import OrderedDict
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
 from . import activations, filters as filters_mod, layers, preprocess, render, summary as summary_mod
-from .activations import Prediction
+from .activations import Prediction, Stopped, stop_when  # noqa: F401  (re-exported for the UI)
 from .errors import InvalidOptionError, quoted
 from .registry import LoadedModel, load_model
 from .weights import WeightsOutcome
@@ -104,51 +100,6 @@ def _nbytes(tensor: torch.Tensor) -> int:
 KEPT = KeptMaps(int(float(os.environ.get("CNNVIZ_KEPT_MB", "1024")) * 2**20))
 
 
-class Stopped(Exception):
-    """Raised inside a forward pass when the :func:`stop_when` check says nobody waits for the answer."""
-
-
-_STOP_CHECK: contextvars.ContextVar[Callable[[], str | None] | None] = contextvars.ContextVar("stop_check", default=None)
-STOP_CHECK_EVERY_S = 0.02
-
-
-@contextmanager
-def stop_when(check: Callable[[], str | None]) -> Iterator[None]:
-    """Within the block, forward passes started by this thread end with :class:`Stopped` as soon as
-    ``check()`` returns a reason (it is asked before each module runs, at most every 20 ms)."""
-    token = _STOP_CHECK.set(check)
-    try:
-        yield
-    finally:
-        _STOP_CHECK.reset(token)
-
-
-@contextmanager
-def _interruptible(model: torch.nn.Module) -> Iterator[None]:
-    """Forward pre-hooks that raise :class:`Stopped` when this thread's stop check fires; removed on exit."""
-    check = _STOP_CHECK.get()
-    if check is None:
-        yield
-        return
-    if reason := check():
-        raise Stopped(reason)
-    owner, last = threading.get_ident(), [time.monotonic()]
-
-    def hook(_module, _inputs):
-        now = time.monotonic()
-        if threading.get_ident() == owner and now - last[0] >= STOP_CHECK_EVERY_S:
-            last[0] = now
-            if reason := check():
-                raise Stopped(reason)
-
-    handles = [m.register_forward_pre_hook(hook) for m in model.modules()]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
 def _remember(cache: OrderedDict, key, value, limit: int):
     """Put ``value`` in an LRU ``cache`` bounded to ``limit`` entries (call under ``_LOCK``)."""
     cache[key] = value
@@ -178,7 +129,7 @@ def architecture(model: str, weights: str = "pretrained", depth: int = 3) -> sum
         per_model = _SUMMARIES.setdefault(loaded, {})
         cached = per_model.get(depth)
     if cached is None:
-        with loaded.lock, _interruptible(loaded.model):
+        with loaded.lock, activations.interruptible(loaded.model):
             cached = summary_mod.summarize(loaded.model, loaded.input_size, depth=depth)
         with _LOCK:
             per_model[depth] = cached
@@ -276,7 +227,7 @@ def _analyse_cached(loaded: LoadedModel, x: torch.Tensor, digest: bytes, info: l
     if maps is not None and known is not None:
         return maps, known
     window = KEPT.window(layers.list_layers(loaded), info)
-    with loaded.lock, _interruptible(loaded.model):
+    with loaded.lock, activations.interruptible(loaded.model):
         store, logits = activations.capture_layers(loaded, window, x, with_logits=known is None)
     if known is None:
         with _LOCK:

@@ -23,7 +23,6 @@ import io
 import math
 import numbers
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from torch.utils.hooks import RemovableHandle
 from torchinfo.torchinfo import clear_cached_forward_pass
 
+from .activations import eval_mode
 from .errors import InvalidOptionError
 
 __all__ = ["LayerRow", "Summary", "summarize"]
@@ -169,7 +169,7 @@ def summarize(model: nn.Module, input_size: tuple[int, int, int], depth: int = 3
     """
     size = _check_arguments(input_size, depth)
     example = _example_input(model, size)
-    with _eval_mode(model), torch.inference_mode():
+    with eval_mode(model), torch.inference_mode():
         stats, calls = _forward_with_counts(model, example, size)
     rows = tuple(_rows(model, stats.summary_list, calls, depth))
     return Summary(
@@ -358,18 +358,6 @@ class _GlobalOnly:
 
     def __exit__(self, *exc_info: object) -> None:
         return None
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode for the block; then every module's own training flag back, mixed modes included."""
-    saved = [(module, module.training) for module in model.modules()]
-    try:
-        model.eval()
-        yield
-    finally:
-        for module, training in saved:
-            module.training = training
 
 
 def _example_input(model: nn.Module, size: tuple[int, int, int]) -> torch.Tensor:
