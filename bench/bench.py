@@ -100,8 +100,8 @@ def bench_model(name: str, device: str, repeats: int, photos: Photos) -> dict[st
 
     r["forward"] = median_ms(lambda: activations.run(loaded.model, x), repeats)
     for where, layer in picks.items():
-        def to_layer(layer=layer):
-            with activations.capture(loaded.model, [layer], stop_early=True):
+        def to_layer(info=next(f for f in found if f.name == layer)):
+            with activations.capture(loaded.model, [info], stop_early=True):
                 activations.run(loaded.model, x)
         r[f"forward to {where}"] = median_ms(to_layer, repeats)
 
@@ -113,7 +113,7 @@ def bench_model(name: str, device: str, repeats: int, photos: Photos) -> dict[st
         fresh = iter([photos() for _ in range(repeats + 1)])  # written before timing starts
         r[f"request {where} (new image)"] = median_ms(lambda layer=layer: request(layer, lambda: next(fresh)), repeats)
     first_switch = []
-    for _ in range(repeats):  # a new image, then its first switch to another layer (keeps every layer)
+    for _ in range(repeats):  # a new image, then its first switch to another layer (kept when it fits the budget)
         path = photos()
         request(first, lambda: path)
         start = time.perf_counter()
