@@ -23,7 +23,7 @@ def use_returning_allocator() -> None:
     """Re-execute once with ALLOCATOR_ENV set (Linux; a value the operator set is kept as it is)."""
     missing = {k: v for k, v in ALLOCATOR_ENV.items() if k not in os.environ}
     if missing and sys.platform.startswith("linux"):
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **missing})
+        os.execve(sys.executable, sys.orig_argv, {**os.environ, **missing})  # interpreter flags kept
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,15 +47,16 @@ def main(argv: list[str] | None = None) -> None:
     from cnnviz import server
 
     folder = server.private_temp_folder()  # before gradio is imported: it reads GRADIO_TEMP_DIR then
+    running = []
+    server.exit_cleanly(folder, lambda: running and running[0].close())  # from here on, even mid-start-up
     from cnnviz.ui import launch
 
     try:
-        demo = launch(args.host, args.port, args.share)
+        running.append(launch(args.host, args.port, args.share))
     except OSError as e:
         shutil.rmtree(folder, ignore_errors=True)
         raise SystemExit(f"Cannot serve on {args.host}:{args.port} ({str(e).split('. ')[0]}); "
                          "is another server using that port? Choose one with --port.") from None
-    server.exit_cleanly(folder, demo.close)
     server.wait_forever()
 
 

@@ -250,24 +250,6 @@ def top_k(logits: torch.Tensor, categories: Sequence[str] | None, k: int = 5) ->
     return [Prediction(categories[i], float(v), i) for v, i in zip(values.tolist(), indices.tolist())]
 
 
-@dataclass(frozen=True)
-class Analysis:
-    layer: str
-    maps: torch.Tensor  # [C,H,W] float32, cpu
-    predictions: list[Prediction] | None  # None when not computed (early stop)
-
-
-def analyse(loaded: LoadedModel, x: torch.Tensor, layer: LayerInfo, with_predictions: bool = True) -> Analysis:
-    """One forward pass (the caller holds ``loaded.lock``): the layer's feature maps ``Tensor[C,H,W]``
-    float32 on the CPU and, if asked, the top-5 predictions.
-
-    Without predictions the pass stops right after ``layer``.
-    """
-    store, logits = capture_layers(loaded, [layer], x, with_logits=with_predictions)
-    predictions = top_k(logits, loaded.categories) if with_predictions and isinstance(logits, torch.Tensor) else None
-    return Analysis(layer.name, store[layer.name], predictions)
-
-
 CHANNEL_MODES = ("first", "all", "top")
 
 

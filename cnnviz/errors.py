@@ -29,7 +29,7 @@ def quoted(value: object, limit: int = MAX_QUOTE) -> str:
     """``repr(value)`` cut to ``limit`` characters, for messages that repeat what a user sent.
 
     >>> quoted("x" * 500)[:6], len(quoted("x" * 500))
-    ("'xxxxx", 81)
+    ("'xxxxx", 80)
     """
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -33,8 +33,9 @@ class KeptMaps:
     bytes (not by images: one image of a 600 px EfficientNet is several GB of maps).
 
     Entries are ``Tensor[C,H,W]`` float32 per (model, image digest, layer), evicted least recently
-    used first until their total is within ``budget`` bytes. One pass keeps at most ``budget // 4``
-    bytes (:meth:`window`), so a few users' windows fit at once.
+    used first until their total is within ``budget`` bytes. One pass keeps the layer asked for and
+    as many neighbours as fit in ``budget // 4`` bytes (:meth:`window`), so a few users' windows fit at
+    once; a single layer larger than the whole budget is returned but not kept.
     """
 
     def __init__(self, budget: int) -> None:

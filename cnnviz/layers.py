@@ -235,7 +235,7 @@ def _heads_around(name: str, modules: dict[str, torch.nn.Module]) -> frozenset[i
     """Head counts (``num_heads`` / ``n_heads``) of the module and the modules that contain it."""
     parts = name.split(".")
     heads = set()
-    for i in range(len(parts) + 1):
+    for i in range(1, len(parts) + 1):  # the module and its parents, not the root model
         module = modules.get(".".join(parts[:i]))
         for attr in ("num_heads", "n_heads"):
             value = getattr(module, attr, None)

@@ -5,6 +5,7 @@ before gradio is imported, because gradio reads ``GRADIO_TEMP_DIR`` at import ti
 """
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import signal
@@ -15,16 +16,30 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import anyio
+
+
+_PRIVATE: Path | None = None
+
 
 def private_temp_folder() -> Path:
     """A temp folder of this server's own, set as ``GRADIO_TEMP_DIR`` (uploads, Gradio's cache, our
     output files), created inside the folder ``GRADIO_TEMP_DIR`` named before (else the system's temp
-    folder), so no other Gradio app on the host shares it. Removed at exit (:func:`exit_cleanly`)."""
-    parent = os.environ.get("GRADIO_TEMP_DIR") or tempfile.gettempdir()
-    os.makedirs(parent, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix="cnnviz-", dir=parent))
-    os.environ["GRADIO_TEMP_DIR"] = str(folder)
-    return folder
+    folder), so no other Gradio app on the host shares it. Made once per process; removed at exit
+    (:func:`exit_cleanly`, or at interpreter exit when the app was started another way)."""
+    global _PRIVATE
+    if _PRIVATE is None:
+        parent = os.environ.get("GRADIO_TEMP_DIR") or tempfile.gettempdir()
+        os.makedirs(parent, exist_ok=True)
+        _PRIVATE = Path(tempfile.mkdtemp(prefix="cnnviz-", dir=parent))
+        os.environ["GRADIO_TEMP_DIR"] = str(_PRIVATE)
+        atexit.register(shutil.rmtree, _PRIVATE, ignore_errors=True)
+    return _PRIVATE
+
+
+def private_folder() -> Path | None:
+    """The folder :func:`private_temp_folder` made, or None: only that one is ever cleaned or pruned."""
+    return _PRIVATE
 
 
 def exit_cleanly(folder: Path, close: Callable[[], None], grace_s: float = 3.0) -> None:
@@ -55,7 +70,8 @@ def wait_forever() -> None:
 
 class BodyLimit:
     """ASGI middleware: refuse request bodies over ``limit`` bytes (``upload_limit`` for uploads) with
-    413 and one sentence, by ``Content-Length`` when sent and by counting the streamed body otherwise."""
+    413 and one sentence, by ``Content-Length`` when sent, else by reading (at most ``limit`` bytes of)
+    the body before the app sees it."""
 
     def __init__(self, app, limit: int = 1 * 2**20, upload_limit: int = 25 * 2**20, upload_path: str = "/gradio_api/upload") -> None:
         self.app, self.limit, self.upload_limit, self.upload_path = app, limit, upload_limit, upload_path
@@ -65,35 +81,24 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         limit = self.upload_limit if scope.get("path", "").endswith(self.upload_path) else self.limit
         length = dict(scope.get("headers") or []).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > limit):
-            return await _too_large(send, limit)
-        seen = 0
-
-        async def counted():
-            nonlocal seen
+        if length is not None:
+            if not length.isdigit() or int(length) > limit:
+                return await _too_large(send, limit)
+            return await self.app(scope, receive, send)
+        messages, seen = [], 0  # no length given: read the body (at most limit bytes), then replay it
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise _BodyTooLarge
-            return message
+            messages.append(message)
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                return await _too_large(send, limit)
+            if message["type"] != "http.request" or not message.get("more_body"):
+                break
 
-        started = False
+        async def replay():
+            return messages.pop(0) if messages else await receive()
 
-        async def tracked(message):
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, counted, tracked)
-        except _BodyTooLarge:
-            if not started:
-                await _too_large(send, limit)
-
-
-class _BodyTooLarge(Exception):
-    pass
+        await self.app(scope, replay, send)
 
 
 async def _too_large(send, limit: int) -> None:
@@ -123,9 +128,13 @@ class UploadJanitor:
             await self.app(scope, receive, send)
         finally:
             self.in_flight -= 1
-            if self.in_flight == 0:
-                remove_partial_uploads(self.folder)
-            enforce_quota(self.folder, self.quota)
+            idle = self.in_flight == 0
+            await anyio.to_thread.run_sync(self._tidy, idle)
+
+    def _tidy(self, idle: bool) -> None:
+        if idle:
+            remove_partial_uploads(self.folder)
+        enforce_quota(self.folder, self.quota)
 
 
 def remove_partial_uploads(folder: Path) -> None:

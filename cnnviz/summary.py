@@ -33,7 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from torch.utils.hooks import RemovableHandle
 from torchinfo.torchinfo import clear_cached_forward_pass
 
-from .activations import eval_mode
+from .activations import Stopped, eval_mode
 from .errors import InvalidOptionError
 
 __all__ = ["LayerRow", "Summary", "summarize"]
@@ -264,6 +264,8 @@ def _forward_with_counts(
         with counter, calls:
             stats = torchinfo.summary(model, input_data=example, verbose=0, mode="eval")
     except RuntimeError as e:
+        if isinstance(e.__cause__, Stopped):  # torchinfo wraps what the forward pass raised
+            raise e.__cause__ from None
         raise InvalidOptionError(_failure_message(model, size, calls, e.__cause__ or e)) from e
     finally:
         clear_cached_forward_pass()  # torchinfo 1.8 caches every summary list (and so the model)

@@ -25,7 +25,7 @@ from gradio.context import LocalContext
 from starlette.middleware import Middleware
 import pandas as pd
 
-from . import explore, layers, preprocess, registry, render, server, summary
+from . import explore, layers, registry, render, server, summary
 from .errors import CnnvizError, quoted
 from .weights import WeightsOutcome
 
@@ -98,6 +98,7 @@ class _Blocks(gr.Blocks):
 def _check_call(block_fn, inputs: list) -> None:
     """Raise a :class:`gr.Error` naming the first parameter of ``inputs`` that cannot be processed."""
     names = list(inspect.signature(block_fn.fn).parameters)[: len(block_fn.inputs)]
+    names += [f"#{i + 1}" for i in range(len(names), len(block_fn.inputs))]  # every input is checked
     if not isinstance(inputs, list) or len(inputs) != len(block_fn.inputs):
         sent = len(inputs) if isinstance(inputs, list) else 0
         where = f"The /{block_fn.api_name} endpoint" if block_fn.api_name else "This event"
@@ -130,7 +131,9 @@ def _parameter_problem(component, value) -> str | None:
 
 
 MAX_PER_SESSION = int(os.environ.get("CNNVIZ_MAX_PER_SESSION", "6"))  # queued or running, per page
-MAX_PER_CLIENT = int(os.environ.get("CNNVIZ_MAX_PER_CLIENT", "8"))  # per client address (see README)
+# Per client address (see README). On a Hugging Face Space every visitor arrives from the proxy's
+# address, so there the default is no per-address limit (0), only the per-page one.
+MAX_PER_CLIENT = int(os.environ.get("CNNVIZ_MAX_PER_CLIENT", "0" if os.environ.get("SPACE_ID") else "8"))
 
 
 def _limit_clients(demo: gr.Blocks, per_session: int, per_client: int) -> None:
@@ -151,7 +154,7 @@ def _limit_clients(demo: gr.Blocks, per_session: int, per_client: int) -> None:
             same_client = sum(1 for e in events if client and e.request is not None and e.request.client
                               and e.request.client.host == client)
             same_page = sum(1 for e in events if body.session_hash and e.session_hash == body.session_hash)
-            if same_client >= per_client or same_page >= per_session:
+            if (per_client and same_client >= per_client) or same_page >= per_session:
                 raise HTTPException(429, detail=(
                     f"Too many requests from you at once ({max(same_client, same_page)} queued or running); "
                     "wait for them to finish, then try again."
@@ -214,7 +217,7 @@ def _whole(value, what: str) -> int:
     try:
         return int(float(value))
     except (TypeError, ValueError, OverflowError) as e:
-        raise gr.Error(f"{what} must be a whole number, not {value!r}.") from e
+        raise gr.Error(f"{what} must be a whole number, not {quoted(value)}.") from e
 
 
 def _weights_notice(loaded: registry.LoadedModel) -> str:
@@ -253,8 +256,8 @@ class _OutputFiles:
             while len(self._paths) > self.keep:
                 shutil.rmtree(self._paths.popleft().parent, ignore_errors=True)
             self._writes += 1
-            if self._writes % 32 == 0:  # Gradio's copies of our outputs count against the disk quota too
-                server.enforce_quota(Path(gradio_utils.get_upload_folder()), UPLOAD_QUOTA)
+            if self._writes % 32 == 0 and server.private_folder() is not None:  # Gradio's copies count too
+                server.enforce_quota(server.private_folder(), UPLOAD_QUOTA)
         return str(path)
 
 
@@ -264,6 +267,7 @@ _OUTPUTS = _OutputFiles()
 @_user_errors
 def architecture(model: str, weights: str = "pretrained", depth: float = 3):
     """Per-layer table, totals, CSV file and text summary of a model."""
+    used = registry.load_model(model, weights).weights  # the model architecture() uses next (cached)
     s = explore.architecture(model, weights, _whole(depth, "Depth"))
     macs_unit, macs = summary.readable_macs(s.total_macs)
     rows = [[r.name, r.type, "×".join(map(str, r.output_shape)), r.kernel, r.stride, r.params, r.macs] for r in s.rows]
@@ -273,7 +277,7 @@ def architecture(model: str, weights: str = "pretrained", depth: float = 3):
         f"**MACs** {macs:.2f} {macs_unit} · **estimated memory** {s.total_mb:.1f} MB "
         f"(input {s.input_mb:.2f} + forward/backward {s.forward_backward_mb:.1f} + params {s.params_mb:.1f})"
     )
-    totals += "\n\n" + _weights_used(registry.load_model(model, weights).weights)
+    totals += "\n\n" + _weights_used(used)
     csv_path = _OUTPUTS.write(f"{model}-architecture.csv", s.to_csv().encode())
     return totals, pd.DataFrame(rows, columns=TABLE_HEADERS), csv_path, s.to_text()
 
@@ -456,13 +460,14 @@ def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False) -> gr
 
     Raises:
         OSError: the port is taken (Gradio's "Cannot find empty port ...")."""
+    folder = server.private_temp_folder()  # app.py made it already; else now, before any component
     demo = build_demo()
     demo.launch(
         server_name=host, server_port=port, share=share, max_file_size=MAX_UPLOAD, css=CSS,
         prevent_thread_lock=True,
         app_kwargs={"middleware": [
             Middleware(server.BodyLimit),
-            Middleware(server.UploadJanitor, folder=gradio_utils.get_upload_folder(), quota=UPLOAD_QUOTA),
+            Middleware(server.UploadJanitor, folder=folder, quota=UPLOAD_QUOTA),
         ]},
     )
     return demo

@@ -27,7 +27,7 @@ def _layers(model: torch.nn.Module, *names: str, size=(3, 16, 16)) -> list[layer
 
 
 def _loaded(model: torch.nn.Module) -> SimpleNamespace:
-    """What capture_layers and analyse read of a LoadedModel."""
+    """What capture_layers reads of a LoadedModel."""
     return SimpleNamespace(model=model, categories=None, lock=threading.RLock())
 
 
@@ -167,18 +167,6 @@ def test_capture_layers_never_keeps_a_map_changed_in_place_unseen():
     with torch.no_grad():
         reference = torch.nn.functional.conv2d(x, model.conv.weight, model.conv.bias, padding=1)[0]
     torch.testing.assert_close(store["conv"], reference)  # not the doubled values
-
-
-def test_analyse_gives_the_layers_maps_and_predictions(tiny):
-    x = torch.randn(1, 3, 16, 16)
-    (conv2,) = _layers(tiny, "conv2")
-    loaded = SimpleNamespace(model=tiny, categories=tuple("abcdefghij"), lock=threading.RLock())
-    result = activations.analyse(loaded, x, conv2)
-    with activations.capture(tiny, [conv2]) as one:
-        logits = activations.run(tiny, x)
-    torch.testing.assert_close(result.maps, one["conv2"])
-    assert result.layer == "conv2" and result.predictions == activations.top_k(logits, loaded.categories)
-    assert activations.analyse(loaded, x, conv2, with_predictions=False).predictions is None
 
 
 def test_capture_of_a_misspelt_module_names_close_matches(tiny):

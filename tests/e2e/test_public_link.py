@@ -170,6 +170,12 @@ def test_request_bodies_are_capped(raw):
     response = raw.post("filters", body)
     assert response.status_code == 413, response.status_code
     assert len(response.text) < 600 and "MB" in response.text
+    chunked = raw.http.post(f"{raw.url}/gradio_api/call/filters", headers={"content-type": "application/json"},
+                            content=(body[i:i + 2**20] for i in range(0, len(body), 2**20)))  # no Content-Length
+    assert chunked.status_code == 413 and "MB" in chunked.text, (chunked.status_code, chunked.text[:200])
+    small = raw.http.post(f"{raw.url}/gradio_api/call/filters", headers={"content-type": "application/json"},
+                          content=iter([b'{"data": ["resnet18", ', b'"random", "layer"]}']))
+    assert small.status_code == 200, small.text  # a small chunked body is replayed to the app whole
     assert_served(raw)
 
 
