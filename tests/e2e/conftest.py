@@ -87,9 +87,10 @@ def _wait_until_serving(url: str, proc: subprocess.Popen | None, log: Path | Non
 
 
 class Server:
-    def __init__(self, url: str, log: Path | None) -> None:
+    def __init__(self, url: str, log: Path | None, temp_parent: Path | None = None) -> None:
         self.url = url
         self.log = log
+        self.temp_parent = temp_parent  # the GRADIO_TEMP_DIR it was started with (it works in a folder inside)
 
     def log_text(self) -> str:
         return self.log.read_text(encoding="utf-8", errors="replace") if self.log and self.log.exists() else ""
@@ -107,12 +108,13 @@ def server(tmp_path_factory) -> Server:
 
     ARTIFACTS.mkdir(exist_ok=True)
     log = ARTIFACTS / "server.log"
+    temp_parent = tmp_path_factory.mktemp("gradio-tmp")
     env = dict(
         os.environ,
         CNNVIZ_OFFLINE="1",
         CNNVIZ_DEVICE="cpu",
         GRADIO_ANALYTICS_ENABLED="False",
-        GRADIO_TEMP_DIR=str(tmp_path_factory.mktemp("gradio-tmp")),
+        GRADIO_TEMP_DIR=str(temp_parent),
         PYTHONUNBUFFERED="1",
     )
     env.pop("GRADIO_SERVER_NAME", None)
@@ -135,7 +137,7 @@ def server(tmp_path_factory) -> Server:
             if attempt == 2 or "address already in use" not in _log_tail(log).lower():
                 raise
     try:
-        yield Server(url, log)
+        yield Server(url, log, temp_parent)
     finally:
         proc.terminate()
         try:

