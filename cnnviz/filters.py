@@ -77,14 +77,17 @@ class Branch:
 
 @dataclass(frozen=True)
 class Filters:
-    """The filters one module applies to its input: ``conv2d(x, weight, bias, stride, padding)``."""
+    """The filters one module applies to its input: ``conv2d(x, weight, bias, stride, padding)``.
+
+    ``padding`` is the module's own: a pair, or ``"same"``/``"valid"``. timm's ``Conv2dSame`` (TF "same"
+    padding, the offline model's stem) stores (0, 0) and pads its input asymmetrically in ``forward``."""
 
     layer: str  # qualified module name: the convolution, or the re-parameterisable block when fused
     module_type: str  # "Conv2d", "RepVggBlock"
     weight: torch.Tensor  # [O, I, kh, kw] float32, as used in the forward pass
     bias: torch.Tensor | None  # [O] float32 added after the convolution, or None
     stride: tuple[int, int]
-    padding: tuple[int, int]
+    padding: tuple[int, int] | str
     branches: tuple[Branch, ...]  # the parallel branches of a re-parameterisable block; () for a plain conv
     fused: bool  # True: weight/bias are the branches fused; False with branches: weight is one branch alone
 
@@ -149,7 +152,7 @@ def _fused(block: torch.nn.Module) -> tuple[torch.nn.Conv2d, list[str]] | None:
 
 def _plain(name: str, conv: torch.nn.Conv2d, branches: tuple[Branch, ...] = ()) -> Filters:
     return Filters(
-        name, type(conv).__name__, effective_weight(conv), _cpu(conv.bias), tuple(conv.stride), tuple(conv.padding),
+        name, type(conv).__name__, effective_weight(conv), _cpu(conv.bias), tuple(conv.stride), _padding(conv),
         branches, fused=False,
     )
 
@@ -182,7 +185,7 @@ def conv_filters(model: torch.nn.Module, name: str) -> Filters:
     reparam, replaced = fused
     return Filters(
         block_name, type(block).__name__, effective_weight(reparam), _cpu(reparam.bias), tuple(reparam.stride),
-        tuple(reparam.padding), _branches(block, block_name, replaced), fused=True,
+        _padding(reparam), _branches(block, block_name, replaced), fused=True,
     )
 
 
@@ -195,3 +198,7 @@ def first_layer_filters(loaded: LoadedModel) -> Filters:
     torch.Size([64, 3, 11, 11])
     """
     return conv_filters(loaded.model, first_conv_name(loaded.model))
+
+
+def _padding(conv: torch.nn.Conv2d) -> tuple[int, int] | str:
+    return conv.padding if isinstance(conv.padding, str) else tuple(conv.padding)
