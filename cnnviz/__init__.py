@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from .activations import capture, run
+from .hooks import forward_hooks
 from .errors import CnnvizError, InvalidImageError, InvalidOptionError, UnknownLayerError, UnknownModelError
 from .explore import architecture, feature_maps, filter_grid, predict
 from .layers import LayerInfo, get_layer, list_layers, listing_note
@@ -30,6 +31,7 @@ __all__ = [
     "capture",
     "feature_maps",
     "filter_grid",
+    "forward_hooks",
     "get_spec",
     "get_layer",
     "list_layers",

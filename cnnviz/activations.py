@@ -9,133 +9,21 @@ sharing a model never see each other's activations.
 """
 from __future__ import annotations
 
-import contextvars
-import difflib
-import threading
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import torch
 
-from .errors import InvalidOptionError, UnknownLayerError
+from .errors import InvalidOptionError
+from .hooks import forward_hooks
 
 if TYPE_CHECKING:
     from .layers import LayerInfo
     from .registry import LoadedModel
 
-InputFn = Callable[[str, tuple], None]  # (module name, positional inputs)
-OutputFn = Callable[[str, tuple, object], None]  # (module name, positional inputs, output)
-
-
 class _StopForward(Exception):
     """Raised from a hook once everything asked for is captured, to skip the rest of the network."""
-
-
-class Stopped(Exception):
-    """Raised inside a forward pass when the :func:`stop_when` check says nobody waits for the answer."""
-
-
-_STOP_CHECK: contextvars.ContextVar[Callable[[], str | None] | None] = contextvars.ContextVar("stop_check", default=None)
-STOP_CHECK_EVERY_S = 0.02
-
-
-@contextmanager
-def stop_when(check: Callable[[], str | None]) -> Iterator[None]:
-    """Within the block, forward passes started by this thread end with :class:`Stopped` as soon as
-    ``check()`` returns a reason (it is asked before each module runs, at most every 20 ms)."""
-    token = _STOP_CHECK.set(check)
-    try:
-        yield
-    finally:
-        _STOP_CHECK.reset(token)
-
-
-@contextmanager
-def interruptible(model: torch.nn.Module) -> Iterator[None]:
-    """Forward pre-hooks that raise :class:`Stopped` when this thread's stop check fires; removed on exit."""
-    check = _STOP_CHECK.get()
-    if check is None:
-        yield
-        return
-    if reason := check():
-        raise Stopped(reason)
-    owner, last = threading.get_ident(), [time.monotonic()]
-
-    def hook(_module, _inputs):
-        now = time.monotonic()
-        if threading.get_ident() == owner and now - last[0] >= STOP_CHECK_EVERY_S:
-            last[0] = now
-            if reason := check():
-                raise Stopped(reason)
-
-    handles = [m.register_forward_pre_hook(hook) for m in model.modules()]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-@contextmanager
-def eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    """Run ``model`` in eval mode inside the block; every module's own training flag is restored on exit."""
-    modes = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training
-
-
-@contextmanager
-def forward_hooks(
-    model: torch.nn.Module, names: Sequence[str] | None, on_output: OutputFn, on_input: InputFn | None = None
-) -> Iterator[None]:
-    """Call ``on_output(name, inputs, output)`` after, and ``on_input(name, inputs)`` before, each
-    named module's forward during passes in this block made by this thread.
-
-    ``names=None`` hooks every submodule. The model runs in eval mode inside the block; each module's
-    training flag is restored and every hook removed on exit, even when the forward pass raises.
-
-    >>> with forward_hooks(model, ["conv1"], lambda n, i, t: print(n, tuple(t.shape))):
-    ...     _ = model(x)
-    conv1 (1, 64, 112, 112)
-    """
-    modules = dict(model.named_modules())
-    wanted = [n for n in modules if n] if names is None else list(names)
-    missing = [n for n in wanted if n not in modules]
-    if missing:
-        close = difflib.get_close_matches(str(missing[0]), list(modules), n=5, cutoff=0.5)
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise UnknownLayerError(f"The model has no module named {str(missing[0])[:80]!r}.{hint}")
-    owner = threading.get_ident()
-    handles = []
-
-    def make_hooks(name: str):
-        def after(_module, inputs, output):
-            if threading.get_ident() == owner:
-                on_output(name, inputs, output)
-
-        def before(_module, inputs):
-            if threading.get_ident() == owner:
-                on_input(name, inputs)
-
-        return before, after
-
-    with eval_mode(model):
-        try:
-            for name in wanted:
-                before, after = make_hooks(name)
-                if on_input is not None:
-                    handles.append(modules[name].register_forward_pre_hook(before))
-                handles.append(modules[name].register_forward_hook(after))
-            yield
-        finally:
-            for handle in handles:
-                handle.remove()
 
 
 def _cpu_copy(maps: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,9 @@
 """Errors a user can cause. Their messages are plain sentences meant to be shown as they are."""
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class CnnvizError(ValueError):
     """Base class: the message says what was wrong and what is valid."""
@@ -33,3 +36,16 @@ def quoted(value: object, limit: int = MAX_QUOTE) -> str:
     """
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def did_you_mean(name: str, candidates: Iterable[str], n: int = 5, cutoff: float = 0.6) -> str:
+    """" Did you mean: a, b?" with the closest distinct candidates (compared without case), or "".
+
+    >>> did_you_mean("ResNet5O", ["resnet50", "resnet50", "resnet101", "vgg16"])
+    ' Did you mean: resnet50, resnet101?'
+    """
+    by_lower: dict[str, str] = {}
+    for candidate in candidates:
+        by_lower.setdefault(candidate.lower(), candidate)
+    close = difflib.get_close_matches(str(name).lower(), list(by_lower), n=n, cutoff=cutoff)
+    return f" Did you mean: {', '.join(by_lower[c] for c in close)}?" if close else ""

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from . import activations, filters as filters_mod, layers, preprocess, render, summary as summary_mod
-from .activations import Prediction, Stopped, stop_when  # noqa: F401  (re-exported for the UI)
+from .activations import Prediction
+from .hooks import Stopped, interruptible, stop_when  # noqa: F401  (Stopped, stop_when: for the UI)
 from .errors import InvalidOptionError, quoted
 from .registry import LoadedModel, load_model
 from .weights import WeightsOutcome
@@ -130,7 +131,7 @@ def architecture(model: str, weights: str = "pretrained", depth: int = 3) -> sum
         per_model = _SUMMARIES.setdefault(loaded, {})
         cached = per_model.get(depth)
     if cached is None:
-        with loaded.lock, activations.interruptible(loaded.model):
+        with loaded.lock, interruptible(loaded.model):
             cached = summary_mod.summarize(loaded.model, loaded.input_size, depth=depth)
         with _LOCK:
             per_model[depth] = cached
@@ -228,7 +229,7 @@ def _analyse_cached(loaded: LoadedModel, x: torch.Tensor, digest: bytes, info: l
     if maps is not None and known is not None:
         return maps, known
     window = KEPT.window(layers.list_layers(loaded), info)
-    with loaded.lock, activations.interruptible(loaded.model):
+    with loaded.lock, interruptible(loaded.model):
         store, logits = activations.capture_layers(loaded, window, x, with_logits=known is None)
     if known is None:
         with _LOCK:

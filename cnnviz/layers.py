@@ -20,7 +20,6 @@ and shapes with no square map (token sequences off the declared grid, non-square
 """
 from __future__ import annotations
 
-import difflib
 import threading
 import weakref
 from collections import Counter
@@ -29,8 +28,8 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
-from .activations import forward_hooks
-from .errors import CnnvizError, UnknownLayerError
+from .errors import CnnvizError, UnknownLayerError, did_you_mean, quoted
+from .hooks import forward_hooks
 
 if TYPE_CHECKING:
     from .registry import LoadedModel
@@ -339,11 +338,9 @@ def get_layer(loaded: LoadedModel, name: str | None) -> LayerInfo:
     for layer in layers:
         if layer.name == name:
             return layer
-    close = difflib.get_close_matches(str(name), [l.name for l in layers], n=5, cutoff=0.5)
-    hint = f" Did you mean: {', '.join(close)}?" if close else f" Valid layers start with: {', '.join(l.name for l in layers[:5])}."
-    raise UnknownLayerError(
-        f"{loaded.spec.display} has no layer {str(name)[:80]!r} with a feature-map output.{hint}"
-    )
+    hint = did_you_mean(str(name), [l.name for l in layers], cutoff=0.5)
+    hint = hint or f" Valid layers start with: {', '.join(l.name for l in layers[:5])}."
+    raise UnknownLayerError(f"{loaded.spec.display} has no layer {quoted(name)} with a feature-map output.{hint}")
 
 
 def first_conv_name(model: torch.nn.Module) -> str:

@@ -11,7 +11,6 @@ Nothing else (paths, hub repos, code) is ever accepted as a model name.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import fnmatch
 import functools
 import itertools
@@ -27,7 +26,7 @@ import torch
 from PIL import Image
 
 from . import preprocess, weights
-from .errors import InvalidOptionError, UnknownModelError
+from .errors import InvalidOptionError, UnknownModelError, did_you_mean, quoted
 
 Source = Literal["torchvision", "timm"]
 WEIGHT_CHOICES = ("pretrained", "random")
@@ -150,10 +149,9 @@ def _unknown(name: str) -> UnknownModelError:
 
     pool = list(_REGISTRY) + sorted(_torchvision_names()) + timm.list_models()
     bare = name.split("/", 1)[-1]
-    close = difflib.get_close_matches(bare, pool, n=5, cutoff=0.6)
-    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    hint = did_you_mean(bare, pool)
     return UnknownModelError(
-        f"Unknown model {name!r}. Use a name from the list, any torchvision classification model "
+        f"Unknown model {quoted(name)}. Use a name from the list, any torchvision classification model "
         f"(e.g. 'resnet34') or any timm model (e.g. 'timm/resnet50.a1_in1k').{hint}"
     )
 

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from cnnviz import activations, layers
+from cnnviz import activations, hooks, layers
 from tests.fixtures.tiny import TinyResNet
 
 
@@ -173,23 +173,23 @@ def test_capture_of_a_misspelt_module_names_close_matches(tiny):
     from cnnviz.errors import UnknownLayerError
 
     with pytest.raises(UnknownLayerError, match="conv1"):
-        with activations.forward_hooks(tiny, ["conv_1"], lambda *a: None):
+        with hooks.forward_hooks(tiny, ["conv_1"], lambda *a: None):
             pass
     assert _hook_count(tiny) == 0
 
 
 def test_a_stop_check_ends_the_pass_between_modules_and_leaves_no_hook(tiny, monkeypatch):
-    monkeypatch.setattr(activations, "STOP_CHECK_EVERY_S", 0.0)
+    monkeypatch.setattr(hooks, "STOP_CHECK_EVERY_S", 0.0)
     ran: list[str] = []
     handles = [m.register_forward_hook(lambda m, i, o, n=n: ran.append(n)) for n, m in tiny.named_modules() if n]
     answers = iter([None, None, None, "gone"])  # before the pass, the model, conv1; then before relu
     x = torch.rand(1, 3, 16, 16)
-    with activations.stop_when(lambda: next(answers, "gone")):
-        with pytest.raises(activations.Stopped, match="gone"), activations.interruptible(tiny):
+    with hooks.stop_when(lambda: next(answers, "gone")):
+        with pytest.raises(hooks.Stopped, match="gone"), hooks.interruptible(tiny):
             tiny(x)
     assert ran == ["conv1"]  # stopped before relu: nothing after the check fired ran
     assert all(not m._forward_pre_hooks for m in tiny.modules())
     for handle in handles:
         handle.remove()
-    with activations.interruptible(tiny):  # no check set: a plain pass
+    with hooks.interruptible(tiny):  # no check set: a plain pass
         assert tiny(x).shape == (1, 10)

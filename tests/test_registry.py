@@ -201,3 +201,12 @@ def test_fallback_to_random_weights_is_retried_after_the_offline_verdict_expires
     assert registry.load_model("resnet18", "pretrained") is not first  # then tried again
     trained = registry.load_model("timm/tf_efficientnet_lite0", "pretrained")
     assert registry.load_model("timm/tf_efficientnet_lite0", "pretrained") is trained  # real weights stay
+
+
+def test_suggestions_are_distinct_and_ignore_case():
+    with pytest.raises(UnknownModelError) as e:
+        registry.get_spec("ResNet5O")
+    message = str(e.value)
+    assert "Did you mean:" in message
+    suggested = message.split("Did you mean: ", 1)[1].rstrip("?").split(", ")
+    assert "resnet50" in suggested and len(suggested) == len({s.lower() for s in suggested})
