@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import activations, filters as filters_mod, layers, preprocess, render, summary as summary_mod
+from . import activations, filters as filters_mod, layers, preprocess, registry, render, summary as summary_mod
 from .activations import Prediction
 from .hooks import Stopped, interruptible, stop_when  # noqa: F401  (Stopped, stop_when: for the UI)
 from .errors import InvalidOptionError, quoted
@@ -249,3 +249,62 @@ def predict(model: str, image, weights: str = "pretrained", k: int = 5) -> list[
     with loaded.lock:
         logits = activations.run(loaded.model, x)
     return activations.top_k(logits, loaded.categories, k)
+
+
+# --- what the UI needs besides the views (the UI calls nothing but this module) -------------------
+
+WEIGHT_CHOICES = registry.WEIGHT_CHOICES
+COLORMAPS = render.COLORMAPS
+encode = render.encode  # uint8[H,W,3] -> PNG/JPEG bytes for the browser
+readable_macs = summary_mod.readable_macs
+
+
+def curated_models() -> list[tuple[str, str]]:
+    """(label, key) of every curated model, in registry order, for a model picker."""
+    return [(spec.label, spec.key) for spec in registry.curated_specs()]
+
+
+@dataclass(frozen=True)
+class ModelView:
+    """A loaded model as a picker shows it: which one, with which weights, its layers and the default."""
+
+    spec: registry.ModelSpec
+    weights: WeightsOutcome
+    device: str
+    layers: tuple[layers.LayerInfo, ...]
+    default_layer: str  # the first convolution
+    note: str | None  # why some outputs are not listed (transformers), else None
+
+
+def select_model(model: str, weights: str = "pretrained") -> ModelView:
+    """Load ``model`` (cached) and list its layers.
+
+    >>> select_model("resnet18", "random").default_layer
+    'conv1'
+    """
+    loaded = load_model(model, weights)
+    return ModelView(loaded.spec, loaded.weights, loaded.device.type, layers.list_layers(loaded),
+                     layers.get_layer(loaded, None).name, layers.listing_note(loaded))
+
+
+def weights_used(model: str, weights: str = "pretrained") -> WeightsOutcome:
+    """Which weights ``model`` has now for the ``weights`` choice (loads it, or takes it from the cache)."""
+    return load_model(model, weights).weights
+
+
+@dataclass(frozen=True)
+class Startup:
+    model: str  # the key to open on
+    notice: str | None  # why it is not the default model, or None
+
+
+def startup_model() -> Startup:
+    """The default model when its pretrained weights can be had, else the bundled offline model."""
+    default = load_model(registry.DEFAULT_MODEL, "pretrained")
+    if default.weights.pretrained:
+        return Startup(registry.DEFAULT_MODEL, None)
+    offline = registry.get_spec(registry.OFFLINE_MODEL)
+    return Startup(registry.OFFLINE_MODEL, (
+        f"{default.weights.notice} So the app opened on **{offline.display}**, whose ImageNet weights ship "
+        f"with the app. {default.spec.display} is still in the list, with random weights."
+    ))

@@ -1,4 +1,4 @@
-"""ui.py handlers without a browser: error mapping and the files handed to Gradio."""
+"""UI handlers without a browser: error mapping and the files handed to Gradio."""
 from __future__ import annotations
 
 import gradio as gr
@@ -9,7 +9,7 @@ from tests.conftest import EXAMPLES
 
 
 def test_output_files_never_reuse_a_path_and_keep_only_the_newest():
-    files = ui._OutputFiles(keep=2)
+    files = ui.common.OutputFiles(keep=2)
     paths = [files.write("same-name.jpg", b"same bytes") for _ in range(3)]
     assert len(set(paths)) == 3  # identical outputs still get their own file
     from pathlib import Path
@@ -43,8 +43,8 @@ def test_repeated_labels_stay_apart_in_the_label_dict():
     from cnnviz.activations import Prediction
 
     top = [Prediction("crane", 0.5, 134), Prediction("crane", 0.3, 517), Prediction("tabby", 0.1, 281)]
-    assert ui._label_dict(top) == {"crane (class 134)": 0.5, "crane (class 517)": 0.3, "tabby": 0.1}
-    assert ui._label_dict([]) is None
+    assert ui.common.label_dict(top) == {"crane (class 134)": 0.5, "crane (class 517)": 0.3, "tabby": 0.1}
+    assert ui.common.label_dict([]) is None
 
 
 @pytest.mark.parametrize("bad", [None, "lots", float("nan")])

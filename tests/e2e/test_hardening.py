@@ -34,7 +34,7 @@ def test_hostile_model_names_are_refused_with_a_sentence(client, name):
 
 
 def assert_names_value_and_valid(message: str, bad: str, valid: str) -> None:
-    """Radios and dropdowns are checked by the app (ui._check_call), sliders' ranges by Gradio; the message
+    """Radios and dropdowns are checked by the app (ui.common.check_call), sliders' ranges by Gradio; the message
     names the bad value and what is valid."""
     assert "Traceback" not in message and bad in message and valid in message, message
 

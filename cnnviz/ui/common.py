@@ -1,0 +1,278 @@
+"""What every tab shares: the checked Blocks, the safe image input, per-client limits, stop checks,
+error mapping, the output files handed to Gradio, and the weights line every answer carries.
+
+Here is where user mistakes become :class:`gr.Error` sentences and where the public link is guarded
+(see README, "What the app accepts and refuses").
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+import math
+import os
+import re
+import shutil
+import threading
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import gradio as gr
+from fastapi import HTTPException
+from gradio import utils as gradio_utils
+from gradio.context import LocalContext
+
+from .. import explore, server
+from ..errors import CnnvizError, quoted
+from ..weights import WeightsOutcome
+
+log = logging.getLogger("cnnviz.ui")
+EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
+EXAMPLE_FILES = frozenset(p.resolve() for p in EXAMPLES_DIR.iterdir() if p.suffix.lower() in EXAMPLE_EXTENSIONS)
+MAX_UPLOAD = "20mb"
+UPLOAD_QUOTA = int(float(os.environ.get("CNNVIZ_DISK_QUOTA_MB", "1024")) * 2**20)  # uploads + cached outputs
+WORK = "work"  # the one concurrency group: at most 2 handlers run at once in all (the queue's default limit)
+
+
+@dataclass
+class Refresh:
+    """What a tab runs after a model change: its handler and its event's inputs, outputs and group."""
+
+    fn: Callable
+    io: dict
+
+
+class SafeImage(gr.Image):
+    """gr.Image that only ever hands over a file this app may open.
+
+    Gradio 6.31 skips its upload-folder check for a payload without ``meta`` and decodes ``data:``
+    URLs itself, so the check lives here, at the component boundary: the path must name an existing
+    file inside this app's own upload folder (``GRADIO_CACHE``, a private folder per server) or one of
+    the shipped examples; URLs of any kind are refused. Nothing is decoded here:
+    :func:`cnnviz.open_image` does that, with its byte, pixel and format limits.
+
+    Build it with ``type="filepath", image_mode=None``. (Gradio reads a component's config from its
+    constructor arguments, so a subclass cannot set these in its own ``__init__``.)"""
+
+    is_template = True
+
+    def preprocess(self, payload) -> str | None:
+        if payload is None:
+            return None
+        return self.allowed_path(payload.model_dump())
+
+    def allowed_path(self, payload: dict) -> str:
+        """The real path of an upload payload ``{"path": ...}``, or a :class:`gr.Error`."""
+        if payload.get("url") and not payload.get("path"):
+            raise gr.Error(NOT_UPLOADED)
+        return allowed_upload(payload.get("path"), Path(self.GRADIO_CACHE))
+
+
+NOT_UPLOADED = (
+    "The image must be a file uploaded to this app (POST /gradio_api/upload, or gradio_client's "
+    "handle_file); URLs, data: URLs and server paths are not accepted."
+)
+
+
+def allowed_upload(path: object, upload_folder: Path) -> str:
+    """``path`` as a real path when it is a file inside ``upload_folder`` or one of the examples;
+    otherwise a :class:`gr.Error` that names neither the path nor the server's folders."""
+    if not isinstance(path, str) or not path or "\0" in path:
+        raise gr.Error(NOT_UPLOADED)
+    real = Path(os.path.realpath(path))
+    inside = real.is_relative_to(upload_folder.resolve()) or real in EXAMPLE_FILES
+    if not inside or not real.is_file():
+        raise gr.Error(NOT_UPLOADED if not inside else "That upload is no longer on the server. Upload the image again.")
+    return str(real)
+
+
+class CheckedBlocks(gr.Blocks):
+    """gr.Blocks that checks each call's parameters before Gradio's own processing, so that a raw API
+    call with a wrong count or a wrong type gets a sentence instead of an empty error, and no message
+    repeats more than ~80 characters of what was sent."""
+
+    async def preprocess_data(self, block_fn, inputs, state, explicit_call=False):
+        check_call(block_fn, inputs)
+        return await super().preprocess_data(block_fn, inputs, state, explicit_call)
+
+
+def check_call(block_fn, inputs: list) -> None:
+    """Raise a :class:`gr.Error` naming the first parameter of ``inputs`` that cannot be processed."""
+    names = list(inspect.signature(block_fn.fn).parameters)[: len(block_fn.inputs)]
+    names += [f"#{i + 1}" for i in range(len(names), len(block_fn.inputs))]  # every input is checked
+    if not isinstance(inputs, list) or len(inputs) != len(block_fn.inputs):
+        sent = len(inputs) if isinstance(inputs, list) else 0
+        where = f"The /{block_fn.api_name} endpoint" if block_fn.api_name else "This event"
+        raise gr.Error(
+            f"{where} takes {len(names)} parameters, in this order: {', '.join(names)}; "
+            f"{sent} {'was' if sent == 1 else 'were'} sent."
+        )
+    for name, component, value in zip(names, block_fn.inputs, inputs):
+        if isinstance(component, SafeImage) and isinstance(value, dict):
+            component.allowed_path(value)  # before Gradio's own file handling, which has gaps
+        problem = parameter_problem(component, value)
+        if problem:
+            raise gr.Error(f"Parameter '{name}' ({component.label}) {problem}, not {quoted(value)}.")
+
+
+def parameter_problem(component, value) -> str | None:
+    """What is wrong with ``value`` for ``component`` (e.g. "must be a number"), or None."""
+    if isinstance(component, gr.Image):
+        return None if value is None or isinstance(value, dict) else "must be an uploaded file ({\"path\": ...} from /gradio_api/upload)"
+    if isinstance(component, (gr.Slider, gr.Number)):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return None if ok else "must be a number"
+    if isinstance(component, (gr.Radio, gr.Dropdown)):
+        if not isinstance(value, str):
+            return "must be text"
+        valid = [choice[1] for choice in component.choices]
+        if not getattr(component, "allow_custom_value", False) and value not in valid:
+            return f"must be one of {', '.join(map(repr, valid))}"
+    return None
+
+
+MAX_PER_SESSION = int(os.environ.get("CNNVIZ_MAX_PER_SESSION", "6"))  # queued or running, per page
+# Per client address (see README). On a Hugging Face Space every visitor arrives from the proxy's
+# address, so there the default is no per-address limit (0), only the per-page one.
+MAX_PER_CLIENT = int(os.environ.get("CNNVIZ_MAX_PER_CLIENT", "0" if os.environ.get("SPACE_ID") else "8"))
+
+
+def limit_clients(demo: gr.Blocks, per_session: int, per_client: int) -> None:
+    """Refuse (HTTP 429, one sentence) a new event when its page or its client address already has
+    that many events queued or running, so one client cannot fill the queue for everyone.
+
+    Every queued route (``/queue/join``, ``/call/<name>``) goes through ``Queue.push``; counting and
+    pushing happen under one lock. The address is the one uvicorn reports (``X-Forwarded-For`` is
+    trusted only from ``FORWARDED_ALLOW_IPS``)."""
+    queue = demo._queue
+    push = queue.push
+    lock = asyncio.Lock()
+
+    async def limited_push(body, request, username):
+        async with lock:
+            client = request.client.host if request.client else None
+            events = [e for e in list(queue.event_ids_to_events.values()) if e.alive]
+            same_client = sum(1 for e in events if client and e.request is not None and e.request.client
+                              and e.request.client.host == client)
+            same_page = sum(1 for e in events if body.session_hash and e.session_hash == body.session_hash)
+            if (per_client and same_client >= per_client) or same_page >= per_session:
+                raise HTTPException(429, detail=(
+                    f"Too many requests from you at once ({max(same_client, same_page)} queued or running); "
+                    "wait for them to finish, then try again."
+                ))
+            return await push(body, request, username)
+
+    queue.push = limited_push
+
+
+def stop_reason() -> str | None:
+    """Why the current queued event need not finish: ``"gone"`` once Gradio gave up on it (its page
+    closed, its client disconnected, or it was cancelled), ``"superseded"`` when it is a page event and
+    the same page has sent a newer call of the same handler (queued or running); None otherwise, and
+    outside a queued call."""
+    event_id, blocks = LocalContext.event_id.get(None), LocalContext.blocks.get(None)
+    if event_id is None or blocks is None or blocks._queue is None:
+        return None
+    queue = blocks._queue
+    event = queue.event_ids_to_events.get(event_id)
+    if event is None or not event.alive:
+        return "gone"
+    if event.fn.api_visibility == "public" or not event.session_hash:
+        return None  # API callers get every answer they asked for
+    for other in list(queue.event_ids_to_events.values()):  # queued or running
+        if (other.alive and other.session_hash == event.session_hash and other.fn.fn is event.fn.fn
+                and other.enqueue_time > event.enqueue_time):
+            return "superseded"
+    return None
+
+
+
+def user_errors(fn):
+    """Show library errors as their plain sentence; log anything else and show a short message.
+    Work nobody waits for any more (a superseded page event, a client gone) stops and changes nothing."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            if reason := stop_reason():
+                log.info("%s not started: %s", fn.__name__, reason)
+                return gr.skip()  # a newer call of this view is queued, or nobody waits for this one
+            with explore.stop_when(stop_reason):
+                return fn(*args, **kwargs)
+        except explore.Stopped as e:
+            log.info("%s stopped mid-pass: %s", fn.__name__, e)
+            return gr.skip()
+        except gr.Error:
+            raise
+        except CnnvizError as e:
+            raise gr.Error(str(e)) from e
+        except Exception as e:  # a bug or a model that cannot run: keep serving, say what failed
+            log.exception("handler %s failed", fn.__name__)
+            what = fn.__name__.strip("_").replace("_", " ")
+            raise gr.Error(f"Something went wrong in {what}: {type(e).__name__}: {str(e)[:200]}") from e
+
+    return wrapper
+
+
+def whole(value, what: str) -> int:
+    """A whole number from a component value, or a sentence saying what was wrong."""
+    try:
+        return int(float(value))
+    except (TypeError, ValueError, OverflowError) as e:
+        raise gr.Error(f"{what} must be a whole number, not {quoted(value)}.") from e
+
+
+
+class OutputFiles:
+    """Files handed to Gradio (which copies them into its own cache): written to ``outputs/`` in the
+    server's temp folder, only the newest ``keep`` kept, and the whole folder held to the disk quota,
+    so a long-running server does not fill its disk. A folder removed under it (a /tmp cleaner) is made
+    again on the next write."""
+
+    def __init__(self, keep: int = 64) -> None:
+        self.keep = keep
+        self._paths: deque[Path] = deque()
+        self._lock = threading.Lock()
+        self._writes = 0
+
+    @property
+    def folder(self) -> Path:
+        return Path(gradio_utils.get_upload_folder()) / "outputs"
+
+    def write(self, name: str, data: bytes) -> str:
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:120]
+        path = self.folder / uuid.uuid4().hex / safe  # never reused: evicting an old file cannot hit a new one
+        path.parent.mkdir(parents=True)
+        path.write_bytes(data)
+        with self._lock:
+            self._paths.append(path)
+            while len(self._paths) > self.keep:
+                shutil.rmtree(self._paths.popleft().parent, ignore_errors=True)
+            self._writes += 1
+            if self._writes % 32 == 0 and server.private_folder() is not None:  # Gradio's copies count too
+                server.enforce_quota(server.private_folder(), UPLOAD_QUOTA)
+        return str(path)
+
+
+OUTPUTS = OutputFiles()
+
+
+
+def weights_used(outcome: WeightsOutcome) -> str:
+    """One line for every answer, saying which weights produced it."""
+    if outcome.notice:
+        return f"⚠️ **Random weights** (pretrained were asked for): {outcome.notice}"
+    if not outcome.pretrained:
+        return "🎲 Random weights, as chosen: an untrained network."
+    return f"✅ Pretrained weights: {outcome.source}."
+
+
+def label_dict(predictions) -> dict[str, float] | None:
+    """gr.Label's {label: probability}; a label that repeats (ImageNet has two "crane"s) gets its class index."""
+    names = [p.label for p in predictions]
+    return {(p.label if names.count(p.label) == 1 else f"{p.label} (class {p.index})"): p.probability for p in predictions} or None
