@@ -159,15 +159,16 @@ def _unknown(name: str) -> UnknownModelError:
 def get_spec(name: str) -> ModelSpec:
     """Resolve a user-given model name to a spec, or raise :class:`UnknownModelError`.
 
-    >>> get_spec("timm/resnet50").key, get_spec("resnet50").source
-    ('timm/resnet50', 'torchvision')
+    >>> get_spec("timm/resnet50").key, get_spec("ResNet50").key
+    ('timm/resnet50', 'resnet50')
     """
     if not isinstance(name, str) or not name.strip():
         raise UnknownModelError("No model name given. Pick a model from the list.")
     name = name.strip()
-    if name in _REGISTRY:
-        return _REGISTRY[name]
-    match = _NAME_RE.match(name)
+    lowered = name.lower()  # both libraries name their models in lower case: "ResNet50" is resnet50
+    if lowered in _REGISTRY:
+        return _REGISTRY[lowered]
+    match = _NAME_RE.match(lowered)
     if match is None:
         raise UnknownModelError(
             f"Not a model name: {name[:80]!r}. Names contain only letters, digits, '_', '.', '-', "

@@ -210,3 +210,10 @@ def test_suggestions_are_distinct_and_ignore_case():
     assert "Did you mean:" in message
     suggested = message.split("Did you mean: ", 1)[1].rstrip("?").split(", ")
     assert "resnet50" in suggested and len(suggested) == len({s.lower() for s in suggested})
+
+
+def test_names_are_case_insensitive_like_the_libraries():
+    assert registry.get_spec("ResNet50").key == "resnet50"
+    assert registry.get_spec("TIMM/ResNet50.A1_IN1K").key == "timm/resnet50.a1_in1k"
+    with pytest.raises(UnknownModelError, match="'ResNet5O'"):  # the message quotes what was typed
+        registry.get_spec("ResNet5O")

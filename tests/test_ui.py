@@ -39,6 +39,16 @@ def test_handlers_return_files_and_captions():
     assert png.endswith(".png") and "64 filters of 3×7×7" in caption and "each filter's own range" in caption
 
 
+def test_the_page_says_when_the_top5_comes_from_an_untrained_network():
+    from cnnviz.ui.feature_maps import maps_if_image
+
+    cat = str(EXAMPLES / "cat.png")
+    _, labels, _ = maps_if_image("resnet18", cat, "layer1", "random", "first", 8, "gray", "channel")
+    assert "untrained" in labels.label and len(labels.value["confidences"]) == 5
+    _, labels, _ = maps_if_image("timm/tf_efficientnet_lite0", str(EXAMPLES / "coffee.png"), "", "pretrained", "first", 8, "gray", "channel")
+    assert labels.label == "Top-5 predictions" and labels.value["label"] == "espresso"
+
+
 def test_repeated_labels_stay_apart_in_the_label_dict():
     from cnnviz.activations import Prediction
 
@@ -53,3 +63,12 @@ def test_non_numbers_for_numeric_options_are_a_sentence(bad):
         ui.architecture("resnet18", "random", bad)
     with pytest.raises(gr.Error, match="must be a whole number"):
         ui.feature_maps("resnet18", str(EXAMPLES / "cat.png"), "layer1", "random", "top", bad)
+
+
+def test_a_weights_switch_keeps_the_layer_a_model_switch_resets_it():
+    notice, dropdown = ui.select_model("resnet18", "random", "layer2.0.conv1")
+    assert dropdown.value == "layer2.0.conv1" and "random weights (as chosen)" in notice
+    _, dropdown = ui.select_model("resnet18", "random")
+    assert dropdown.value == "conv1"
+    _, dropdown = ui.select_model("alexnet", "random", "layer2.0.conv1")  # not a layer of AlexNet
+    assert dropdown.value == "features.0"

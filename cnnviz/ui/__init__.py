@@ -24,7 +24,7 @@ from .common import (
 from .feature_maps import feature_maps
 from .filters import filters
 
-__all__ = ["CSS", "architecture", "build_demo", "feature_maps", "filters", "launch"]
+__all__ = ["CSS", "architecture", "build_demo", "feature_maps", "filters", "launch", "select_model"]
 
 # Grids arrive at (about) the maps' own resolution; the page enlarges them with crisp pixels.
 CSS = "#maps-image img, #filters-image img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }"
@@ -44,10 +44,13 @@ def model_notice(view: explore.ModelView) -> str:
 
 
 @user_errors
-def select_model(model: str, weights: str, progress=gr.Progress(track_tqdm=True)):
+def select_model(model: str, weights: str, layer: str = "", progress=gr.Progress(track_tqdm=True)):
+    """The model's notice and its layer list; ``layer`` stays chosen when the model has it (a weights
+    switch compares the same layer trained and untrained), else the first convolution."""
     view = explore.select_model(model, weights)
-    choices = [(layer.label, layer.name) for layer in view.layers]
-    return model_notice(view), gr.Dropdown(choices=choices, value=view.default_layer)
+    choices = [(info.label, info.name) for info in view.layers]
+    keep = layer if any(info.name == layer for info in view.layers) else view.default_layer
+    return model_notice(view), gr.Dropdown(choices=choices, value=keep)
 
 
 @user_errors
@@ -82,12 +85,11 @@ def build_demo() -> gr.Blocks:
                 maps = feature_maps_tab.build(model, weights)
 
         demo.load(startup, outputs=[model, banner], api_visibility="private", concurrency_id=WORK)
-        chain = gr.on(
-            [model.change, weights.change], select_model, [model, weights], [notice, maps.layer],
-            api_visibility="private", concurrency_id=WORK,
-        )
-        for tab in (arch, kernels, maps):  # a model change refreshes every tab, one after the other
-            chain = chain.success(tab.fn, **tab.io, api_visibility="private")
+        model.input(lambda: "", None, banner, api_visibility="private", queue=False)  # the user chose: banner done
+        for trigger, inputs in ((model.change, [model, weights]), (weights.change, [model, weights, maps.layer])):
+            chain = trigger(select_model, inputs, [notice, maps.layer], api_visibility="private", concurrency_id=WORK)
+            for tab in (arch, kernels, maps):  # a model or weights change refreshes every tab, one after the other
+                chain = chain.success(tab.fn, **tab.io, api_visibility="private")
     # api_open=False: every call goes through the queue (Gradio's /run/<name> routes would skip it)
     demo.queue(max_size=int(os.environ.get("CNNVIZ_QUEUE_SIZE", "32")), default_concurrency_limit=2, api_open=False)
     limit_clients(demo, MAX_PER_SESSION, MAX_PER_CLIENT)

@@ -10,6 +10,8 @@ from .common import EXAMPLE_FILES, OUTPUTS, WORK, Refresh, SafeImage, label_dict
 
 CHANNEL_CHOICES = [("first N", "first"), ("top N by mean activation", "top"), ("all", "all")]
 NO_IMAGE = "Upload a photo, paste one, or pick an example to see its feature maps."
+TOP5 = "Top-5 predictions"
+TOP5_UNTRAINED = "Top-5 of an untrained network (random weights): guesses that mean nothing"
 
 
 @user_errors
@@ -35,6 +37,22 @@ def feature_maps(
         colormap: gray, viridis, magma, inferno, cividis or coolwarm.
         normalise: "channel" (each map its own range) or "layer" (one range for all).
     """
+    grid, labels, caption, _ = _answer(model, image, layer, weights, channels, n, colormap, normalise)
+    return grid, labels, caption
+
+
+@user_errors
+def maps_if_image(model, image, layer, weights, channels, n, colormap, normalise):
+    """The page's version: a hint instead of an error before there is an image, and a top-5 headline
+    that says so when the network is untrained."""
+    if not image:
+        return None, None, NO_IMAGE
+    grid, labels, caption, trained = _answer(model, image, layer, weights, channels, n, colormap, normalise)
+    return grid, gr.Label(labels, label=TOP5 if trained else TOP5_UNTRAINED), caption
+
+
+def _answer(model, image, layer, weights, channels, n, colormap, normalise):
+    """(grid file, top-5 {label: probability}, caption, whether the weights are trained)."""
     view = explore.feature_maps(model, image, layer or None, weights, channels, whole(n, "N"), colormap, normalise)
     shown = view.channels.tolist()
     total = view.maps.shape[0]
@@ -45,14 +63,7 @@ def feature_maps(
     described = view.layer.label[len(view.layer.name):]  # " · type · C×H×W[, layout][, calls]"
     caption = f"`{view.layer.name}`{described} — {which}; {normalise} normalisation.\n\n{weights_used(view.weights)}"
     grid = OUTPUTS.write(f"{model}-{view.layer.name}.jpg", explore.encode(view.image, "jpeg"))
-    return grid, label_dict(view.predictions), caption
-
-
-def maps_if_image(model, image, layer, weights, channels, n, colormap, normalise):
-    """The page's version: before there is an image, a hint instead of an error."""
-    if not image:
-        return None, None, NO_IMAGE
-    return feature_maps(model, image, layer, weights, channels, n, colormap, normalise)
+    return grid, label_dict(view.predictions), caption, view.weights.pretrained
 
 
 @dataclass
@@ -71,7 +82,7 @@ def build(model: gr.Dropdown, weights: gr.Radio) -> FeatureMapsTab:
             gr.Examples([[str(p)] for p in sorted(EXAMPLE_FILES)], inputs=[image], label="Examples")
             layer = gr.Dropdown([], value="", label="Layer", allow_custom_value=True, elem_id="layer-select")
             channels = gr.Radio(CHANNEL_CHOICES, value="first", label="Channels")
-            n = gr.Slider(1, 512, value=64, step=1, label="N")
+            n = gr.Slider(1, 2048, value=64, step=1, label="N")
             colormap = gr.Dropdown(list(explore.COLORMAPS), value="gray", label="Colormap")
             normalise = gr.Radio([("per channel", "channel"), ("per layer", "layer")], value="channel", label="Normalise")
         with gr.Column(scale=2):
@@ -80,7 +91,7 @@ def build(model: gr.Dropdown, weights: gr.Radio) -> FeatureMapsTab:
                 label="Feature maps", type="filepath", interactive=False, height=640,
                 buttons=["download", "fullscreen"], elem_id="maps-image",
             )
-            predictions = gr.Label(num_top_classes=5, label="Top-5 predictions", elem_id="predictions")
+            predictions = gr.Label(num_top_classes=5, label=TOP5, elem_id="predictions")
     io = dict(
         inputs=[model, image, layer, weights, channels, n, colormap, normalise],
         outputs=[grid, predictions, caption], concurrency_id=WORK,

@@ -442,3 +442,30 @@ def test_feature_maps_controls_before_any_image_give_no_error(browser_page: Page
     shot("layer-chosen-before-image")
     assert error_toasts(page) == [], "an error toast for a control change before any image was given"
     wait_text(page, "#maps-caption", startswith="Upload a photo")
+
+
+def test_weights_switch_keeps_the_layer_and_says_an_untrained_top5_means_nothing(browser_page: Page, app_url, library, shot):
+    page = browser_page
+    open_app(page, app_url)
+    expect(page.locator("#startup-banner")).to_contain_text("opened on")
+    open_tab(page, "Feature maps")
+    page.locator("#input-image input[type=file]").set_input_files(str(EXAMPLES / "coffee.png"))
+    wait_text(page, "#maps-caption", startswith="conv_stem")
+    layer = "blocks.2.0.conv_dw"
+    truth = library.feature_maps(OFFLINE_MODEL, str(EXAMPLES / "coffee.png"), layer, "pretrained")
+    choose_layer(page, layer, truth.layer.label)
+    wait_text(page, "#maps-caption", startswith=layer)
+    expect(page.locator("#predictions")).to_contain_text("Top-5 predictions")
+
+    set_weights(page, "random")  # the same layer, untrained: the comparison the weights choice is for
+    wait_text(page, "#weights-notice", startswith="🎲")
+    caption = wait_text(page, "#maps-caption", contains="Random weights, as chosen")
+    assert caption.startswith(layer), caption
+    expect(page.locator("#layer-select input")).to_have_value(truth.layer.label)
+    expect(page.locator("#predictions")).to_contain_text("untrained network")
+    shot("random-weights-same-layer")
+
+    type_model_name(page, "resnet18")  # the user chose a model: the start-up banner has done its job
+    wait_text(page, "#weights-notice", contains="· resnet18 ·")
+    expect(page.locator("#startup-banner")).not_to_contain_text("opened on")
+    assert error_toasts(page) == []

@@ -44,7 +44,7 @@ def assert_names_value_and_valid(message: str, bad: str, valid: str) -> None:
     [
         (dict(channels="some"), "some", "'first', 'top', 'all'"),
         (dict(channels="top", n=0), "0", "minimum value 1"),
-        (dict(channels="top", n=10**7), "10000000", "maximum value 512"),
+        (dict(channels="top", n=10**7), "10000000", "maximum value 2048"),
         (dict(colormap="jet"), "jet", "'viridis'"),
         (dict(normalise="global"), "global", "'channel', 'layer'"),
         (dict(weights="imagenet"), "imagenet", "'pretrained', 'random'"),
