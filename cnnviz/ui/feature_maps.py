@@ -99,7 +99,7 @@ def build(model: gr.Dropdown, weights: gr.Radio) -> FeatureMapsTab:
     api_only = gr.Button(visible=False)  # /feature_maps is strict: no image is an error there
     api_only.click(feature_maps, **io, api_name="feature_maps")
     gr.on(  # in the page, controls touched before there is an image show a hint, not an error
-        [image.change, layer.select, channels.change, n.release, colormap.change, normalise.change],
+        [image.change, layer.input, channels.change, n.release, colormap.change, normalise.change],
         maps_if_image, **io, api_visibility="private",
     )
     return FeatureMapsTab(maps_if_image, io, layer)

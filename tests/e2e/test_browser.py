@@ -469,3 +469,24 @@ def test_weights_switch_keeps_the_layer_and_says_an_untrained_top5_means_nothing
     wait_text(page, "#weights-notice", contains="· resnet18 ·")
     expect(page.locator("#startup-banner")).not_to_contain_text("opened on")
     assert error_toasts(page) == []
+
+
+def test_a_layer_typed_and_entered_opens_it_and_a_bogus_one_gets_a_sentence(browser_page: Page, app_url, library, shot):
+    page = browser_page
+    open_app(page, app_url)
+    open_tab(page, "Feature maps")
+    page.locator("#input-image input[type=file]").set_input_files(str(EXAMPLES / "cat.png"))
+    wait_text(page, "#maps-caption", startswith="conv_stem")
+    box = page.locator("#layer-select input[role=combobox]")
+    box.click()
+    box.press("Control+a")
+    box.press_sequentially("blocks.3.0.conv_pw", delay=10)
+    box.press("Enter")
+    wait_text(page, "#maps-caption", startswith="blocks.3.0.conv_pw")
+    box.click()
+    box.press("Control+a")
+    box.press_sequentially("blocks.99", delay=10)
+    box.press("Enter")
+    toast = page.locator(".toast-body.error [data-testid=toast-text]").first
+    expect(toast).to_contain_text("has no layer 'blocks.99'")
+    shot("bogus-layer-sentence")
