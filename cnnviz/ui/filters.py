@@ -1,6 +1,8 @@
 """The Filters tab: the first convolution's kernels as a grid; endpoint ``/filters``."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import gradio as gr
 
 from .. import explore
@@ -23,8 +25,14 @@ def filters(model: str, weights: str = "pretrained", normalise: str = "layer"):
     return OUTPUTS.write(f"{model}-filters.png", explore.encode(view.image, "png")), caption
 
 
-def build(model: gr.Dropdown, weights: gr.Radio) -> Refresh:
+@dataclass
+class FiltersTab(Refresh):
+    layer: gr.Dropdown  # the convolution shown ("" = the first); its choices are filled on a model change
+
+
+def build(model: gr.Dropdown, weights: gr.Radio) -> FiltersTab:
     """The tab's components and its own events (inside the current ``gr.Tab``); returns its refresh."""
+    layer = gr.Dropdown([], value="", label="Convolution", allow_custom_value=True, elem_id="filters-layer")
     normalise = gr.Radio([("whole layer", "layer"), ("per filter", "filter")], value="layer", label="Normalise")
     caption = gr.Markdown(elem_id="filters-caption")
     image = gr.Image(
@@ -33,4 +41,4 @@ def build(model: gr.Dropdown, weights: gr.Radio) -> Refresh:
     )
     io = dict(inputs=[model, weights, normalise], outputs=[image, caption], concurrency_id=WORK)
     normalise.change(filters, **io, api_name="filters")
-    return Refresh(filters, io)
+    return FiltersTab(filters, io, layer)
