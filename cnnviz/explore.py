@@ -140,22 +140,145 @@ def architecture(model: str, weights: str = "pretrained", depth: int = 3) -> sum
 
 @dataclass(frozen=True)
 class FiltersView:
-    filters: filters_mod.Filters
-    image: np.ndarray  # uint8[H,W,3]
+    """One convolution's filters drawn as a grid, with its weight histogram and per-filter norms."""
+
+    filters: filters_mod.Filters  # the kernels the model uses (fused with parallel branches where it has them)
+    image: np.ndarray  # uint8[H,W,3]: one tile per output filter, row by row
     weights: WeightsOutcome  # which weights the filters are from
+    conv: filters_mod.ConvInfo  # the convolution chosen (its kind: depthwise, grouped, …)
+    input_channel: int | None  # the input channel drawn, or None: all of them (RGB, or their mean)
+    histogram: filters_mod.Histogram  # of every value of filters.weight
+    norms: filters_mod.FilterNorms  # per output filter, dead / near-zero ones flagged
+
+    @property
+    def colour(self) -> bool:
+        """True when the tiles are RGB (the layer sees the image and all its input channels are drawn)."""
+        return self.input_channel is None and self.conv.sees_image and self.filters.weight.shape[1] == 3
+
+    @property
+    def drawn(self) -> str:
+        """What each tile shows, as a sentence fragment for a caption (e.g. "in grey: the mean over each
+        filter's 512 input channels")."""
+        per = self.filters.weight.shape[1]
+        if self.conv.depthwise:
+            ratio = self.conv.out_channels // self.conv.in_channels
+            sees = "input channel k" if ratio == 1 else f"input channel k // {ratio}"
+            return f"in grey: depthwise, each filter has one input channel (filter k sees {sees})"
+        group = f" (grouped: {self.conv.groups} groups of {per} input channels)" if self.conv.groups > 1 else ""
+        if self.colour:
+            return "in colour: each filter's R, G, B input channels"
+        if self.input_channel is None:
+            return f"in grey: the mean over each filter's {per} input channels{group}"
+        return f"in grey: input channel {self.input_channel} of each filter's {per}{group}"
 
 
-def filter_grid(model: str, weights: str = "pretrained", normalise: str = "layer") -> FiltersView:
-    """The first convolution's filters, drawn as a grid (colour when they see RGB).
+FILTERS_CACHE_BYTES = int(float(os.environ.get("CNNVIZ_FILTERS_MB", "64")) * 2**20)  # per model
+_FILTER_CACHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # loaded -> _FilterCache
+
+
+class _FilterCache:
+    """One model's convolution list, per-layer weights/histogram/norms and drawn grids, least recently
+    used first out once their bytes pass ``budget`` (weights ``4·O·I·kh·kw`` bytes, grids ``H·W·3``).
+    Filters of a loaded model never change (it is read-only), so entries need no invalidation; the
+    whole cache goes with the model (weak key)."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.nbytes = 0
+        self.convs: tuple[filters_mod.ConvInfo, ...] | None = None
+        self._items: OrderedDict[tuple, tuple[object, int]] = OrderedDict()
+
+    def get(self, key: tuple):
+        item = self._items.get(key)
+        if item is None:
+            return None
+        self._items.move_to_end(key)
+        return item[0]
+
+    def put(self, key: tuple, value, nbytes: int):
+        if key in self._items:
+            self.nbytes -= self._items.pop(key)[1]
+        self._items[key] = (value, nbytes)
+        self.nbytes += nbytes
+        while self.nbytes > self.budget and len(self._items) > 1:  # the newest stays, even when alone too big
+            self.nbytes -= self._items.popitem(last=False)[1][1]
+        return value
+
+
+def _filter_cache(loaded: LoadedModel) -> _FilterCache:
+    with _LOCK:
+        cache = _FILTER_CACHES.get(loaded)
+        if cache is None:
+            cache = _FILTER_CACHES[loaded] = _FilterCache(FILTERS_CACHE_BYTES)
+        return cache
+
+
+def _convolutions(loaded: LoadedModel) -> tuple[filters_mod.ConvInfo, ...]:
+    cache = _filter_cache(loaded)
+    if cache.convs is None:
+        cache.convs = filters_mod.list_convolutions(loaded.model)
+    return cache.convs
+
+
+def list_convolutions(model: str | LoadedModel, weights: str = "pretrained") -> tuple[filters_mod.ConvInfo, ...]:
+    """Every ``Conv2d`` of the model in definition order, each with its kind (``"3×3"``,
+    ``"depthwise 3×3"``, ``"grouped 3×3, 32 groups"``) and a ``label`` for a list; cached per model.
+
+    >>> [c.name for c in list_convolutions("resnet50", weights="random")][-3:]
+    ['layer4.2.conv1', 'layer4.2.conv2', 'layer4.2.conv3']
+    """
+    return _convolutions(model if isinstance(model, LoadedModel) else load_model(model, weights))
+
+
+def filter_grid(
+    model: str,
+    weights: str = "pretrained",
+    normalise: str = "layer",
+    layer: str | None = None,
+    input_channel: int | None = None,
+) -> FiltersView:
+    """A convolution's filters drawn as a grid, with a histogram of its weights and per-filter norms.
+
+    ``layer`` is a convolution's qualified name (see :func:`list_convolutions`); None or "" means the
+    first convolution. Tiles are RGB when the layer sees the image and ``input_channel`` is None;
+    otherwise grey: the slice of input channel ``input_channel`` (0 … I/groups − 1), or the mean over
+    the input channels when None (or -1). Cached per model, so switching back to a layer is instant.
 
     >>> filter_grid("alexnet", weights="random").filters.weight.shape
     torch.Size([64, 3, 11, 11])
+    >>> view = filter_grid("resnet50", "random", layer="layer4.2.conv2", input_channel=7)
+    >>> view.filters.weight.shape, view.conv.kind, len(view.norms.norms)
+    (torch.Size([512, 512, 3, 3]), '3×3', 512)
+
+    Raises:
+        UnknownLayerError: ``layer`` is not a convolution of the model (the sentence suggests close names).
+        InvalidOptionError: an unknown normalisation, or an input channel the layer does not have.
     """
     _check(normalise, render.FILTER_NORMALISATIONS, "normalisation")
     loaded = load_model(model, weights)
-    with loaded.lock:  # runs the convolution once: keep it out of another request's hooked pass
-        found = filters_mod.first_layer_filters(loaded)
-    return FiltersView(found, render.render_filters(found.weight.numpy(), normalise), loaded.weights)
+    convs = _convolutions(loaded)
+    layer = layer or (layers.first_conv_name(loaded.model) if convs else "")
+    conv = filters_mod.get_convolution(convs, layer, loaded.spec.display)
+    input_channel = None if input_channel == -1 and not isinstance(input_channel, bool) else input_channel
+    filters_mod.check_input_channel(input_channel, conv.inputs_per_filter)
+    cache = _filter_cache(loaded)
+    with _LOCK:
+        view = cache.get(("view", layer, normalise, input_channel))
+    if view is not None:
+        return view
+    with _LOCK:
+        analysed = cache.get(("layer", layer))
+    if analysed is None:
+        with loaded.lock:  # may run the convolution once: keep it out of another request's hooked pass
+            found = filters_mod.conv_filters(loaded.model, layer)
+        analysed = (found, filters_mod.weight_histogram(found.weight), filters_mod.filter_norms(found.weight))
+        with _LOCK:
+            cache.put(("layer", layer), analysed, found.weight.nbytes)
+    found, histogram, norms = analysed
+    planes = filters_mod.filter_planes(found.weight, input_channel, colour=conv.sees_image)
+    view = FiltersView(found, render.render_filters(planes, normalise), loaded.weights, conv, input_channel, histogram, norms)
+    with _LOCK:
+        return cache.put(("view", layer, normalise, input_channel), view, view.image.nbytes)
 
 
 @dataclass(frozen=True)

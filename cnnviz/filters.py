@@ -10,6 +10,11 @@ Two things make a convolution's ``.weight`` differ from what the model applies:
   part. timm's own ``reparameterize()``, run on a copy of the block, fuses them into the one
   convolution the block is equivalent to in eval mode (BatchNorm folded with its running statistics,
   the 1×1 kernel padded to k×k, the identity as a centred delta) (:func:`conv_filters`).
+
+Any convolution can be shown, not only the first: :func:`list_convolutions` lists them (depthwise and
+grouped ones named as such), :func:`filter_planes` picks what to draw of a kernel (RGB, one input
+channel's slice, or the mean over input channels), :func:`weight_histogram` and :func:`filter_norms`
+describe the layer's weights (dead / near-zero filters flagged).
 """
 from __future__ import annotations
 
@@ -18,10 +23,12 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from .errors import InvalidOptionError, UnknownLayerError, did_you_mean, quoted
 from .layers import first_conv_name
 
 if TYPE_CHECKING:
@@ -52,18 +59,33 @@ def effective_weight(conv: torch.nn.Conv2d) -> torch.Tensor:
     >>> effective_weight(torch.nn.Conv2d(3, 8, 3)).shape
     torch.Size([8, 3, 3, 3])
     """
+    if _plain_forward(conv):  # nothing between .weight and F.conv2d: no probe pass needed
+        return _cpu(conv.weight)
     kh, kw = conv.kernel_size
     dh, dw = conv.dilation
     probe = torch.zeros(1, conv.in_channels, (kh - 1) * dh + 1, (kw - 1) * dw + 1, device=conv.weight.device, dtype=conv.weight.dtype)
     recorder = _Conv2dWeightRecorder()
     with torch.inference_mode(), recorder:
         conv(probe)
-    weight = recorder.weights[0] if recorder.weights else conv.weight
-    return weight.detach().to("cpu", torch.float32, copy=True)
+    return _cpu(recorder.weights[0] if recorder.weights else conv.weight)
+
+
+def _plain_forward(conv: torch.nn.Conv2d) -> bool:
+    """True when ``conv`` convolves with ``conv.weight`` as it is: torch's own ``forward`` and
+    ``_conv_forward``, no pre-hooks (old-style ``weight_norm`` recomputes ``.weight`` in one)."""
+    kind = type(conv)
+    return (
+        kind.forward is torch.nn.Conv2d.forward and kind._conv_forward is torch.nn.Conv2d._conv_forward
+        and not conv._forward_pre_hooks and not torch.nn.modules.module._global_forward_pre_hooks
+    )
 
 
 def _cpu(tensor: torch.Tensor | None) -> torch.Tensor | None:
-    return None if tensor is None else tensor.detach().to("cpu", torch.float32, copy=True)
+    """A float32 CPU copy of ``tensor`` (numpy's copy: a plain memcpy, where torch's may wait for
+    its worker threads on a busy machine)."""
+    if tensor is None:
+        return None
+    return torch.from_numpy(tensor.detach().to("cpu", torch.float32).numpy().copy())
 
 
 @dataclass(frozen=True)
@@ -202,3 +224,192 @@ def first_layer_filters(loaded: LoadedModel) -> Filters:
 
 def _padding(conv: torch.nn.Conv2d) -> tuple[int, int] | str:
     return conv.padding if isinstance(conv.padding, str) else tuple(conv.padding)
+
+
+# --- Any convolution: the list, one layer's kernels as planes, their histogram and per-filter norms ---
+
+DEAD_RATIO = 1e-3  # a filter whose L2 norm is below this fraction of the layer's median norm is "near zero"
+HISTOGRAM_BINS = 50
+
+
+@dataclass(frozen=True)
+class ConvInfo:
+    """One ``Conv2d`` of a model, as the Filters tab lists it.
+
+    ``sees_image``: the convolution takes the model's input image (the first convolution, and the
+    parallel branches of a re-parameterisable stem), so its 3 input channels are R, G, B."""
+
+    name: str  # qualified module name: "layer4.2.conv2"
+    module_type: str  # "Conv2d", "StdConv2d", "Conv2dSame"
+    in_channels: int
+    out_channels: int
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    groups: int
+    sees_image: bool
+
+    @property
+    def depthwise(self) -> bool:
+        """Each filter sees exactly one input channel (``groups == in_channels > 1``)."""
+        return self.groups > 1 and self.groups == self.in_channels
+
+    @property
+    def kind(self) -> str:
+        """``"3×3"``, ``"depthwise 3×3"`` or ``"grouped 3×3, 32 groups"``.
+
+        >>> ConvInfo("c", "Conv2d", 32, 32, (3, 3), (1, 1), 32, False).kind
+        'depthwise 3×3'
+        """
+        kernel = "×".join(map(str, self.kernel_size))
+        if self.depthwise:
+            return f"depthwise {kernel}"
+        if self.groups > 1:
+            return f"grouped {kernel}, {self.groups} groups"
+        return kernel
+
+    @property
+    def inputs_per_filter(self) -> int:
+        """Input channels each filter sees: ``in_channels // groups`` (1 for depthwise)."""
+        return self.in_channels // self.groups
+
+    @property
+    def label(self) -> str:
+        """The dropdown label: ``"layer4.2.conv2 · 3×3 · 512→512, stride 1"``."""
+        stride = "×".join(map(str, self.stride)) if self.stride[0] != self.stride[1] else str(self.stride[0])
+        return f"{self.name} · {self.kind} · {self.in_channels}→{self.out_channels}, stride {stride}"
+
+
+def list_convolutions(model: torch.nn.Module) -> tuple[ConvInfo, ...]:
+    """Every ``Conv2d`` of ``model`` (subclasses included: weight-standardised, TF-"same"), in
+    definition order (``named_modules()``, parents before children), which is the order of the forward
+    pass for the sequential CNNs of torchvision and timm. Empty when the model has none.
+
+    >>> [c.label for c in list_convolutions(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Conv2d(8, 8, 3, groups=8)))]
+    ['0 · 3×3 · 3→8, stride 1', '1 · depthwise 3×3 · 8→8, stride 1']
+    """
+    convs = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    if not convs:
+        return ()
+    first = first_conv_name(model)
+    leading = True  # convolutions before the first one that does not take 3 channels: the stem's branches
+    found = []
+    for name, conv in convs:
+        leading = leading and conv.in_channels == 3
+        found.append(ConvInfo(
+            name, type(conv).__name__, conv.in_channels, conv.out_channels, tuple(conv.kernel_size),
+            tuple(conv.stride), conv.groups, sees_image=conv.in_channels == 3 and (leading or name == first),
+        ))
+    return tuple(found)
+
+
+def get_convolution(convs: tuple[ConvInfo, ...], name: str, model_name: str = "The model") -> ConvInfo:
+    """The convolution called ``name`` among ``convs`` (from :func:`list_convolutions`).
+
+    Raises:
+        UnknownLayerError: no convolution has that name; the sentence suggests close names (or the
+            convolutions inside ``name`` when it is a block) and says how many there are.
+    """
+    for conv in convs:
+        if conv.name == name:
+            return conv
+    if not convs:
+        raise UnknownLayerError(f"{model_name} has no 2-D convolution, so it has no filters to show.")
+    names = [c.name for c in convs]
+    inside = [n for n in names if n.startswith(f"{name}.")] if name else []
+    if inside:
+        shown = ", ".join(inside[:5]) + (" …" if len(inside) > 5 else "")
+        hint = f" {quoted(name)} is a block; its convolutions: {shown}."
+    else:
+        hint = did_you_mean(name, names)
+    raise UnknownLayerError(
+        f"{model_name} has no convolution {quoted(name)}.{hint} Its {len(names)} convolutions run from "
+        f"{names[0]} to {names[-1]} (qualified names as named_modules() gives them)."
+    )
+
+
+def filter_planes(weight: torch.Tensor, input_channel: int | None, colour: bool) -> np.ndarray:
+    """What to draw of ``weight`` (``Tensor[O,I,kh,kw]`` float32): ``float32[O,c,kh,kw]`` with c = 3
+    (``colour``, ``input_channel`` None and I == 3: the R, G, B slices) or c = 1 (one input channel's
+    slice, or the mean over the I input channels).
+
+    Raises:
+        InvalidOptionError: ``input_channel`` is not a whole number from 0 to I − 1 (or None).
+
+    >>> filter_planes(torch.ones(4, 6, 3, 3), 2, colour=False).shape
+    (4, 1, 3, 3)
+    """
+    w = weight.numpy()
+    check_input_channel(input_channel, w.shape[1])
+    if input_channel is None:
+        return w if colour and w.shape[1] == 3 else w.mean(axis=1, keepdims=True)
+    return w[:, input_channel : input_channel + 1]
+
+
+def check_input_channel(input_channel: object, count: int) -> None:
+    """Raise unless ``input_channel`` is None or a whole number from 0 to ``count`` − 1.
+
+    Raises:
+        InvalidOptionError: the sentence says which input channels each filter of the layer has.
+    """
+    if input_channel is None:
+        return
+    if isinstance(input_channel, bool) or not isinstance(input_channel, (int, np.integer)) or not 0 <= input_channel < count:
+        valid = "0 (each filter has one input channel)" if count == 1 else f"a whole number from 0 to {count - 1}"
+        raise InvalidOptionError(
+            f"Input channel must be {valid} for this layer, or -1 for all input channels together; "
+            f"not {quoted(input_channel)}."
+        )
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """Counts of a layer's weights in equal-width bins (``np.histogram``)."""
+
+    counts: np.ndarray  # int64[bins]: how many weights fall in each bin; sums to the number of weights
+    edges: np.ndarray  # float[bins + 1]: bin edges, from the smallest weight to the largest
+
+    @property
+    def centres(self) -> np.ndarray:
+        """float64[bins]: the middle of each bin."""
+        return (self.edges[:-1].astype(np.float64) + self.edges[1:]) / 2
+
+
+def weight_histogram(weight: torch.Tensor, bins: int = HISTOGRAM_BINS) -> Histogram:
+    """Histogram of every value of ``weight`` (``Tensor[O,I,kh,kw]`` float32), ``bins`` equal bins.
+
+    >>> weight_histogram(torch.tensor([0.0, 1.0, 1.0, 2.0]), bins=2).counts.tolist()
+    [1, 3]
+    """
+    counts, edges = np.histogram(weight.numpy().ravel(), bins=bins)
+    return Histogram(counts, edges)
+
+
+@dataclass(frozen=True)
+class FilterNorms:
+    """Per-filter L2 norms of a layer, with the dead (all zero) and near-zero filters flagged."""
+
+    norms: np.ndarray  # float32[O]: ‖weight[o]‖₂ over its I×kh×kw values
+    median: float  # the median of ``norms``
+    threshold: float  # DEAD_RATIO × median: a norm below this (or exactly zero) is flagged
+    flagged: np.ndarray  # int64[k]: indices of the flagged filters, ascending
+
+    @property
+    def zero(self) -> np.ndarray:
+        """int64[j]: indices of the filters whose weights are all exactly zero (a subset of ``flagged``)."""
+        return np.flatnonzero(self.norms == 0)
+
+
+def filter_norms(weight: torch.Tensor, ratio: float = DEAD_RATIO) -> FilterNorms:
+    """L2 norm of each filter ``weight[o]`` (``Tensor[O,I,kh,kw]`` float32); filters whose norm is
+    zero or below ``ratio`` × the median norm are flagged as dead / near zero.
+
+    >>> w = torch.ones(3, 1, 2, 2); w[1] = 0
+    >>> filter_norms(w).flagged.tolist()
+    [1]
+    """
+    flat = weight.numpy().reshape(weight.shape[0], -1)
+    norms = np.sqrt(np.einsum("ij,ij->i", flat, flat))
+    median = float(np.median(norms))
+    threshold = ratio * median
+    flagged = np.flatnonzero((norms == 0) | (norms < threshold))
+    return FilterNorms(norms, median, threshold, flagged)

@@ -151,3 +151,162 @@ def test_branches_are_listed_when_they_cannot_be_fused(monkeypatch):
     assert found.description.endswith(
         "one of the parallel branches stem.conv_kxk.conv (3×3), stem.conv_1x1.conv (1×1), shown alone: they could not be fused"
     )
+
+
+# --- Any convolution (issue 9 §2): the list, the chosen kernels, histogram, norms, errors, the cache ---
+
+from cnnviz import errors  # noqa: E402
+
+
+def test_every_conv2d_is_listed_in_definition_order():
+    loaded = registry.load_model("resnet50", "random")
+    expected = [n for n, m in loaded.model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    convs = explore.list_convolutions("resnet50", "random")
+    assert [c.name for c in convs] == expected and len(expected) == 53
+    assert [c.name for c in convs if c.sees_image] == ["conv1"]
+    conv2 = next(c for c in convs if c.name == "layer4.2.conv2")
+    assert (conv2.kind, conv2.in_channels, conv2.out_channels, conv2.groups) == ("3×3", 512, 512, 1)
+    assert conv2.label == "layer4.2.conv2 · 3×3 · 512→512, stride 1"
+
+
+@pytest.mark.parametrize(("model", "conv"), [("mobilenet_v2", "features.2.conv.1.0"), ("timm/efficientnet_b0", "blocks.1.0.conv_dw")])
+def test_depthwise_convolutions_are_named_depthwise(model, conv):
+    module = registry.load_model(model, "random").model.get_submodule(conv)
+    assert module.groups == module.in_channels == module.out_channels > 1  # what depthwise means, checked independently
+    view = explore.filter_grid(model, "random", layer=conv)
+    assert view.conv.kind == "depthwise 3×3" and view.conv.depthwise
+    assert view.filters.weight.shape == (module.out_channels, 1, 3, 3)
+    assert "depthwise, each filter has one input channel" in view.drawn
+    depthwise = [c for c in explore.list_convolutions(model, "random") if c.depthwise]
+    truth = [n for n, m in registry.load_model(model, "random").model.named_modules()
+             if isinstance(m, torch.nn.Conv2d) and m.groups == m.in_channels > 1]
+    assert [c.name for c in depthwise] == truth
+
+
+def test_grouped_convolution_named_with_its_groups_and_sliced_within_its_group():
+    view = explore.filter_grid("resnext50_32x4d", "random", layer="layer1.0.conv2", input_channel=3)
+    assert view.conv.kind == "grouped 3×3, 32 groups" and not view.conv.depthwise
+    weight = registry.load_model("resnext50_32x4d", "random").model.layer1[0].conv2.weight.detach()
+    assert weight.shape == (128, 4, 3, 3)
+    assert view.drawn == "in grey: input channel 3 of each filter's 4 (grouped: 32 groups of 4 input channels)"
+    expected = render.render_filters(weight[:, 3:4].numpy(), "layer")
+    np.testing.assert_array_equal(view.image, expected)
+
+
+def test_chosen_convolution_filters_are_its_weight_and_tiles_its_mean_or_slice():
+    model = registry.load_model("resnet50", "random").model
+    weight = model.get_submodule("layer4.2.conv2").weight.detach()
+    mean = explore.filter_grid("resnet50", "random", "filter", layer="layer4.2.conv2")
+    torch.testing.assert_close(mean.filters.weight, weight, rtol=0, atol=0)
+    assert mean.input_channel is None and not mean.colour
+    assert mean.drawn == "in grey: the mean over each filter's 512 input channels"
+    # independent drawing: filter 5's tile is the per-filter min-max of its mean over input channels
+    w = weight[5].mean(dim=0).numpy()
+    size = render.tile_size(512, 3)
+    factor, pad = size // 3, max(2, size // 16)
+    cols = 23  # ceil(sqrt(512))
+    y, x = 1 * factor, 5 * (factor * 3 + pad) + 2 * factor  # kernel cell (1, 2) of tile 5 (row 0)
+    expected = np.rint((w[1, 2] - w.min()) / (w.max() - w.min()) * 255)
+    assert view_pixel(mean.image, y, x) == pytest.approx(expected, abs=1)
+    assert mean.image.shape[1] == cols * (factor * 3 + pad) - pad
+    one = explore.filter_grid("resnet50", "random", "filter", layer="layer4.2.conv2", input_channel=7)
+    np.testing.assert_array_equal(one.image, render.render_filters(weight[:, 7:8].numpy(), "filter"))
+    assert one.drawn == "in grey: input channel 7 of each filter's 512"
+    assert explore.filter_grid("resnet50", "random", layer="layer4.2.conv2", input_channel=-1).input_channel is None
+
+
+def view_pixel(image: np.ndarray, y: int, x: int) -> int:
+    """A grey tile's value at (y, x): its three channels are equal."""
+    assert image[y, x, 0] == image[y, x, 1] == image[y, x, 2]
+    return int(image[y, x, 0])
+
+
+def test_first_layer_stays_the_default_and_is_rgb():
+    default = explore.filter_grid("resnet18", "random")
+    named = explore.filter_grid("resnet18", "random", layer="conv1")
+    np.testing.assert_array_equal(default.image, named.image)
+    assert default.conv.name == "conv1" and default.colour and default.drawn.startswith("in colour")
+    red = explore.filter_grid("resnet18", "random", layer="conv1", input_channel=0)  # a slice of an RGB layer: grey
+    assert not red.colour and red.drawn == "in grey: input channel 0 of each filter's 3"
+
+
+def test_histogram_counts_every_weight_like_numpy():
+    view = explore.filter_grid("resnet50", "random", layer="layer3.1.conv2")
+    values = registry.load_model("resnet50", "random").model.layer3[1].conv2.weight.detach().numpy().ravel()
+    counts, edges = np.histogram(values, bins=filters.HISTOGRAM_BINS)
+    np.testing.assert_array_equal(view.histogram.counts, counts)
+    np.testing.assert_allclose(view.histogram.edges, edges)
+    assert view.histogram.counts.sum() == values.size == 256 * 256 * 9
+    np.testing.assert_allclose(view.histogram.centres, (edges[:-1] + edges[1:]) / 2, rtol=1e-6)
+
+
+def test_norms_flag_a_zeroed_and_a_near_zero_filter():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(16, 32, 3)
+    with torch.no_grad():
+        conv.weight[4] = 0  # dead
+        conv.weight[9] *= 1e-5  # near zero
+        conv.weight[20] *= 0.01  # weak but alive
+    weight = filters.effective_weight(conv)
+    norms = filters.filter_norms(weight)
+    expected = torch.linalg.vector_norm(conv.weight.detach().flatten(1), dim=1).numpy()
+    np.testing.assert_allclose(norms.norms, expected, rtol=1e-5)
+    assert norms.median == pytest.approx(float(np.median(expected)), rel=1e-5)
+    assert norms.flagged.tolist() == [4, 9] and norms.zero.tolist() == [4]
+
+
+def test_a_model_with_a_dead_filter_says_so(monkeypatch):
+    loaded = registry.load_model("resnet18", "random")
+    registry.clear_cache()  # this test's model is edited: keep it out of the shared cache afterwards
+    monkeypatch.setattr(explore, "load_model", lambda model, weights: loaded)
+    with torch.no_grad():
+        loaded.model.layer2[0].conv1.weight[11] = 0
+    view = explore.filter_grid("resnet18", "random", layer="layer2.0.conv1")
+    assert view.norms.flagged.tolist() == [11] and view.norms.zero.tolist() == [11]
+
+
+def test_unknown_convolution_suggests_close_names():
+    with pytest.raises(errors.UnknownLayerError, match=r"no convolution 'layer4\.2\.conv'\. Did you mean: layer4\.2\.conv3"):
+        explore.filter_grid("resnet50", "random", layer="layer4.2.conv")
+    with pytest.raises(errors.UnknownLayerError, match=r"'layer4\.2' is a block; its convolutions: layer4\.2\.conv1, "):
+        explore.filter_grid("resnet50", "random", layer="layer4.2")
+    with pytest.raises(errors.UnknownLayerError, match="Its 53 convolutions run from conv1 to layer4.2.conv3"):
+        explore.filter_grid("resnet50", "random", layer="fc")
+
+
+@pytest.mark.parametrize(("layer", "channel", "valid"), [
+    ("layer4.2.conv2", 512, "from 0 to 511"), ("layer4.2.conv2", -2, "from 0 to 511"), ("layer4.2.conv2", 1.5, "from 0 to 511"),
+])
+def test_input_channel_out_of_range_says_what_is_valid(layer, channel, valid):
+    with pytest.raises(errors.InvalidOptionError, match=f"Input channel must be a whole number {valid} for this layer, or -1"):
+        explore.filter_grid("resnet50", "random", layer=layer, input_channel=channel)
+
+
+def test_depthwise_input_channel_can_only_be_zero():
+    with pytest.raises(errors.InvalidOptionError, match=r"must be 0 \(each filter has one input channel\)"):
+        explore.filter_grid("mobilenet_v2", "random", layer="features.2.conv.1.0", input_channel=1)
+
+
+def test_views_are_cached_per_model():
+    first = explore.filter_grid("resnet50", "random", layer="layer4.2.conv2")
+    explore.filter_grid("resnet50", "random", layer="layer1.0.conv1")
+    assert explore.filter_grid("resnet50", "random", layer="layer4.2.conv2") is first  # switching back: the same view
+    other = explore.filter_grid("resnet18", "random", layer="layer4.1.conv2")
+    assert other is not first and other.filters.weight.shape == (512, 512, 3, 3)
+
+
+def test_cache_stays_within_its_byte_budget(monkeypatch):
+    cache = explore._FilterCache(budget=100)
+    cache.put(("a",), "A", 60)
+    cache.put(("b",), "B", 30)
+    assert cache.get(("a",)) == "A"  # a is now the most recent
+    cache.put(("c",), "C", 30)  # 120 > 100: the least recent (b) goes
+    assert cache.get(("b",)) is None and cache.get(("a",)) == "A" and cache.nbytes == 90
+
+
+def test_reparameterisable_stem_branches_see_the_image_and_stay_fused():
+    convs = explore.list_convolutions("timm/repvgg_a0", "random")
+    assert [c.name for c in convs if c.sees_image] == ["stem.conv_kxk.conv", "stem.conv_1x1.conv"]
+    view = explore.filter_grid("timm/repvgg_a0", "random", layer="stem.conv_1x1.conv")
+    assert view.filters.fused and view.filters.layer == "stem" and view.colour
+    registry.clear_cache()
