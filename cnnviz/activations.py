@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator, Sequence
 
+import numpy as np
 import torch
 
 from .errors import InvalidOptionError
@@ -138,11 +139,70 @@ def top_k(logits: torch.Tensor, categories: Sequence[str] | None, k: int = 5) ->
     return [Prediction(categories[i], float(v), i) for v, i in zip(values.tolist(), indices.tolist())]
 
 
-CHANNEL_MODES = ("first", "all", "top")
+CHANNEL_MODES = ("first", "top", "top-max", "dead", "all")  # see select_channels
+
+
+@dataclass(frozen=True)
+class ChannelStats:
+    """Per-channel statistics of a layer's maps ``Tensor[C,H,W]`` for one image; each field ``float64[C]``
+    (numpy). A channel is *dead* when every value is exactly zero, *constant* when all its values are
+    equal (dead channels included)."""
+
+    mean: np.ndarray
+    max: np.ndarray
+    min: np.ndarray
+    std: np.ndarray  # population standard deviation over the H×W positions
+    zeros: np.ndarray  # fraction of positions exactly zero
+    positive: np.ndarray  # fraction of positions > 0
+
+    @property
+    def dead(self) -> np.ndarray:
+        """Indices of all-zero channels, ascending."""
+        return np.flatnonzero((self.max == 0) & (self.min == 0))
+
+    @property
+    def constant(self) -> np.ndarray:
+        """Indices of channels with a single value (dead ones included), ascending."""
+        return np.flatnonzero(self.max == self.min)
+
+    COLUMNS = ("channel", "mean", "max", "min", "std", "zeros", "positive", "dead")
+
+    def rows(self) -> list[tuple]:
+        """One ``(channel, mean, max, min, std, zeros, positive, dead)`` tuple per channel."""
+        dead = set(self.dead.tolist())
+        return [
+            (c, float(self.mean[c]), float(self.max[c]), float(self.min[c]), float(self.std[c]),
+             float(self.zeros[c]), float(self.positive[c]), c in dead)
+            for c in range(len(self.mean))
+        ]
+
+    def to_csv(self) -> str:
+        """The rows as CSV with a header line (full float precision)."""
+        lines = [",".join(self.COLUMNS)]
+        lines += [",".join(repr(v) if isinstance(v, float) else str(v) for v in row) for row in self.rows()]
+        return "\n".join(lines) + "\n"
+
+
+def channel_stats(maps: torch.Tensor) -> ChannelStats:
+    """Statistics of each channel of ``maps`` (``Tensor[C,H,W]`` float32), computed in float64.
+
+    >>> s = channel_stats(torch.tensor([[[0.0, 2.0]], [[0.0, 0.0]]]))
+    >>> s.mean.tolist(), s.dead.tolist(), s.zeros.tolist()
+    ([1.0, 0.0], [1], [0.5, 1.0])
+    """
+    flat = maps.detach().cpu().reshape(maps.shape[0], -1).numpy()  # numpy: single-threaded, no torch thread hand-offs
+    mean = flat.mean(axis=1, dtype=np.float64)
+    return ChannelStats(
+        mean=mean, max=flat.max(axis=1).astype(np.float64), min=flat.min(axis=1).astype(np.float64),
+        std=np.sqrt(np.maximum((np.square(flat, dtype=np.float64)).mean(axis=1) - mean**2, 0.0)),
+        zeros=(flat == 0).mean(axis=1), positive=(flat > 0).mean(axis=1),
+    )
 
 
 def select_channels(maps: torch.Tensor, mode: str = "first", n: int = 64) -> torch.Tensor:
-    """Indices of the channels to show: the first ``n``, all, or the ``n`` with the highest mean activation.
+    """Indices of the channels to show, in drawing order: the ``first`` ``n``; the ``n`` with the
+    highest mean (``top``) or maximum (``top-max``), strongest first; the ``dead`` (all-zero) ones,
+    at most ``n``; or ``all``.
 
     >>> select_channels(torch.rand(8, 4, 4), "first", 3).tolist()
     [0, 1, 2]
@@ -157,4 +217,8 @@ def select_channels(maps: torch.Tensor, mode: str = "first", n: int = 64) -> tor
     n = min(int(n), channels)
     if mode == "first":
         return torch.arange(n)
-    return maps.mean(dim=(1, 2)).topk(n).indices
+    flat = maps.reshape(channels, -1)
+    if mode == "dead":
+        return torch.nonzero(~flat.any(dim=1)).flatten()[:n]
+    score = flat.mean(dim=1) if mode == "top" else flat.amax(dim=1)
+    return torch.sort(score, descending=True, stable=True).indices[:n]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import activations, filters as filters_mod, layers, preprocess, registry, render, summary as summary_mod
+from . import activations, filters as filters_mod, layers, preprocess, receptive, registry, render, summary as summary_mod
 from .activations import Prediction
 from .hooks import Stopped, interruptible, stop_when  # noqa: F401  (Stopped, stop_when: for the UI)
 from .errors import InvalidOptionError, quoted
@@ -286,9 +286,14 @@ class FeatureMapsView:
     layer: layers.LayerInfo
     maps: torch.Tensor  # [C,H,W] float32: the layer's whole output for the image
     channels: torch.Tensor  # indices of the channels drawn, in drawing order
-    image: np.ndarray  # uint8[H,W,3] grid
+    image: np.ndarray  # uint8[H,W,3] grid, each tile labelled with its channel index, a colour bar below
+    layout: render.GridLayout  # where each drawn channel's tile sits in ``image``
+    colormap: str  # the colormap drawn with ("auto" resolved: "gray" or, for a signed layer, "coolwarm")
     predictions: tuple[Prediction, ...]  # top-5, empty when the model is not an ImageNet classifier
     weights: WeightsOutcome  # which weights the maps are from
+    source_size: tuple[int, int] | None  # (width, height) of the image before the model's resize and crop
+    input_size: tuple[int, int]  # (height, width) of the picture the model saw (after its resize and crop)
+    place: str  # where the layer sits: its block, stride and receptive field relative to the input
 
 
 def feature_maps(
@@ -298,11 +303,15 @@ def feature_maps(
     weights: str = "pretrained",
     channels: str = "first",
     n: int = 64,
-    colormap: str = "gray",
+    colormap: str = "auto",
     normalise: str = "channel",
 ) -> FeatureMapsView:
     """Feature maps of ``image`` (a path, PIL image or array) at ``layer`` (qualified module name;
     None: the first convolution), with the model's top-5 predictions.
+
+    ``channels``: ``first`` N, ``top`` N by mean, ``top-max`` N by maximum, ``dead`` (all-zero) or
+    ``all``. ``colormap="auto"`` draws non-negative layers in grey and signed ones with a diverging
+    map centred on zero.
 
     >>> view = feature_maps("resnet18", "examples/coffee.png", "layer1", weights="random")
     >>> tuple(view.maps.shape)
@@ -310,19 +319,173 @@ def feature_maps(
     """
     _check(colormap, render.COLORMAPS, "colormap")
     _check(normalise, render.NORMALISATIONS, "normalisation")
+    _check(channels, activations.CHANNEL_MODES, "channel selection")
+    found = _layer_maps(model, image, layer, weights)
+    maps = found.maps
+    chosen = activations.select_channels(maps, channels, n)
+    lo, hi = float(maps.min()), float(maps.max())
+    signed = lo < 0
+    drawn = maps[chosen].numpy()
+    whole = (lo, hi) if normalise == "layer" else None  # all channels, not just those shown
+    grid = render.render_feature_maps(drawn, colormap, normalise, value_range=whole, labels=chosen.tolist(),
+                                      signed=signed, colour_bar=True) if len(chosen) else _empty_grid()
+    layout = render.feature_grid_layout(len(chosen), maps.shape[1], maps.shape[2], labelled=True) if len(chosen) else None
+    return FeatureMapsView(found.info, maps, chosen, grid, layout, render.resolve_colormap(colormap, signed),
+                           found.predictions, found.loaded.weights, found.source_size, tuple(found.x.shape[-2:]),
+                           layer_place(found.loaded, found.info))
+
+
+def layer_place(loaded: LoadedModel, info: layers.LayerInfo) -> str:
+    """Where ``info`` sits in the network, in words: the block that holds it, its stride and its
+    receptive field relative to the input (:mod:`cnnviz.receptive`), e.g. ``"in layer3.0 (Bottleneck)
+    · stride 16 · receptive field 107×107 px of the 224×224 input"``.
+
+    >>> loaded = load_model("alexnet", "random")
+    >>> layer_place(loaded, layers.get_layer(loaded, "features.3"))
+    'top level of features (Sequential) · stride 8 · receptive field 51×51 px of the 224×224 input'
+    """
+    parent = info.name.rpartition(".")[0]
+    block = loaded.model.get_submodule(parent) if parent else loaded.model
+    where = f"in {parent} ({type(block).__name__})" if parent else f"top level of {type(block).__name__}"
+    if parent and isinstance(block, torch.nn.Sequential) and "." not in parent:
+        where = f"top level of {parent} (Sequential)"
+    geometry = receptive.layer_geometry(loaded, layers.list_layers(loaded)).get(info.name)
+    return where if geometry is None else f"{where} · {geometry.describe(tuple(loaded.input_size[1:]))}"
+
+
+def _empty_grid() -> np.ndarray:
+    """What an empty selection (no dead channel to show) draws: one gutter-coloured square."""
+    return np.full((64, 64, 3), render.GUTTER, np.uint8)
+
+
+@dataclass(frozen=True)
+class _Found:
+    loaded: LoadedModel
+    info: layers.LayerInfo
+    x: torch.Tensor  # the model's input, Tensor[1,3,H,W]
+    maps: torch.Tensor  # Tensor[C,H,W] float32, the caller's own copy
+    predictions: tuple[Prediction, ...]
+    source_size: tuple[int, int] | None
+
+
+def _layer_maps(model: str, image, layer: str | None, weights: str) -> _Found:
+    """The layer's maps for an image, from the kept maps when they are there (one pass otherwise)."""
     loaded = load_model(model, weights)
     info = layers.get_layer(loaded, layer)
-    x, digest = _model_input(loaded, image)
+    x, digest, size = _model_input(loaded, image)
     maps, predictions = _analyse_cached(loaded, x, digest, info)
+    return _Found(loaded, info, x, maps, predictions, size)
+
+
+def channel_at(
+    model: str, image, layer: str | None, x: float, y: float, weights: str = "pretrained",
+    channels: str = "first", n: int = 64,
+) -> int | None:
+    """The channel whose tile holds pixel ``(x, y)`` of the grid :func:`feature_maps` draws with the
+    same arguments; None for a gutter or outside the tiles.
+
+    >>> channel_at("resnet18", "examples/coffee.png", "layer1", 70, 20, weights="random")
+    1
+    """
+    _check(channels, activations.CHANNEL_MODES, "channel selection")
+    maps = _layer_maps(model, image, layer, weights).maps
     chosen = activations.select_channels(maps, channels, n)
-    whole = (float(maps.min()), float(maps.max())) if normalise == "layer" else None  # all channels, not just those shown
-    grid = render.render_feature_maps(maps[chosen].numpy(), colormap, normalise, value_range=whole)
-    return FeatureMapsView(info, maps, chosen, grid, predictions, loaded.weights)
+    if not len(chosen):
+        return None
+    index = render.feature_grid_layout(len(chosen), maps.shape[1], maps.shape[2], labelled=True).index_at(x, y)
+    return None if index is None else int(chosen[index])
 
 
-def _model_input(loaded: LoadedModel, image) -> tuple[torch.Tensor, bytes]:
-    """The model's input for ``image`` and a digest of it. A file already seen (same path, size and
-    modification time: a layer switch on the same upload) is not decoded and transformed again."""
+@dataclass(frozen=True)
+class ChannelView:
+    """One channel of a layer for one image, drawn onto the picture the model saw."""
+
+    layer: layers.LayerInfo
+    channel: int
+    values: torch.Tensor  # [H,W] float32: the channel's map, exactly as computed
+    stats: dict[str, float]  # mean, max, min, std, zeros, positive (fractions of positions)
+    picture: np.ndarray  # uint8[S,S,3]: the model's input with its normalisation undone (its resize and crop)
+    overlay: np.ndarray  # uint8[S,S,3]: the map upsampled (bilinear) to the picture and blended over it
+    enlarged: np.ndarray  # uint8[H',W',3]: the map alone, enlarged with crisp pixels, a colour bar below
+    colormap: str  # resolved colormap of the overlay and the enlarged map
+    value_range: tuple[float, float]  # what the colour bar's ends mean
+    weights: WeightsOutcome
+    source_size: tuple[int, int] | None  # (width, height) of the image before the model's resize and crop
+
+
+def channel(
+    model: str, image, layer: str | None, channel: int, weights: str = "pretrained", opacity: float = 0.5,
+    colormap: str = "auto",
+) -> ChannelView:
+    """One channel of ``layer`` for ``image``: its map upsampled onto the picture the model saw and
+    blended with ``opacity`` (0: the picture, 1: the map), the map alone enlarged, and its statistics.
+    ``colormap="auto"``: inferno for a non-negative map, coolwarm centred on zero for a signed one.
+
+    >>> view = channel("resnet18", "examples/coffee.png", "layer1", 3, weights="random")
+    >>> view.overlay.shape, tuple(view.values.shape)
+    ((224, 224, 3), (56, 56))
+    """
+    _check(colormap, render.COLORMAPS, "colormap")
+    if isinstance(opacity, bool) or not isinstance(opacity, (int, float)) or not 0.0 <= float(opacity) <= 1.0:
+        raise InvalidOptionError(f"Opacity must be a number from 0 to 1, not {quoted(opacity)}.")
+    found = _layer_maps(model, image, layer, weights)
+    count = found.maps.shape[0]
+    if isinstance(channel, bool) or not isinstance(channel, (int, float)) or int(channel) != channel or not 0 <= channel < count:
+        raise InvalidOptionError(
+            f"Channel must be a whole number from 0 to {count - 1} ({found.info.name} has {count} channels), not {quoted(channel)}."
+        )
+    c = int(channel)
+    values = found.maps[c].clone()
+    stats = activations.channel_stats(values[None])
+    lo, hi = float(stats.min[0]), float(stats.max[0])
+    signed = lo < 0
+    name = ("coolwarm" if signed else "inferno") if colormap == "auto" else colormap
+    centred = name in render.DIVERGING
+    unit = render.scale_maps(values[None].numpy(), "channel", centred)[0]
+    picture = preprocess.seen_image(found.loaded, found.x)
+    heat = render.colorize(np.clip(render.upsample(unit, *picture.shape[:2]), 0, 1), name)
+    half = max(abs(lo), abs(hi))
+    ends = (-half, half) if centred else (lo, hi)
+    words = (f"{ends[0]:.3g}", "0" if centred else "", f"{ends[1]:.3g}")
+    big = render.resize_tiles(unit[None], max(picture.shape[:2]))[0]
+    enlarged = render.add_colour_bar(render.colorize(big, name), name, words)
+    fields = ("mean", "max", "min", "std", "zeros", "positive")
+    return ChannelView(
+        found.info, c, values, {f: float(getattr(stats, f)[0]) for f in fields}, picture,
+        render.overlay(picture, heat, float(opacity)), enlarged, name, ends, found.loaded.weights, found.source_size,
+    )
+
+
+@dataclass(frozen=True)
+class LayerStatsView:
+    layer: layers.LayerInfo
+    stats: activations.ChannelStats  # per channel, for this image
+    weights: WeightsOutcome
+
+
+def layer_stats(model: str, image, layer: str | None = None, weights: str = "pretrained") -> LayerStatsView:
+    """Per-channel statistics of ``layer`` for ``image``: mean, max, min, std, fraction of zeros and of
+    positives, and which channels are dead (all zero).
+
+    >>> view = layer_stats("resnet18", "examples/coffee.png", "layer1.0.relu", weights="random")
+    >>> len(view.stats.mean), bool((view.stats.min >= 0).all())
+    (64, True)
+    """
+    found = _layer_maps(model, image, layer, weights)
+    return LayerStatsView(found.info, activations.channel_stats(found.maps), found.loaded.weights)
+
+
+def layer_activations(model: str, image, layer: str | None = None, weights: str = "pretrained") -> tuple[layers.LayerInfo, torch.Tensor, WeightsOutcome]:
+    """``(layer, maps, weights)``: the layer's whole output for ``image`` as ``Tensor[C,H,W]`` float32,
+    the values :func:`feature_maps` draws (what ``/activations`` exports as ``.npy``)."""
+    found = _layer_maps(model, image, layer, weights)
+    return found.info, found.maps, found.loaded.weights
+
+
+def _model_input(loaded: LoadedModel, image) -> tuple[torch.Tensor, bytes, tuple[int, int] | None]:
+    """The model's input for ``image``, a digest of it, and the image's (width, height) before the
+    model's resize and crop. A file already seen (same path, size and modification time: a layer
+    switch on the same upload) is not decoded and transformed again."""
     key = None
     if isinstance(image, (str, os.PathLike)) and os.path.isfile(image):
         stat = os.stat(image)
@@ -331,8 +494,9 @@ def _model_input(loaded: LoadedModel, image) -> tuple[torch.Tensor, bytes]:
             hit = _INPUTS.setdefault(loaded, OrderedDict()).get(key)
         if hit is not None:
             return hit
-    x = preprocess.to_input(loaded, preprocess.open_image(image))
-    entry = (x, hashlib.blake2b(x.cpu().numpy().tobytes(), digest_size=16).digest())
+    picture = preprocess.open_image(image)
+    x = preprocess.to_input(loaded, picture)
+    entry = (x, hashlib.blake2b(x.cpu().numpy().tobytes(), digest_size=16).digest(), picture.size)
     if key is not None:
         with _LOCK:
             _remember(_INPUTS.setdefault(loaded, OrderedDict()), key, entry, 8)
@@ -431,3 +595,132 @@ def startup_model() -> Startup:
         f"{default.weights.notice} So the app opened on **{offline.display}**, whose ImageNet weights ship "
         f"with the app. {default.spec.display} is still in the list, with random weights."
     ))
+
+
+# --- live frames (the webcam): one pass per frame, nothing kept, nothing written to disk -----------
+
+import io  # noqa: E402  (kept with the one section that needs them)
+
+from PIL import Image  # noqa: E402
+
+from .errors import InvalidImageError  # noqa: E402
+
+MIN_FRAME_SIDE = 16  # pixels; smaller frames carry nothing a model can see
+MAX_FRAME_SIDE = 4096
+MAX_FRAME_PIXELS = 3840 * 2160  # a 4K camera; anything larger is not a webcam frame
+MAX_FRAME_BYTES = 8 * 2**20  # an encoded frame (a 4K JPEG is ~2 MB)
+FRAME_FORMATS = ("JPEG", "PNG", "WEBP")  # what browsers' canvas.toDataURL / toBlob produce
+
+
+def _check_frame_size(width: int, height: int) -> None:
+    if min(width, height) < MIN_FRAME_SIDE:
+        raise InvalidImageError(
+            f"The camera frame is {width}×{height} pixels; a frame needs at least {MIN_FRAME_SIDE} pixels "
+            "on each side. Check that the camera is on and sending pictures."
+        )
+    if max(width, height) > MAX_FRAME_SIDE or width * height > MAX_FRAME_PIXELS:
+        raise InvalidImageError(
+            f"The camera frame is {width}×{height} pixels, larger than this app accepts "
+            f"({MAX_FRAME_SIDE} px a side, {MAX_FRAME_PIXELS / 1e6:.1f} megapixels). Use a lower camera resolution."
+        )
+
+
+def check_frame(frame: object) -> np.ndarray:
+    """``frame`` if it is a camera frame the live view can use: ``uint8[H,W,3]`` (or ``[H,W]`` grey,
+    ``[H,W,4]`` RGBA), each side from 16 to 4096 pixels, at most 8.3 megapixels; else
+    :class:`InvalidImageError` saying what was wrong.
+
+    >>> check_frame(np.zeros((480, 640, 3), np.uint8)).shape
+    (480, 640, 3)
+    """
+    if not isinstance(frame, np.ndarray):
+        raise InvalidImageError(f"A camera frame must be an image array (uint8, height×width×3), not {type(frame).__name__}.")
+    if frame.ndim not in (2, 3) or (frame.ndim == 3 and frame.shape[2] not in (3, 4)):
+        raise InvalidImageError(
+            f"A camera frame must be height×width×3 (RGB), not an array of shape {quoted(tuple(frame.shape))}."
+        )
+    if frame.dtype != np.uint8:
+        raise InvalidImageError(f"A camera frame must hold 8-bit values (uint8), not {frame.dtype}.")
+    _check_frame_size(frame.shape[1], frame.shape[0])
+    return frame
+
+
+def decode_frame(data: bytes) -> np.ndarray:
+    """A camera frame as a browser encodes it (JPEG, PNG or WebP bytes) -> ``uint8[H,W,3]``, decoded in
+    memory. Only those three decoders are used, and the size is checked before any pixel is decoded.
+
+    >>> decode_frame(render.encode(np.zeros((32, 48, 3), np.uint8), "jpeg")).shape
+    (32, 48, 3)
+    """
+    if not data:
+        raise InvalidImageError("The camera sent an empty frame. Check that the camera is on.")
+    if len(data) > MAX_FRAME_BYTES:
+        raise InvalidImageError(
+            f"The camera frame is {len(data) / 2**20:.1f} MB; this app accepts frames up to "
+            f"{MAX_FRAME_BYTES // 2**20} MB. Use a lower camera resolution."
+        )
+    try:
+        with Image.open(io.BytesIO(data), formats=FRAME_FORMATS) as image:
+            _check_frame_size(*image.size)
+            return np.asarray(image.convert("RGB"))
+    except InvalidImageError:
+        raise
+    except (Image.DecompressionBombError, OSError, ValueError, SyntaxError) as e:
+        raise InvalidImageError("The camera frame is not a JPEG, PNG or WebP picture this app can read.") from e
+
+
+@dataclass(frozen=True)
+class LiveView:
+    """One camera frame through a layer: what the live view shows."""
+
+    layer: layers.LayerInfo
+    maps: torch.Tensor  # [C,H,W] float32: the layer's whole output for the frame
+    channels: torch.Tensor  # indices of the channels drawn, in drawing order
+    image: np.ndarray  # uint8[H,W,3] grid, drawn as the Feature maps view draws it
+    colormap: str  # the colormap drawn with ("auto" resolved)
+    predictions: tuple[Prediction, ...]  # top-5, empty when the model is not an ImageNet classifier
+    weights: WeightsOutcome  # which weights the maps are from
+
+
+def live_maps(
+    model: str,
+    frame: np.ndarray,
+    layer: str | None = None,
+    weights: str = "pretrained",
+    channels: str = "first",
+    n: int = 64,
+    colormap: str = "auto",
+    normalise: str = "channel",
+) -> LiveView:
+    """Feature maps and top-5 of one camera ``frame`` (``uint8[H,W,3]``, see :func:`check_frame`) at
+    ``layer``, as fast as a frame can go: the model's own transform on the array (no file, no encoding),
+    one forward pass that gives both the layer and the logits (the top-5 needs the whole network, so it
+    cannot stop early), and nothing kept afterwards (a stream of frames would only churn the caches).
+    The grid is drawn as :func:`feature_maps` draws it.
+
+    >>> view = live_maps("resnet18", np.zeros((480, 640, 3), np.uint8), "conv1", weights="random")
+    >>> tuple(view.maps.shape), len(view.predictions)
+    ((64, 112, 112), 5)
+    """
+    _check(colormap, render.COLORMAPS, "colormap")
+    _check(normalise, render.NORMALISATIONS, "normalisation")
+    _check(channels, activations.CHANNEL_MODES, "channel selection")
+    check_frame(frame)
+    loaded = load_model(model, weights)
+    info = layers.get_layer(loaded, layer)
+    x = preprocess.to_input(loaded, preprocess.open_image(frame))
+    with loaded.lock, interruptible(loaded.model):
+        store, logits = activations.capture_layers(loaded, [info], x, with_logits=True)
+    maps = store[info.name]
+    chosen = activations.select_channels(maps, channels, n)
+    lo, hi = float(maps.min()), float(maps.max())
+    signed = lo < 0
+    if len(chosen):
+        drawn = maps[: len(chosen)] if channels == "first" else maps[chosen]  # "first": a view, not a copy
+        whole = (lo, hi) if normalise == "layer" else None  # all channels, not just those shown
+        grid = render.render_feature_maps(drawn.numpy(), colormap, normalise, value_range=whole,
+                                          labels=chosen.tolist(), signed=signed, colour_bar=True)
+    else:
+        grid = _empty_grid()
+    predictions = tuple(activations.top_k(logits, loaded.categories))
+    return LiveView(info, maps, chosen, grid, render.resolve_colormap(colormap, signed), predictions, loaded.weights)

@@ -130,3 +130,37 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 def to_input(loaded: LoadedModel, image: Image.Image) -> torch.Tensor:
     """Apply the model's own transform: PIL RGB -> ``Tensor[1,3,H,W]`` float32 on the model's device."""
     return loaded.transform(image).unsqueeze(0).to(loaded.device)
+
+
+def normalisation(transform) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """(mean, std) of the ``Normalize`` step in a model's transform (torchvision's
+    ``ImageClassification`` presets, or a ``Compose`` like timm's), or None when it has none."""
+    stack = [transform]
+    while stack:
+        step = stack.pop()
+        mean, std = getattr(step, "mean", None), getattr(step, "std", None)
+        if mean is not None and std is not None:
+            return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+        stack.extend(reversed(getattr(step, "transforms", None) or ()))
+    return None
+
+
+def seen_image(loaded: LoadedModel, x: torch.Tensor) -> np.ndarray:
+    """The picture the model saw, ``uint8[H,W,3]``: its input ``x`` (``Tensor[1,3,H,W]``, after the
+    model's resize, crop and normalisation) with the normalisation undone. A transform without a
+    ``Normalize`` step is shown stretched to [0, 255] per channel.
+
+    >>> loaded = load_model("resnet18", "random")
+    >>> seen_image(loaded, to_input(loaded, open_image("examples/coffee.png"))).shape
+    (224, 224, 3)
+    """
+    pixels = x[0].detach().to("cpu", torch.float32)
+    found = normalisation(loaded.transform)
+    if found is None:
+        lo = pixels.amin(dim=(1, 2), keepdim=True)
+        hi = pixels.amax(dim=(1, 2), keepdim=True)
+        unit = (pixels - lo) / (hi - lo).clamp_min(1e-8)
+    else:
+        mean, std = (torch.tensor(v, dtype=torch.float32).view(-1, 1, 1) for v in found)
+        unit = pixels * std + mean
+    return (unit.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()

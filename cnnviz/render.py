@@ -8,17 +8,24 @@ from __future__ import annotations
 import functools
 import io
 import math
+from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
 EPS = 1e-8
-COLORMAPS = ("gray", "viridis", "magma", "inferno", "cividis", "coolwarm")
+COLORMAPS = ("auto", "gray", "viridis", "magma", "inferno", "cividis", "coolwarm")
+DIVERGING = frozenset({"coolwarm"})  # drawn centred on zero: white is 0, red positive, blue negative
 NORMALISATIONS = ("channel", "layer")  # feature maps: per channel or over the whole layer
 FILTER_NORMALISATIONS = ("layer", "filter")  # filters: over the whole layer (the seed's) or per filter
 MAX_GRID_SIDE = 2048  # longest side of any grid sent to the browser, in pixels
 MAPS_TARGET = 512  # feature-map grids: native resolution, enlarged by whole factors only below ~512 px
 FILTERS_TARGET = 1024  # filter grids: kernels are tiny, so each weight becomes a visible square
+GUTTER = (40, 44, 56)  # between tiles: dark slate, no glare in dark mode, not a value of any colormap's ramp
+LABEL_INK = (214, 218, 228)  # channel indices and colour-bar text
+DEAD_STRIPES = ((40, 44, 56), (150, 60, 60))  # an all-zero channel: diagonal stripes, never a plain colour
+BAND = 11  # pixels above each tile for its channel index
 
 
 def minmax(a: np.ndarray, axes: tuple[int, ...] | None = None) -> np.ndarray:
@@ -36,7 +43,7 @@ def minmax(a: np.ndarray, axes: tuple[int, ...] | None = None) -> np.ndarray:
 @functools.cache
 def lut(name: str) -> np.ndarray:
     """A 256-entry colour lookup table ``uint8[256,3]`` for a matplotlib colormap name (computed once)."""
-    if name not in COLORMAPS:
+    if name not in COLORMAPS or name == "auto":
         raise ValueError(f"Unknown colormap {name!r}; use one of {', '.join(COLORMAPS)}.")
     if name == "gray":
         ramp = np.arange(256, dtype=np.uint8)
@@ -53,8 +60,11 @@ def colorize(unit: np.ndarray, colormap: str = "gray") -> np.ndarray:
     return np.take(lut(colormap), index, axis=0)
 
 
-def tile(images: np.ndarray, cols: int | None = None, pad: int = 2, pad_value: int = 255) -> np.ndarray:
-    """Lay ``uint8[N,h,w,3]`` tiles out row by row in a grid with ``pad`` pixels between them.
+def tile(
+    images: np.ndarray, cols: int | None = None, pad: int = 2, pad_value: int | tuple[int, int, int] = 255, band: int = 0
+) -> np.ndarray:
+    """Lay ``uint8[N,h,w,3]`` tiles out row by row in a grid with ``pad`` pixels between them and a
+    ``band`` of ``pad_value`` pixels above each tile (for a label), as :class:`GridLayout` places them.
 
     ``cols`` defaults to a near-square grid (8 columns for 64 tiles, like the seed's 8×8).
 
@@ -62,12 +72,11 @@ def tile(images: np.ndarray, cols: int | None = None, pad: int = 2, pad_value: i
     (5, 5, 3)
     """
     n, h, w, c = images.shape
-    cols = cols or math.ceil(math.sqrt(n))
-    rows = math.ceil(n / cols)
-    grid = np.full((rows * (h + pad) - pad, cols * (w + pad) - pad, c), pad_value, dtype=np.uint8)
+    layout = GridLayout(n, cols or math.ceil(math.sqrt(n)), h, w, pad, band)
+    grid = np.empty((*layout.shape, c), dtype=np.uint8)
+    grid[...] = pad_value
     for i in range(n):
-        r, q = divmod(i, cols)
-        y, x = r * (h + pad), q * (w + pad)
+        y, x = layout.origin(i)
         grid[y : y + h, x : x + w] = images[i]
     return grid
 
@@ -101,33 +110,255 @@ def tile_size(n: int, side: int, target: int = 1024, max_side: int = MAX_GRID_SI
     return max(1, min(wanted, max_side // cols - 2))
 
 
+def resolve_colormap(colormap: str, signed: bool) -> str:
+    """The colormap to draw with: ``"auto"`` is grey for non-negative maps (after a ReLU) and the
+    diverging ``coolwarm`` for signed ones (before a ReLU, after BatchNorm), centred on zero.
+
+    >>> resolve_colormap("auto", signed=True), resolve_colormap("auto", signed=False)
+    ('coolwarm', 'gray')
+    """
+    if colormap not in COLORMAPS:
+        raise ValueError(f"Unknown colormap {colormap!r}; use one of {', '.join(COLORMAPS)}.")
+    if colormap == "auto":
+        return "coolwarm" if signed else "gray"
+    return colormap
+
+
+def scale_maps(
+    maps: np.ndarray, normalise: str, centred: bool, value_range: tuple[float, float] | None = None
+) -> np.ndarray:
+    """``float32[C,H,W]`` values → unit ``float32[C,H,W]`` for a colormap.
+
+    ``normalise="channel"``: each map to its own range; ``"layer"``: one range for all (``value_range``,
+    the whole layer's min and max when only some channels are drawn, else that of ``maps``). With
+    ``centred`` (a diverging colormap) zero maps to 0.5 and the range is symmetric (±max |value|), so
+    the sign of every pixel can be read off its colour. Without ``centred``, a channel that is constant maps to 0.5
+    in per-channel scaling (it has no range of its own); all-zero ("dead") channels are marked by
+    :func:`render_feature_maps`, not here.
+
+    >>> scale_maps(np.array([[[-1.0, 2.0]]]), "channel", centred=True).tolist()
+    [[[0.25, 1.0]]]
+    """
+    if normalise not in NORMALISATIONS:
+        raise ValueError(f"Unknown normalisation {normalise!r}; use one of {', '.join(NORMALISATIONS)}.")
+    a = np.asarray(maps, dtype=np.float32)
+    axes = (1, 2) if normalise == "channel" else None
+    if normalise == "layer" and value_range is not None:
+        lo = np.float32(value_range[0])
+        hi = np.float32(value_range[1])
+    else:
+        lo, hi = a.min(axis=axes, keepdims=True), a.max(axis=axes, keepdims=True)
+    if centred:
+        half = np.maximum(np.maximum(np.abs(lo), np.abs(hi)), EPS)
+        unit = 0.5 + a / (2 * half)
+    else:
+        unit = (a - lo) / np.maximum(hi - lo, EPS)
+    if normalise == "channel" and not centred:
+        unit = np.where(hi - lo > EPS * np.maximum(np.abs(hi), 1.0), unit, np.float32(0.5))
+    return np.clip(unit, 0.0, 1.0).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class GridLayout:
+    """Where each of ``n`` tiles of ``tile_h×tile_w`` pixels sits in a grid: ``cols`` per row, ``pad``
+    pixels between cells, each cell a ``band`` of label pixels above its tile."""
+
+    n: int
+    cols: int
+    tile_h: int
+    tile_w: int
+    pad: int = 2
+    band: int = 0
+
+    @property
+    def rows(self) -> int:
+        return math.ceil(self.n / self.cols)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(height, width) of the grid in pixels."""
+        return (self.rows * (self.band + self.tile_h + self.pad) - self.pad, self.cols * (self.tile_w + self.pad) - self.pad)
+
+    def origin(self, i: int) -> tuple[int, int]:
+        """(y, x) of tile ``i``'s top-left pixel (below its label band)."""
+        r, q = divmod(i, self.cols)
+        return r * (self.band + self.tile_h + self.pad) + self.band, q * (self.tile_w + self.pad)
+
+    def index_at(self, x: float, y: float) -> int | None:
+        """The tile whose cell (tile or label band) holds pixel ``(x, y)``; None for gutters and outside."""
+        if not (0 <= x < self.shape[1] and 0 <= y < self.shape[0]):
+            return None
+        q, dx = divmod(int(x), self.tile_w + self.pad)
+        r, dy = divmod(int(y), self.band + self.tile_h + self.pad)
+        i = r * self.cols + q
+        inside = dx < self.tile_w and dy < self.band + self.tile_h
+        return i if inside and i < self.n else None
+
+
+def feature_grid_layout(n: int, h: int, w: int, target: int = MAPS_TARGET, labelled: bool = False) -> GridLayout:
+    """The layout :func:`render_feature_maps` uses for ``n`` maps of ``h×w``: tiles resized so the
+    grid is about ``target`` px (see :func:`tile_size`); when ``labelled``, a label band above each
+    tile if the tile is wide enough for the longest label (``n - 1``).
+
+    >>> feature_grid_layout(64, 56, 56, labelled=True).index_at(70, 20)
+    1
+    """
+    size = tile_size(n, max(h, w), target)
+    th, tw = _resized_shape(h, w, size)
+    band = BAND if labelled and tw >= _label_width(n - 1) + 2 else 0
+    return GridLayout(n, math.ceil(math.sqrt(n)), th, tw, 2, band)
+
+
+def _resized_shape(h: int, w: int, size: int) -> tuple[int, int]:
+    """The (h, w) :func:`resize_tiles` gives for a tile of ``h×w`` resized to ``size``."""
+    longest = max(h, w)
+    if size >= longest:
+        factor = max(1, size // longest)
+        return h * factor, w * factor
+    step = math.ceil(longest / max(size, 1))
+    return h // min(step, h), w // min(step, w)
+
+
 def render_feature_maps(
     maps: np.ndarray,
     colormap: str = "gray",
     normalise: str = "channel",
     target: int = MAPS_TARGET,
     value_range: tuple[float, float] | None = None,
+    labels: Sequence[int] | None = None,
+    signed: bool | None = None,
+    colour_bar: bool = False,
 ) -> np.ndarray:
     """Draw feature maps ``float32[C,H,W]`` as a near-square grid, ``uint8[H',W',3]``.
 
     ``normalise="channel"`` stretches each map to its own range; ``"layer"`` uses one range for all,
     so brightness is comparable between channels: ``value_range`` (the whole layer's min and max when
-    only some channels are drawn), else the range of ``maps``.
+    only some channels are drawn), else the range of ``maps``. A diverging colormap (``coolwarm``, or
+    ``"auto"`` on a ``signed`` layer — ``signed`` defaults to whether ``maps`` has negative values) is
+    centred on zero (:func:`scale_maps`). All-zero channels are drawn as red-grey stripes, so a dead
+    channel is never mistaken for a constant or a dark one. ``labels`` (one per map, e.g. channel
+    indices) are written above the tiles when they fit; ``colour_bar`` adds a bar under the grid that
+    says what the colours mean. Tiles sit where :func:`feature_grid_layout` says.
 
     >>> render_feature_maps(np.random.rand(64, 55, 55).astype(np.float32)).shape[2]
     3
     """
-    if normalise not in NORMALISATIONS:
-        raise ValueError(f"Unknown normalisation {normalise!r}; use one of {', '.join(NORMALISATIONS)}.")
-    if normalise == "layer" and value_range is not None:
-        lo, hi = value_range
-        unit = np.clip((np.asarray(maps, dtype=np.float32) - lo) / max(hi - lo, EPS), 0.0, 1.0)
-    else:
-        unit = minmax(maps, (1, 2) if normalise == "channel" else None)
+    maps = np.asarray(maps, dtype=np.float32)
+    signed = bool((maps < 0).any()) if signed is None else signed
+    name = resolve_colormap(colormap, signed)
+    unit = scale_maps(maps, normalise, name in DIVERGING, value_range)
+    layout = feature_grid_layout(len(maps), maps.shape[1], maps.shape[2], target, labels is not None)
     size = tile_size(len(maps), max(maps.shape[1:]), target)
     if size < max(maps.shape[1:]):  # shrink the values, then colour
-        return tile(colorize(resize_tiles(unit, size), colormap))
-    return tile(resize_tiles(colorize(unit, colormap), size))  # colour the few native pixels, then enlarge
+        tiles = colorize(resize_tiles(unit, size), name)
+    else:
+        tiles = resize_tiles(colorize(unit, name), size)  # colour the few native pixels, then enlarge
+    dead = ~maps.reshape(len(maps), -1).any(axis=1)
+    if dead.any():
+        tiles = tiles.copy() if not tiles.flags.writeable else tiles
+        tiles[dead] = _stripes(tiles.shape[1], tiles.shape[2])
+    grid = tile(tiles, layout.cols, layout.pad, GUTTER, layout.band)
+    if labels is not None and layout.band:
+        for i, label in enumerate(labels):
+            y, x = layout.origin(i)
+            _write(grid, str(label), y - layout.band + 1, x + 1)
+    if colour_bar:
+        grid = add_colour_bar(grid, name, _bar_words(name in DIVERGING, normalise, value_range, maps))
+    return grid
+
+
+def _bar_words(centred: bool, normalise: str, value_range, maps: np.ndarray) -> tuple[str, str, str]:
+    """(left, middle, right) words under a feature-map grid's colour bar."""
+    if normalise == "channel":
+        if centred:
+            return "-max|value| of each map", "0", "+max|value| of each map"
+        return "each map's min", "", "each map's max"
+    lo, hi = value_range if value_range is not None else (float(maps.min()), float(maps.max()))
+    if centred:
+        half = max(abs(lo), abs(hi))
+        return f"{-half:.3g}", "0", f"{half:.3g}"
+    return f"{lo:.3g}", "", f"{hi:.3g}"
+
+
+def _stripes(h: int, w: int) -> np.ndarray:
+    """``uint8[h,w,3]`` diagonal stripes: the tile of a dead (all-zero) channel."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    return np.asarray(DEAD_STRIPES, np.uint8)[((yy + xx) // 4) % 2]
+
+
+@functools.cache
+def _glyphs() -> dict[str, np.ndarray]:
+    """Bitmaps ``uint8[h,w]`` (0–255 coverage) of the characters labels and colour bars use, drawn
+    once with Pillow's built-in font."""
+    from PIL import ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=10)
+    out = {}
+    for ch in "0123456789-+.,|e×'abcdefghijklmnopqrstuvwxyz ":
+        canvas = Image.new("L", (12, 14))
+        ImageDraw.Draw(canvas).text((0, 0), ch, font=font, fill=255)
+        a = np.asarray(canvas)
+        width = int(font.getlength(ch)) or 3
+        out[ch] = a[2:11, :max(width, 1)]
+    return out
+
+
+def _label_width(value: int) -> int:
+    glyphs = _glyphs()
+    return sum(glyphs[c].shape[1] for c in str(value))
+
+
+def _write(image: np.ndarray, text: str, y: int, x: int, ink: tuple[int, int, int] = LABEL_INK) -> None:
+    """Write ``text`` into ``image`` (uint8[H,W,3], changed in place) with its top-left at (y, x),
+    clipped at the image's edges."""
+    glyphs = _glyphs()
+    for ch in text:
+        g = glyphs.get(ch.lower(), glyphs[" "])
+        h, w = g.shape
+        region = image[y : y + h, x : x + w]
+        cov = g[: region.shape[0], : region.shape[1], None].astype(np.float32) / 255.0
+        region[...] = (region * (1 - cov) + np.asarray(ink, np.float32) * cov).astype(np.uint8)
+        x += w
+        if x >= image.shape[1]:
+            break
+
+
+def _text_width(text: str) -> int:
+    glyphs = _glyphs()
+    return sum(glyphs.get(c.lower(), glyphs[" "]).shape[1] for c in text)
+
+
+def add_colour_bar(image: np.ndarray, colormap: str, words: tuple[str, str, str], height: int = 10) -> np.ndarray:
+    """``image`` with a colour bar under it: the colormap's ramp across the width, ``words``
+    (left, middle, right) written under its ends and its middle. Returns a new ``uint8[H',W,3]``."""
+    w = image.shape[1]
+    bar = colorize(np.broadcast_to(np.linspace(0.0, 1.0, w, dtype=np.float32), (height, w)), colormap)
+    text = np.empty((13, w, 3), np.uint8)
+    text[...] = GUTTER
+    left, middle, right = words
+    _write(text, left, 2, 1)
+    if middle:
+        _write(text, middle, 2, max(0, w // 2 - _text_width(middle) // 2))
+    _write(text, right, 2, max(0, w - _text_width(right) - 1))
+    gap = np.empty((3, w, 3), np.uint8)
+    gap[...] = GUTTER
+    return np.concatenate([image, gap, bar, text], axis=0)
+
+
+def upsample(values: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resize of ``float32[h,w]`` to ``float32[height,width]`` (pixel centres aligned, as
+    ``F.interpolate(..., align_corners=False)``)."""
+    image = Image.fromarray(np.ascontiguousarray(values, dtype=np.float32), mode="F")
+    return np.asarray(image.resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)
+
+
+def overlay(picture: np.ndarray, heat: np.ndarray, opacity: float) -> np.ndarray:
+    """Blend ``heat`` (uint8[H,W,3]) over ``picture`` (uint8[H,W,3]): ``opacity`` 0 shows only the
+    picture, 1 only the heat map."""
+    if not 0.0 <= opacity <= 1.0:
+        raise ValueError(f"opacity must be between 0 and 1, not {opacity!r}")
+    blended = picture.astype(np.float32) * (1.0 - opacity) + heat.astype(np.float32) * opacity
+    return np.rint(blended).astype(np.uint8)
 
 
 def render_filters(weight: np.ndarray, normalise: str = "layer", target: int = FILTERS_TARGET) -> np.ndarray:

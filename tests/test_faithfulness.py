@@ -19,9 +19,20 @@ def test_alexnet_maps_equal_the_sliced_network(coffee):
     with torch.no_grad():
         reference = loaded.model.features[:4](x.clone())[0]
     torch.testing.assert_close(view.maps, reference)
-    # and the picture is drawn from exactly those numbers
-    expected = render.render_feature_maps(reference[:64].numpy(), "gray", "channel")
-    np.testing.assert_array_equal(view.image, expected)
+    # and the picture is drawn from exactly those numbers: a signed conv output in colours centred on
+    # zero (matplotlib's coolwarm, computed here independently of render's lookup table)
+    from matplotlib import colormaps
+
+    assert view.colormap == "coolwarm" and float(reference.min()) < 0
+    layout = view.layout
+    factor = layout.tile_w // 27
+    for c in (0, 5, 63):
+        y, x = layout.origin(c)
+        tile = view.image[y : y + layout.tile_h : factor, x : x + layout.tile_w : factor].astype(int)
+        values = reference[c].numpy()
+        unit = 0.5 + values / (2 * np.abs(values).max())
+        expected = np.round(colormaps["coolwarm"](np.round(unit * 255).astype(int))[..., :3] * 255).astype(int)
+        assert np.abs(tile - expected).max() <= 1, c
 
 
 def test_resnet_block_maps_equal_a_hand_written_forward(coffee):
@@ -74,5 +85,8 @@ def test_per_layer_scale_does_not_depend_on_how_many_channels_are_drawn(coffee):
     few = cnnviz.feature_maps("resnet18", coffee, "layer1", "random", channels="first", n=4, normalise="layer")
     many = cnnviz.feature_maps("resnet18", coffee, "layer1", "random", channels="first", n=64, normalise="layer")
     lo, hi = float(few.maps.min()), float(few.maps.max())
+    assert lo >= 0 and few.colormap == "gray"  # after a ReLU: grey, from the layer's min to its max
     expected = np.rint((few.maps[0, 0, 0].item() - lo) / (hi - lo) * 255)
-    assert few.image[0, 0, 0] == expected and many.image[0, 0, 0] == expected
+    for view in (few, many):
+        y, x = view.layout.origin(0)
+        assert view.image[y, x, 0] == expected

@@ -45,13 +45,16 @@ def test_resize_tiles_nearest_up_and_block_mean_down():
 def test_feature_map_grid_pixels_come_from_the_maps():
     rng = np.random.default_rng(0)
     maps = rng.random((4, 5, 5)).astype(np.float32) * 10
-    grid = render.render_feature_maps(maps, "gray", "channel")
-    size = render.tile_size(4, 5, render.MAPS_TARGET)
-    factor = size // 5
-    # tile 3 sits in row 1, column 1 of a 2×2 grid; its top-left pixel is the channel's normalised [0, 0]
-    y = x = factor * 5 + 2
-    m = maps[3]
-    assert grid[y, x, 0] == round((m[0, 0] - m.min()) / (m.max() - m.min()) * 255)
+    for labels in (None, range(4)):
+        grid = render.render_feature_maps(maps, "gray", "channel", labels=labels)
+        layout = render.feature_grid_layout(4, 5, 5, labelled=labels is not None)
+        assert grid.shape[:2] == layout.shape
+        # tile 3 sits in row 1, column 1 of a 2×2 grid; its top-left pixel is the channel's normalised [0, 0]
+        y, x = layout.origin(3)
+        assert x == layout.tile_w + 2 and y == layout.band + layout.tile_h + 2 + layout.band
+        m = maps[3]
+        assert grid[y, x, 0] == round((m[0, 0] - m.min()) / (m.max() - m.min()) * 255)
+        assert layout.index_at(x + 1, y + 1) == 3 and layout.index_at(x - 1, y + 1) is None  # the gutter
 
 
 def test_layer_normalisation_keeps_relative_brightness():

@@ -34,18 +34,19 @@ def test_user_mistakes_become_gr_error_sentences(call, message):
 def test_handlers_return_files_and_captions():
     image, labels, caption = ui.feature_maps("resnet18", str(EXAMPLES / "cat.png"), "layer1.0.conv1", "random", "top", 8)
     assert image.endswith(".jpg") and len(labels) == 5
-    assert caption.startswith("`layer1.0.conv1` · Conv2d · 64×56×56 — the 8 channels with the highest mean activation")
+    assert caption.startswith("`layer1.0.conv1` · Conv2d · 64×56×56 — in layer1.0 (BasicBlock) · stride 4 · receptive field 19×19 px")
+    assert "the 8 channels of 64 with the highest mean" in caption and "resized and cropped to 224×224" in caption
     png, caption = ui.filters("resnet18", "random", "filter")
     assert png.endswith(".png") and "64 filters of 3×7×7" in caption and "each filter's own range" in caption
 
 
 def test_the_page_says_when_the_top5_comes_from_an_untrained_network():
-    from cnnviz.ui.feature_maps import maps_if_image
+    from cnnviz.ui.feature_maps import show
 
     cat = str(EXAMPLES / "cat.png")
-    _, labels, _ = maps_if_image("resnet18", cat, "layer1", "random", "first", 8, "gray", "channel")
+    labels = show("resnet18", cat, "layer1", "random", "first", 8, "gray", "channel", None, 0.5)[1]
     assert "untrained" in labels.label and len(labels.value["confidences"]) == 5
-    _, labels, _ = maps_if_image("timm/tf_efficientnet_lite0", str(EXAMPLES / "coffee.png"), "", "pretrained", "first", 8, "gray", "channel")
+    labels = show("timm/tf_efficientnet_lite0", str(EXAMPLES / "coffee.png"), "", "pretrained", "first", 8, "gray", "channel", None, 0.5)[1]
     assert labels.label == "Top-5 predictions" and labels.value["label"] == "espresso"
 
 

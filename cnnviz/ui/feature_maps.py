@@ -1,17 +1,36 @@
-"""The Feature maps tab: the user's photo through any layer, and the top-5; endpoint ``/feature_maps``."""
+"""The Feature maps tab: the user's photo through any layer, the top-5, and the drill-down into one
+channel (click a tile) with per-channel statistics and exports.
+
+Public endpoints: ``/feature_maps``, ``/channel``, ``/layer_stats``, ``/activations``.
+"""
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 
 import gradio as gr
+import numpy as np
+import pandas as pd
 
 from .. import explore
+from . import webcam
 from .common import EXAMPLE_FILES, OUTPUTS, WORK, Refresh, SafeImage, label_dict, user_errors, weights_used, whole
 
-CHANNEL_CHOICES = [("first N", "first"), ("top N by mean activation", "top"), ("all", "all")]
+CHANNEL_CHOICES = [
+    ("first N", "first"), ("top N by mean", "top"), ("top N by max", "top-max"), ("dead only", "dead"), ("all", "all"),
+]
 NO_IMAGE = "Upload a photo, paste one, or pick an example to see its feature maps."
+NO_CHANNEL = "Click a tile of the grid (or a row of the statistics table) to see that channel on the picture the model saw."
 TOP5 = "Top-5 predictions"
 TOP5_UNTRAINED = "Top-5 of an untrained network (random weights): guesses that mean nothing"
+STATS_HEADERS = ["channel", "mean", "max", "min", "std", "zeros %", "positive %", "dead"]
+WHICH = {
+    "first": "channels {first}–{last} of {total}, row by row",
+    "top": "the {count} channels of {total} with the highest mean, strongest first",
+    "top-max": "the {count} channels of {total} with the highest maximum, strongest first",
+    "dead": "the {count} dead (all-zero) channels of {total}",
+    "all": "all {total} channels, row by row",
+}
 
 
 @user_errors
@@ -22,19 +41,20 @@ def feature_maps(
     weights: str = "pretrained",
     channels: str = "first",
     n: float = 64,
-    colormap: str = "gray",
+    colormap: str = "auto",
     normalise: str = "channel",
 ):
-    """The image's feature maps at a layer and the model's top-5 predictions.
+    """The image's feature maps at a layer, each tile labelled with its channel index, and the
+    model's top-5 predictions.
 
     Args:
-        model: a curated key, a torchvision name or timm/<name>.
+        model: a curated key (alexnet, resnet50, ...), any torchvision classifier name, or timm/<name>.
         image: an uploaded image file.
         layer: qualified module name (e.g. "layer2.0.conv1"); empty: the first convolution.
         weights: "pretrained" or "random".
-        channels: "first" N, "top" N by mean activation, or "all".
-        n: how many channels for "first" and "top".
-        colormap: gray, viridis, magma, inferno, cividis or coolwarm.
+        channels: "first" N, "top" N by mean, "top-max" N by maximum, "dead" (all-zero) or "all".
+        n: how many channels for "first", "top", "top-max" and "dead".
+        colormap: auto (grey, or a diverging map centred on zero for signed layers), gray, viridis, magma, inferno, cividis or coolwarm.
         normalise: "channel" (each map its own range) or "layer" (one range for all).
     """
     grid, labels, caption, _ = _answer(model, image, layer, weights, channels, n, colormap, normalise)
@@ -42,28 +62,193 @@ def feature_maps(
 
 
 @user_errors
-def maps_if_image(model, image, layer, weights, channels, n, colormap, normalise):
-    """The page's version: a hint instead of an error before there is an image, and a top-5 headline
-    that says so when the network is untrained."""
+def show(model, image, layer, weights, channels, n, colormap, normalise, picked, opacity):
+    """The page's view after any change: the grid, the top-5, the channel statistics and the picked
+    channel on the picture. Before there is an image: hints, not errors; an untrained network's
+    top-5 says so; a picked channel the new layer does not have is dropped."""
     if not image:
-        return None, None, NO_IMAGE
+        return None, None, NO_IMAGE, "", None, None, None, None, None, None, NO_CHANNEL
     grid, labels, caption, trained = _answer(model, image, layer, weights, channels, n, colormap, normalise)
-    return grid, gr.Label(labels, label=TOP5 if trained else TOP5_UNTRAINED), caption
+    stats = _stats(model, image, layer, weights)
+    count = len(stats[1])
+    if picked is None or not 0 <= picked < count:
+        channel_view = (None, None, None, NO_CHANNEL)
+    else:
+        picked = whole(picked, "Channel")
+        channel_view = (picked, *_channel_outputs(model, explore.channel(model, image, layer or None, picked, weights, opacity)))
+    return (grid, gr.Label(labels, label=TOP5 if trained else TOP5_UNTRAINED), caption, *stats, *channel_view)
 
 
 def _answer(model, image, layer, weights, channels, n, colormap, normalise):
     """(grid file, top-5 {label: probability}, caption, whether the weights are trained)."""
     view = explore.feature_maps(model, image, layer or None, weights, channels, whole(n, "N"), colormap, normalise)
-    shown = view.channels.tolist()
-    total = view.maps.shape[0]
-    if channels == "top":
-        which = f"the {len(shown)} channels with the highest mean activation, strongest first: {', '.join(map(str, shown[:16]))}{' …' if len(shown) > 16 else ''}"
-    else:
-        which = f"channels 0–{len(shown) - 1} of {total}, row by row"
+    total, count = view.maps.shape[0], len(view.channels)
+    which = WHICH[channels].format(first=0, last=count - 1, count=count, total=total)
+    if channels == "dead" and not count:
+        which = f"no dead channels: every one of the {total} channels has a non-zero value"
+    scale = "each map scaled to its own range" if normalise == "channel" else "one scale for the whole layer"
+    colours = "diverging colours centred on zero (blue negative, red positive)" if view.colormap == "coolwarm" else f"{view.colormap} colours"
     described = view.layer.label[len(view.layer.name):]  # " · type · C×H×W[, layout][, calls]"
-    caption = f"`{view.layer.name}`{described} — {which}; {normalise} normalisation.\n\n{weights_used(view.weights)}"
+    c, h, w = view.layer.shape
+    seen = ""
+    if view.source_size:
+        (sw, sh), (ih, iw) = view.source_size, view.input_size
+        seen = f" The model sees your {sw}×{sh} image resized and cropped to {iw}×{ih} (the picture in the channel view)."
+    caption = (
+        f"`{view.layer.name}`{described} — {view.place}.\n\n"
+        f"Showing {which}; {scale}, {colours}; striped tiles are dead (all zero). Click a tile to see that channel "
+        f"on the picture.{seen}\n\n{weights_used(view.weights)}"
+    )
     grid = OUTPUTS.write(f"{model}-{view.layer.name}.jpg", explore.encode(view.image, "jpeg"))
     return grid, label_dict(view.predictions), caption, view.weights.pretrained
+
+
+@user_errors
+def channel(model: str, image: str, layer: str, channel: float, weights: str = "pretrained", opacity: float = 0.5):
+    """One channel of a layer for the image: its map upsampled onto the picture the model saw (after its
+    resize and centre crop) as a heat map, the map alone enlarged with a colour bar, and its statistics.
+
+    Args:
+        model: a curated key (alexnet, resnet50, ...), any torchvision classifier name, or timm/<name>.
+        image: an uploaded image file.
+        layer: qualified module name (e.g. "layer2.0.conv1"); empty: the first convolution.
+        channel: the channel index, from 0 to the layer's channel count minus one.
+        weights: "pretrained" or "random".
+        opacity: how strongly the heat map covers the picture, from 0 (picture only) to 1 (map only).
+    """
+    view = explore.channel(model, image, layer or None, whole(channel, "Channel"), weights, opacity)
+    return _channel_outputs(model, view)
+
+
+def _channel_outputs(model: str, view) -> tuple[str, str, str]:
+    s = view.stats
+    c, h, w = view.layer.shape
+    lo, hi = view.value_range
+    colours = "blue negative, white zero, red positive" if view.colormap == "coolwarm" else f"{view.colormap}: dark low, bright high"
+    text = (
+        f"**Channel {view.channel}** of {c} in `{view.layer.name}` ({h}×{w}, upsampled to the "
+        f"{view.picture.shape[1]}×{view.picture.shape[0]} picture the model saw) · mean {s['mean']:.4g} · "
+        f"max {s['max']:.4g} · min {s['min']:.4g} · std {s['std']:.4g} · zeros {s['zeros']:.1%} · "
+        f"positive {s['positive']:.1%}{' · **dead** (all zero)' if s['max'] == s['min'] == 0 else ''}. "
+        f"Colour bar: {lo:.4g} to {hi:.4g} ({colours}).\n\n{weights_used(view.weights)}"
+    )
+    name = f"{model}-{view.layer.name}-{view.channel}"
+    return (
+        OUTPUTS.write(f"{name}-overlay.jpg", explore.encode(view.overlay, "jpeg")),
+        OUTPUTS.write(f"{name}-map.png", explore.encode(view.enlarged, "png")),
+        text,
+    )
+
+
+@user_errors
+def channel_if_image(model, image, layer, channel, weights, opacity):
+    """The page's channel view: a hint until there is an image and a channel."""
+    if not image or channel is None:
+        return None, None, NO_CHANNEL
+    return _channel_outputs(model, explore.channel(model, image, layer or None, whole(channel, "Channel"), weights, opacity))
+
+
+@user_errors
+def clicked_tile(model, image, layer, weights, channels, n, opacity, evt: gr.SelectData):
+    """A click on the grid: the channel under the pointer, drawn on the picture (a gutter: no change)."""
+    if not image or evt is None or not isinstance(evt.index, (list, tuple)) or len(evt.index) != 2:
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+    x, y = evt.index
+    picked = explore.channel_at(model, image, layer or None, x, y, weights, channels, whole(n, "N"))
+    if picked is None:
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+    view = explore.channel(model, image, layer or None, picked, weights, opacity)
+    return picked, *_channel_outputs(model, view)
+
+
+@user_errors
+def clicked_row(model, image, layer, weights, opacity, evt: gr.SelectData):
+    """A click on a row of the statistics table: that channel, drawn on the picture."""
+    row = getattr(evt, "row_value", None)
+    if not image or not row:
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+    picked = int(row[0])
+    return picked, *_channel_outputs(model, explore.channel(model, image, layer or None, picked, weights, opacity))
+
+
+@user_errors
+def layer_stats(model: str, image: str, layer: str = "", weights: str = "pretrained"):
+    """Per-channel statistics of a layer for the image: mean, max, min, std, the share of zeros and of
+    positive values, and which channels are dead (all zero); as a table and a CSV file.
+
+    Args:
+        model: a curated key (alexnet, resnet50, ...), any torchvision classifier name, or timm/<name>.
+        image: an uploaded image file.
+        layer: qualified module name (e.g. "layer2.0.conv1"); empty: the first convolution.
+        weights: "pretrained" or "random".
+    """
+    summary, table, _, csv_path = _stats(model, image, layer, weights)
+    return summary, table, csv_path
+
+
+def _stats(model, image, layer, weights):
+    """(summary, table, bar plot data, CSV file) of the layer's per-channel statistics."""
+    view = explore.layer_stats(model, image, layer or None, weights)
+    s = view.stats
+    dead = s.dead.tolist()
+    constant = sorted(set(s.constant.tolist()) - set(dead))
+    listed = lambda idx: ", ".join(map(str, idx[:32])) + (" …" if len(idx) > 32 else "")  # noqa: E731
+    summary = (
+        f"**{len(s.mean)} channels** of `{view.layer.name}` · dead (all zero): **{len(dead)}**"
+        f"{': ' + listed(dead) if dead else ''} · constant but not zero: {len(constant)}"
+        f"{': ' + listed(constant) if constant else ''} · layer mean {float(s.mean.mean()):.4g}, "
+        f"max {float(s.max.max()):.4g}, min {float(s.min.min()):.4g}. Sort the table by a column header; "
+        f"click a row to see that channel.\n\n{weights_used(view.weights)}"
+    )
+    rows = [
+        [c, round(mean, 5), round(mx, 5), round(mn, 5), round(std, 5), round(100 * z, 2), round(100 * p, 2), "dead" if d else ""]
+        for c, mean, mx, mn, std, z, p, d in s.rows()
+    ]
+    table = pd.DataFrame(rows, columns=STATS_HEADERS)
+    plot = pd.DataFrame({"channel": np.arange(len(s.mean)), "mean": s.mean})
+    csv_path = OUTPUTS.write(f"{model}-{view.layer.name}-channel-stats.csv", s.to_csv().encode())
+    return summary, table, plot, csv_path
+
+
+@user_errors
+def activations(model: str, image: str, layer: str = "", weights: str = "pretrained"):
+    """The layer's raw activations for the image as a NumPy .npy file: float32, channels × height ×
+    width, exactly the values the grid draws (channels-last and token layers already turned into maps).
+
+    Args:
+        model: a curated key (alexnet, resnet50, ...), any torchvision classifier name, or timm/<name>.
+        image: an uploaded image file.
+        layer: qualified module name (e.g. "layer2.0.conv1"); empty: the first convolution.
+        weights: "pretrained" or "random".
+    """
+    return _npy(model, image, layer, weights)
+
+
+def _npy(model, image, layer, weights) -> tuple[str, str]:
+    """(.npy file, caption) of the layer's activations."""
+    info, maps, used = explore.layer_activations(model, image, layer or None, weights)
+    buffer = io.BytesIO()
+    np.save(buffer, maps.numpy(), allow_pickle=False)
+    c, h, w = maps.shape
+    text = f"`{info.name}`: float32 array of {c}×{h}×{w} (channels × height × width).\n\n{weights_used(used)}"
+    return OUTPUTS.write(f"{model}-{info.name}-activations.npy", buffer.getvalue()), text
+
+
+@user_errors
+def exports_if_image(model, image, layer, weights, channels, n, colormap, normalise):
+    """The page's downloads: the grid as PNG, the activations (.npy), the channel statistics (CSV)."""
+    if not image:
+        raise gr.Error(NO_IMAGE)
+    view = explore.feature_maps(model, image, layer or None, weights, channels, whole(n, "N"), colormap, normalise)
+    grid = OUTPUTS.write(f"{model}-{view.layer.name}-grid.png", explore.encode(view.image, "png"))
+    npy, _ = _npy(model, image, layer, weights)
+    csv_path = _stats(model, image, layer, weights)[3]
+    return [grid, npy, csv_path]
+
+
+def n_box(channels: str):
+    """N means nothing when every channel is shown."""
+    return gr.Slider(interactive=channels != "all")
 
 
 @dataclass
@@ -74,32 +259,76 @@ class FeatureMapsTab(Refresh):
 def build(model: gr.Dropdown, weights: gr.Radio) -> FeatureMapsTab:
     """The tab's components and its own events (inside the current ``gr.Tab``); returns its refresh."""
     with gr.Row():
-        with gr.Column(scale=1):
+        with gr.Column(scale=1, min_width=280):
             image = SafeImage(
                 type="filepath", image_mode=None, sources=["upload", "clipboard"], label="Your image",
                 elem_id="input-image",
             )
             gr.Examples([[str(p)] for p in sorted(EXAMPLE_FILES)], inputs=[image], label="Examples")
             layer = gr.Dropdown([], value="", label="Layer", allow_custom_value=True, elem_id="layer-select")
-            channels = gr.Radio(CHANNEL_CHOICES, value="first", label="Channels")
-            n = gr.Slider(1, 2048, value=64, step=1, label="N")
-            colormap = gr.Dropdown(list(explore.COLORMAPS), value="gray", label="Colormap")
+            channels = gr.Radio(CHANNEL_CHOICES, value="first", label="Channels", elem_id="channels")
+            n = gr.Slider(1, 2048, value=64, step=1, label="N", elem_id="n-slider")
+            colormap = gr.Dropdown(list(explore.COLORMAPS), value="auto", label="Colormap", elem_id="colormap",
+                                   info="auto: grey, or blue–white–red centred on zero when the layer has negative values")
             normalise = gr.Radio([("per channel", "channel"), ("per layer", "layer")], value="channel", label="Normalise")
-        with gr.Column(scale=2):
+            webcam.build(model, weights, layer, channels, n, colormap, normalise)  # live camera: its own accordion and limits
+        with gr.Column(scale=2, min_width=320):
             caption = gr.Markdown(elem_id="maps-caption")
             grid = gr.Image(
-                label="Feature maps", type="filepath", interactive=False, height=640,
+                label="Feature maps (click a tile)", type="filepath", interactive=False, height=640,
                 buttons=["download", "fullscreen"], elem_id="maps-image",
             )
             predictions = gr.Label(num_top_classes=5, label=TOP5, elem_id="predictions")
-    io = dict(
+    with gr.Group(elem_id="channel-view"):
+        with gr.Row():
+            picked = gr.Number(label="Channel", precision=0, minimum=0, elem_id="channel-number", scale=1)
+            opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Opacity of the map over the picture", scale=3, elem_id="opacity")
+        with gr.Row():
+            overlay = gr.Image(label="The channel on the picture the model saw", type="filepath", interactive=False,
+                               height=360, elem_id="channel-overlay", buttons=["download", "fullscreen"])
+            enlarged = gr.Image(label="The channel's map (colour bar: its values)", type="filepath", interactive=False,
+                                height=360, elem_id="channel-map", buttons=["download", "fullscreen"])
+        channel_text = gr.Markdown(NO_CHANNEL, elem_id="channel-caption")
+    with gr.Accordion("Channel statistics", open=True, elem_id="stats-section"):
+        stats_summary = gr.Markdown(elem_id="stats-summary")
+        means = gr.BarPlot(x="channel", y="mean", title="Mean activation per channel", height=220, elem_id="stats-plot",
+                           label="Mean activation per channel")
+        stats_table = gr.Dataframe(headers=STATS_HEADERS, interactive=False, max_height=360, elem_id="stats-table",
+                                   label="Per-channel statistics (click a header to sort)")
+        stats_csv = gr.File(label="Channel statistics (CSV)", elem_id="stats-csv")
+    with gr.Accordion("Export", open=False, elem_id="export-section"):
+        export = gr.Button("Prepare downloads: grid (PNG), activations (.npy), statistics (CSV)", elem_id="export-button")
+        files = gr.File(label="Downloads", file_count="multiple", elem_id="export-files")
+        npy = gr.File(label="Activations (.npy)", visible=False)
+        npy_text = gr.Markdown(visible=False)
+
+    io_maps = dict(
         inputs=[model, image, layer, weights, channels, n, colormap, normalise],
         outputs=[grid, predictions, caption], concurrency_id=WORK,
     )
-    api_only = gr.Button(visible=False)  # /feature_maps is strict: no image is an error there
-    api_only.click(feature_maps, **io, api_name="feature_maps")
+    io_channel = dict(inputs=[model, image, layer, picked, weights, opacity], outputs=[overlay, enlarged, channel_text], concurrency_id=WORK)
+    io_stats = dict(inputs=[model, image, layer, weights], concurrency_id=WORK)
+    api_only = gr.Button(visible=False)  # the public endpoints are strict: no image is an error there
+    api_only.click(feature_maps, **io_maps, api_name="feature_maps")
+    api_only.click(channel, **io_channel, api_name="channel")
+    api_only.click(layer_stats, **io_stats, outputs=[stats_summary, stats_table, stats_csv], api_name="layer_stats")
+    api_only.click(activations, **io_stats, outputs=[npy, npy_text], api_name="activations")
+
+    io_page = dict(
+        inputs=io_maps["inputs"] + [picked, opacity],
+        outputs=[grid, predictions, caption, stats_summary, stats_table, means, stats_csv, picked, overlay, enlarged, channel_text],
+        concurrency_id=WORK,
+    )
     gr.on(  # in the page, controls touched before there is an image show a hint, not an error
         [image.change, layer.input, channels.change, n.release, colormap.change, normalise.change],
-        maps_if_image, **io, api_visibility="private",
+        show, **io_page, api_visibility="private",
     )
-    return FeatureMapsTab(maps_if_image, io, layer)
+    channels.change(n_box, channels, n, queue=False, api_visibility="private")
+    clicked = [picked, overlay, enlarged, channel_text]
+    grid.select(clicked_tile, [model, image, layer, weights, channels, n, opacity], clicked, concurrency_id=WORK,
+                api_visibility="private")
+    stats_table.select(clicked_row, [model, image, layer, weights, opacity], clicked, concurrency_id=WORK,
+                       api_visibility="private")
+    gr.on([picked.submit, opacity.release], channel_if_image, **io_channel, api_visibility="private")
+    export.click(exports_if_image, io_maps["inputs"], files, concurrency_id=WORK, api_visibility="private")
+    return FeatureMapsTab(show, io_page, layer)

@@ -1,0 +1,192 @@
+"""Where a layer sits relative to the input: its stride (how many input pixels one step of its map
+covers) and its theoretical receptive field (how many input pixels one of its positions can see).
+
+Computed by tracing one forward pass, not by walking modules in order: a module-order walk (what
+``torchscan`` and similar tools do) compounds parallel branches as if they ran one after another —
+a ResNet's 1×1 stride-2 shortcut would halve the stride twice, an Inception block would add its
+branches' kernels. Here every tensor of the pass carries its own geometry, per axis (jump ``j``:
+input pixels per step; receptive field ``r``), and each operation computes its output's from its
+inputs':
+
+* convolutions and pools (``conv2d``, ``max_pool2d``, ``avg_pool2d``, and their ``torch.*`` forms):
+  ``r' = r + (k - 1) · d · j`` and ``j' = j · s``;
+* operations that mix every position (attention, matrix products over tokens, adaptive or global
+  pooling to one position): the whole input;
+* everything else (activations, normalisation, additions, concatenation, reshapes, padding): the
+  largest of its inputs' (a sum of branches sees what its widest branch sees).
+
+No library traces receptive fields through arbitrary graphs (torchscan walks modules in order), so
+this is written here; it is checked against published figures (AlexNet, VGG-16, ResNet-50) and a
+hand-computed branching model in ``tests/test_receptive.py``.
+"""
+from __future__ import annotations
+
+import threading
+import weakref
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+from .hooks import forward_hooks
+
+if TYPE_CHECKING:
+    from .layers import LayerInfo
+    from .registry import LoadedModel
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Per axis (height, width): ``stride`` in input pixels between neighbouring positions of the
+    map, and ``field``, the side of the input window one position can see (theoretical: every path
+    counted, padding included). ``whole`` is True when some operation mixed all positions."""
+
+    stride: tuple[float, float]
+    field: tuple[int, int]
+    whole: bool = False
+
+    def describe(self, input_size: tuple[int, int]) -> str:
+        """E.g. ``"stride 16 · receptive field 99×99 px of the 224×224 input"``."""
+        sh, sw = (int(s) if float(s).is_integer() else round(s, 2) for s in self.stride)
+        stride = f"stride {sh}" if sh == sw else f"stride {sh}×{sw}"
+        h, w = input_size
+        if self.whole:
+            return f"{stride} · sees the whole {h}×{w} input (attention or global pooling mixes every position)"
+        fh, fw = self.field
+        covers = " (all of it)" if fh >= h and fw >= w else ""
+        return f"{stride} · receptive field {fh}×{fw} px of the {h}×{w} input{covers}"
+
+
+_WINDOWED = {
+    F.conv2d: "conv", torch.conv2d: "conv",
+    F.max_pool2d: "max", torch.max_pool2d: "max", F.max_pool2d_with_indices: "max", F._max_pool2d: "max",
+    F.avg_pool2d: "avg", torch._C._nn.avg_pool2d: "avg",
+}
+_MIXING = {
+    F.scaled_dot_product_attention, torch.matmul, torch.bmm, torch.einsum, torch.Tensor.__matmul__,
+    torch.Tensor.matmul, torch.Tensor.bmm, F.multi_head_attention_forward, torch._native_multi_head_attention,
+}
+_ADAPTIVE = {F.adaptive_avg_pool2d, F.adaptive_max_pool2d, torch._C._nn.adaptive_avg_pool2d, F.adaptive_max_pool2d_with_indices}
+
+
+def _pair(value, default) -> tuple[int, int]:
+    if value is None:
+        value = default
+    if isinstance(value, int):
+        return value, value
+    value = tuple(value)
+    return (value[0], value[0]) if len(value) == 1 else (value[0], value[1])
+
+
+def _arg(args: tuple, kwargs: dict, index: int, name: str, default=None):
+    if name in kwargs:
+        return kwargs[name]
+    return args[index] if len(args) > index else default
+
+
+class _Tracer(TorchFunctionMode):
+    """Gives every tensor produced inside the mode a :class:`Geometry` (:meth:`get`); tensors are
+    held weakly, by identity (a tensor's ``==`` is elementwise, so no weak dictionary)."""
+
+    def __init__(self, image: torch.Tensor) -> None:
+        super().__init__()
+        self._geometry: dict[int, tuple[weakref.ref, Geometry]] = {}
+        self._set(image, Geometry((1.0, 1.0), (1, 1)))
+        self.side = tuple(image.shape[-2:])
+
+    def _set(self, tensor: torch.Tensor, geometry: Geometry) -> None:
+        self._geometry[id(tensor)] = (weakref.ref(tensor), geometry)
+
+    def get(self, tensor: object) -> Geometry | None:
+        item = self._geometry.get(id(tensor))
+        return item[1] if item is not None and item[0]() is tensor else None
+
+    def _inputs(self, args, kwargs) -> list[Geometry]:
+        found = []
+        stack = list(args) + list(kwargs.values())
+        while stack:
+            item = stack.pop()
+            if isinstance(item, torch.Tensor):
+                g = self.get(item)
+                if g is not None:
+                    found.append(g)
+            elif isinstance(item, (list, tuple)):
+                stack.extend(item)
+        return found
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        known = self._inputs(args, kwargs)
+        if not known:
+            return out
+        widest = Geometry(
+            (max(g.stride[0] for g in known), max(g.stride[1] for g in known)),
+            (max(g.field[0] for g in known), max(g.field[1] for g in known)),
+            any(g.whole for g in known),
+        )
+        first = self.get(args[0]) if args else None
+        kind = _WINDOWED.get(func)
+        if kind and first is not None:
+            widest = self._windowed(kind, first, args, kwargs)
+        elif func in _MIXING or func in _ADAPTIVE:
+            widest = Geometry(widest.stride, (max(widest.field[0], self.side[0]), max(widest.field[1], self.side[1])), True)
+        for tensor in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(tensor, torch.Tensor):
+                self._set(tensor, widest)
+        return out
+
+    @staticmethod
+    def _windowed(kind: str, g: Geometry, args: tuple, kwargs: dict) -> Geometry:
+        if kind == "conv":
+            weight = _arg(args, kwargs, 1, "weight")
+            k = tuple(weight.shape[-2:])
+            s = _pair(_arg(args, kwargs, 3, "stride"), 1)
+            d = _pair(_arg(args, kwargs, 5, "dilation"), 1)
+        else:
+            k = _pair(_arg(args, kwargs, 1, "kernel_size"), 1)
+            s = _pair(_arg(args, kwargs, 2, "stride") or None, k)
+            d = _pair(_arg(args, kwargs, 4, "dilation") if kind == "max" else None, 1)
+        field = tuple(int(g.field[i] + (k[i] - 1) * d[i] * g.stride[i]) for i in range(2))
+        return Geometry((g.stride[0] * s[0], g.stride[1] * s[1]), field, g.whole)
+
+
+def trace_geometry(model: torch.nn.Module, names: list[str], x: torch.Tensor) -> dict[str, Geometry]:
+    """The :class:`Geometry` of the first output of each module in ``names`` for one pass of ``x``
+    (``Tensor[1,3,H,W]``); modules whose output carries none (it does not derive from the image) are left out.
+
+    >>> geo = trace_geometry(torchvision.models.alexnet(), ["features.0", "features.2"], torch.zeros(1, 3, 224, 224))
+    >>> geo["features.2"].stride, geo["features.2"].field
+    ((8.0, 8.0), (19, 19))
+    """
+    tracer = _Tracer(x)
+    found: dict[str, Geometry] = {}
+
+    def on_output(name: str, _inputs: tuple, output) -> None:
+        geometry = tracer.get(output)
+        if name not in found and geometry is not None:
+            found[name] = geometry
+
+    with forward_hooks(model, names, on_output), torch.no_grad(), tracer:
+        model(x)
+    return found
+
+
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_LOCK = threading.Lock()
+
+
+def layer_geometry(loaded: LoadedModel, layers: tuple[LayerInfo, ...]) -> dict[str, Geometry]:
+    """:func:`trace_geometry` of every listed layer of a loaded model, on zeros of its input size;
+    computed once per loaded model."""
+    with _LOCK:
+        cached = _CACHE.get(loaded)
+    if cached is None:
+        x = torch.zeros(1, *loaded.input_size, device=loaded.device)
+        with loaded.lock:
+            cached = trace_geometry(loaded.model, [layer.name for layer in layers], x)
+        with _LOCK:
+            _CACHE[loaded] = cached
+    return cached
