@@ -112,14 +112,18 @@ class LeftOut:
 
 @dataclass(frozen=True)
 class Listing:
-    """What :func:`find_layers` found: the listed layers in the order they finish, and what it left out."""
+    """What :func:`find_layers` found: the listed layers in forward order (the order modules start, so a
+    parent comes before its children), and what it left out."""
 
     layers: tuple[LayerInfo, ...]
     left_out: tuple[LeftOut, ...]
 
 
 def find_layers(model: torch.nn.Module, input_size: tuple[int, int, int], device: torch.device | str = "cpu") -> Listing:
-    """Run one forward pass on zeros and list the modules whose output is a map of the image.
+    """Run one forward pass on zeros and list the modules whose output is a map of the image, in
+    forward order: the order in which modules start, so a block comes before the modules inside it
+    (``bn1`` before ``bn1.act``). Modules that hand their input on untouched (``Identity``, and
+    ``Dropout`` / ``DropPath`` in eval mode) are not listed: their map is their input's.
 
     Only shapes are kept, not the outputs: each recorded output is watched through a weak reference,
     and at every later module boundary (pre- and post-hook) the version counters of those still alive
@@ -140,6 +144,23 @@ def find_layers(model: torch.nn.Module, input_size: tuple[int, int, int], device
     calls: Counter[str] = Counter()
     watched: dict[str, tuple[weakref.ref, int]] = {}  # listed outputs still alive: (output, version when listed)
     overwritten: set[str] = set()
+    started: dict[str, int] = {}  # first-call start order: parents before their children
+    entered: dict[str, tuple[torch.Tensor, int]] = {}  # first call's first input and its version on entry
+
+    def on_input(name: str, inputs: tuple) -> None:
+        check_versions()
+        if name not in started:
+            started[name] = len(started)
+            first = inputs[0] if inputs else None
+            if isinstance(first, torch.Tensor):
+                entered[name] = (first, first._version)
+
+    def passed_through(name: str, output) -> bool:
+        """Whether the module handed its input on untouched (Identity, Dropout and DropPath at eval):
+        the same tensor, not changed in place (an in-place ReLU returns its input, changed). Forgets
+        the input, so the listing holds no tensor beyond the module's own call."""
+        first, version = entered.pop(name, (None, None))
+        return first is not None and output is first and output._version == version
 
     def check_versions(_name: str = "", _inputs: tuple = ()) -> None:
         for name, (ref, version) in list(watched.items()):
@@ -159,6 +180,7 @@ def find_layers(model: torch.nn.Module, input_size: tuple[int, int, int], device
     def on_output(name: str, inputs: tuple, output) -> None:
         check_versions()
         calls[name] += 1
+        untouched = passed_through(name, output) if calls[name] == 1 else False
         if calls[name] > 1 or not isinstance(output, torch.Tensor) or output.ndim < 3:
             return
         module = modules[name]
@@ -166,15 +188,19 @@ def find_layers(model: torch.nn.Module, input_size: tuple[int, int, int], device
         if isinstance(decided, str):
             left_out[name] = LeftOut(name, type(module).__name__, tuple(output.shape), decided)
             return
+        if untouched:
+            return  # its map is its input's: listing it again would only repeat a layer
         layout, shape, set_aside = decided
         found[name] = LayerInfo(name, type(module).__name__, shape, 1, layout, set_aside)
         watched[name] = (weakref.ref(output), output._version)
 
-    with forward_hooks(model, None, on_output, on_input=check_versions), torch.no_grad():  # no_grad keeps version counters
+    with forward_hooks(model, None, on_output, on_input=on_input), torch.no_grad():  # no_grad keeps version counters
         model(x)
     check_versions()
+    entered.clear()
     layers = tuple(
-        LayerInfo(i.name, i.type, i.shape, calls[i.name], i.layout, i.prefix, i.name in overwritten) for i in found.values()
+        LayerInfo(i.name, i.type, i.shape, calls[i.name], i.layout, i.prefix, i.name in overwritten)
+        for i in sorted(found.values(), key=lambda i: started.get(i.name, len(started)))
     )
     return Listing(layers, tuple(left_out.values()))
 
@@ -294,7 +320,8 @@ def _listing(loaded: LoadedModel) -> Listing:
 
 
 def list_layers(loaded: LoadedModel) -> tuple[LayerInfo, ...]:
-    """The layers of a loaded model whose output is a map of the image, in the order they finish."""
+    """The layers of a loaded model whose output is a map of the image, in forward order (parents before
+    their children), pass-through modules left out."""
     return _listing(loaded).layers
 
 

@@ -332,3 +332,36 @@ def test_timm_family_layers_draw_truthfully(arch):
     for name, reason in expected_left_out.items():
         assert name not in listed and left[name].reason == reason, name
     registry.clear_cache()
+
+
+# --- order and pass-through modules ----------------------------------------------------------------------------
+
+
+class _ConvBnAct(nn.Module):
+    """timm's BatchNormAct2d in miniature: the block finishes after its child ``act``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.act = nn.ReLU(inplace=True)  # returns its input, changed: a real layer
+        self.drop = nn.Dropout(0.5)  # eval: hands its input on untouched
+        self.skip = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.skip(self.drop(self.act(self.conv(x))))
+
+
+def test_layers_are_listed_parents_first_and_pass_through_modules_left_out():
+    model = nn.Sequential(nn.Conv2d(3, 3, 1), _ConvBnAct(), nn.Identity(), nn.Conv2d(4, 2, 1)).eval()
+    listing = layers.find_layers(model, (3, 8, 8))
+    # forward order by start: the block "1" before its children; Identity/Dropout give their input back
+    assert [l.name for l in listing.layers] == ["0", "1", "1.conv", "1.act", "3"]
+    assert not listing.left_out  # not "left out" either: nothing to explain in the note
+    assert listing.layers[2].overwritten  # the in-place ReLU changed conv's output
+
+
+def test_timm_batchnorm_act_lists_the_block_before_its_activation():
+    names = [l.name for l in cnnviz.list_layers(cnnviz.load_model("timm/efficientnet_b0", "random"))]
+    assert names[:3] == ["conv_stem", "bn1", "bn1.act"]  # BatchNormAct2d finishes after its act, starts before
+    assert names.index("blocks.1") < names.index("blocks.1.0") < names.index("blocks.1.0.conv_pw")
+    assert not any(n.endswith((".drop", ".drop_path", ".drop_block")) for n in names)
