@@ -724,3 +724,16 @@ def live_maps(
         grid = _empty_grid()
     predictions = tuple(activations.top_k(logits, loaded.categories))
     return LiveView(info, maps, chosen, grid, render.resolve_colormap(colormap, signed), predictions, loaded.weights)
+
+
+def find_layer(model: str, weights: str = "pretrained", name: str | None = None) -> layers.LayerInfo:
+    """The layer ``name`` of ``model`` (None or "": the first convolution), as the layer picker lists it.
+
+    Raises:
+        UnknownLayerError: the model has no layer of that name with a map output (the message
+            suggests close matches).
+
+    >>> find_layer("resnet18", "random", "layer1.0.conv1").shape
+    (64, 56, 56)
+    """
+    return layers.get_layer(load_model(model, weights), name)
