@@ -265,6 +265,30 @@ def bench_startup() -> dict[str, float]:
     return {"imports only (s)": imports_s, "app first page (s)": served_s, "import footprint (MB)": peak, "app idle RSS (MB)": idle}
 
 
+FILTERS_BUDGET_MS = 30.0  # issue 9: the any-layer filters view of ResNet-50's layer4.2.conv2
+
+
+def bench_any_layer_filters(repeats: int, name: str = "resnet50", layer: str = "layer4.2.conv2") -> dict[str, float]:
+    """The Filters tab's view of a deep convolution (512 filters of 512×3×3: grid of input-channel means,
+    histogram of 2.4 M weights, per-filter norms): computed afresh (per-model cache emptied each time),
+    switching back to it (cached), and as the page serves it (the same plus PNG encoding and the file)."""
+    from cnnviz import explore, ui
+
+    def afresh(fn):
+        def run():
+            explore._FILTER_CACHES.clear()
+            fn()
+        return run
+
+    view = lambda: explore.filter_grid(name, "random", "layer", layer)  # noqa: E731
+    view()  # the model loaded and warm
+    return {
+        "view, computed": median_ms(afresh(view), repeats),
+        "view, switching back (cached)": median_ms(view, repeats),
+        "served (PNG written), computed": median_ms(afresh(lambda: ui.filters(name, "random", "layer", layer)), repeats),
+    }
+
+
 def table(title: str, rows: dict[str, float], floor: float | None = None, seed: float | None = None) -> str:
     head = f"\n**{title}**\n\n| measure | median | × forward |" + (" seed ÷ ours |" if seed else "") + "\n|---|---:|---:|" + ("---:|" if seed else "") + "\n"
     lines = []
@@ -281,7 +305,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--device", nargs="*", default=None, help="cpu and/or cuda (default: cpu, plus cuda when present)")
     parser.add_argument("--no-server", action="store_true", help="skip the gradio_client and start-up measurements")
+    parser.add_argument("--filters-only", action="store_true", help="only the any-layer filters view against its budget")
     args = parser.parse_args()
+    if args.filters_only:
+        args.models, args.no_server = [], True
     devices = args.device or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, devices {devices}, repeats {args.repeats}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -292,6 +319,9 @@ def main() -> None:
                 seed = r.pop("seed recipe (first layer, matplotlib 8×8)")
                 print(table(f"{name} on {device} (ms)", r, r["forward"], seed))
                 print(f"\nseed recipe for the same first-layer grid: {seed:.1f} ms")
+        filters = bench_any_layer_filters(args.repeats)
+        print("\n**Any-layer filters: resnet50 layer4.2.conv2, random weights, cpu (ms)**\n\n| measure | median | ÷ 30 ms budget |\n|---|---:|---:|")
+        print("\n".join(f"| {key} | {ms:.1f} | {ms / FILTERS_BUDGET_MS:.2f} |" for key, ms in filters.items()))
         if not args.no_server:
             print(table("HTTP round trip, resnet18 on cpu (ms)", bench_round_trip(args.repeats, photos)))
             for key, value in bench_startup().items():

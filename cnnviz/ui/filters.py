@@ -58,11 +58,11 @@ def _page(model, weights, normalise, layer, input_channel) -> tuple[explore.Filt
             channel = None  # the previous layer's channel: this one has fewer
     view = explore.filter_grid(model, weights, normalise, layer or None, channel)
     per = view.filters.weight.shape[1]
-    number = gr.Number(
-        value=ALL if channel is None else channel, maximum=per - 1,
-        info=f"-1: all {per} ({'colour' if view.conv.sees_image and per == 3 else 'their mean'}); "
-        f"0–{per - 1}: one input channel's slice",
-    )
+    if per == 1:
+        info = "Each filter has one input channel (depthwise): -1 and 0 show the same."
+    else:
+        info = f"-1: all {per} ({'colour' if view.conv.sees_image and per == 3 else 'their mean'}); 0–{per - 1}: one input channel's slice"
+    number = gr.Number(value=ALL if channel is None else channel, maximum=per - 1, info=info)
     grid = _grid_file(model, view)
     return view, (grid, caption(view, normalise), histogram_frame(view), norms_frame(view), flagged_frame(view), number)
 
@@ -104,11 +104,13 @@ def norms_frame(view: explore.FiltersView) -> pd.DataFrame:
 
 
 def flagged_frame(view: explore.FiltersView) -> pd.DataFrame:
-    """The flagged filters: index, norm, and norm as a fraction of the median."""
+    """The flagged filters: index, norm, and norm as a fraction of the median (3 significant digits)."""
     norms = view.norms
     values = norms.norms[norms.flagged]
     ratio = values / norms.median if norms.median else values * 0
-    return pd.DataFrame({"filter": norms.flagged, "L2 norm": values, "× median": ratio})
+    return pd.DataFrame({
+        "filter": norms.flagged, "L2 norm": [f"{v:.3g}" for v in values], "× median": [f"{r:.3g}" for r in ratio],
+    })
 
 
 @dataclass
