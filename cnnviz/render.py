@@ -271,8 +271,8 @@ def _bar_words(centred: bool, normalise: str, value_range, maps: np.ndarray) -> 
     """(left, middle, right) words under a feature-map grid's colour bar."""
     if normalise == "channel":
         if centred:
-            return "-max|value| of each map", "0", "+max|value| of each map"
-        return "each map's min", "", "each map's max"
+            return "-|max| of each map", "0", "+|max| of each map"
+        return "min of each map", "", "max of each map"
     lo, hi = value_range if value_range is not None else (float(maps.min()), float(maps.max()))
     if centred:
         half = max(abs(lo), abs(hi))
@@ -298,7 +298,7 @@ def _glyphs() -> dict[str, np.ndarray]:
         canvas = Image.new("L", (12, 14))
         ImageDraw.Draw(canvas).text((0, 0), ch, font=font, fill=255)
         a = np.asarray(canvas)
-        width = int(font.getlength(ch)) or 3
+        width = math.ceil(font.getlength(ch)) or 3
         out[ch] = a[2:11, :max(width, 1)]
     return out
 
