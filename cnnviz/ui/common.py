@@ -125,6 +125,8 @@ def parameter_problem(component, value) -> str | None:
     if isinstance(component, gr.Image):
         return None if value is None or isinstance(value, dict) else "must be an uploaded file ({\"path\": ...} from /gradio_api/upload)"
     if isinstance(component, (gr.Slider, gr.Number)):
+        if value is None and isinstance(component, gr.Number) and component.value is None:
+            return None  # an empty box that starts empty (Feature maps' Channel): the handler decides
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         return None if ok else "must be a number"
     if isinstance(component, (gr.Radio, gr.Dropdown)):

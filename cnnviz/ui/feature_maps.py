@@ -281,7 +281,7 @@ def build(model: gr.Dropdown, weights: gr.Radio) -> FeatureMapsTab:
             predictions = gr.Label(num_top_classes=5, label=TOP5, elem_id="predictions")
     with gr.Group(elem_id="channel-view"):
         with gr.Row():
-            picked = gr.Number(label="Channel", precision=0, minimum=0, elem_id="channel-number", scale=1)
+            picked = gr.Number(label="Channel", precision=0, elem_id="channel-number", scale=1)
             opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Opacity of the map over the picture", scale=3, elem_id="opacity")
         with gr.Row():
             overlay = gr.Image(label="The channel on the picture the model saw", type="filepath", interactive=False,
