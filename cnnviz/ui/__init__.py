@@ -9,17 +9,21 @@ its tests.
 """
 from __future__ import annotations
 
+import inspect
 import os
+from pathlib import Path
 
 import gradio as gr
+from gradio_client import handle_file
 from starlette.middleware import Middleware
 
 from .. import explore, server
+from ..errors import CnnvizError, quoted
 from . import architecture as architecture_tab, feature_maps as feature_maps_tab, filters as filters_tab
 from .architecture import architecture
 from .common import (
-    EXAMPLE_FILES, MAX_PER_CLIENT, MAX_PER_SESSION, MAX_UPLOAD, UPLOAD_QUOTA, WORK, CheckedBlocks, limit_clients,
-    user_errors,
+    EXAMPLE_FILES, MAX_PER_CLIENT, MAX_PER_SESSION, MAX_UPLOAD, UPLOAD_QUOTA, WORK, CheckedBlocks, Refresh,
+    limit_clients, user_errors,
 )
 from .feature_maps import feature_maps
 from .filters import filters
@@ -43,61 +47,264 @@ def model_notice(view: explore.ModelView) -> str:
     return line + (f"\n\nℹ️ {view.note}" if view.note else "")
 
 
+# --- deep links: ?model=resnet50&layer=layer3.0.conv1&tab=feature-maps[&weights=random] -------------------
+
+TABS = {"architecture": "Architecture", "filters": "Filters", "feature-maps": "Feature maps"}
+LINK_LIMIT = 200  # characters of a URL parameter read at all (names are far shorter)
+
+# Writes the view into the address bar (no reload, no history entry), so copying it shares the view.
+# Runs in the browser only. "/" stays readable in timm names (timm/resnet50.a1_in1k).
+SYNC_URL = """(model, weights, tab, mapsLayer, filtersLayer) => {
+    const put = (k, v) => v ? `${k}=${encodeURIComponent(v).replace(/%2F/g, '/')}` : null;
+    const layer = tab === 'filters' ? filtersLayer : mapsLayer;
+    const query = [put('model', model), put('layer', layer), put('tab', tab),
+                   weights === 'random' ? 'weights=random' : null].filter(Boolean).join('&');
+    if (model) history.replaceState(history.state, '', `${location.pathname}${query ? '?' + query : ''}${location.hash}`);
+    return [];
+}"""
+
+
+def link_params(request: gr.Request | None) -> dict[str, str]:
+    """The view named in the page's URL: model, layer, tab, weights (each text, at most LINK_LIMIT characters)."""
+    params = dict(request.query_params) if request is not None else {}
+    return {k: str(params.get(k, "")).strip()[:LINK_LIMIT] for k in ("model", "layer", "tab", "weights")}
+
+
+def _layer_choices(view: explore.ModelView):
+    return [(info.label, info.name) for info in view.layers]
+
+
+@user_errors
+def open_page(request: gr.Request, progress=gr.Progress(track_tqdm=True)):
+    """Open the view the URL names (model, layer, tab, weights), else the default model: the one load a
+    page makes. A link's mistake gets its sentence (a warning) and the page opens what it can."""
+    link = link_params(request)
+    weights = link["weights"] if link["weights"] in explore.WEIGHT_CHOICES else "pretrained"
+    tab = link["tab"] if link["tab"] in TABS else "architecture"
+    if link["tab"] and link["tab"] not in TABS:
+        gr.Warning(f"The link's tab {quoted(link['tab'])} is not one of: {', '.join(TABS)}. Showing {TABS[tab]}.")
+    banner, view = "", None
+    if link["model"]:
+        try:
+            view = explore.select_model(link["model"], weights)
+        except CnnvizError as e:
+            gr.Warning(f"The link's model: {e}")
+    if view is None:
+        opened = explore.startup_model()
+        banner = f"ℹ️ {opened.notice}" if opened.notice else ""
+        view = explore.select_model(opened.model, weights)
+    layer = view.default_layer
+    if link["layer"]:
+        try:
+            layer = explore.find_layer(view.spec.key, weights, link["layer"]).name
+        except CnnvizError as e:
+            gr.Warning(f"The link's layer: {e} Showing {layer}.")
+    filters_layer = gr.skip()
+    if tab == "filters" and link["layer"] == layer:
+        if any(conv.name == layer for conv in explore.list_convolutions(view.spec.key, weights)):
+            filters_layer = layer
+        else:
+            gr.Warning(f"The link's layer {quoted(layer)} is not a convolution; Filters shows the first one.")
+    return (view.spec.key, weights, gr.Tabs(selected=tab), tab, banner, model_notice(view),
+            gr.Dropdown(choices=_layer_choices(view), value=layer), filters_layer, view.spec.key, True)
+
+
+def _select(model: str, weights: str, layer: str, shown: str):
+    """The model's notice and layer list; a name that cannot be opened puts the shown model back in the
+    box and says why in a warning (no error badge over the notice), and the tabs keep what they show."""
+    try:
+        view = explore.select_model(model, weights)
+    except CnnvizError as e:
+        gr.Warning(str(e))
+        return shown or gr.skip(), gr.skip(), gr.skip(), gr.skip(), False
+    keep = layer if any(info.name == layer for info in view.layers) else view.default_layer
+    return view.spec.key, model_notice(view), gr.Dropdown(choices=_layer_choices(view), value=keep), view.spec.key, True
+
+
 @user_errors
 def select_model(model: str, weights: str, layer: str = "", progress=gr.Progress(track_tqdm=True)):
     """The model's notice and its layer list; ``layer`` stays chosen when the model has it (a weights
     switch compares the same layer trained and untrained), else the first convolution."""
     view = explore.select_model(model, weights)
-    choices = [(info.label, info.name) for info in view.layers]
     keep = layer if any(info.name == layer for info in view.layers) else view.default_layer
-    return model_notice(view), gr.Dropdown(choices=choices, value=keep)
+    return model_notice(view), gr.Dropdown(choices=_layer_choices(view), value=keep)
 
 
 @user_errors
-def startup(progress=gr.Progress(track_tqdm=True)):
-    """Open on the default model when its pretrained weights can be had, else on the bundled offline model."""
-    opened = explore.startup_model()
-    return opened.model, f"ℹ️ {opened.notice}" if opened.notice else ""
+def model_picked(model: str, weights: str, shown: str = "", progress=gr.Progress(track_tqdm=True)):
+    """A model picked or typed: its notice and layer list, the first convolution chosen."""
+    return _select(model, weights, "", shown)
+
+
+@user_errors
+def weights_switched(model: str, weights: str, layer: str, shown: str = "", progress=gr.Progress(track_tqdm=True)):
+    """Weights switched: the same model's notice and layer list; the layer stays."""
+    return _select(model, weights, layer, shown)
+
+
+def when(flag: gr.State, tab: Refresh) -> dict:
+    """The event arguments that run ``tab``'s refresh only when ``flag`` is true (else change nothing)."""
+    outputs = tab.io["outputs"]
+
+    def refresh_if(*args):
+        *inputs, go = args
+        if not go:
+            return gr.skip() if len(outputs) == 1 else tuple(gr.skip() for _ in outputs)
+        return tab.fn(*inputs)
+
+    refresh_if.__name__ = refresh_if.__qualname__ = tab.fn.__name__
+    own = inspect.signature(tab.fn)  # parameter names for check_call's sentences
+    refresh_if.__signature__ = own.replace(parameters=[
+        *list(own.parameters.values())[: len(tab.io["inputs"])],
+        inspect.Parameter("refresh", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+    ])
+    return dict(fn=refresh_if, inputs=[*tab.io["inputs"], flag], outputs=outputs,
+                concurrency_id=tab.io.get("concurrency_id", WORK), api_visibility="private")
+
+
+@user_errors
+def open_row(model: str, weights: str, opens: str, evt: gr.SelectData):
+    """An Architecture row clicked: open its layer in Feature maps, or in Filters for a convolution; a row
+    that cannot be shown there gets a sentence saying why. Returns (tabs, tab, maps layer, filters
+    layer, note, open Feature maps)."""
+    row = list(evt.row_value or [])
+    if not row:
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), False
+    name, kind = str(row[0]).strip(), str(row[1]) if len(row) > 1 else ""
+    shape = str(row[2]) if len(row) > 2 else ""
+    if opens == "filters":
+        convs = [conv.name for conv in explore.list_convolutions(model, weights)]
+        if name in convs:
+            return (gr.Tabs(selected="filters"), "filters", gr.skip(), name,
+                    f"Opened `{name}` ({kind}) in **Filters**.", False)
+        inside = [c for c in convs if c.startswith(name + ".")]
+        hint = f" Convolutions inside it: {', '.join(f'`{c}`' for c in inside[:4])}{' …' if len(inside) > 4 else ''}." if inside else ""
+        return (gr.skip(), gr.skip(), gr.skip(), gr.skip(),
+                f"`{name}` ({kind}) is not a convolution, so it has no filters to show.{hint}", False)
+    try:
+        info = explore.find_layer(model, weights, name)
+    except CnnvizError:
+        return (gr.skip(), gr.skip(), gr.skip(), gr.skip(),
+                f"`{name}` ({kind}) gives no map of the image to draw (its output is {shape}), "
+                "so Feature maps cannot show it. Pick a row above it with a C×H×W output.", False)
+    return (gr.Tabs(selected="feature-maps"), "feature-maps", info.name, gr.skip(),
+            f"Opened `{info.name}` ({kind}) in **Feature maps**.", True)
+
+
+def document_as_text(component: gr.Dropdown, description: str, example: str) -> None:
+    """Document a Dropdown that takes free text (``allow_custom_value``) as text in the API page and the
+    MCP schema: Gradio would list only its current choices (none, for a layer picker before a model)."""
+    component.api_info = lambda: {"type": "string", "description": description, "additional_description": description}
+    component.example_payload = component.example_value = lambda: example
+
+
+def document_example_image(component: gr.Image, path: Path) -> None:
+    """The API page's example for an image parameter: one of the app's examples, not a URL to fetch."""
+    component.example_payload = lambda: handle_file(str(path.relative_to(ROOT)))
+    component.example_value = lambda: str(path.relative_to(ROOT))
+
+
+def name_outputs(demo: gr.Blocks) -> None:
+    """Give every output of a public endpoint a name in the API page (Gradio says ``value_11`` for a
+    component without a label): its elem_id in words (``maps-caption`` → ``maps caption``)."""
+    for fn in demo.fns.values():
+        if fn.api_visibility != "public":
+            continue
+        for component in [*fn.inputs, *fn.outputs]:
+            if isinstance(component, gr.Image) and component in fn.inputs:
+                document_example_image(component, EXAMPLE_IMAGE)
+        for component in fn.outputs:
+            if getattr(component, "label", None) is None:
+                elem_id = getattr(component, "elem_id", None) or type(component).__name__.lower()
+                component.label = elem_id.replace("-", " ").replace("_", " ")
+
+
+MODEL_API = (
+    "Any torchvision classifier name (resnet50), timm/<name> or timm/<name>.<tag> "
+    "(timm/convnext_tiny.fb_in1k), or a curated key such as alexnet; case-insensitive."
+)
+LAYER_API = ('A qualified module name as named_modules() gives it ("layer2.0.conv1", "features.3"); '
+             'empty: the first convolution.')
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE_IMAGE = next((p for p in sorted(EXAMPLE_FILES) if p.stem == "coffee"), min(EXAMPLE_FILES, default=None))
 
 
 def build_demo() -> gr.Blocks:
-    """Build the app. Nothing is loaded until a page opens (then the default model)."""
+    """Build the app. Nothing is loaded until a page opens (then the model its URL names, or the default)."""
     gr.set_static_paths(sorted(EXAMPLE_FILES))  # examples are served in place, never copied to the cache
     with CheckedBlocks(title="CNN Explorer", delete_cache=(3600, 3600)) as demo:
         gr.Markdown(
             "# 🔬 CNN Explorer\nWhat a convolutional network is made of and what it sees: its layers, "
-            "its first-layer filters, and the feature maps of your own photo at any layer."
+            "its filters, and the feature maps of your own photo at any layer. The address bar always "
+            "holds the view you see: copy it to share it."
         )
         with gr.Row():
             model = gr.Dropdown(
                 explore.curated_models(), value=None, label="Model", allow_custom_value=True, scale=3,
                 info="Pick one, or type any torchvision name (resnet34) or timm name (timm/resnet50.a1_in1k).",
+                elem_id="model-select",
             )
             weights = gr.Radio(list(explore.WEIGHT_CHOICES), value="pretrained", label="Weights", scale=1)
         banner = gr.Markdown(elem_id="startup-banner")
         notice = gr.Markdown(elem_id="weights-notice")
-        with gr.Tabs():  # each tab wires its own public endpoint first, so it keeps its name
-            with gr.Tab("Architecture", id="architecture"):
-                arch = architecture_tab.build(model, weights)
-            with gr.Tab("Filters", id="filters"):
+        # what the page shows, kept in the page (hidden): the model's key, the tab, the Feature maps layer
+        shown = gr.Textbox(visible=False)
+        view_tab = gr.Textbox("architecture", visible=False)
+        current = gr.Textbox(visible=False)
+        refresh_all = gr.State(False)  # whether the last model/weights step changed the model shown
+        open_maps = gr.State(False)  # whether the last row click opened Feature maps
+        with gr.Tabs(selected="architecture") as tabs:  # each tab wires its own public endpoint first
+            with gr.Tab(TABS["architecture"], id="architecture") as arch_tab:
+                arch = architecture_tab.build(model, weights, current)
+            with gr.Tab(TABS["filters"], id="filters") as filters_tab_:
                 kernels = filters_tab.build(model, weights)
-            with gr.Tab("Feature maps", id="feature-maps"):
+            with gr.Tab(TABS["feature-maps"], id="feature-maps") as maps_tab:
                 maps = feature_maps_tab.build(model, weights)
 
-        demo.load(startup, outputs=[model, banner], api_visibility="private", concurrency_id=WORK)
+        view_layers = [maps.layer, kernels.layer]
+        chain = demo.load(
+            open_page, None, [model, weights, tabs, view_tab, banner, notice, maps.layer, kernels.layer, shown, refresh_all],
+            api_visibility="private", concurrency_id=WORK,
+        )
+        starts = [chain]
         model.input(lambda: "", None, banner, api_visibility="private", queue=False)  # the user chose: banner done
-        for trigger, inputs in ((model.change, [model, weights]), (weights.change, [model, weights, maps.layer])):
-            chain = trigger(select_model, inputs, [notice, maps.layer], api_visibility="private", concurrency_id=WORK)
+        starts.append(model.input(model_picked, [model, weights, shown], [model, notice, maps.layer, shown, refresh_all],
+                                  api_visibility="private", concurrency_id=WORK))
+        starts.append(weights.input(weights_switched, [model, weights, maps.layer, shown], [model, notice, maps.layer, shown, refresh_all],
+                                    api_visibility="private", concurrency_id=WORK))
+        for chain in starts:
             for tab in (arch, kernels, maps):  # a model or weights change refreshes every tab, one after the other
-                chain = chain.success(tab.fn, **tab.io, api_visibility="private")
+                chain = chain.success(**when(refresh_all, tab))
+
+        # linked views: a row of the Architecture table opens its layer in Feature maps or Filters
+        arch.table.select(
+            open_row, [model, weights, arch.opens], [tabs, view_tab, maps.layer, kernels.layer, arch.note, open_maps],
+            api_visibility="private", concurrency_id=WORK,
+        ).success(**when(open_maps, maps))
+
+        # the address bar follows the view; the Architecture table highlights the Feature maps layer
+        for tab_id, tab in (("architecture", arch_tab), ("filters", filters_tab_), ("feature-maps", maps_tab)):
+            tab.select(None, None, view_tab, js=f"() => '{tab_id}'", api_visibility="private", queue=False)
+        maps.layer.change(None, maps.layer, current, js="(layer) => layer", api_visibility="private", queue=False)
+        gr.on(
+            [shown.change, weights.change, view_tab.change, *(layer.change for layer in view_layers)],
+            None, [shown, weights, view_tab, *view_layers], None, js=SYNC_URL, api_visibility="private", queue=False,
+        )
+        document_as_text(model, MODEL_API, "resnet18")
+        document_as_text(maps.layer, LAYER_API, "layer1.0.conv1")
+        document_as_text(kernels.layer, "A convolution's qualified name (\"layer4.2.conv2\"); empty: the first convolution.", "")
+        name_outputs(demo)
     # api_open=False: every call goes through the queue (Gradio's /run/<name> routes would skip it)
     demo.queue(max_size=int(os.environ.get("CNNVIZ_QUEUE_SIZE", "32")), default_concurrency_limit=2, api_open=False)
     limit_clients(demo, MAX_PER_SESSION, MAX_PER_CLIENT)
     return demo
 
 
-def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False) -> gr.Blocks:
+def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, mcp: bool | None = None) -> gr.Blocks:
     """Build the demo and start serving it in background threads; returns the running demo.
+
+    ``mcp=True`` also serves the public endpoints as MCP tools (``/gradio_api/mcp/sse``); None leaves
+    it to Gradio's ``GRADIO_MCP_SERVER`` environment variable.
 
     Raises:
         OSError: the port is taken (Gradio's "Cannot find empty port ...")."""
@@ -105,7 +312,7 @@ def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False) -> gr
     demo = build_demo()
     demo.launch(
         server_name=host, server_port=port, share=share, max_file_size=MAX_UPLOAD, css=CSS,
-        prevent_thread_lock=True,
+        prevent_thread_lock=True, mcp_server=mcp,
         app_kwargs={"middleware": [
             Middleware(server.BodyLimit),
             Middleware(server.UploadJanitor, folder=folder, quota=UPLOAD_QUOTA),
