@@ -31,3 +31,11 @@ def test_cuda_requested_without_cuda_is_refused_plainly():
     with pytest.raises(InvalidOptionError, match="no CUDA device"):
         registry.resolve_device("cuda")
     assert registry.resolve_device("auto") == torch.device("cpu")
+
+
+def test_mcp_from_the_flag_or_the_environment(monkeypatch):
+    monkeypatch.delenv("CNNVIZ_MCP", raising=False)
+    assert app.parse_args([]).mcp is False and app.parse_args(["--mcp"]).mcp is True
+    for value, on in (("1", True), ("true", True), ("YES", True), ("0", False), ("", False), ("off", False)):
+        monkeypatch.setenv("CNNVIZ_MCP", value)
+        assert app.parse_args([]).mcp is on, value

@@ -1,0 +1,81 @@
+"""The app as an MCP server (``python app.py --mcp``): its tools are the public endpoints, described by
+their docstrings' Args, and a client can call one (offline, random weights)."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+
+import pytest
+
+from .conftest import ARTIFACTS, ROOT, _free_port, _wait_until_serving
+
+pytestmark = pytest.mark.e2e
+
+PUBLIC = {"architecture", "filters", "feature_maps"}
+
+
+@pytest.fixture(scope="module")
+def mcp_url(tmp_path_factory):
+    """``python app.py --mcp`` on a free loopback port, offline, on the CPU."""
+    pytest.importorskip("mcp", reason="gradio[mcp] is not installed (requirements.txt installs it)")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/"
+    ARTIFACTS.mkdir(exist_ok=True)
+    log = ARTIFACTS / "server-mcp.log"
+    env = dict(os.environ, CNNVIZ_OFFLINE="1", CNNVIZ_DEVICE="cpu", GRADIO_ANALYTICS_ENABLED="False",
+               GRADIO_TEMP_DIR=str(tmp_path_factory.mktemp("gradio-tmp-mcp")), PYTHONUNBUFFERED="1")
+    env.pop("CNNVIZ_MCP", None)
+    env.pop("GRADIO_MCP_SERVER", None)
+    with log.open("w", encoding="utf-8") as out:
+        proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--device", "cpu", "--mcp"],
+                                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        _wait_until_serving(url, proc, log)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_schema_lists_the_public_endpoints_with_parameter_descriptions(mcp_url):
+    with urllib.request.urlopen(mcp_url + "gradio_api/mcp/schema", timeout=30) as r:
+        tools = {tool["name"]: tool for tool in json.load(r)}
+    assert PUBLIC <= set(tools)
+    assert not {"open_page", "model_picked", "weights_switched", "open_row", "show"} & set(tools)  # page events stay private
+    for name, tool in tools.items():
+        assert tool["description"] and tool["description"][0].isupper(), name
+        properties = tool["inputSchema"]["properties"]
+        for parameter, schema in properties.items():
+            assert len(schema.get("description", "")) > 10, (name, parameter)  # from the docstring's Args
+        assert "timm/" in properties["model"]["description"], name
+    arch = tools["architecture"]["inputSchema"]
+    assert arch["required"] == ["model"] and arch["properties"]["weights"]["enum"] == ["pretrained", "random"]
+    assert "1 (top-level blocks) to 8" in arch["properties"]["depth"]["description"]
+
+
+def test_a_client_calls_a_tool_and_gets_the_sentence_for_a_mistake(mcp_url, library):
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamablehttp_client
+
+    async def call():
+        async with streamablehttp_client(mcp_url + "gradio_api/mcp/") as (read, write, _):
+            async with ClientSession(read, write) as session:
+                await session.initialize()
+                names = {tool.name for tool in (await session.list_tools()).tools}
+                good = await session.call_tool("architecture", {"model": "resnet18", "weights": "random", "depth": 1})
+                bad = await session.call_tool("architecture", {"model": "resnet5O", "weights": "random", "depth": 1})
+                return names, good, bad
+
+    names, good, bad = asyncio.run(call())
+    assert PUBLIC <= names
+    truth = library.architecture("resnet18", "random", 1)
+    assert not good.isError and f"**parameters** {truth.total_params:,} " in good.content[0].text
+    assert bad.isError and "Unknown model 'resnet5O'" in bad.content[0].text and "resnet50" in bad.content[0].text

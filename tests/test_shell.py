@@ -1,0 +1,142 @@
+"""The shell's handlers without a browser: deep links (one load, sentences for a bad link), a model typo,
+Architecture row clicks, the readable table, and what the API page documents."""
+from __future__ import annotations
+
+import importlib
+import inspect
+from types import SimpleNamespace
+
+import gradio as gr
+import pandas as pd
+import pytest
+
+import cnnviz
+from cnnviz import explore, ui
+
+arch = importlib.import_module("cnnviz.ui.architecture")  # the module (cnnviz.ui.architecture is also the handler)
+
+
+@pytest.fixture
+def warnings(monkeypatch) -> list[str]:
+    """Every gr.Warning the handlers raise, in order."""
+    said: list[str] = []
+    monkeypatch.setattr(gr, "Warning", lambda message, *a, **k: said.append(message))
+    return said
+
+
+@pytest.fixture
+def no_default_model(monkeypatch):
+    """A deep link must not open the default model first: make that an error."""
+    def refuse():
+        raise AssertionError("the default model was opened")
+
+    monkeypatch.setattr(explore, "startup_model", refuse)
+
+
+def link(**params) -> SimpleNamespace:
+    return SimpleNamespace(query_params=params)  # what open_page reads of a gr.Request
+
+
+def test_deep_link_opens_model_layer_and_tab_without_the_default_model(warnings, no_default_model):
+    out = ui.open_page(link(model="ResNet18", layer="layer3.0.conv1", tab="feature-maps", weights="random"))
+    key, weights, tabs, tab, banner, notice, layer, filters_layer, shown, refresh = out
+    assert (key, weights, tab, shown, refresh) == ("resnet18", "random", "feature-maps", "resnet18", True)
+    assert tabs.selected == "feature-maps" and banner == ""
+    assert "ResNet-18" in notice and "random weights (as chosen)" in notice
+    expected = [(l.label, l.name) for l in cnnviz.list_layers(cnnviz.load_model("resnet18", "random"))]
+    assert layer.value == "layer3.0.conv1" and [tuple(c) for c in layer.choices] == expected
+    assert not warnings
+
+
+def test_deep_link_to_filters_sets_the_convolution(warnings, no_default_model):
+    out = ui.open_page(link(model="resnet18", layer="layer2.0.conv2", tab="filters", weights="random"))
+    assert out[3] == "filters" and out[6].value == "layer2.0.conv2" and out[7] == "layer2.0.conv2"
+    out = ui.open_page(link(model="resnet18", layer="layer2.0.bn2", tab="filters", weights="random"))
+    assert out[7] is not None and not isinstance(out[7], str)  # skipped: not a convolution
+    assert warnings == ["The link's layer 'layer2.0.bn2' is not a convolution; Filters shows the first one."]
+
+
+def test_a_bad_link_gets_sentences_and_the_page_still_opens(warnings, monkeypatch):
+    opened = []
+    monkeypatch.setattr(explore, "startup_model", lambda: opened.append(1) or explore.Startup("resnet18", None))
+    out = ui.open_page(link(model="resnet5O", layer="layer9", tab="weights", weights="random"))
+    assert out[0] == "resnet18" and opened == [1]  # the default opens instead, once
+    assert out[3] == "architecture" and out[6].value == "conv1"
+    assert warnings[0].startswith("The link's tab 'weights' is not one of: architecture, filters, feature-maps.")
+    assert warnings[1].startswith("The link's model: Unknown model 'resnet5O'.") and "resnet50" in warnings[1]
+    assert warnings[2].startswith("The link's layer: ResNet-18 has no layer 'layer9'") and warnings[2].endswith("Showing conv1.")
+
+
+def test_link_parameters_are_bounded_text():
+    params = ui.link_params(link(model=" resnet18 ", layer="x" * 5000, other="ignored"))
+    assert params == {"model": "resnet18", "layer": "x" * ui.LINK_LIMIT, "tab": "", "weights": ""}
+    assert ui.link_params(None) == {"model": "", "layer": "", "tab": "", "weights": ""}
+
+
+def test_a_model_typo_puts_the_shown_model_back_and_refreshes_nothing(warnings):
+    box, notice, layer, shown, refresh = ui.model_picked("resnet5O", "random", "resnet18")
+    assert box == "resnet18" and refresh is False  # the box shows the model the page shows
+    assert warnings and "Did you mean: resnet50" in warnings[0]
+    box, notice, layer, shown, refresh = ui.model_picked("ResNet18", "random", "alexnet")
+    assert (box, shown, refresh, layer.value) == ("resnet18", "resnet18", True, "conv1")
+    box, notice, layer, shown, refresh = ui.weights_switched("resnet18", "random", "layer2.0.conv1", "resnet18")
+    assert layer.value == "layer2.0.conv1"  # a weights switch keeps the layer
+
+
+def test_guarded_refresh_changes_nothing_unless_asked():
+    calls = []
+    tab = ui.Refresh(lambda a, b: calls.append((a, b)) or ("x", "y"), dict(inputs=[1, 2], outputs=[3, 4], concurrency_id="work"))
+    event = ui.when(gr.State(False), tab)
+    assert event["fn"]("a", "b", False) == (gr.skip(), gr.skip()) and not calls
+    assert event["fn"]("a", "b", True) == ("x", "y") and calls == [("a", "b")]
+    assert list(inspect.signature(event["fn"]).parameters) == ["a", "b", "refresh"]  # named in sentences
+
+
+def row(*cells) -> SimpleNamespace:
+    return SimpleNamespace(row_value=list(cells))  # what open_row reads of a gr.SelectData
+
+
+def test_a_row_click_opens_its_layer_or_says_why_not():
+    tabs, tab, maps_layer, filters_layer, note, go = ui.open_row(
+        "resnet18", "random", "feature-maps", row("\u2003\u2003layer2.0.conv1", "Conv2d", "128×28×28"))
+    assert (tabs.selected, tab, maps_layer, go) == ("feature-maps", "feature-maps", "layer2.0.conv1", True)
+    assert note == "Opened `layer2.0.conv1` (Conv2d) in **Feature maps**."
+    *_, note, go = ui.open_row("resnet18", "random", "feature-maps", row("fc", "Linear", "1×1000"))
+    assert not go and note.startswith("`fc` (Linear) gives no map of the image to draw (its output is 1×1000)")
+    tabs, tab, _, filters_layer, note, go = ui.open_row("resnet18", "random", "filters", row("\u2003layer3.1.conv2", "Conv2d", ""))
+    assert (tabs.selected, tab, filters_layer, go) == ("filters", "filters", "layer3.1.conv2", False)
+    *_, note, go = ui.open_row("resnet18", "random", "filters", row("layer1.0", "BasicBlock", "64×56×56"))
+    assert note == ("`layer1.0` (BasicBlock) is not a convolution, so it has no filters to show. "
+                    "Convolutions inside it: `layer1.0.conv1`, `layer1.0.conv2`.")
+
+
+def test_the_page_table_is_readable_and_highlights_the_current_layer():
+    summary = cnnviz.architecture("timm/resnet50.a1_in1k", "random", 3)
+    totals, styler, csv_path, text = arch.architecture_page("timm/resnet50.a1_in1k", "random", 3, "layer1.0.conv1")
+    frame = styler.data
+    kept = [r for r in summary.rows if r.type != "Identity"]
+    assert len(kept) < len(summary.rows) and len(frame) == len(kept)  # Identity rows left out
+    assert list(frame["layer"]) == ["\u2003" * (r.depth - 1) + r.name for r in kept]  # indented by depth
+    assert list(frame["params"]) == [r.params for r in kept]  # still numbers
+    meta = gr.Dataframe(interactive=False).postprocess(styler).metadata
+    at = next(i for i, r in enumerate(kept) if r.name == "layer1.0.conv1")
+    assert meta["display_value"][at][5] == f"{kept[at].params:,}" and "," in meta["display_value"][0][6]
+    assert [i for i, styles in enumerate(meta["styling"]) if any(styles)] == [at]  # that row only
+    # the endpoint keeps the library's rows as they are
+    _, table, _, _ = arch.architecture("timm/resnet50.a1_in1k", "random", 3)
+    assert list(table["layer"]) == [r.name for r in summary.rows]
+
+
+def test_the_api_page_documents_free_text_names_and_local_examples():
+    info = ui.build_demo().get_api_info()["named_endpoints"]
+    assert {"/architecture", "/filters", "/feature_maps"} <= set(info)
+    for name, endpoint in info.items():
+        params = {p["parameter_name"]: p for p in endpoint["parameters"]}
+        assert params["model"]["python_type"]["type"] == "str", name  # not Literal[the curated keys]
+        assert "timm/<name>" in params["model"]["type"]["description"]
+        if "layer" in params:
+            assert params["layer"]["python_type"]["type"] == "str", name  # not an empty Literal[]
+        for p in endpoint["parameters"]:
+            assert "http" not in str(p["example_input"]), (name, p["example_input"])  # nothing to fetch
+        labels = [r["label"] for r in endpoint["returns"]]
+        assert labels and not any(label.startswith("value_") for label in labels), (name, labels)
