@@ -9,6 +9,7 @@ Random weights are used (speed does not depend on the values), so it runs offlin
 from __future__ import annotations
 
 import argparse
+import importlib
 import io
 import os
 import socket
@@ -88,6 +89,8 @@ def bench_model(name: str, device: str, repeats: int, photos: Photos) -> dict[st
     import cnnviz
     from cnnviz import activations, explore, preprocess, ui
 
+    page = importlib.import_module("cnnviz.ui.feature_maps")  # the tab's handlers (ui.feature_maps is the endpoint)
+
     os.environ["CNNVIZ_DEVICE"] = device
     loaded = cnnviz.load_model(name, "random", device)
     found = cnnviz.list_layers(loaded)
@@ -122,6 +125,14 @@ def bench_model(name: str, device: str, repeats: int, photos: Photos) -> dict[st
     r["layer switch, first on an image"] = statistics.median(first_switch)
     cycle = iter([picks["last"], picks["first"], picks["middle"]] * (repeats + 2))
     r["layer switch, later ones"] = median_ms(lambda: request(next(cycle), lambda: path), repeats)
+    r["layer switch in the page, later ones (maps + statistics)"] = median_ms(
+        lambda: page.show(name, path, next(cycle), "random", "first", 64, "auto", "channel", None, 0.5), repeats)
+    middle = picks["middle"]
+    channels = cnnviz.get_layer(loaded, middle).shape[0]
+    picked = iter([c % channels for c in range(0, 7 * (repeats + 2), 7)])
+    r["channel click (image seen: overlay, map, stats)"] = median_ms(
+        lambda: page.channel(name, path, middle, next(picked), "random", 0.5), repeats)
+    r["layer statistics (image seen: table, CSV)"] = median_ms(lambda: page.layer_stats(name, path, middle, "random"), repeats)
     r["filters view"] = median_ms(lambda: encoder.postprocess(ui.filters(name, "random")[0]), repeats)
 
     def architecture_first() -> None:

@@ -45,14 +45,14 @@ class KeptMaps:
         self._items: OrderedDict[tuple[int, bytes, str], tuple[weakref.ref, torch.Tensor]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, loaded: LoadedModel, digest: bytes, layer: str) -> torch.Tensor | None:
-        """A copy of the kept maps, or None."""
+    def get(self, loaded: LoadedModel, digest: bytes, layer: str, copy: bool = True) -> torch.Tensor | None:
+        """A copy of the kept maps (``copy=False``: the kept tensor, to be read only), or None."""
         with self._lock:
             item = self._items.get((id(loaded), digest, layer))
             if item is None or item[0]() is not loaded:
                 return None
             self._items.move_to_end((id(loaded), digest, layer))
-            return item[1].clone()
+            return item[1].clone() if copy else item[1]
 
     def window(self, found: tuple[layers.LayerInfo, ...], info: layers.LayerInfo) -> list[layers.LayerInfo]:
         """``info`` and its neighbours (one after, one before, …) while their maps fit in a quarter of
@@ -368,12 +368,13 @@ class _Found:
     source_size: tuple[int, int] | None
 
 
-def _layer_maps(model: str, image, layer: str | None, weights: str) -> _Found:
-    """The layer's maps for an image, from the kept maps when they are there (one pass otherwise)."""
+def _layer_maps(model: str, image, layer: str | None, weights: str, copy: bool = True) -> _Found:
+    """The layer's maps for an image, from the kept maps when they are there (one pass otherwise).
+    ``copy=False``: the kept tensor itself, for callers that only read it."""
     loaded = load_model(model, weights)
     info = layers.get_layer(loaded, layer)
     x, digest, size = _model_input(loaded, image)
-    maps, predictions = _analyse_cached(loaded, x, digest, info)
+    maps, predictions = _analyse_cached(loaded, x, digest, info, copy)
     return _Found(loaded, info, x, maps, predictions, size)
 
 
@@ -388,7 +389,7 @@ def channel_at(
     1
     """
     _check(channels, activations.CHANNEL_MODES, "channel selection")
-    maps = _layer_maps(model, image, layer, weights).maps
+    maps = _layer_maps(model, image, layer, weights, copy=False).maps
     chosen = activations.select_channels(maps, channels, n)
     if not len(chosen):
         return None
@@ -428,7 +429,7 @@ def channel(
     _check(colormap, render.COLORMAPS, "colormap")
     if isinstance(opacity, bool) or not isinstance(opacity, (int, float)) or not 0.0 <= float(opacity) <= 1.0:
         raise InvalidOptionError(f"Opacity must be a number from 0 to 1, not {quoted(opacity)}.")
-    found = _layer_maps(model, image, layer, weights)
+    found = _layer_maps(model, image, layer, weights, copy=False)
     count = found.maps.shape[0]
     if isinstance(channel, bool) or not isinstance(channel, (int, float)) or int(channel) != channel or not 0 <= channel < count:
         raise InvalidOptionError(
@@ -471,7 +472,7 @@ def layer_stats(model: str, image, layer: str | None = None, weights: str = "pre
     >>> len(view.stats.mean), bool((view.stats.min >= 0).all())
     (64, True)
     """
-    found = _layer_maps(model, image, layer, weights)
+    found = _layer_maps(model, image, layer, weights, copy=False)
     return LayerStatsView(found.info, activations.channel_stats(found.maps), found.loaded.weights)
 
 
@@ -503,7 +504,9 @@ def _model_input(loaded: LoadedModel, image) -> tuple[torch.Tensor, bytes, tuple
     return entry
 
 
-def _analyse_cached(loaded: LoadedModel, x: torch.Tensor, digest: bytes, info: layers.LayerInfo) -> tuple[torch.Tensor, tuple[Prediction, ...]]:
+def _analyse_cached(
+    loaded: LoadedModel, x: torch.Tensor, digest: bytes, info: layers.LayerInfo, copy: bool = True
+) -> tuple[torch.Tensor, tuple[Prediction, ...]]:
     """The layer's maps and the top-5 for an image, with as few passes as the byte budget allows.
 
     A new image costs one pass, which gives the predictions and keeps the layers around the one asked
@@ -512,7 +515,7 @@ def _analyse_cached(loaded: LoadedModel, x: torch.Tensor, digest: bytes, info: l
     with _LOCK:
         per_model = _PREDICTIONS.setdefault(loaded, OrderedDict())
         known = per_model.get(digest)
-    maps = KEPT.get(loaded, digest, info.name)
+    maps = KEPT.get(loaded, digest, info.name, copy)
     if maps is not None and known is not None:
         return maps, known
     window = KEPT.window(layers.list_layers(loaded), info)
@@ -522,7 +525,7 @@ def _analyse_cached(loaded: LoadedModel, x: torch.Tensor, digest: bytes, info: l
         with _LOCK:
             known = _remember(per_model, digest, tuple(activations.top_k(logits, loaded.categories)), 32)
     KEPT.put(loaded, digest, store)
-    return store[info.name].clone(), known
+    return (store[info.name].clone() if copy else store[info.name]), known
 
 
 def predict(model: str, image, weights: str = "pretrained", k: int = 5) -> list[Prediction]:

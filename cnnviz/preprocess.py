@@ -154,13 +154,13 @@ def seen_image(loaded: LoadedModel, x: torch.Tensor) -> np.ndarray:
     >>> seen_image(loaded, to_input(loaded, open_image("examples/coffee.png"))).shape
     (224, 224, 3)
     """
-    pixels = x[0].detach().to("cpu", torch.float32)
+    pixels = x[0].detach().to("cpu", torch.float32).numpy()  # numpy: no torch thread hand-offs for a small image
     found = normalisation(loaded.transform)
     if found is None:
-        lo = pixels.amin(dim=(1, 2), keepdim=True)
-        hi = pixels.amax(dim=(1, 2), keepdim=True)
-        unit = (pixels - lo) / (hi - lo).clamp_min(1e-8)
+        lo = pixels.min(axis=(1, 2), keepdims=True)
+        hi = pixels.max(axis=(1, 2), keepdims=True)
+        unit = (pixels - lo) / np.maximum(hi - lo, 1e-8)
     else:
-        mean, std = (torch.tensor(v, dtype=torch.float32).view(-1, 1, 1) for v in found)
+        mean, std = (np.asarray(v, dtype=np.float32).reshape(-1, 1, 1) for v in found)
         unit = pixels * std + mean
-    return (unit.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    return np.rint(np.clip(unit, 0.0, 1.0) * 255.0).astype(np.uint8).transpose(1, 2, 0).copy()

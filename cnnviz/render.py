@@ -304,28 +304,29 @@ def _glyphs() -> dict[str, np.ndarray]:
 
 
 def _label_width(value: int) -> int:
+    return _text_width(str(value))
+
+
+@functools.lru_cache(maxsize=8192)
+def _text_mask(text: str) -> np.ndarray:
+    """Coverage ``float32[h,w,1]`` in [0, 1] of ``text`` set in the glyphs of :func:`_glyphs`."""
     glyphs = _glyphs()
-    return sum(glyphs[c].shape[1] for c in str(value))
+    return (np.concatenate([glyphs.get(c.lower(), glyphs[" "]) for c in text], axis=1).astype(np.float32) / 255.0)[..., None]
 
 
 def _write(image: np.ndarray, text: str, y: int, x: int, ink: tuple[int, int, int] = LABEL_INK) -> None:
     """Write ``text`` into ``image`` (uint8[H,W,3], changed in place) with its top-left at (y, x),
     clipped at the image's edges."""
-    glyphs = _glyphs()
-    for ch in text:
-        g = glyphs.get(ch.lower(), glyphs[" "])
-        h, w = g.shape
-        region = image[y : y + h, x : x + w]
-        cov = g[: region.shape[0], : region.shape[1], None].astype(np.float32) / 255.0
-        region[...] = (region * (1 - cov) + np.asarray(ink, np.float32) * cov).astype(np.uint8)
-        x += w
-        if x >= image.shape[1]:
-            break
+    if not text:
+        return
+    cov = _text_mask(text)
+    region = image[y : y + cov.shape[0], x : x + cov.shape[1]]
+    cov = cov[: region.shape[0], : region.shape[1]]
+    region[...] = (region * (1 - cov) + np.asarray(ink, np.float32) * cov).astype(np.uint8)
 
 
 def _text_width(text: str) -> int:
-    glyphs = _glyphs()
-    return sum(glyphs.get(c.lower(), glyphs[" "]).shape[1] for c in text)
+    return _text_mask(text).shape[1] if text else 0
 
 
 def add_colour_bar(image: np.ndarray, colormap: str, words: tuple[str, str, str], height: int = 10) -> np.ndarray:
