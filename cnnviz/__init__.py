@@ -11,7 +11,9 @@ from __future__ import annotations
 from .activations import capture, run
 from .hooks import forward_hooks
 from .errors import CnnvizError, InvalidImageError, InvalidOptionError, UnknownLayerError, UnknownModelError
-from .explore import architecture, feature_maps, filter_grid, list_convolutions, predict
+from .explore import (
+    architecture, channel, feature_maps, filter_grid, layer_activations, layer_stats, list_convolutions, predict,
+)
 from .layers import LayerInfo, get_layer, list_layers, listing_note
 from .preprocess import open_image
 from .registry import DEFAULT_MODEL, OFFLINE_MODEL, LoadedModel, ModelSpec, get_spec, list_models, load_model
@@ -29,12 +31,15 @@ __all__ = [
     "UnknownModelError",
     "architecture",
     "capture",
+    "channel",
     "feature_maps",
     "filter_grid",
     "forward_hooks",
     "get_spec",
     "get_layer",
     "list_convolutions",
+    "layer_activations",
+    "layer_stats",
     "list_layers",
     "listing_note",
     "list_models",
