@@ -240,11 +240,11 @@ def build_demo() -> gr.Blocks:
         )
         with gr.Row():
             model = gr.Dropdown(
-                explore.curated_models(), value=None, label="Model", allow_custom_value=True, scale=3,
+                explore.curated_models(), value=None, label="Model", allow_custom_value=True, scale=3, min_width=300,
                 info="Pick one, or type any torchvision name (resnet34) or timm name (timm/resnet50.a1_in1k).",
                 elem_id="model-select",
             )
-            weights = gr.Radio(list(explore.WEIGHT_CHOICES), value="pretrained", label="Weights", scale=1)
+            weights = gr.Radio(list(explore.WEIGHT_CHOICES), value="pretrained", label="Weights", scale=1, min_width=200)
         banner = gr.Markdown(elem_id="startup-banner")
         notice = gr.Markdown(elem_id="weights-notice")
         # what the page shows, kept in the page (hidden): the model's key, the tab, the Feature maps layer
