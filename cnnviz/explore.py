@@ -6,6 +6,7 @@ returns data plus a ready-to-show ``uint8[H,W,3]`` image where there is one.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import threading
 import weakref
@@ -14,11 +15,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from PIL import Image
 
 from . import activations, filters as filters_mod, layers, preprocess, receptive, registry, render, summary as summary_mod
 from .activations import Prediction
 from .hooks import Stopped, interruptible, stop_when  # noqa: F401  (Stopped, stop_when: for the UI)
-from .errors import InvalidOptionError, quoted
+from .errors import InvalidImageError, InvalidOptionError, quoted
 from .registry import LoadedModel, load_model
 from .weights import WeightsOutcome
 
@@ -601,12 +603,6 @@ def startup_model() -> Startup:
 
 
 # --- live frames (the webcam): one pass per frame, nothing kept, nothing written to disk -----------
-
-import io  # noqa: E402  (kept with the one section that needs them)
-
-from PIL import Image  # noqa: E402
-
-from .errors import InvalidImageError  # noqa: E402
 
 MIN_FRAME_SIDE = 16  # pixels; smaller frames carry nothing a model can see
 MAX_FRAME_SIDE = 4096

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from .. import explore
+from ..errors import InvalidImageError
 from . import webcam
 from .common import EXAMPLE_FILES, OUTPUTS, WORK, Refresh, SafeImage, label_dict, user_errors, weights_used, whole
 
@@ -23,6 +24,7 @@ NO_IMAGE = "Upload a photo, paste one, or pick an example to see its feature map
 NO_CHANNEL = "Click a tile of the grid (or a row of the statistics table) to see that channel on the picture the model saw."
 TOP5 = "Top-5 predictions"
 TOP5_UNTRAINED = "Top-5 of an untrained network (random weights): guesses that mean nothing"
+SCROLL_TO_GRID = "() => { document.querySelector('#maps-image')?.scrollIntoView({block: 'nearest', behavior: 'smooth'}); }"
 STATS_HEADERS = ["channel", "mean", "max", "min", "std", "zeros %", "positive %", "dead"]
 WHICH = {
     "first": "channels {first}–{last} of {total}, row by row",
@@ -68,7 +70,11 @@ def show(model, image, layer, weights, channels, n, colormap, normalise, picked,
     top-5 says so; a picked channel the new layer does not have is dropped."""
     if not image:
         return None, None, NO_IMAGE, "", None, None, None, None, None, None, NO_CHANNEL
-    grid, labels, caption, trained = _answer(model, image, layer, weights, channels, n, colormap, normalise)
+    try:
+        grid, labels, caption, trained = _answer(model, image, layer, weights, channels, n, colormap, normalise)
+    except InvalidImageError as e:  # one toast and a sentence where the grid goes; no "Error" badge on every output
+        gr.Warning(str(e))
+        return None, None, f"⚠️ {e}", "", None, None, None, None, None, None, NO_CHANNEL
     stats = _stats(model, image, layer, weights)
     count = len(stats[1])
     if picked is None or not 0 <= picked < count:
@@ -324,6 +330,7 @@ def build(model: gr.Dropdown, weights: gr.Radio) -> FeatureMapsTab:
         show, **io_page, api_visibility="private",
     )
     channels.change(n_box, channels, n, queue=False, api_visibility="private")
+    image.change(None, js=SCROLL_TO_GRID)  # an example clicked below the fold: bring the result into view
     clicked = [picked, overlay, enlarged, channel_text]
     grid.select(clicked_tile, [model, image, layer, weights, channels, n, opacity], clicked, concurrency_id=WORK,
                 api_visibility="private")
