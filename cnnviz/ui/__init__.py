@@ -200,7 +200,8 @@ def document_as_text(component: gr.Dropdown, description: str, example: str) -> 
 
 def document_example_image(component: gr.Image, path: Path) -> None:
     """The API page's example for an image parameter: one of the app's examples, not a URL to fetch."""
-    component.example_payload = lambda: handle_file(str(path.relative_to(ROOT)))
+    local = str(path.relative_to(ROOT))  # the page writes handle_file('<url>') for a payload with a url
+    component.example_payload = lambda: {**handle_file(local), "url": local}
     component.example_value = lambda: str(path.relative_to(ROOT))
 
 
