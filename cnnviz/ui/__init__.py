@@ -31,7 +31,10 @@ from .filters import filters
 __all__ = ["CSS", "architecture", "build_demo", "feature_maps", "filters", "launch", "select_model"]
 
 # Grids arrive at (about) the maps' own resolution; the page enlarges them with crisp pixels.
-CSS = "#maps-image img, #filters-image img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }"
+CSS = (
+    "#maps-image img, #filters-image img, #channel-map img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }"
+    " #channel-overlay img { width: 100%; height: 100%; object-fit: contain; }"  # the photo: smooth when enlarged
+)
 
 
 def model_notice(view: explore.ModelView) -> str:

@@ -306,7 +306,7 @@ def build(model: gr.Dropdown, weights: gr.Radio) -> FeatureMapsTab:
         export = gr.Button("Prepare downloads: grid (PNG), activations (.npy), statistics (CSV)", elem_id="export-button")
         files = gr.File(label="Downloads", file_count="multiple", elem_id="export-files")
         npy = gr.File(label="Activations (.npy)", visible=False)
-        npy_text = gr.Markdown(visible=False)
+        npy_text = gr.Markdown(visible=False, label="caption")
 
     io_maps = dict(
         inputs=[model, image, layer, weights, channels, n, colormap, normalise],
