@@ -377,7 +377,7 @@ def render_filters(weight: np.ndarray, normalise: str = "layer", target: int = F
     unit = minmax(w, (1, 2, 3) if normalise == "filter" else None)
     rgb = np.rint(np.broadcast_to(unit, unit.shape[:3] + (3,)) * 255).astype(np.uint8)
     size = tile_size(len(w), max(w.shape[1:3]), target)
-    return tile(resize_tiles(rgb, size), pad=max(2, size // 16))
+    return tile(resize_tiles(rgb, size), pad=max(2, size // 16), pad_value=GUTTER)  # dark gutters: no glare in dark mode
 
 
 def encode(image: np.ndarray, fmt: str) -> bytes:

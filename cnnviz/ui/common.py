@@ -103,8 +103,12 @@ class CheckedBlocks(gr.Blocks):
 
 def check_call(block_fn, inputs: list) -> None:
     """Raise a :class:`gr.Error` naming the first parameter of ``inputs`` that cannot be processed."""
-    names = list(inspect.signature(block_fn.fn).parameters)[: len(block_fn.inputs)]
-    names += [f"#{i + 1}" for i in range(len(names), len(block_fn.inputs))]  # every input is checked
+    params = list(inspect.signature(block_fn.fn).parameters.values())[: len(block_fn.inputs)]
+    names = [p.name for p in params] + [f"#{i + 1}" for i in range(len(params), len(block_fn.inputs))]  # every input is checked
+    if isinstance(inputs, list) and block_fn.api_name and len(params) == len(block_fn.inputs) > len(inputs):
+        left_out = params[len(inputs):]  # an endpoint's trailing parameters with defaults may be left out
+        if all(p.default is not inspect.Parameter.empty for p in left_out):
+            inputs.extend(p.default for p in left_out)
     if not isinstance(inputs, list) or len(inputs) != len(block_fn.inputs):
         sent = len(inputs) if isinstance(inputs, list) else 0
         where = f"The /{block_fn.api_name} endpoint" if block_fn.api_name else "This event"

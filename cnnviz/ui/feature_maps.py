@@ -273,7 +273,7 @@ def build(model: gr.Dropdown, weights: gr.Radio) -> FeatureMapsTab:
             gr.Examples([[str(p)] for p in sorted(EXAMPLE_FILES)], inputs=[image], label="Examples")
             layer = gr.Dropdown([], value="", label="Layer", allow_custom_value=True, elem_id="layer-select")
             channels = gr.Radio(CHANNEL_CHOICES, value="first", label="Channels", elem_id="channels")
-            n = gr.Slider(1, 2048, value=64, step=1, label="N", elem_id="n-slider")
+            n = gr.Slider(1, 4096, value=64, step=1, label="N", elem_id="n-slider")
             colormap = gr.Dropdown(list(explore.COLORMAPS), value="auto", label="Colormap", elem_id="colormap",
                                    info="auto: grey, or blue–white–red centred on zero when the layer has negative values")
             normalise = gr.Radio([("per channel", "channel"), ("per layer", "layer")], value="channel", label="Normalise")
@@ -325,9 +325,10 @@ def build(model: gr.Dropdown, weights: gr.Radio) -> FeatureMapsTab:
         outputs=[grid, predictions, caption, stats_summary, stats_table, means, stats_csv, picked, overlay, enlarged, channel_text],
         concurrency_id=WORK,
     )
-    gr.on(  # in the page, controls touched before there is an image show a hint, not an error
-        [image.change, layer.input, channels.change, n.release, colormap.change, normalise.change],
-        show, **io_page, api_visibility="private",
+    gr.on(  # in the page, controls touched before there is an image show a hint, not an error; N applies on
+        # dragging, on Enter in its box and on its reset (always_last: one run after a burst of changes)
+        [image.change, layer.input, channels.change, n.change, colormap.change, normalise.change],
+        show, **io_page, trigger_mode="always_last", api_visibility="private",
     )
     channels.change(n_box, channels, n, queue=False, api_visibility="private")
     image.change(None, js=SCROLL_TO_GRID)  # an example clicked below the fold: bring the result into view

@@ -177,13 +177,14 @@ def fetch_image(page: Page, src: str) -> np.ndarray:
 
 
 def grid_shape(image: np.ndarray) -> tuple[int, int]:
-    """Rows and columns of tiles, counted from the pure-white gutters between them."""
+    """Rows and columns of tiles, counted from the gutters (render.GUTTER) between them."""
+    from cnnviz.render import GUTTER
 
     def runs(mask: np.ndarray) -> int:
         return int(mask[0]) + int(np.count_nonzero(mask[1:] & ~mask[:-1]))
 
-    white = (image == 255).all(axis=2)
-    return runs(~white.all(axis=1)), runs(~white.all(axis=0))
+    gutter = (np.abs(image.astype(int) - np.asarray(GUTTER)) <= 2).all(axis=2)  # PNG: exact; a margin for safety
+    return runs(~gutter.all(axis=1)), runs(~gutter.all(axis=0))
 
 
 def expected_grid(n: int) -> tuple[int, int]:

@@ -91,7 +91,8 @@ def test_bad_channels_get_a_sentence(raw, channel, hint):
     ("layer_stats", [MODEL, {"path": "/etc/passwd"}, LAYER, "pretrained"], "uploaded to this app"),
     ("activations", [MODEL, {"url": "data:image/png;base64,AAAA"}, LAYER, "pretrained"], "uploaded to this app"),
     ("activations", [MODEL, {"path": COFFEE}, "blocks.99", "pretrained"], "no layer"),
-    ("layer_stats", [MODEL, {"path": COFFEE}], "takes 4 parameters"),
+    ("layer_stats", [MODEL], "takes 4 parameters"),
+    ("channel", [MODEL, {"path": COFFEE}, LAYER], "takes 6 parameters"),
 ])
 def test_hostile_calls_get_a_sentence(raw, name, data, hint):
     assert_sentence(raw.call(name, data), hint)

@@ -184,7 +184,7 @@ def test_request_bodies_are_capped(raw):
     ("architecture", ["resnet18", "random", [3]], "Depth"),
     ("architecture", ["resnet18", "random", {"depth": 3}], "Depth"),
     ("architecture", ["resnet18", "random", math.nan], "Depth"),
-    ("architecture", ["resnet18"], "parameters"),
+    ("feature_maps", ["resnet18"], "parameters"),
     ("architecture", [], "parameters"),
     ("architecture", ["resnet18", "random", 3, 4, 5], "parameters"),
     ("filters", [["resnet18"], "random", "layer"], "model"),
@@ -201,6 +201,14 @@ def test_request_bodies_are_capped(raw):
 ])
 def test_malformed_calls_get_a_sentence(raw, name, data, hint):
     assert_sentence(raw.call(name, data), hint)
+
+
+def test_trailing_parameters_with_defaults_may_be_left_out(raw):
+    """A script written before /filters gained layer and input_channel still works: defaults fill in."""
+    status, (grid, caption) = raw.call("filters", ["resnet18", "random", "layer"])
+    assert status == "complete" and caption.startswith("`conv1`")
+    status, outputs = raw.call("architecture", ["resnet18"])
+    assert status == "complete" and "Random weights" in outputs[0]  # weights defaults to pretrained: none offline
 
 
 def test_malformed_json_gets_a_sentence(raw):
