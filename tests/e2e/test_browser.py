@@ -398,12 +398,17 @@ def test_bad_upload_shows_readable_error_then_valid_upload_works(browser_page: P
     wait_text(page, "#maps-caption", startswith="Upload a photo")
 
     page.locator("#input-image input[type=file]").set_input_files(str(not_an_image))
-    toast = page.locator(".toast-body.error [data-testid=toast-text]").first
+    toast = page.locator(".toast-body [data-testid=toast-text]").first
     expect(toast).to_contain_text("not an image this app can read")
     message = toast.inner_text().strip()
     assert_readable(message)
     assert "PNG" in message and "JPEG" in message
+    # the same sentence where the grid goes; one toast, no "Error" badge over the outputs
+    caption = wait_text(page, "#maps-caption", contains="not an image this app can read")
+    assert caption.lstrip("⚠️ ").strip() == message
     wait_toast_shown(page)
+    assert page.locator(".toast-body [data-testid=toast-text]").count() == 1
+    assert error_toasts(page) == [] and page.get_by_text("Error", exact=True).count() == 0
     shot("bad-upload-toast")
 
     # Close the toasts and upload a real photo: the app recovers.

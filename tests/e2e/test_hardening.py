@@ -42,9 +42,9 @@ def assert_names_value_and_valid(message: str, bad: str, valid: str) -> None:
 @pytest.mark.parametrize(
     ("options", "bad", "valid"),
     [
-        (dict(channels="some"), "some", "'first', 'top', 'all'"),
+        (dict(channels="some"), "some", "'first', 'top', 'top-max', 'dead', 'all'"),
         (dict(channels="top", n=0), "0", "minimum value 1"),
-        (dict(channels="top", n=10**7), "10000000", "maximum value 2048"),
+        (dict(channels="top", n=10**7), "10000000", "maximum value 4096"),
         (dict(colormap="jet"), "jet", "'viridis'"),
         (dict(normalise="global"), "global", "'channel', 'layer'"),
         (dict(weights="imagenet"), "imagenet", "'pretrained', 'random'"),
