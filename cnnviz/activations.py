@@ -44,8 +44,11 @@ def capture(model: torch.nn.Module, layers: Sequence[LayerInfo], stop_early: boo
     With ``stop_early=True`` the forward pass is cut short once all layers are captured (call the
     model through :func:`run`, which swallows the internal stop signal).
 
-    >>> with capture(model, [get_layer(loaded, "layer1")]) as out:
-    ...     run(model, x)
+    >>> from cnnviz import get_layer, load_model, preprocess
+    >>> loaded = load_model("resnet18", "random")
+    >>> x = preprocess.to_input(loaded, preprocess.open_image("examples/cat.png"))
+    >>> with capture(loaded.model, [get_layer(loaded, "layer1")]) as out:
+    ...     _ = run(loaded.model, x)
     >>> out["layer1"].shape
     torch.Size([64, 56, 56])
     """

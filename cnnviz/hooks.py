@@ -87,6 +87,8 @@ def forward_hooks(
     ``names=None`` hooks every submodule. The model runs in eval mode inside the block; each module's
     training flag is restored and every hook removed on exit, even when the forward pass raises.
 
+    >>> import torchvision
+    >>> model, x = torchvision.models.resnet18(), torch.zeros(1, 3, 224, 224)
     >>> with forward_hooks(model, ["conv1"], lambda n, i, t: print(n, tuple(t.shape))):
     ...     _ = model(x)
     conv1 (1, 64, 112, 112)

@@ -132,8 +132,9 @@ def find_layers(model: torch.nn.Module, input_size: tuple[int, int, int], device
     missed; :func:`cnnviz.activations.capture_layers` checks the version of every output it keeps by
     reference, so such a miss costs a second pass, never a wrong map.
 
-    >>> [l.name for l in find_layers(torchvision.models.alexnet(), (3, 224, 224)).layers][:2]
-    ['features.0', 'features.1']
+    >>> import torchvision
+    >>> [l.name for l in find_layers(torchvision.models.alexnet(), (3, 224, 224)).layers][:3]
+    ['features', 'features.0', 'features.1']
     """
     modules = dict(model.named_modules())
     grids = _token_grids(model)
@@ -329,6 +330,7 @@ def listing_note(loaded: LoadedModel) -> str | None:
     """A sentence for the layer picker saying what was left out and how tokens are drawn, or None
     when every output with an image-like shape is listed (plain CNNs).
 
+    >>> from cnnviz.registry import load_model
     >>> listing_note(load_model("timm/vit_tiny_patch16_224", "random"))
     'Listed: outputs that are maps of the image. Left out: 24 per-head tensors inside attention ...'
     """
@@ -376,6 +378,7 @@ def first_conv_name(model: torch.nn.Module) -> str:
     timm models say which one in ``pretrained_cfg["first_conv"]``; otherwise the first ``Conv2d``
     with 3 input channels (then any ``Conv2d``) in definition order.
 
+    >>> import torchvision
     >>> first_conv_name(torchvision.models.alexnet())
     'features.0'
     """

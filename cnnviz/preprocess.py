@@ -150,6 +150,7 @@ def seen_image(loaded: LoadedModel, x: torch.Tensor) -> np.ndarray:
     model's resize, crop and normalisation) with the normalisation undone. A transform without a
     ``Normalize`` step is shown stretched to [0, 255] per channel.
 
+    >>> from cnnviz.registry import load_model
     >>> loaded = load_model("resnet18", "random")
     >>> seen_image(loaded, to_input(loaded, open_image("examples/coffee.png"))).shape
     (224, 224, 3)

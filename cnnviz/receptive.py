@@ -157,6 +157,7 @@ def trace_geometry(model: torch.nn.Module, names: list[str], x: torch.Tensor) ->
     """The :class:`Geometry` of the first output of each module in ``names`` for one pass of ``x``
     (``Tensor[1,3,H,W]``); modules whose output carries none (it does not derive from the image) are left out.
 
+    >>> import torchvision
     >>> geo = trace_geometry(torchvision.models.alexnet(), ["features.0", "features.2"], torch.zeros(1, 3, 224, 224))
     >>> geo["features.2"].stride, geo["features.2"].field
     ((8.0, 8.0), (19, 19))
