@@ -87,7 +87,7 @@ def bench_model(name: str, device: str, repeats: int, photos: Photos) -> dict[st
     import gradio as gr
 
     import cnnviz
-    from cnnviz import activations, explore, preprocess, ui
+    from cnnviz import activations, preprocess, ui
 
     page = importlib.import_module("cnnviz.ui.feature_maps")  # the tab's handlers (ui.feature_maps is the endpoint)
 
@@ -136,7 +136,7 @@ def bench_model(name: str, device: str, repeats: int, photos: Photos) -> dict[st
     r["filters view"] = median_ms(lambda: encoder.postprocess(ui.filters(name, "random")[0]), repeats)
 
     def architecture_first() -> None:
-        explore._SUMMARIES.pop(loaded, None)
+        loaded.derived.pop("summary.depth3", None)  # the summary kept on the model
         ui.architecture(name, "random", 3)
 
     r["architecture (first)"] = median_ms(architecture_first, max(3, repeats // 2))
@@ -283,11 +283,12 @@ def bench_any_layer_filters(repeats: int, name: str = "resnet50", layer: str = "
     """The Filters tab's view of a deep convolution (512 filters of 512×3×3: grid of input-channel means,
     histogram of 2.4 M weights, per-filter norms): computed afresh (per-model cache emptied each time),
     switching back to it (cached), and as the page serves it (the same plus PNG encoding and the file)."""
+    import cnnviz
     from cnnviz import explore, ui
 
     def afresh(fn):
         def run():
-            explore._FILTER_CACHES.clear()
+            cnnviz.load_model(name, "random").derived.pop("filters.cache", None)  # the filters kept on the model
             fn()
         return run
 

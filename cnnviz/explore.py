@@ -24,9 +24,6 @@ from .errors import InvalidImageError, InvalidOptionError, quoted
 from .registry import LoadedModel, load_model
 from .weights import WeightsOutcome
 
-_SUMMARIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_INPUTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # loaded -> file key -> (input, digest)
-_PREDICTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # loaded -> image digest -> top-5
 _LOCK = threading.Lock()
 MAX_DEPTH = 8
 
@@ -129,15 +126,12 @@ def architecture(model: str, weights: str = "pretrained", depth: int = 3) -> sum
         raise InvalidOptionError(f"Depth must be a whole number from 1 to {MAX_DEPTH}, not {quoted(depth)}.")
     depth = int(depth)
     loaded = load_model(model, weights)
-    with _LOCK:
-        per_model = _SUMMARIES.setdefault(loaded, {})
-        cached = per_model.get(depth)
-    if cached is None:
+
+    def compute() -> summary_mod.Summary:
         with loaded.lock, interruptible(loaded.model):
-            cached = summary_mod.summarize(loaded.model, loaded.input_size, depth=depth)
-        with _LOCK:
-            per_model[depth] = cached
-    return cached
+            return summary_mod.summarize(loaded.model, loaded.input_size, depth=depth)
+
+    return loaded.memo(f"summary.depth{depth}", compute)
 
 
 @dataclass(frozen=True)
@@ -175,14 +169,13 @@ class FiltersView:
 
 
 FILTERS_CACHE_BYTES = int(float(os.environ.get("CNNVIZ_FILTERS_MB", "64")) * 2**20)  # per model
-_FILTER_CACHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # loaded -> _FilterCache
 
 
 class _FilterCache:
     """One model's convolution list, per-layer weights/histogram/norms and drawn grids, least recently
     used first out once their bytes pass ``budget`` (weights ``4·O·I·kh·kw`` bytes, grids ``H·W·3``).
     Filters of a loaded model never change (it is read-only), so entries need no invalidation; the
-    whole cache goes with the model (weak key)."""
+    whole cache goes with the model (kept on it: ``loaded.memo``)."""
 
     def __init__(self, budget: int) -> None:
         self.budget = budget
@@ -208,11 +201,7 @@ class _FilterCache:
 
 
 def _filter_cache(loaded: LoadedModel) -> _FilterCache:
-    with _LOCK:
-        cache = _FILTER_CACHES.get(loaded)
-        if cache is None:
-            cache = _FILTER_CACHES[loaded] = _FilterCache(FILTERS_CACHE_BYTES)
-        return cache
+    return loaded.memo("filters.cache", lambda: _FilterCache(FILTERS_CACHE_BYTES))
 
 
 def _convolutions(loaded: LoadedModel) -> tuple[filters_mod.ConvInfo, ...]:
@@ -494,7 +483,7 @@ def _model_input(loaded: LoadedModel, image) -> tuple[torch.Tensor, bytes, tuple
         stat = os.stat(image)
         key = (os.fspath(image), stat.st_size, stat.st_mtime_ns)
         with _LOCK:
-            hit = _INPUTS.setdefault(loaded, OrderedDict()).get(key)
+            hit = _inputs(loaded).get(key)
         if hit is not None:
             return hit
     picture = preprocess.open_image(image)
@@ -502,8 +491,18 @@ def _model_input(loaded: LoadedModel, image) -> tuple[torch.Tensor, bytes, tuple
     entry = (x, hashlib.blake2b(x.cpu().numpy().tobytes(), digest_size=16).digest(), picture.size)
     if key is not None:
         with _LOCK:
-            _remember(_INPUTS.setdefault(loaded, OrderedDict()), key, entry, 8)
+            _remember(_inputs(loaded), key, entry, 8)
     return entry
+
+
+def _inputs(loaded: LoadedModel) -> OrderedDict:
+    """The model's recent inputs: file key (path, size, mtime) -> (input, digest, size); LRU, 8 kept."""
+    return loaded.memo("explore.inputs", OrderedDict)
+
+
+def _predictions(loaded: LoadedModel) -> OrderedDict:
+    """The model's recent top-5s: image digest -> predictions; LRU, 32 kept."""
+    return loaded.memo("explore.predictions", OrderedDict)
 
 
 def _analyse_cached(
@@ -514,8 +513,8 @@ def _analyse_cached(
     A new image costs one pass, which gives the predictions and keeps the layers around the one asked
     for (as many as :data:`KEPT` allows per pass); a switch to a kept layer costs no pass, a switch
     beyond them one pass that stops right after the new window."""
+    per_model = _predictions(loaded)
     with _LOCK:
-        per_model = _PREDICTIONS.setdefault(loaded, OrderedDict())
         known = per_model.get(digest)
     maps = KEPT.get(loaded, digest, info.name, copy)
     if maps is not None and known is not None:

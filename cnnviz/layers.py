@@ -20,7 +20,6 @@ and shapes with no square map (token sequences off the declared grid, non-square
 """
 from __future__ import annotations
 
-import threading
 import weakref
 from collections import Counter
 from dataclasses import dataclass
@@ -304,20 +303,14 @@ def _prefix_tokens(model: torch.nn.Module) -> int:
     return int(any(n == "class_token" or n.startswith("cls_token") for n in names))
 
 
-_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_LOCK = threading.Lock()
-
-
 def _listing(loaded: LoadedModel) -> Listing:
-    """The listing of a loaded model, computed once per loaded model."""
-    with _LOCK:
-        cached = _CACHE.get(loaded)
-    if cached is None:
+    """The listing of a loaded model, computed once per loaded model (kept on it)."""
+
+    def compute() -> Listing:
         with loaded.lock:
-            cached = find_layers(loaded.model, loaded.input_size, loaded.device)
-        with _LOCK:
-            _CACHE[loaded] = cached
-    return cached
+            return find_layers(loaded.model, loaded.input_size, loaded.device)
+
+    return loaded.memo("layers.listing", compute)
 
 
 def list_layers(loaded: LoadedModel) -> tuple[LayerInfo, ...]:

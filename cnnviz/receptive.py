@@ -21,7 +21,6 @@ hand-computed branching model in ``tests/test_receptive.py``.
 """
 from __future__ import annotations
 
-import threading
 import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -175,19 +174,13 @@ def trace_geometry(model: torch.nn.Module, names: list[str], x: torch.Tensor) ->
     return found
 
 
-_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_LOCK = threading.Lock()
-
-
 def layer_geometry(loaded: LoadedModel, layers: tuple[LayerInfo, ...]) -> dict[str, Geometry]:
     """:func:`trace_geometry` of every listed layer of a loaded model, on zeros of its input size;
-    computed once per loaded model."""
-    with _LOCK:
-        cached = _CACHE.get(loaded)
-    if cached is None:
+    computed once per loaded model (kept on it)."""
+
+    def compute() -> dict[str, Geometry]:
         x = torch.zeros(1, *loaded.input_size, device=loaded.device)
         with loaded.lock:
-            cached = trace_geometry(loaded.model, [layer.name for layer in layers], x)
-        with _LOCK:
-            _CACHE[loaded] = cached
-    return cached
+            return trace_geometry(loaded.model, [layer.name for layer in layers], x)
+
+    return loaded.memo("receptive.geometry", compute)

@@ -20,7 +20,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Literal
+from typing import Callable, Iterator, Literal, TypeVar
 
 import torch
 from PIL import Image
@@ -183,6 +183,8 @@ def get_spec(name: str) -> ModelSpec:
     raise _unknown(name)
 
 
+T = TypeVar("T")
+
 @dataclass(frozen=True, eq=False)
 class LoadedModel:
     """A model ready for inference, with its own preprocessing and labels.
@@ -190,6 +192,11 @@ class LoadedModel:
     ``model`` is in eval mode on ``device``. Treat it as read-only: it is shared by every request.
     Hold ``lock`` around anything that runs it with hooks attached (captures, summaries), so one
     request's hooks never see another request's forward pass.
+
+    Everything computed from the model once and kept (its layer listing, receptive fields, summaries,
+    filters, recent inputs and predictions) lives here, in :meth:`memo`, and goes when the model
+    cache drops the model: one owner for every per-model cache. (Kept activation maps, which are
+    large and shared across models, have their own byte budget: ``explore.KEPT``.)
     """
 
     spec: ModelSpec
@@ -200,6 +207,25 @@ class LoadedModel:
     weights: weights.WeightsOutcome
     device: torch.device
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    derived: dict = field(default_factory=dict, repr=False)  # key -> what memo() computed
+
+    def memo(self, key: str, compute: Callable[[], T]) -> T:
+        """The value for ``key`` computed from this model: ``compute()`` on first use, then kept as long
+        as the model is loaded. Two first uses at once may both compute; the first result is kept.
+
+        >>> loaded = load_model("resnet18", "random")
+        >>> loaded.memo("answer", lambda: 42), loaded.memo("answer", lambda: 0)
+        (42, 42)
+        """
+        with _DERIVED_LOCK:
+            if key in self.derived:
+                return self.derived[key]
+        value = compute()
+        with _DERIVED_LOCK:
+            return self.derived.setdefault(key, value)
+
+
+_DERIVED_LOCK = threading.Lock()
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:

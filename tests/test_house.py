@@ -49,3 +49,32 @@ def test_the_rules_see_imports():
     assert "cnnviz.explore" in imported(PACKAGE / "ui" / "filters.py")
     assert "cnnviz.ui.common" in imported(PACKAGE / "ui" / "filters.py")
     assert any(n.startswith("gradio") for n in imported(PACKAGE / "ui" / "__init__.py"))
+
+
+def test_per_model_caches_live_on_the_loaded_model():
+    """One owner for every per-model cache: ``LoadedModel.memo``. No module keeps its own table keyed by
+    loaded models (those outlived nothing, but each had its own lock, bound and eviction)."""
+    for path in FILES:
+        assert "WeakKeyDictionary" not in path.read_text(encoding="utf-8"), f"{path.name} keeps its own per-model cache"
+
+
+def test_a_models_derived_data_goes_with_it(coffee):
+    import gc
+    import weakref
+
+    import cnnviz
+    from cnnviz import registry
+
+    registry.clear_cache()
+    loaded = cnnviz.load_model("resnet18", "random")
+    cnnviz.feature_maps("resnet18", coffee, "layer1", "random")
+    cnnviz.architecture("resnet18", "random", 2)
+    cnnviz.filter_grid("resnet18", "random", layer="layer1.0.conv1")
+    assert {"layers.listing", "receptive.geometry", "summary.depth2", "filters.cache", "explore.inputs",
+            "explore.predictions"} <= set(loaded.derived)
+    listing = weakref.ref(loaded.derived["layers.listing"])
+    gone = weakref.ref(loaded)
+    del loaded
+    registry.clear_cache()
+    gc.collect()
+    assert gone() is None and listing() is None  # nothing else held the model or what was computed from it
