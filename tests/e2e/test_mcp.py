@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from .conftest import ARTIFACTS, ROOT, _free_port, _wait_until_serving
+from .conftest import ARTIFACTS, ROOT, _free_port, _wait_until_serving, stop_process
 
 pytestmark = pytest.mark.e2e
 
@@ -37,12 +37,7 @@ def mcp_url(tmp_path_factory):
         _wait_until_serving(url, proc, log)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_process(proc)
 
 
 def test_schema_lists_the_public_endpoints_with_parameter_descriptions(mcp_url):
