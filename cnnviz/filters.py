@@ -323,7 +323,7 @@ def get_convolution(convs: tuple[ConvInfo, ...], name: str, model_name: str = "T
         hint = did_you_mean(name, names)
     raise UnknownLayerError(
         f"{model_name} has no convolution {quoted(name)}.{hint} Its {len(names)} convolutions run from "
-        f"{names[0]} to {names[-1]} (qualified names as named_modules() gives them)."
+        f"{names[0]} to {names[-1]}, as the Convolution list names them."
     )
 
 

@@ -22,7 +22,7 @@ hand-computed branching model in ``tests/test_receptive.py``.
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -40,22 +40,28 @@ if TYPE_CHECKING:
 class Geometry:
     """Per axis (height, width): ``stride`` in input pixels between neighbouring positions of the
     map, and ``field``, the side of the input window one position can see (theoretical: every path
-    counted, padding included). ``whole`` is True when some operation mixed all positions."""
+    counted, padding included). ``whole`` is True when some operation mixed all positions (attention);
+    ``context`` when a summary of the whole input was mixed into a local map (squeeze-and-excitation
+    gates from global pooling): the field is still local, and said so. ``pooled`` marks a global
+    summary itself (a 1×1 map or a vector made by pooling over every position)."""
 
     stride: tuple[float, float]
     field: tuple[int, int]
     whole: bool = False
+    context: bool = False
+    pooled: bool = False
 
     def describe(self, input_size: tuple[int, int]) -> str:
         """E.g. ``"stride 16 · receptive field 99×99 px of the 224×224 input"``."""
         sh, sw = (int(s) if float(s).is_integer() else round(s, 2) for s in self.stride)
         stride = f"stride {sh}" if sh == sw else f"stride {sh}×{sw}"
         h, w = input_size
-        if self.whole:
+        if self.whole or self.pooled:
             return f"{stride} · sees the whole {h}×{w} input (attention or global pooling mixes every position)"
         fh, fw = self.field
         covers = " (all of it)" if fh >= h and fw >= w else ""
-        return f"{stride} · receptive field {fh}×{fw} px of the {h}×{w} input{covers}"
+        context = ", plus a summary of the whole input (squeeze-and-excitation: global pooling)" if self.context else ""
+        return f"{stride} · receptive field {fh}×{fw} px of the {h}×{w} input{covers}{context}"
 
 
 _WINDOWED = {
@@ -68,6 +74,25 @@ _MIXING = {
     torch.Tensor.matmul, torch.Tensor.bmm, F.multi_head_attention_forward, torch._native_multi_head_attention,
 }
 _ADAPTIVE = {F.adaptive_avg_pool2d, F.adaptive_max_pool2d, torch._C._nn.adaptive_avg_pool2d, F.adaptive_max_pool2d_with_indices}
+
+
+def _widest(found: list[Geometry]) -> Geometry:
+    """The geometry of an elementwise combination: the largest stride and field of its inputs."""
+    return Geometry(
+        (max(g.stride[0] for g in found), max(g.stride[1] for g in found)),
+        (max(g.field[0] for g in found), max(g.field[1] for g in found)),
+        any(g.whole for g in found), any(g.context for g in found), all(g.pooled for g in found),
+    )
+
+
+def _summary(out, args: tuple) -> bool:
+    """Whether ``out`` is a 1×1 map (NCHW ``[N,C,1,1]`` or NHWC ``[N,1,1,C]``) made from a larger
+    4-D map (``x.mean((2, 3), keepdim=True)`` in timm's squeeze-and-excitation)."""
+    first = args[0] if args else None
+    if not (isinstance(out, torch.Tensor) and isinstance(first, torch.Tensor) and out.ndim == 4 and first.ndim == 4):
+        return False
+    one_by_one = out.shape[2] == out.shape[3] == 1 or out.shape[1] == out.shape[2] == 1
+    return one_by_one and first.shape[1:].numel() > out.shape[1:].numel()
 
 
 def _pair(value, default) -> tuple[int, int]:
@@ -121,17 +146,18 @@ class _Tracer(TorchFunctionMode):
         known = self._inputs(args, kwargs)
         if not known:
             return out
-        widest = Geometry(
-            (max(g.stride[0] for g in known), max(g.stride[1] for g in known)),
-            (max(g.field[0] for g in known), max(g.field[1] for g in known)),
-            any(g.whole for g in known),
-        )
+        local = [g for g in known if not g.pooled]  # a sum or product of a map and a global gate: the map's field
+        widest = _widest(local) if local else replace(_widest(known), pooled=True)
+        if local and len(local) < len(known):
+            widest = replace(widest, context=True)
         first = self.get(args[0]) if args else None
         kind = _WINDOWED.get(func)
-        if kind and first is not None:
+        if kind and first is not None and not first.pooled:
             widest = self._windowed(kind, first, args, kwargs)
-        elif func in _MIXING or func in _ADAPTIVE:
-            widest = Geometry(widest.stride, (max(widest.field[0], self.side[0]), max(widest.field[1], self.side[1])), True)
+        elif func in _MIXING:
+            widest = replace(widest, field=(max(widest.field[0], self.side[0]), max(widest.field[1], self.side[1])), whole=True)
+        elif local and (func in _ADAPTIVE or _summary(out, args)):  # pooling over every position: a global summary
+            widest = replace(widest, field=(max(widest.field[0], self.side[0]), max(widest.field[1], self.side[1])), pooled=True)
         for tensor in out if isinstance(out, (tuple, list)) else (out,):
             if isinstance(tensor, torch.Tensor):
                 self._set(tensor, widest)
@@ -149,7 +175,7 @@ class _Tracer(TorchFunctionMode):
             s = _pair(_arg(args, kwargs, 2, "stride") or None, k)
             d = _pair(_arg(args, kwargs, 4, "dilation") if kind == "max" else None, 1)
         field = tuple(int(g.field[i] + (k[i] - 1) * d[i] * g.stride[i]) for i in range(2))
-        return Geometry((g.stride[0] * s[0], g.stride[1] * s[1]), field, g.whole)
+        return replace(g, stride=(g.stride[0] * s[0], g.stride[1] * s[1]), field=field)
 
 
 def trace_geometry(model: torch.nn.Module, names: list[str], x: torch.Tensor) -> dict[str, Geometry]:

@@ -194,3 +194,20 @@ def test_attention_sees_the_whole_input_and_the_caption_says_where_a_layer_sits(
     place = explore.layer_place(resnet, cnnviz.get_layer(resnet, "layer2.0.conv2"))
     # 7 (conv1, /2) → 11 (maxpool, /4) → 4 convs of layer1: 11 + 4·2·4 = 43 → layer2.0.conv1 (/8): 51 → conv2: 51 + 2·8
     assert place == "in layer2.0 (BasicBlock) · stride 8 · receptive field 67×67 px of the 224×224 input"
+
+
+def test_squeeze_and_excitation_keeps_the_local_field_and_says_it_adds_global_context():
+    import timm
+
+    zeros = torch.zeros(1, 3, 224, 224)
+    # torchvision's SE pools with adaptive_avg_pool2d, timm's with x.mean((2, 3), keepdim=True): both are a
+    # global summary multiplied into a local map — the field stays local (3×3 stem, then the 3×3 depthwise at
+    # stride 2: 3 + 2·2 = 7), and the geometry says the summary was mixed in
+    tv = receptive.trace_geometry(torchvision.models.mobilenet_v3_small(), ["features.0", "features.1"], zeros)
+    assert tv["features.1"].field == (7, 7) and tv["features.1"].context and not tv["features.1"].whole
+    assert not tv["features.0"].context
+    tm = receptive.trace_geometry(timm.create_model("efficientnet_b0"), ["blocks.0.0"], zeros)
+    assert tm["blocks.0.0"].field == (7, 7) and tm["blocks.0.0"].context
+    assert "plus a summary of the whole input" in tm["blocks.0.0"].describe((224, 224))
+    plain = receptive.trace_geometry(torchvision.models.resnet18(), ["layer4"], zeros)["layer4"]
+    assert not plain.context and not plain.whole

@@ -74,11 +74,13 @@ def test_link_parameters_are_bounded_text():
 
 
 def test_a_model_typo_puts_the_shown_model_back_and_refreshes_nothing(warnings):
-    box, notice, layer, shown, refresh = ui.model_picked("resnet5O", "random", "resnet18")
+    box, notice, layer, shown, refresh = ui.model_picked("resnet5O", "random", "", "resnet18")
     assert box == "resnet18" and refresh is False  # the box shows the model the page shows
     assert warnings and "Did you mean: resnet50" in warnings[0]
-    box, notice, layer, shown, refresh = ui.model_picked("ResNet18", "random", "alexnet")
-    assert (box, shown, refresh, layer.value) == ("resnet18", "resnet18", True, "conv1")
+    box, notice, layer, shown, refresh = ui.model_picked("ResNet18", "random", "features.3", "alexnet")
+    assert (box, shown, refresh, layer.value) == ("resnet18", "resnet18", True, "conv1")  # AlexNet's layer: not in ResNet
+    box, notice, layer, shown, refresh = ui.model_picked("resnet34", "random", "layer3.0.conv1", "resnet18")
+    assert layer.value == "layer3.0.conv1"  # the new model has it: the same layer, to compare the two
     box, notice, layer, shown, refresh = ui.weights_switched("resnet18", "random", "layer2.0.conv1", "resnet18")
     assert layer.value == "layer2.0.conv1"  # a weights switch keeps the layer
 

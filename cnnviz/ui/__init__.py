@@ -60,8 +60,11 @@ LINK_LIMIT = 200  # characters of a URL parameter read at all (names are far sho
 SYNC_URL = """(model, weights, tab, mapsLayer, filtersLayer) => {
     const put = (k, v) => v ? `${k}=${encodeURIComponent(v).replace(/%2F/g, '/')}` : null;
     const layer = tab === 'filters' ? filtersLayer : mapsLayer;
+    const ours = ['model', 'layer', 'tab', 'weights'];
+    const others = [...new URLSearchParams(location.search)].filter(([k]) => !ours.includes(k))  // ?__theme=dark stays
+        .map(([k, v]) => `${encodeURIComponent(k)}=${encodeURIComponent(v)}`);
     const query = [put('model', model), put('layer', layer), put('tab', tab),
-                   weights === 'random' ? 'weights=random' : null].filter(Boolean).join('&');
+                   weights === 'random' ? 'weights=random' : null, ...others].filter(Boolean).join('&');
     if (model) history.replaceState(history.state, '', `${location.pathname}${query ? '?' + query : ''}${location.hash}`);
     return [];
 }"""
@@ -134,9 +137,10 @@ def select_model(model: str, weights: str, layer: str = "", progress=gr.Progress
 
 
 @user_errors
-def model_picked(model: str, weights: str, shown: str = "", progress=gr.Progress(track_tqdm=True)):
-    """A model picked or typed: its notice and layer list, the first convolution chosen."""
-    return _select(model, weights, "", shown)
+def model_picked(model: str, weights: str, layer: str = "", shown: str = "", progress=gr.Progress(track_tqdm=True)):
+    """A model picked or typed: its notice and layer list; the layer stays when the new model has one of
+    that name (resnet18 → resnet34 at layer3.0.conv1 compares the two), else the first convolution."""
+    return _select(model, weights, layer, shown)
 
 
 @user_errors
@@ -272,7 +276,7 @@ def build_demo() -> gr.Blocks:
         )
         starts = [chain]
         model.input(lambda: "", None, banner, api_visibility="private", queue=False)  # the user chose: banner done
-        starts.append(model.input(model_picked, [model, weights, shown], [model, notice, maps.layer, shown, refresh_all],
+        starts.append(model.input(model_picked, [model, weights, maps.layer, shown], [model, notice, maps.layer, shown, refresh_all],
                                   api_visibility="private", concurrency_id=WORK))
         starts.append(weights.input(weights_switched, [model, weights, maps.layer, shown], [model, notice, maps.layer, shown, refresh_all],
                                     api_visibility="private", concurrency_id=WORK))

@@ -132,13 +132,31 @@ def parameter_problem(component, value) -> str | None:
         if value is None and isinstance(component, gr.Number) and component.value is None:
             return None  # an empty box that starts empty (Feature maps' Channel): the handler decides
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        return None if ok else "must be a number"
+        if not ok:
+            return "must be a number"
+        return _range_problem(component, value)
     if isinstance(component, (gr.Radio, gr.Dropdown)):
         if not isinstance(value, str):
             return "must be text"
         valid = [choice[1] for choice in component.choices]
         if not getattr(component, "allow_custom_value", False) and value not in valid:
             return f"must be one of {', '.join(map(repr, valid))}"
+    return None
+
+
+def _range_problem(component: gr.Slider | gr.Number, value: float) -> str | None:
+    """What is wrong with a finite number for a slider or number box: outside its range, or not whole
+    where only whole numbers mean something (said here, before Gradio's own range check, which names
+    no parameter, and its rounding, which would silently change the value)."""
+    lo, hi = getattr(component, "minimum", None), getattr(component, "maximum", None)
+    whole_only = getattr(component, "precision", None) == 0 or (
+        isinstance(component, gr.Slider) and float(component.step).is_integer() and float(lo or 0).is_integer()
+    )
+    span = f"from {lo:g} to {hi:g}" if lo is not None and hi is not None else f"at least {lo:g}" if lo is not None else f"at most {hi:g}" if hi is not None else ""
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        return f"must be {'a whole number ' if whole_only else ''}{span}"
+    if whole_only and not float(value).is_integer():
+        return f"must be a whole number{' ' + span if span else ''}"
     return None
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from .. import explore
-from ..errors import InvalidImageError
+from ..errors import InvalidImageError, InvalidOptionError
 from . import webcam
 from .common import EXAMPLE_FILES, OUTPUTS, WORK, Refresh, SafeImage, label_dict, user_errors, weights_used, whole
 
@@ -76,12 +76,9 @@ def show(model, image, layer, weights, channels, n, colormap, normalise, picked,
         gr.Warning(str(e))
         return None, None, f"⚠️ {e}", "", None, None, None, None, None, None, NO_CHANNEL
     stats = _stats(model, image, layer, weights)
-    count = len(stats[1])
-    if picked is None or not 0 <= picked < count:
-        channel_view = (None, None, None, NO_CHANNEL)
-    else:
-        picked = whole(picked, "Channel")
-        channel_view = (picked, *_channel_outputs(model, explore.channel(model, image, layer or None, picked, weights, opacity)))
+    if picked is not None and not 0 <= picked < len(stats[1]):
+        picked = None  # the previous layer's channel: this one has fewer
+    channel_view = _page_channel(model, image, layer, picked, weights, opacity, colormap)
     return (grid, gr.Label(labels, label=TOP5 if trained else TOP5_UNTRAINED), caption, *stats, *channel_view)
 
 
@@ -90,6 +87,8 @@ def _answer(model, image, layer, weights, channels, n, colormap, normalise):
     view = explore.feature_maps(model, image, layer or None, weights, channels, whole(n, "N"), colormap, normalise)
     total, count = view.maps.shape[0], len(view.channels)
     which = WHICH[channels].format(first=0, last=count - 1, count=count, total=total)
+    if count == 1:
+        which = which.replace(" channels of", " channel of")
     if channels == "dead" and not count:
         which = f"no dead channels: every one of the {total} channels has a non-zero value"
     scale = "each map scaled to its own range" if normalise == "channel" else "one scale for the whole layer"
@@ -146,16 +145,28 @@ def _channel_outputs(model: str, view) -> tuple[str, str, str]:
     )
 
 
-@user_errors
-def channel_if_image(model, image, layer, channel, weights, opacity):
-    """The page's channel view: a hint until there is an image and a channel."""
+def _page_channel(model, image, layer, channel, weights, opacity, colormap) -> tuple:
+    """(channel, overlay, map, caption) for the page, in the tab's colormap. A channel the layer lacks
+    is one warning and the sentence in the caption, the images cleared: never the previous channel's
+    caption beside an error."""
     if not image or channel is None:
-        return None, None, NO_CHANNEL
-    return _channel_outputs(model, explore.channel(model, image, layer or None, whole(channel, "Channel"), weights, opacity))
+        return channel, None, None, NO_CHANNEL
+    try:
+        view = explore.channel(model, image, layer or None, channel, weights, opacity, colormap)
+    except InvalidOptionError as e:
+        gr.Warning(str(e))
+        return channel, None, None, f"⚠️ {e}"
+    return view.channel, *_channel_outputs(model, view)
 
 
 @user_errors
-def clicked_tile(model, image, layer, weights, channels, n, opacity, evt: gr.SelectData):
+def channel_if_image(model, image, layer, channel, weights, opacity, colormap):
+    """The page's channel view after the Channel box or the opacity changed."""
+    return _page_channel(model, image, layer, channel, weights, opacity, colormap)[1:]
+
+
+@user_errors
+def clicked_tile(model, image, layer, weights, channels, n, opacity, colormap, evt: gr.SelectData):
     """A click on the grid: the channel under the pointer, drawn on the picture (a gutter: no change)."""
     if not image or evt is None or not isinstance(evt.index, (list, tuple)) or len(evt.index) != 2:
         return gr.skip(), gr.skip(), gr.skip(), gr.skip()
@@ -163,18 +174,16 @@ def clicked_tile(model, image, layer, weights, channels, n, opacity, evt: gr.Sel
     picked = explore.channel_at(model, image, layer or None, x, y, weights, channels, whole(n, "N"))
     if picked is None:
         return gr.skip(), gr.skip(), gr.skip(), gr.skip()
-    view = explore.channel(model, image, layer or None, picked, weights, opacity)
-    return picked, *_channel_outputs(model, view)
+    return _page_channel(model, image, layer, picked, weights, opacity, colormap)
 
 
 @user_errors
-def clicked_row(model, image, layer, weights, opacity, evt: gr.SelectData):
+def clicked_row(model, image, layer, weights, opacity, colormap, evt: gr.SelectData):
     """A click on a row of the statistics table: that channel, drawn on the picture."""
     row = getattr(evt, "row_value", None)
     if not image or not row:
         return gr.skip(), gr.skip(), gr.skip(), gr.skip()
-    picked = int(row[0])
-    return picked, *_channel_outputs(model, explore.channel(model, image, layer or None, picked, weights, opacity))
+    return _page_channel(model, image, layer, int(row[0]), weights, opacity, colormap)
 
 
 @user_errors
@@ -203,7 +212,7 @@ def _stats(model, image, layer, weights):
         f"**{len(s.mean)} channels** of `{view.layer.name}` · dead (all zero): **{len(dead)}**"
         f"{': ' + listed(dead) if dead else ''} · constant but not zero: {len(constant)}"
         f"{': ' + listed(constant) if constant else ''} · layer mean {float(s.mean.mean()):.4g}, "
-        f"max {float(s.max.max()):.4g}, min {float(s.min.min()):.4g}. Sort the table by a column header; "
+        f"max {float(s.max.max()):.4g}, min {float(s.min.min()):.4g}. Sort the table from a column's ⋮ menu; "
         f"click a row to see that channel.\n\n{weights_used(view.weights)}"
     )
     rows = [
@@ -211,7 +220,7 @@ def _stats(model, image, layer, weights):
         for c, mean, mx, mn, std, z, p, d in s.rows()
     ]
     table = pd.DataFrame(rows, columns=STATS_HEADERS)
-    plot = pd.DataFrame({"channel": np.arange(len(s.mean)), "mean": s.mean})
+    plot = gr.BarPlot(pd.DataFrame({"channel": np.arange(len(s.mean)), "mean": s.mean}), x_lim=[-0.5, len(s.mean) - 0.5])
     csv_path = OUTPUTS.write(f"{model}-{view.layer.name}-channel-stats.csv", s.to_csv().encode())
     return summary, table, plot, csv_path
 
@@ -280,8 +289,8 @@ def build(model: gr.Dropdown, weights: gr.Radio) -> FeatureMapsTab:
             webcam.build(model, weights, layer, channels, n, colormap, normalise)  # live camera: its own accordion and limits
         with gr.Column(scale=2, min_width=320):
             caption = gr.Markdown(elem_id="maps-caption")
-            grid = gr.Image(
-                label="Feature maps (click a tile)", type="filepath", interactive=False, height=640,
+            grid = gr.Image(  # no floating label: it covered tile 0's channel index (the caption says what it is)
+                label="Feature maps (click a tile)", show_label=False, type="filepath", interactive=False, height=640,
                 buttons=["download", "fullscreen"], elem_id="maps-image",
             )
             predictions = gr.Label(num_top_classes=5, label=TOP5, elem_id="predictions")
@@ -300,7 +309,7 @@ def build(model: gr.Dropdown, weights: gr.Radio) -> FeatureMapsTab:
         means = gr.BarPlot(x="channel", y="mean", title="Mean activation per channel", height=220, elem_id="stats-plot",
                            label="Mean activation per channel")
         stats_table = gr.Dataframe(headers=STATS_HEADERS, interactive=False, max_height=360, elem_id="stats-table",
-                                   label="Per-channel statistics (click a header to sort)")
+                                   label="Per-channel statistics (sort from a column's ⋮ menu; click a row to open it)")
         stats_csv = gr.File(label="Channel statistics (CSV)", elem_id="stats-csv")
     with gr.Accordion("Export", open=False, elem_id="export-section"):
         export = gr.Button("Prepare downloads: grid (PNG), activations (.npy), statistics (CSV)", elem_id="export-button")
@@ -321,7 +330,7 @@ def build(model: gr.Dropdown, weights: gr.Radio) -> FeatureMapsTab:
     api_only.click(activations, **io_stats, outputs=[npy, npy_text], api_name="activations")
 
     io_page = dict(
-        inputs=io_maps["inputs"] + [picked, opacity],
+        inputs=io_maps["inputs"] + [picked, opacity],  # the tab's colormap is in io_maps: the channel view uses it too
         outputs=[grid, predictions, caption, stats_summary, stats_table, means, stats_csv, picked, overlay, enlarged, channel_text],
         concurrency_id=WORK,
     )
@@ -333,10 +342,13 @@ def build(model: gr.Dropdown, weights: gr.Radio) -> FeatureMapsTab:
     channels.change(n_box, channels, n, queue=False, api_visibility="private")
     image.change(None, js=SCROLL_TO_GRID)  # an example clicked below the fold: bring the result into view
     clicked = [picked, overlay, enlarged, channel_text]
-    grid.select(clicked_tile, [model, image, layer, weights, channels, n, opacity], clicked, concurrency_id=WORK,
+    grid.select(clicked_tile, [model, image, layer, weights, channels, n, opacity, colormap], clicked, concurrency_id=WORK,
                 api_visibility="private")
-    stats_table.select(clicked_row, [model, image, layer, weights, opacity], clicked, concurrency_id=WORK,
+    stats_table.select(clicked_row, [model, image, layer, weights, opacity, colormap], clicked, concurrency_id=WORK,
                        api_visibility="private")
-    gr.on([picked.submit, opacity.release], channel_if_image, **io_channel, api_visibility="private")
+    gr.on(  # Enter in the Channel box; the opacity slider dragged, typed + Enter, or reset
+        [picked.submit, opacity.change], channel_if_image, [*io_channel["inputs"], colormap], io_channel["outputs"],
+        concurrency_id=WORK, trigger_mode="always_last", api_visibility="private",
+    )
     export.click(exports_if_image, io_maps["inputs"], files, concurrency_id=WORK, api_visibility="private")
     return FeatureMapsTab(show, io_page, layer)

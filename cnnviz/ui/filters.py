@@ -25,8 +25,7 @@ def filters(model: str, weights: str = "pretrained", normalise: str = "layer", l
         weights: "pretrained" or "random".
         normalise: "layer" (one range for the whole layer) or "filter" (each filter's own range).
         layer: a convolution's qualified name (e.g. "layer4.2.conv2"); empty: the first convolution.
-        input_channel: -1 for all input channels (colour when the layer sees the image, else their mean),
-            or the index of one input channel of each filter to draw.
+        input_channel: -1 for all input channels (colour when the layer sees the image, else their mean), or one input channel's index.
     """
     view = explore.filter_grid(model, weights, normalise, layer or None, _channel(input_channel))
     return _grid_file(model, view), caption(view, normalise)
@@ -62,7 +61,7 @@ def _page(model, weights, normalise, layer, input_channel) -> tuple[explore.Filt
         info = "Each filter has one input channel (depthwise): -1 and 0 show the same."
     else:
         info = f"-1: all {per} ({'colour' if view.conv.sees_image and per == 3 else 'their mean'}); 0–{per - 1}: one input channel's slice"
-    number = gr.Number(value=ALL if channel is None else channel, maximum=per - 1, info=info)
+    number = gr.Number(value=ALL if channel is None else channel, info=info)  # no maximum: the range is checked here, in a sentence
     grid = _grid_file(model, view)
     return view, (grid, caption(view, normalise), histogram_frame(view), norms_frame(view), flagged_frame(view), number)
 
@@ -126,7 +125,7 @@ def build(model: gr.Dropdown, weights: gr.Radio) -> FiltersTab:
             info="Every Conv2d of the model in definition order; depthwise and grouped ones say so.",
         )
         input_channel = gr.Number(
-            value=ALL, precision=0, minimum=ALL, label="Input channel", scale=1, elem_id="filters-input-channel",
+            value=ALL, precision=0, label="Input channel", scale=1, elem_id="filters-input-channel",
             info="-1: all (colour for the image's R, G, B, else their mean); 0, 1, …: one input channel's slice",
         )
         normalise = gr.Radio([("whole layer", "layer"), ("per filter", "filter")], value="layer", label="Normalise", scale=1)

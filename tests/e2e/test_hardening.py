@@ -34,7 +34,7 @@ def test_hostile_model_names_are_refused_with_a_sentence(client, name):
 
 
 def assert_names_value_and_valid(message: str, bad: str, valid: str) -> None:
-    """Radios and dropdowns are checked by the app (ui.common.check_call), sliders' ranges by Gradio; the message
+    """Every parameter is checked by the app (ui.common.check_call), sliders' ranges included; the message
     names the bad value and what is valid."""
     assert "Traceback" not in message and bad in message and valid in message, message
 
@@ -43,8 +43,8 @@ def assert_names_value_and_valid(message: str, bad: str, valid: str) -> None:
     ("options", "bad", "valid"),
     [
         (dict(channels="some"), "some", "'first', 'top', 'top-max', 'dead', 'all'"),
-        (dict(channels="top", n=0), "0", "minimum value 1"),
-        (dict(channels="top", n=10**7), "10000000", "maximum value 4096"),
+        (dict(channels="top", n=0), "0", "from 1 to 4096"),
+        (dict(channels="top", n=10**7), "10000000", "from 1 to 4096"),
         (dict(colormap="jet"), "jet", "'viridis'"),
         (dict(normalise="global"), "global", "'channel', 'layer'"),
         (dict(weights="imagenet"), "imagenet", "'pretrained', 'random'"),
@@ -66,7 +66,7 @@ def test_layer_outside_the_model_is_refused(client):
 def test_depth_out_of_range(client):
     with pytest.raises(Exception) as e:
         client.predict(model="resnet18", weights="random", depth=50, api_name="/architecture")
-    assert_names_value_and_valid(str(e.value), "50", "maximum value 8")
+    assert_names_value_and_valid(str(e.value), "50", "from 1 to 8")
 
 
 def test_exif_rotated_photo_arrives_upright(client, tmp_path):
