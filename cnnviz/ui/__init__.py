@@ -34,6 +34,9 @@ __all__ = ["CSS", "architecture", "build_demo", "feature_maps", "filters", "laun
 CSS = (
     "#maps-image img, #filters-image img, #channel-map img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }"
     " #channel-overlay img { width: 100%; height: 100%; object-fit: contain; }"  # the photo: smooth when enlarged
+    # a phone: the grids as tall as they are wide, not centred in a 640 px box
+    " @media (max-width: 640px) { #maps-image, #filters-image { height: auto !important; }"
+    " #maps-image img, #filters-image img { height: auto; } }"
 )
 
 
