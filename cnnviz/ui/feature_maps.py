@@ -215,11 +215,11 @@ def _stats(model, image, layer, weights):
         f"max {float(s.max.max()):.4g}, min {float(s.min.min()):.4g}. Sort the table from a column's ⋮ menu; "
         f"click a row to see that channel.\n\n{weights_used(view.weights)}"
     )
-    rows = [
-        [c, round(mean, 5), round(mx, 5), round(mn, 5), round(std, 5), round(100 * z, 2), round(100 * p, 2), "dead" if d else ""]
-        for c, mean, mx, mn, std, z, p, d in s.rows()
-    ]
-    table = pd.DataFrame(rows, columns=STATS_HEADERS)
+    count = len(s.mean)
+    table = pd.DataFrame(dict(zip(STATS_HEADERS, (  # whole columns at once: a 2048-channel layer costs no Python loop
+        np.arange(count), s.mean.round(5), s.max.round(5), s.min.round(5), s.std.round(5),
+        (100 * s.zeros).round(2), (100 * s.positive).round(2), np.where(np.isin(np.arange(count), s.dead), "dead", ""),
+    ))))
     plot = gr.BarPlot(pd.DataFrame({"channel": np.arange(len(s.mean)), "mean": s.mean}), x_lim=[-0.5, len(s.mean) - 0.5])
     csv_path = OUTPUTS.write(f"{model}-{view.layer.name}-channel-stats.csv", s.to_csv().encode())
     return summary, table, plot, csv_path
