@@ -439,12 +439,15 @@ def channel(
     half = max(abs(lo), abs(hi))
     ends = (-half, half) if centred else (lo, hi)
     words = (f"{ends[0]:.3g}", "0" if centred else "", f"{ends[1]:.3g}")
-    big = render.resize_tiles(unit[None], max(picture.shape[:2]))[0]
-    enlarged = render.add_colour_bar(render.colorize(big, name), name, words)
+    big = render.colorize(render.resize_tiles(unit[None], max(picture.shape[:2]))[0], name)
+    overlay = render.overlay(picture, heat, float(opacity))
+    if lo == hi == 0:  # dead: the picture untouched (nothing fires anywhere) and the map striped, as in the grid
+        big, overlay = render.dead_tile(*big.shape[:2]), picture.copy()
+    enlarged = render.add_colour_bar(big, name, words)
     fields = ("mean", "max", "min", "std", "zeros", "positive")
     return ChannelView(
         found.info, c, values, {f: float(getattr(stats, f)[0]) for f in fields}, picture,
-        render.overlay(picture, heat, float(opacity)), enlarged, name, ends, found.loaded.weights, found.source_size,
+        overlay, enlarged, name, ends, found.loaded.weights, found.source_size,
     )
 
 

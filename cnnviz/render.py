@@ -256,7 +256,7 @@ def render_feature_maps(
     dead = ~maps.reshape(len(maps), -1).any(axis=1)
     if dead.any():
         tiles = tiles.copy() if not tiles.flags.writeable else tiles
-        tiles[dead] = _stripes(tiles.shape[1], tiles.shape[2])
+        tiles[dead] = dead_tile(tiles.shape[1], tiles.shape[2])
     grid = tile(tiles, layout.cols, layout.pad, GUTTER, layout.band)
     if labels is not None and layout.band:
         for i, label in enumerate(labels):
@@ -280,7 +280,7 @@ def _bar_words(centred: bool, normalise: str, value_range, maps: np.ndarray) -> 
     return f"{lo:.3g}", "", f"{hi:.3g}"
 
 
-def _stripes(h: int, w: int) -> np.ndarray:
+def dead_tile(h: int, w: int) -> np.ndarray:
     """``uint8[h,w,3]`` diagonal stripes: the tile of a dead (all-zero) channel."""
     yy, xx = np.mgrid[0:h, 0:w]
     return np.asarray(DEAD_STRIPES, np.uint8)[((yy + xx) // 4) % 2]

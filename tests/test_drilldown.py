@@ -211,3 +211,22 @@ def test_squeeze_and_excitation_keeps_the_local_field_and_says_it_adds_global_co
     assert "plus a summary of the whole input" in tm["blocks.0.0"].describe((224, 224))
     plain = receptive.trace_geometry(torchvision.models.resnet18(), ["layer4"], zeros)["layer4"]
     assert not plain.context and not plain.whole
+
+
+def test_a_dead_channel_leaves_the_picture_untouched_and_is_striped(coffee):
+    loaded = cnnviz.load_model("alexnet", "random")
+    saved = loaded.model.features[0].weight[7].clone(), loaded.model.features[0].bias[7].clone()
+    with torch.no_grad():
+        loaded.model.features[0].weight[7] = 0.0
+        loaded.model.features[0].bias[7] = 0.0
+    explore.KEPT.clear()
+    try:
+        view = explore.channel("alexnet", coffee, "features.1", 7, "random", opacity=0.8)
+    finally:
+        with torch.no_grad():
+            loaded.model.features[0].weight[7], loaded.model.features[0].bias[7] = saved
+        explore.KEPT.clear()
+    assert view.stats["max"] == view.stats["min"] == 0
+    np.testing.assert_array_equal(view.overlay, view.picture)  # nothing fires: no colour laid over the photo
+    side = view.enlarged.shape[1]  # the 55×55 map enlarged by a whole factor (220 px), a colour bar below
+    np.testing.assert_array_equal(view.enlarged[:side, :side], render.dead_tile(side, side))
