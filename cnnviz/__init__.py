@@ -13,8 +13,9 @@ from .activations import capture, run
 from .hooks import forward_hooks
 from .errors import CnnvizError, InvalidImageError, InvalidOptionError, UnknownLayerError, UnknownModelError
 from .explore import (
-    architecture, channel, feature_maps, filter_grid, layer_activations, layer_stats, list_convolutions, predict,
+    architecture, attribution, channel, feature_maps, filter_grid, layer_activations, layer_stats, list_convolutions, predict, projection,
 )
+from .explore import channel_visualization
 from .layers import LayerInfo, get_layer, list_layers, listing_note
 from .preprocess import open_image
 from .registry import DEFAULT_MODEL, OFFLINE_MODEL, LoadedModel, ModelSpec, get_spec, list_models, load_model
@@ -31,8 +32,10 @@ __all__ = [
     "UnknownLayerError",
     "UnknownModelError",
     "architecture",
+    "attribution",
     "capture",
     "channel",
+    "channel_visualization",
     "feature_maps",
     "filter_grid",
     "forward_hooks",
@@ -47,6 +50,7 @@ __all__ = [
     "load_model",
     "open_image",
     "predict",
+    "projection",
     "run",
 ]
 __version__ = "1.0.0"

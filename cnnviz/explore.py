@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import activations, filters as filters_mod, layers, preprocess, receptive, registry, render, summary as summary_mod
+from . import activations, attribution as attribution_mod, filters as filters_mod, layers, preprocess, receptive, registry, render, summary as summary_mod
 from .activations import Prediction
 from .hooks import Stopped, interruptible, stop_when  # noqa: F401  (Stopped, stop_when: for the UI)
 from .errors import InvalidImageError, InvalidOptionError, quoted
@@ -738,3 +738,212 @@ def find_layer(model: str, weights: str = "pretrained", name: str | None = None)
     (64, 56, 56)
     """
     return layers.get_layer(load_model(model, weights), name)
+
+
+# --- attribution: why the model decided (class activation maps) and Zeiler–Fergus projections ----
+
+CAM_METHODS = attribution_mod.CAM_METHODS
+CAM_NAMES = attribution_mod.CAM_NAMES
+PROJECTIONS = attribution_mod.PROJECTIONS
+
+
+@dataclass(frozen=True)
+class AttributionView:
+    overlay: np.ndarray  # uint8[H,W,3]: the map over the picture the model saw, a colour bar below
+    map: np.ndarray  # float32[h,w]: the raw class activation map at the target layer's resolution
+    class_index: int  # the class explained
+    label: str  # its label ("class N" for a model without labels)
+    probability: float  # the model's probability for it
+    top_label: str  # the model's own top class
+    layer: layers.LayerInfo  # the target layer
+    method: str
+    weights: WeightsOutcome
+
+
+def _label(loaded: LoadedModel, index: int) -> str:
+    labels = loaded.categories or ()
+    return labels[index] if 0 <= index < len(labels) else f"class {index}"
+
+
+def attribution(
+    model: str, image, method: str = "gradcam", target: str | int = "", layer: str = "",
+    weights: str = "pretrained", opacity: float = 0.5,
+) -> AttributionView:
+    """A class activation map (Grad-CAM, Grad-CAM++, LayerCAM or Score-CAM) of ``image`` for ``target``
+    (a class index or label; empty: the top class) at ``layer`` (empty: the last map before pooling),
+    drawn over the picture the model saw.
+
+    >>> view = attribution("timm/tf_efficientnet_lite0", "examples/coffee.png")
+    >>> view.label, view.map.shape, view.overlay.shape[1]
+    ('espresso', (7, 7), 224)
+    """
+    attribution_mod.check_method(method, CAM_METHODS, CAM_NAMES)
+    if not isinstance(opacity, (int, float)) or not 0.0 <= float(opacity) <= 1.0:
+        raise InvalidOptionError(f"Opacity must be between 0 and 1, not {quoted(opacity)}.")
+    loaded = load_model(model, weights)
+    x, _digest, _size = _model_input(loaded, image)
+    found = attribution_mod.class_activation_map(loaded, x, method, attribution_mod.class_index(loaded, target), layer or None)
+    raw = found.map.numpy().astype(np.float32)
+    picture = preprocess.seen_image(loaded, x)
+    h, w = picture.shape[:2]
+    unit = render.scale_maps(render.upsample(raw, h, w)[None], "channel", centred=False)[0]
+    if float(raw.max()) <= 0:
+        unit = np.zeros_like(unit)
+    heat = render.colorize(unit, "inferno")
+    drawn = render.add_colour_bar(render.overlay(picture, heat, float(opacity)), "inferno", ("0", "", f"max {float(raw.max()):.3g}"))
+    return AttributionView(drawn, raw, found.class_index, _label(loaded, found.class_index), found.probability,
+                           _label(loaded, found.top_class), found.layer, method, loaded.weights)
+
+
+@dataclass(frozen=True)
+class ProjectionView:
+    image: np.ndarray  # uint8[H,W*2+gap,3]: the projection beside the picture crop it covers
+    projection: np.ndarray  # float32[3,H,W]: the signed signal at the input
+    box: tuple[int, int, int, int]  # (top, left, bottom, right) in the picture where the projection is not ~zero
+    layer: layers.LayerInfo
+    channel: int
+    position: tuple[int, int]  # (row, column) of the projected unit in the layer's map
+    activation: float
+    method: str
+    note: str  # "" or why the projection is only the plain gradient
+    weights: WeightsOutcome
+
+
+def projection(
+    model: str, image, layer: str, channel: int, method: str = "guided_backprop", weights: str = "pretrained",
+) -> ProjectionView:
+    """Zeiler–Fergus projection: the strongest unit of ``channel`` at ``layer`` for ``image`` taken
+    back to pixel space (guided backpropagation or deconvnet), beside the part of the picture it covers.
+
+    >>> projection("resnet18", "examples/coffee.png", "layer2", 3, weights="random").projection.shape
+    (3, 224, 224)
+    """
+    attribution_mod.check_method(method, PROJECTIONS, attribution_mod.PROJECTION_NAMES)
+    loaded = load_model(model, weights)
+    x, _digest, _size = _model_input(loaded, image)
+    found = attribution_mod.project(loaded, x, layer or None, channel, method)
+    signal = found.image.numpy().astype(np.float32)
+    picture = preprocess.seen_image(loaded, x)
+    strength = np.abs(signal).max(axis=0)
+    peak = float(strength.max())
+    rows, cols = np.nonzero(strength > 0.01 * peak) if peak > 0 else (np.array([0]), np.array([0]))
+    box = (int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1)
+    half = max(float(np.abs(signal).max()), render.EPS)
+    shown = np.rint(np.clip(0.5 + signal / (2 * half), 0, 1) * 255).astype(np.uint8).transpose(1, 2, 0)
+    crop = np.full_like(picture, render.GUTTER)
+    top, left, bottom, right = box
+    crop[top:bottom, left:right] = picture[top:bottom, left:right]
+    gap = np.empty((picture.shape[0], 8, 3), np.uint8)
+    gap[...] = render.GUTTER
+    side = np.concatenate([shown, gap, crop], axis=1)
+    return ProjectionView(side, signal, box, found.layer, found.channel, found.position, found.activation,
+                          method, attribution_mod.projection_note(found), loaded.weights)
+
+
+# --- what a channel looks for (feature visualisation, cnnviz.featurevis) --------------------------
+
+import math  # noqa: E402  (kept with the section that uses it: other sections are edited in parallel)
+
+from . import featurevis  # noqa: E402
+
+FEATUREVIS_SIZE = 128  # px: Lucent's default; 256 steps on ResNet-18 stay well under 30 s on 2 CPU cores
+FEATUREVIS_MAX_STEPS = 2048
+FEATUREVIS_KEEP = 64  # generated images kept per model (each ~50 KB), oldest out
+
+
+@dataclass(frozen=True)
+class ChannelVisualizationView:
+    """An image generated to excite one channel of a layer (activation maximisation)."""
+
+    layer: layers.LayerInfo
+    channel: int
+    image: np.ndarray  # uint8[H,W,3]: the generated image, at the working size
+    activation: float  # the channel's mean for that image (the uint8 image, one eval pass, no transformation)
+    steps: int
+    seed: int
+    size: tuple[int, int]  # (height, width) it was generated at
+    weights: WeightsOutcome
+
+
+def _whole_in(value, lo: int, hi: int, what: str, extra: str = "") -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or int(value) != value or not lo <= value <= hi:
+        raise InvalidOptionError(f"{what} must be a whole number from {lo} to {hi}{extra}, not {quoted(value)}.")
+    return int(value)
+
+
+def _featurevis_size(loaded: LoadedModel, info: layers.LayerInfo, mean_std) -> tuple[int, int]:
+    """The working size for ``info``: 128 px when the model runs there (a probe pass, remembered per
+    layer), else the model's own input size (ViTs' token layers, windowed attention)."""
+    full = tuple(loaded.input_size[1:])
+    if min(full) <= FEATUREVIS_SIZE or info.layout == "tokens":
+        return full
+    sizes = loaded.memo("featurevis.sizes", dict)
+    if info.name not in sizes:
+        small = (FEATUREVIS_SIZE, FEATUREVIS_SIZE)
+        probe = featurevis.normalise(torch.full((1, 3, *small), 0.5, device=loaded.device), mean_std)
+        try:
+            featurevis.channel_activation(loaded.model, info, 0, probe, loaded.lock)
+            sizes[info.name] = small
+        except Stopped:
+            raise
+        except Exception:  # noqa: BLE001  (a model that needs its own input size: any shape error)
+            sizes[info.name] = full
+    return sizes[info.name]
+
+
+def channel_visualization(
+    model: str, layer: str | None, channel: int, steps: int = 256, weights: str = "pretrained", seed: int = 0,
+    progress=None,
+) -> ChannelVisualizationView:
+    """An image that ``channel`` of ``layer`` responds to strongly, generated by gradient ascent from
+    noise (:mod:`cnnviz.featurevis`: Fourier-space, colour-decorrelated image, random jitter, scale and
+    rotation each step), with the channel's mean activation for it. ``progress(step, steps)`` is called
+    after each step. Cached per (model, weights, layer, channel, steps, seed): 64 per model.
+
+    >>> view = channel_visualization("resnet18", "layer1", 3, steps=2, weights="random")
+    >>> view.image.shape, view.image.dtype
+    ((128, 128, 3), dtype('uint8'))
+
+    Raises:
+        InvalidOptionError: a channel the layer does not have, steps outside 1–2048, a seed that is not
+            a whole number from 0 to 2**32 − 1.
+        UnknownLayerError: the model has no such layer (the sentence suggests close names).
+    """
+    loaded = load_model(model, weights)
+    info = layers.get_layer(loaded, layer)
+    count = info.shape[0]
+    c = _whole_in(channel, 0, count - 1, "Channel", f" ({info.name} has {count} channels)")
+    steps = _whole_in(steps, 1, FEATUREVIS_MAX_STEPS, "Steps")
+    seed = _whole_in(seed, 0, 2**32 - 1, "Seed")
+    cache = loaded.memo("featurevis.cache", OrderedDict)
+    key = (info.name, c, steps, seed)
+    with _LOCK:
+        hit = cache.get(key)
+        if hit is not None:
+            cache.move_to_end(key)
+            return hit
+    mean_std = preprocess.normalisation(loaded.transform)
+    size = _featurevis_size(loaded, info, mean_std)
+    made = featurevis.visualize_channel(loaded.model, info, c, size, mean_std, steps, seed, progress, loaded.lock)
+    final = torch.from_numpy(made.image).to(loaded.device).permute(2, 0, 1)[None].float() / 255
+    activation = featurevis.channel_activation(loaded.model, info, c, featurevis.normalise(final, mean_std), loaded.lock)
+    view = ChannelVisualizationView(info, c, made.image, activation, steps, seed, size, loaded.weights)
+    with _LOCK:
+        return _remember(cache, key, view, FEATUREVIS_KEEP)
+
+
+@dataclass(frozen=True)
+class AttributionChoices:
+    layers: tuple[layers.LayerInfo, ...]  # every listed layer (any can be the target)
+    default_layer: str  # the last map before pooling
+    labels: tuple[str, ...]  # the model's class labels (empty when it has none)
+
+
+def attribution_choices(model: str, weights: str = "pretrained") -> AttributionChoices:
+    """What the Attribution tab offers for ``model``: its layers, the default target layer, its labels.
+
+    >>> attribution_choices("resnet18", "random").default_layer
+    'layer4'
+    """
+    loaded = load_model(model, weights)
+    return AttributionChoices(layers.list_layers(loaded), attribution_mod.default_layer(loaded).name, tuple(loaded.categories or ()))

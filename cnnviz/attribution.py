@@ -1,0 +1,366 @@
+"""Why the model decided (class activation maps) and what a channel responds to in this photo
+(Zeiler–Fergus projections). The only module that imports the CAM library (``torchcam``) and the
+attribution library (``captum``).
+
+Every pass here holds the model's lock, runs in eval mode with each module's own training flag
+restored afterwards, removes every hook it (or a library) registered, also when it raises, and turns
+gradients on even when the caller is under ``torch.no_grad()`` or ``torch.inference_mode()``. The
+shared model's parameters are never changed (their ``requires_grad`` included): gradients flow from
+a copy of the input that requires them.
+"""
+from __future__ import annotations
+
+import functools
+import threading
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterator
+
+import torch
+import torch.nn.functional as F
+
+from .errors import CnnvizError, InvalidOptionError, did_you_mean, quoted
+from .hooks import eval_mode, forward_hooks, interruptible
+from .layers import LayerInfo, get_layer, list_layers
+
+if TYPE_CHECKING:
+    from .registry import LoadedModel
+
+CAM_METHODS = ("gradcam", "gradcampp", "layercam", "scorecam")
+CAM_NAMES = {"gradcam": "Grad-CAM", "gradcampp": "Grad-CAM++", "layercam": "LayerCAM", "scorecam": "Score-CAM"}
+PROJECTIONS = ("guided_backprop", "deconvnet")
+PROJECTION_NAMES = {"guided_backprop": "guided backpropagation", "deconvnet": "deconvnet"}
+SCORECAM_BATCH = 32  # masked copies of the input per forward pass
+MAX_SCORECAM_CHANNELS = 4096  # Score-CAM runs one masked input per channel: more is minutes of CPU
+
+
+def check_method(method: str, valid: tuple[str, ...], names: dict[str, str]) -> str:
+    """``method`` when it is one of ``valid``, else :class:`InvalidOptionError` with the valid ones.
+
+    >>> check_method("GradCAM", CAM_METHODS, CAM_NAMES)
+    Traceback (most recent call last):
+    ...
+    cnnviz.errors.InvalidOptionError: Unknown method 'GradCAM'. Valid: gradcam (Grad-CAM), gradcampp (Grad-CAM++), layercam (LayerCAM), scorecam (Score-CAM). Did you mean: gradcam, gradcampp?
+    """
+    if method in valid:
+        return method
+    listed = ", ".join(f"{m} ({names[m]})" for m in valid)
+    raise InvalidOptionError(f"Unknown method {quoted(method)}. Valid: {listed}.{did_you_mean(str(method), valid)}")
+
+
+def _outside_inference_mode(fn):
+    """Run ``fn`` with inference mode off (a caller's ``torch.inference_mode()`` would forbid the
+    gradients, and the version counters the layer listing reads); tensor arguments come in as
+    ordinary copies."""
+
+    @functools.wraps(fn)
+    def wrapper(loaded, x, *args, **kwargs):
+        with torch.inference_mode(False):
+            return fn(loaded, x.detach().clone() if x.is_inference() else x, *args, **kwargs)
+
+    return wrapper
+
+
+@contextmanager
+def gradients_on() -> Iterator[None]:
+    """Autograd on inside the block, whatever the caller's ``no_grad`` / ``inference_mode``."""
+    with torch.inference_mode(False), torch.enable_grad():
+        yield
+
+
+def _input_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """A copy of ``x`` that requires grad (so gradients reach every layer even when the model's
+    parameters are frozen); call inside :func:`gradients_on` (an inference tensor is copied out)."""
+    return x.detach().clone().requires_grad_(True)
+
+
+@contextmanager
+def _fresh_output(module: torch.nn.Module, info: LayerInfo) -> Iterator[None]:
+    """For a layer whose output a later in-place op overwrites (``ReLU(inplace=True)``), hand the rest
+    of the network a copy, so the layer's own output (and its gradient) stay as the layer made them."""
+    if not info.overwritten:
+        yield
+        return
+    owner = threading.get_ident()
+
+    def copy(_module, _inputs, output):
+        return output.clone() if threading.get_ident() == owner and isinstance(output, torch.Tensor) else None
+
+    handle = module.register_forward_hook(copy)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _to_nchw(info: LayerInfo):
+    """torchcam's ``reshape_transform`` for a layer: its raw output → ``[N,C,H,W]`` (None for NCHW)."""
+    c, h, w = info.shape
+    if info.layout == "NHWC":
+        return lambda t: t.permute(0, 3, 1, 2)
+    if info.layout == "tokens":
+        return lambda t: t[:, info.prefix:].reshape(t.shape[0], h, w, t.shape[-1]).permute(0, 3, 1, 2)
+    return None
+
+
+def default_layer(loaded: LoadedModel) -> LayerInfo:
+    """The default target layer: the last map of the image before the network pools it away — the
+    listed layer (run once per pass, more than one position, not a pooling) whose output is made last. Found with one pass on zeros, once per loaded model.
+
+    >>> from cnnviz.registry import load_model
+    >>> default_layer(load_model("resnet18", "random")).name
+    'layer4'
+    """
+
+    def compute() -> str:
+        listed = list_layers(loaded)
+        if not listed:
+            raise CnnvizError(f"{loaded.spec.display} has no layer whose output is a map of the image.")
+        ends: list[str] = []
+        x = torch.zeros((1, *loaded.input_size), device=loaded.device)
+        names = [layer.name for layer in listed if layer.calls == 1]
+        with loaded.lock, torch.no_grad(), forward_hooks(loaded.model, names, lambda n, _i, _o: ends.append(n)):
+            loaded.model(x)
+        by_name = {layer.name: layer for layer in listed}
+        order = list(dict.fromkeys(reversed(ends)))  # last made first
+        for name in order:
+            layer = by_name[name]
+            if layer.shape[1] * layer.shape[2] > 1 and "Pool" not in layer.type:
+                return name
+        return listed[-1].name
+
+    return get_layer(loaded, loaded.memo("attribution.default_layer", compute))
+
+
+def resolve_layer(loaded: LoadedModel, layer: LayerInfo | str | None) -> LayerInfo:
+    """``layer`` as a listed layer; None or "" is :func:`default_layer`."""
+    if isinstance(layer, LayerInfo):
+        return layer
+    return default_layer(loaded) if not layer else get_layer(loaded, layer)
+
+
+@dataclass(frozen=True)
+class ClassMap:
+    """A class activation map and what it explains."""
+
+    map: torch.Tensor  # Tensor[h,w] float32 at the target layer's resolution, raw (not min-max scaled)
+    class_index: int  # the class explained
+    probability: float  # the model's softmax probability for that class
+    top_class: int  # the model's own top class for this input
+    layer: LayerInfo  # the target layer
+    method: str  # one of CAM_METHODS
+
+
+def _torchcam_extractor(method: str, model: torch.nn.Module, name: str, input_shape, reshape):
+    from torchcam.methods import GradCAM, GradCAMpp, LayerCAM, ScoreCAM
+
+    kinds = {"gradcam": GradCAM, "gradcampp": GradCAMpp, "layercam": LayerCAM}
+    if method == "scorecam":
+        return ScoreCAM(model, name, batch_size=SCORECAM_BATCH, input_shape=input_shape, reshape_transform=reshape)
+    return kinds[method](model, name, input_shape=input_shape, reshape_transform=reshape)
+
+
+@_outside_inference_mode
+def class_activation_map(
+    loaded: LoadedModel,
+    x: torch.Tensor,
+    method: str = "gradcam",
+    target_class: int | None = None,
+    layer: LayerInfo | str | None = None,
+) -> ClassMap:
+    """The ``method`` class activation map of ``x`` (``Tensor[1,3,H,W]``, the model's input) for
+    ``target_class`` (None: the model's top class) at ``layer`` (None: :func:`default_layer`).
+
+    Raises:
+        InvalidOptionError: unknown method, a class index outside the model's outputs, or Score-CAM
+            on a layer with more channels than it can mask in reasonable time.
+        UnknownLayerError: no listed layer of that name.
+
+    >>> from cnnviz.registry import load_model
+    >>> loaded = load_model("resnet18", "random")
+    >>> found = class_activation_map(loaded, torch.rand(1, 3, 224, 224), "gradcam", 3)
+    >>> tuple(found.map.shape), found.class_index, found.layer.name
+    ((7, 7), 3, 'layer4')
+    """
+    check_method(method, CAM_METHODS, CAM_NAMES)
+    info = resolve_layer(loaded, layer)
+    if method == "scorecam" and info.shape[0] > MAX_SCORECAM_CHANNELS:
+        raise InvalidOptionError(
+            f"Score-CAM masks the input once per channel, and {info.name} has {info.shape[0]} channels "
+            f"(at most {MAX_SCORECAM_CHANNELS} here). Pick a layer with fewer channels or another method."
+        )
+    model = loaded.model
+    module = dict(model.named_modules())[info.name]
+    with loaded.lock, eval_mode(model), interruptible(model), gradients_on(), _fresh_output(module, info):
+        inputs = _input_with_grad(x)
+        with _torchcam_extractor(method, model, info.name, tuple(x.shape[1:]), _to_nchw(info)) as extractor:
+            scores = model(inputs)
+            if not isinstance(scores, torch.Tensor) or scores.ndim != 2:
+                raise CnnvizError(f"{loaded.spec.display} does not output class scores, so there is no class to explain.")
+            n = scores.shape[1]
+            top = int(scores[0].argmax())
+            chosen = top if target_class is None else int(target_class)
+            if not 0 <= chosen < n:
+                raise InvalidOptionError(f"Class index {chosen} is out of range: {loaded.spec.display} has classes 0 to {n - 1}.")
+            probability = float(torch.softmax(scores[0].detach().float(), 0)[chosen])
+            cams = extractor(chosen, scores if method != "scorecam" else None, normalized=False)
+    cam = cams[0][0].detach().float().cpu()
+    return ClassMap(torch.nan_to_num(cam).clamp_min(0), chosen, probability, top, info, method)
+
+
+def upsampled(cam: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``Tensor[h,w]`` → ``Tensor[height,width]``, bilinear, pixel centres aligned."""
+    return F.interpolate(cam[None, None], (height, width), mode="bilinear", align_corners=False)[0, 0]
+
+
+@dataclass(frozen=True)
+class Projection:
+    """A channel's unit projected back to pixel space."""
+
+    image: torch.Tensor  # Tensor[3,H,W] float32: the gradient-like signal at the input (signed)
+    layer: LayerInfo
+    channel: int
+    position: tuple[int, int]  # (row, column) of the projected unit in the layer's map
+    activation: float  # the unit's activation
+    method: str  # one of PROJECTIONS
+    relu_modules: int  # how many nn.ReLU modules the method could change (0: it is the plain gradient)
+
+
+def _unit_index(info: LayerInfo, channel: int, row: int, col: int) -> tuple[int, ...]:
+    """Index of unit (channel, row, col) in the layer's raw output, batch dimension excluded."""
+    if info.layout == "NHWC":
+        return (row, col, channel)
+    if info.layout == "tokens":
+        return (info.prefix + row * info.shape[2] + col, channel)
+    return (channel, row, col)
+
+
+def _channel_map(loaded: LoadedModel, x: torch.Tensor, info: LayerInfo) -> torch.Tensor:
+    """The layer's ``Tensor[C,H,W]`` for ``x`` (one pass, under the caller's lock)."""
+    found: list[torch.Tensor] = []
+    with torch.no_grad(), forward_hooks(loaded.model, [info.name], lambda _n, _i, out: found.append(info.to_chw(out).clone())):
+        loaded.model(x)
+    return found[0]
+
+
+@_outside_inference_mode
+def project(
+    loaded: LoadedModel,
+    x: torch.Tensor,
+    layer: LayerInfo | str | None,
+    channel: int,
+    method: str = "guided_backprop",
+    position: tuple[int, int] | None = None,
+) -> Projection:
+    """Project one unit of ``channel`` at ``layer`` back to the input (Zeiler & Fergus 2014): captum's
+    ``NeuronGuidedBackprop`` or ``NeuronDeconvolution``. ``position`` (row, column) in the layer's
+    map; None: where the channel is most active for ``x``.
+
+    Raises:
+        InvalidOptionError: unknown method, channel or position outside the layer.
+        UnknownLayerError: no listed layer of that name.
+
+    >>> from cnnviz.registry import load_model
+    >>> loaded = load_model("resnet18", "random")
+    >>> found = project(loaded, torch.rand(1, 3, 224, 224), "layer2", 5)
+    >>> tuple(found.image.shape), found.channel
+    ((3, 224, 224), 5)
+    """
+    from captum.attr import NeuronDeconvolution, NeuronGuidedBackprop
+
+    check_method(method, PROJECTIONS, PROJECTION_NAMES)
+    info = resolve_layer(loaded, layer)
+    c, h, w = info.shape
+    if not isinstance(channel, int) or isinstance(channel, bool) or not 0 <= channel < c:
+        raise InvalidOptionError(f"Channel {quoted(channel)} is out of range: {info.name} has channels 0 to {c - 1}.")
+    model = loaded.model
+    module = dict(model.named_modules())[info.name]
+    relus = sum(isinstance(m, torch.nn.ReLU) for m in model.modules())
+    with loaded.lock, eval_mode(model), interruptible(model):
+        maps = _channel_map(loaded, x, info)
+        if position is None:
+            flat = int(maps[channel].flatten().argmax())
+            position = (flat // maps.shape[2], flat % maps.shape[2])
+        row, col = (int(v) for v in position)
+        if not (0 <= row < maps.shape[1] and 0 <= col < maps.shape[2]):
+            raise InvalidOptionError(f"Position {quoted(position)} is outside {info.name}'s {maps.shape[1]}×{maps.shape[2]} map.")
+        kind = NeuronGuidedBackprop if method == "guided_backprop" else NeuronDeconvolution
+        inplace = [m for m in model.modules() if isinstance(m, torch.nn.ReLU) and m.inplace]
+        try:
+            for m in inplace:  # captum's backward hooks on ReLU cannot follow in-place outputs
+                m.inplace = False
+            with gradients_on(), _fresh_output(module, info):
+                inputs = _input_with_grad(x)
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")
+                    signal = kind(model, module).attribute(inputs, _unit_index(info, channel, row, col))
+        finally:
+            for m in inplace:
+                m.inplace = True
+    return Projection(signal[0].detach().float().cpu(), info, channel, (row, col),
+                      float(maps[channel, row, col]), method, relus)
+
+
+def projection_note(found: Projection) -> str:
+    """A sentence on what the projection is, and when it is only the plain gradient."""
+    name = PROJECTION_NAMES[found.method]
+    if not found.relu_modules:
+        return (f"This model has no ReLU modules, which {name} changes on the way back; what is shown is the "
+                "plain gradient of the unit with respect to the pixels.")
+    return ""
+
+
+@_outside_inference_mode
+def guided_gradcam(loaded: LoadedModel, x: torch.Tensor, target_class: int | None = None,
+                   layer: LayerInfo | str | None = None) -> tuple[torch.Tensor, ClassMap]:
+    """Guided Grad-CAM (Selvaraju et al. 2017): the guided-backpropagation gradient of the class score
+    times the Grad-CAM map upsampled to the input. Returns (``Tensor[3,H,W]``, the Grad-CAM)."""
+    from captum.attr import GuidedBackprop
+
+    cam = class_activation_map(loaded, x, "gradcam", target_class, layer)
+    model = loaded.model
+    inplace = [m for m in model.modules() if isinstance(m, torch.nn.ReLU) and m.inplace]
+    with loaded.lock, eval_mode(model), interruptible(model):
+        try:
+            for m in inplace:
+                m.inplace = False
+            with gradients_on():
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")
+                    signal = GuidedBackprop(model).attribute(_input_with_grad(x), target=cam.class_index)
+        finally:
+            for m in inplace:
+                m.inplace = True
+    weight = upsampled(cam.map, x.shape[-2], x.shape[-1])
+    return signal[0].detach().float().cpu() * weight, cam
+
+
+def class_index(loaded: LoadedModel, target: str | int | None) -> int | None:
+    """A class named by index (``"281"``, 281) or label (any case) as an index; None or "" → None
+    (the top class).
+
+    Raises:
+        InvalidOptionError: an unknown label (with close matches), or an index for a model without labels
+            that is not a whole number.
+
+    >>> from cnnviz.registry import load_model
+    >>> class_index(load_model("resnet18", "random"), "Tabby"), class_index(load_model("resnet18", "random"), " 7 ")
+    (281, 7)
+    """
+    if target is None or (isinstance(target, str) and not target.strip()):
+        return None
+    if isinstance(target, int) and not isinstance(target, bool):
+        return target
+    text = str(target).strip()
+    if text.lstrip("-").isdigit():
+        return int(text)
+    labels = loaded.categories or ()
+    lowered = {label.lower(): i for i, label in reversed(list(enumerate(labels)))}
+    if text.lower() in lowered:
+        return lowered[text.lower()]
+    if not labels:
+        raise InvalidOptionError(f"{loaded.spec.display} has no class labels; give the class as an index.")
+    hint = did_you_mean(text, labels) or " Give a label from the list or a class index."
+    raise InvalidOptionError(f"{loaded.spec.display} has no class {quoted(text)}.{hint}")
+
