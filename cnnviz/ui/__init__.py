@@ -19,7 +19,7 @@ from starlette.middleware import Middleware
 
 from .. import explore, server
 from ..errors import CnnvizError, quoted
-from . import architecture as architecture_tab, feature_maps as feature_maps_tab, filters as filters_tab
+from . import architecture as architecture_tab, attribution as attribution_tab, feature_maps as feature_maps_tab, filters as filters_tab
 from .architecture import architecture
 from .common import (
     EXAMPLE_FILES, MAX_PER_CLIENT, MAX_PER_SESSION, MAX_UPLOAD, UPLOAD_QUOTA, WORK, CheckedBlocks, Refresh,
@@ -55,7 +55,7 @@ def model_notice(view: explore.ModelView) -> str:
 
 # --- deep links: ?model=resnet50&layer=layer3.0.conv1&tab=feature-maps[&weights=random] -------------------
 
-TABS = {"architecture": "Architecture", "filters": "Filters", "feature-maps": "Feature maps"}
+TABS = {"architecture": "Architecture", "filters": "Filters", "feature-maps": "Feature maps", "attribution": "Attribution"}
 LINK_LIMIT = 200  # characters of a URL parameter read at all (names are far shorter)
 
 # Writes the view into the address bar (no reload, no history entry), so copying it shares the view.
@@ -271,6 +271,8 @@ def build_demo() -> gr.Blocks:
                 kernels = filters_tab.build(model, weights)
             with gr.Tab(TABS["feature-maps"], id="feature-maps") as maps_tab:
                 maps = feature_maps_tab.build(model, weights)
+            with gr.Tab(TABS["attribution"], id="attribution") as attr_tab:
+                attr = attribution_tab.build(model, weights)
 
         view_layers = [maps.layer, kernels.layer]
         chain = demo.load(
@@ -284,7 +286,7 @@ def build_demo() -> gr.Blocks:
         starts.append(weights.input(weights_switched, [model, weights, maps.layer, shown], [model, notice, maps.layer, shown, refresh_all],
                                     api_visibility="private", concurrency_id=WORK))
         for chain in starts:
-            for tab in (arch, kernels, maps):  # a model or weights change refreshes every tab, one after the other
+            for tab in (arch, kernels, maps, attr):  # a model or weights change refreshes every tab, one after the other
                 chain = chain.success(**when(refresh_all, tab))
 
         # linked views: a row of the Architecture table opens its layer in Feature maps or Filters
@@ -294,7 +296,7 @@ def build_demo() -> gr.Blocks:
         ).success(**when(open_maps, maps))
 
         # the address bar follows the view; the Architecture table highlights the Feature maps layer
-        for tab_id, tab in (("architecture", arch_tab), ("filters", filters_tab_), ("feature-maps", maps_tab)):
+        for tab_id, tab in (("architecture", arch_tab), ("filters", filters_tab_), ("feature-maps", maps_tab), ("attribution", attr_tab)):
             tab.select(None, None, view_tab, js=f"() => '{tab_id}'", api_visibility="private", queue=False)
         maps.layer.change(None, maps.layer, current, js="(layer) => layer", api_visibility="private", queue=False)
         gr.on(

@@ -15,7 +15,7 @@ from .conftest import ARTIFACTS, ROOT, _free_port, _wait_until_serving, stop_pro
 
 pytestmark = pytest.mark.e2e
 
-PUBLIC = {"architecture", "filters", "feature_maps"}
+PUBLIC = {"architecture", "filters", "feature_maps", "channel_visualization", "attribution", "projection"}
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,189 @@
+"""The Attribution tab: why the model decided (class activation maps over the picture it saw, with
+the random-weights sanity check one click away) and what a channel responds to in this photo
+(Zeiler–Fergus projections).
+
+Public endpoints: ``/attribution``, ``/projection``.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import gradio as gr
+import numpy as np
+
+from .. import explore
+from .common import EXAMPLE_FILES, OUTPUTS, WORK, Refresh, SafeImage, user_errors, weights_used, whole
+
+METHOD_CHOICES = [
+    ("Grad-CAM", "gradcam"), ("Grad-CAM++", "gradcampp"), ("LayerCAM", "layercam"), ("Score-CAM (slow)", "scorecam"),
+]
+PROJECTION_CHOICES = [("guided backpropagation", "guided_backprop"), ("deconvnet", "deconvnet")]
+NO_IMAGE = "Upload a photo, paste one, or pick an example to see which parts of it the model's decision rests on."
+EXPLAINED = {
+    "gradcam": "Grad-CAM weights each map of the layer by how much the class score rises when that map rises (its average gradient) and keeps the positive sum.",
+    "gradcampp": "Grad-CAM++ weights each map like Grad-CAM but counts only the places where a rise helps the class, so several objects of one class all light up.",
+    "layercam": "LayerCAM weights every position of every map by its own positive gradient, which keeps finer detail, especially at earlier layers.",
+    "scorecam": "Score-CAM uses no gradients: it masks the picture with each map in turn and weights the map by how much that masked picture alone raises the class score.",
+}
+SANITY = (
+    "**Sanity check (Adebayo et al., 2018):** the same method on the same picture with *random* weights. A map "
+    "that explains the trained model should look different from this one; if the two look alike, the map shows "
+    "the picture's edges and the layer's shape, not what the model learned."
+)
+
+
+def _cam(model, image, method, target, layer, weights, opacity):
+    """(overlay file, .npy file, {label: probability}, caption)."""
+    view = explore.attribution(model, image, method, target or "", layer or "", weights, float(opacity))
+    h, w = view.map.shape
+    buffer = io.BytesIO()
+    np.save(buffer, view.map, allow_pickle=False)
+    name = f"{model}-{method}-{view.class_index}"
+    also = "" if view.label == view.top_label else f" (the model's own top class is **{view.top_label}**)"
+    empty = (" The map is zero everywhere: the class score does not rise with any of this layer's maps here "
+             "(in a vision transformer the class is read from the class token; pick an earlier layer).") if not view.map.any() else ""
+    caption = (
+        f"**{explore.CAM_NAMES[method]}** for **{view.label}** (class {view.class_index}, probability "
+        f"{view.probability:.1%}){also}, at `{view.layer.name}` ({h}×{w}, upsampled to the picture the model saw; "
+        f"bright: the parts that raise this class's score).{empty} {EXPLAINED[method]}\n\n{weights_used(view.weights)}"
+    )
+    return (
+        OUTPUTS.write(f"{name}-overlay.jpg", explore.encode(view.overlay, "jpeg")),
+        OUTPUTS.write(f"{name}-map.npy", buffer.getvalue()),
+        {view.label: view.probability},
+        caption,
+    )
+
+
+@user_errors
+def attribution(model: str, image: str, method: str = "gradcam", target: str = "", layer: str = "",
+                weights: str = "pretrained", opacity: float = 0.5):
+    """A class activation map over the picture the model saw: which parts of the image raise the score of a class.
+
+    Args:
+        model: a curated key (alexnet, resnet50, ...), any torchvision classifier name, or timm/<name>.
+        image: an uploaded image file.
+        method: "gradcam", "gradcampp" (Grad-CAM++), "layercam" or "scorecam" (Score-CAM, slow).
+        target: the class to explain, as an index ("281") or a label ("tabby"); empty: the model's top class.
+        layer: qualified module name of the target layer; empty: the last map before the network pools it.
+        weights: "pretrained" or "random" (random is the sanity check: a map that explains must differ from it).
+        opacity: how strongly the map covers the picture, from 0 (picture only) to 1 (map only).
+    """
+    return _cam(model, image, method, target, layer, weights, opacity)
+
+
+@user_errors
+def projection(model: str, image: str, layer: str, channel: float, method: str = "guided_backprop",
+               weights: str = "pretrained"):
+    """Zeiler–Fergus projection: the strongest unit of a channel taken back to pixel space, beside the part of the picture it covers.
+
+    Args:
+        model: a curated key (alexnet, resnet50, ...), any torchvision classifier name, or timm/<name>.
+        image: an uploaded image file.
+        layer: qualified module name (e.g. "layer3.1.conv2"); empty: the last map before the network pools it.
+        channel: the channel index, from 0 to the layer's channel count minus one.
+        method: "guided_backprop" (guided backpropagation) or "deconvnet".
+        weights: "pretrained" or "random".
+    """
+    view = explore.projection(model, image, layer or "", whole(channel, "Channel"), method, weights)
+    row, col = view.position
+    top, left, bottom, right = view.box
+    caption = (
+        f"Channel **{view.channel}** of `{view.layer.name}`, its strongest unit (row {row}, column {col}, activation "
+        f"{view.activation:.4g}) taken back to the pixels by {dict((v, k) for k, v in PROJECTION_CHOICES)[method]}: left, "
+        f"what in the picture drives this unit (grey: no effect); right, the part of the picture it covers "
+        f"(rows {top}–{bottom - 1}, columns {left}–{right - 1}). {view.note}\n\n{weights_used(view.weights)}"
+    )
+    return OUTPUTS.write(f"{model}-{view.layer.name}-{view.channel}-{method}.png", explore.encode(view.image, "png")), caption
+
+
+@user_errors
+def show(model, image, method, target, layer, weights, opacity):
+    """The page's class activation map (a hint before there is an image)."""
+    if not image:
+        return None, None, None, NO_IMAGE
+    return _cam(model, image, method, target, layer, weights, opacity)
+
+
+@user_errors
+def sanity(model, image, method, target, layer, opacity):
+    """The same map with random weights."""
+    if not image:
+        return None, NO_IMAGE
+    overlay, _npy, _label, caption = _cam(model, image, method, target, layer, "random", opacity)
+    return overlay, f"{SANITY}\n\n{caption}"
+
+
+@user_errors
+def show_projection(model, image, layer, channel, method, weights):
+    if not image:
+        return None, NO_IMAGE
+    return projection(model, image, layer, channel, method, weights)
+
+
+@user_errors
+def refresh(model, weights, image, method, target, layer, opacity):
+    """After a model change: its layers (the default target chosen), its labels, and the map again."""
+    choices = explore.attribution_choices(model, weights)
+    names = {info.name for info in choices.layers}
+    keep = layer if layer in names else choices.default_layer
+    labels = gr.Dropdown(choices=[""] + list(choices.labels), value=target if target in choices.labels else "")
+    layers = gr.Dropdown(choices=[(info.label, info.name) for info in choices.layers], value=keep)
+    return (layers, labels, *show(model, image, method, target if target in choices.labels else "", keep, weights, opacity))
+
+
+@dataclass
+class AttributionTab(Refresh):
+    layer: gr.Dropdown
+
+
+def build(model: gr.Dropdown, weights: gr.Radio) -> AttributionTab:
+    """The tab's components and its own events (inside the current ``gr.Tab``); returns its refresh."""
+    with gr.Row():
+        with gr.Column(scale=1, min_width=280):
+            image = SafeImage(type="filepath", image_mode=None, sources=["upload", "clipboard"], label="Your image",
+                              elem_id="attr-image")
+            gr.Examples([[str(p)] for p in sorted(EXAMPLE_FILES)], inputs=[image], label="Examples")
+            method = gr.Radio(METHOD_CHOICES, value="gradcam", label="Method", elem_id="attr-method")
+            target = gr.Dropdown([""], value="", label="Class to explain (empty: the top class)", allow_custom_value=True,
+                                 filterable=True, elem_id="attr-target", info="Type to search the labels, or a class index.")
+            layer = gr.Dropdown([], value="", label="Target layer", allow_custom_value=True, elem_id="attr-layer",
+                                info="Default: the last map before the network pools it away.")
+            opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Opacity of the map over the picture", elem_id="attr-opacity")
+        with gr.Column(scale=2, min_width=320):
+            caption = gr.Markdown(NO_IMAGE, elem_id="attr-caption")
+            overlay = gr.Image(label="Class activation map", type="filepath", interactive=False, height=420,
+                               buttons=["download", "fullscreen"], elem_id="attr-overlay")
+            explained = gr.Label(label="Class explained", elem_id="attr-class")
+            npy = gr.File(label="Raw map (.npy, float32, the target layer's height × width)", elem_id="attr-npy")
+    with gr.Group(elem_id="attr-sanity"):
+        check = gr.Button("Sanity check: the same map with random weights (Adebayo et al. 2018)", elem_id="attr-sanity-button")
+        with gr.Row():
+            random_overlay = gr.Image(label="Random weights", type="filepath", interactive=False, height=320,
+                                      elem_id="attr-random-overlay")
+            random_caption = gr.Markdown(SANITY, elem_id="attr-random-caption")
+    with gr.Accordion("Zeiler–Fergus projection of one channel", open=False, elem_id="attr-projection"):
+        with gr.Row():
+            channel = gr.Number(value=0, precision=0, label="Channel", elem_id="attr-channel")
+            how = gr.Radio(PROJECTION_CHOICES, value="guided_backprop", label="Projection", elem_id="attr-how")
+            go = gr.Button("Project", elem_id="attr-project")
+        projected = gr.Image(label="Projection (left) beside the part of the picture it covers (right)", type="filepath",
+                             interactive=False, height=320, elem_id="attr-projected")
+        projected_caption = gr.Markdown(elem_id="attr-projection-caption")
+
+    cam_inputs = [model, image, method, target, layer, weights, opacity]
+    cam_outputs = [overlay, npy, explained, caption]
+    api_only = gr.Button(visible=False)  # the public endpoints are strict: no image is an error there
+    api_only.click(attribution, cam_inputs, cam_outputs, concurrency_id=WORK, api_name="attribution")
+    api_only.click(projection, [model, image, layer, channel, how, weights], [projected, projected_caption],
+                   concurrency_id=WORK, api_name="projection")
+    gr.on([image.change, method.change, target.change, layer.input, opacity.change], show, cam_inputs, cam_outputs,
+          concurrency_id=WORK, trigger_mode="always_last", api_visibility="private")
+    check.click(sanity, [model, image, method, target, layer, opacity], [random_overlay, random_caption],
+                concurrency_id=WORK, api_visibility="private")
+    go.click(show_projection, [model, image, layer, channel, how, weights], [projected, projected_caption],
+             concurrency_id=WORK, api_visibility="private")
+    io = dict(inputs=[model, weights, image, method, target, layer, opacity], outputs=[layer, target, *cam_outputs],
+              concurrency_id=WORK)
+    return AttributionTab(refresh, io, layer)
