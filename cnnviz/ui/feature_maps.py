@@ -14,7 +14,7 @@ import pandas as pd
 
 from .. import explore
 from ..errors import InvalidImageError, InvalidOptionError
-from . import webcam
+from . import featurevis, webcam
 from .common import EXAMPLE_FILES, OUTPUTS, WORK, Refresh, SafeImage, label_dict, user_errors, weights_used, whole
 
 CHANNEL_CHOICES = [
@@ -304,6 +304,7 @@ def build(model: gr.Dropdown, weights: gr.Radio) -> FeatureMapsTab:
             enlarged = gr.Image(label="The channel's map (colour bar: its values)", type="filepath", interactive=False,
                                 height=360, elem_id="channel-map", buttons=["download", "fullscreen"])
         channel_text = gr.Markdown(NO_CHANNEL, elem_id="channel-caption")
+    featurevis.build(model, weights, layer, picked, image)  # what the picked channel looks for: its own section and endpoint
     with gr.Accordion("Channel statistics", open=True, elem_id="stats-section"):
         stats_summary = gr.Markdown(elem_id="stats-summary")
         means = gr.BarPlot(x="channel", y="mean", title="Mean activation per channel", height=220, elem_id="stats-plot",
