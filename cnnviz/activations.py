@@ -97,7 +97,8 @@ def capture_layers(
             raise _StopForward
 
     logits = None
-    with forward_hooks(model, list(wanted), on_output), torch.no_grad():  # no_grad, not inference_mode: keeps versions
+    # no_grad, not inference_mode (even inside a caller's): outputs kept by reference need their version counters
+    with forward_hooks(model, list(wanted), on_output), torch.inference_mode(False), torch.no_grad():
         try:
             output = model(x)
             logits = output if with_logits else None

@@ -138,7 +138,8 @@ def find_layers(model: torch.nn.Module, input_size: tuple[int, int, int], device
     modules = dict(model.named_modules())
     grids = _token_grids(model)
     prefix = _prefix_tokens(model)
-    x = torch.zeros(1, *input_size, device=device)
+    with torch.inference_mode(False):  # a normal tensor even inside a caller's inference_mode
+        x = torch.zeros(1, *input_size, device=device)
     found: dict[str, LayerInfo] = {}
     left_out: dict[str, LeftOut] = {}
     calls: Counter[str] = Counter()
@@ -194,7 +195,8 @@ def find_layers(model: torch.nn.Module, input_size: tuple[int, int, int], device
         found[name] = LayerInfo(name, type(module).__name__, shape, 1, layout, set_aside)
         watched[name] = (weakref.ref(output), output._version)
 
-    with forward_hooks(model, None, on_output, on_input=on_input), torch.no_grad():  # no_grad keeps version counters
+    # no_grad, not inference_mode, even inside a caller's inference_mode: version counters must be kept
+    with forward_hooks(model, None, on_output, on_input=on_input), torch.inference_mode(False), torch.no_grad():
         model(x)
     check_versions()
     entered.clear()

@@ -365,3 +365,21 @@ def test_timm_batchnorm_act_lists_the_block_before_its_activation():
     assert names[:3] == ["conv_stem", "bn1", "bn1.act"]  # BatchNormAct2d finishes after its act, starts before
     assert names.index("blocks.1") < names.index("blocks.1.0") < names.index("blocks.1.0.conv_pw")
     assert not any(n.endswith((".drop", ".drop_path", ".drop_block")) for n in names)
+
+
+def test_listing_and_capture_work_inside_a_callers_inference_mode(coffee):
+    """A notebook that wraps everything in torch.inference_mode() must still list layers and capture maps
+    (both need version counters, which inference tensors do not have)."""
+    import cnnviz
+    from cnnviz import preprocess, registry
+
+    registry.clear_cache()
+    with torch.inference_mode():
+        loaded = cnnviz.load_model("resnet18", "random")
+        assert cnnviz.list_layers(loaded)[0].name == "conv1"
+        view = cnnviz.feature_maps("resnet18", coffee, "layer1.0.bn1", "random")
+    x = preprocess.to_input(loaded, preprocess.open_image(coffee))
+    with torch.no_grad():
+        m = loaded.model
+        reference = m.layer1[0].bn1(m.layer1[0].conv1(m.maxpool(m.relu(m.bn1(m.conv1(x))))))[0]
+    torch.testing.assert_close(view.maps, reference)
