@@ -102,6 +102,13 @@ def test_a_channels_last_layer_works():
     assert view.image.shape == (128, 128, 3) and np.isfinite(view.activation)
 
 
+def test_a_token_layer_and_a_windowed_model_run_at_their_own_input_size():
+    vit = load_model("timm/vit_tiny_patch16_224", "random")
+    tokens = next(layer for layer in layers.list_layers(vit) if layer.layout == "tokens")
+    view = explore.channel_visualization("timm/vit_tiny_patch16_224", tokens.name, 1, steps=1, weights="random")
+    assert view.size == (224, 224) and np.isfinite(view.activation)
+
+
 def test_the_fourier_image_is_a_valid_picture_and_the_transform_keeps_its_size():
     g = torch.Generator().manual_seed(0)
     image = featurevis.FourierImage.random(40, 30, g)
