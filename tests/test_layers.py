@@ -178,6 +178,9 @@ class _Loaded:
 
     def __init__(self, model: nn.Module, input_size: tuple[int, int, int]) -> None:
         self.model, self.input_size, self.device, self.lock = model, input_size, "cpu", threading.RLock()
+        self.derived: dict = {}
+
+    memo = registry.LoadedModel.memo  # where per-model results are kept
 
 
 def test_listing_note_explains_what_a_transformer_leaves_out():

@@ -62,7 +62,7 @@ def test_a_bad_link_gets_sentences_and_the_page_still_opens(warnings, monkeypatc
     out = ui.open_page(link(model="resnet5O", layer="layer9", tab="weights", weights="random"))
     assert out[0] == "resnet18" and opened == [1]  # the default opens instead, once
     assert out[3] == "architecture" and out[6].value == "conv1"
-    assert warnings[0].startswith("The link's tab 'weights' is not one of: architecture, filters, feature-maps.")
+    assert warnings[0].startswith("The link's tab 'weights' is not one of: architecture, filters, feature-maps, attribution.")
     assert warnings[1].startswith("The link's model: Unknown model 'resnet5O'.") and "resnet50" in warnings[1]
     assert warnings[2].startswith("The link's layer: ResNet-18 has no layer 'layer9'") and warnings[2].endswith("Showing conv1.")
 

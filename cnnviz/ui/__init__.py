@@ -306,6 +306,7 @@ def build_demo() -> gr.Blocks:
         document_as_text(model, MODEL_API, "resnet18")
         document_as_text(maps.layer, LAYER_API, "layer1.0.conv1")
         document_as_text(kernels.layer, "A convolution's qualified name (\"layer4.2.conv2\"); empty: the first convolution.", "")
+        document_as_text(attr.layer, LAYER_API, "layer4")
         name_outputs(demo)
     # api_open=False: every call goes through the queue (Gradio's /run/<name> routes would skip it)
     demo.queue(max_size=int(os.environ.get("CNNVIZ_QUEUE_SIZE", "32")), default_concurrency_limit=2, api_open=False)

@@ -3,6 +3,7 @@ their docstrings' Args, and a client can call one (offline, random weights)."""
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 import json
 import os
 import subprocess
@@ -69,7 +70,8 @@ def test_a_client_calls_a_tool_and_gets_the_sentence_for_a_mistake(mcp_url, libr
                 bad = await session.call_tool("architecture", {"model": "resnet5O", "weights": "random", "depth": 1})
                 return names, good, bad
 
-    names, good, bad = asyncio.run(call())
+    with ThreadPoolExecutor(1) as pool:  # its own event loop: Playwright's sync API may hold this thread's
+        names, good, bad = pool.submit(asyncio.run, call()).result()
     assert PUBLIC <= names
     truth = library.architecture("resnet18", "random", 1)
     assert not good.isError and f"**parameters** {truth.total_params:,} " in good.content[0].text
