@@ -107,11 +107,16 @@ def show(model, image, method, target, layer, weights, opacity):
 
 
 @user_errors
-def sanity(model, image, method, target, layer, opacity):
-    """The same map with random weights."""
+def sanity(model, image, method, target, layer, opacity, weights):
+    """The same map with random weights, for the same class as the map beside it (with no class chosen:
+    the class the model with the page's weights puts first, not the random network's own guess)."""
     if not image:
         return None, NO_IMAGE
-    overlay, _npy, _label, caption = _cam(model, image, method, target, layer, "random", opacity)
+    same = target
+    if not same:
+        top = explore.predict(model, image, weights, k=1)
+        same = str(top[0].index) if top else ""  # a model without labels: its own top class
+    overlay, _npy, _label, caption = _cam(model, image, method, same, layer, "random", opacity)
     return overlay, f"{SANITY}\n\n{caption}"
 
 
@@ -180,7 +185,7 @@ def build(model: gr.Dropdown, weights: gr.Radio) -> AttributionTab:
                    concurrency_id=WORK, api_name="projection")
     gr.on([image.change, method.change, target.change, layer.input, opacity.change], show, cam_inputs, cam_outputs,
           concurrency_id=WORK, trigger_mode="always_last", api_visibility="private")
-    check.click(sanity, [model, image, method, target, layer, opacity], [random_overlay, random_caption],
+    check.click(sanity, [model, image, method, target, layer, opacity, weights], [random_overlay, random_caption],
                 concurrency_id=WORK, api_visibility="private")
     go.click(show_projection, [model, image, layer, channel, how, weights], [projected, projected_caption],
              concurrency_id=WORK, api_visibility="private")

@@ -4,6 +4,7 @@ for the bundled timm model and a typed torchvision one."""
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
 import pytest
@@ -76,8 +77,10 @@ def test_attribution_tab_in_the_browser(browser_page: Page, app_url, shot):
     pixels = fetch_image(page, first["src"])
     assert pixels.shape[1] == 224 and pixels.std() > 10
     shot("attribution-lite0-cat")
+    explained = re.search(r"Grad-CAM for (.+?) \(class (\d+)", caption).group(0)
     page.locator("#attr-sanity-button").click()
-    wait_text(page, "#attr-random-caption", contains="Random weights, as chosen")
+    random_caption = wait_text(page, "#attr-random-caption", contains="Random weights, as chosen")
+    assert explained in random_caption  # the same class explained by the untrained network, not its own guess
     wait_image(page, "#attr-random-overlay")
     shot("attribution-sanity-check")
     type_model_name(page, "resnet18")
