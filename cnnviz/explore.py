@@ -824,12 +824,11 @@ def projection(
     found = attribution_mod.project(loaded, x, layer or None, channel, method)
     signal = found.image.numpy().astype(np.float32)
     picture = preprocess.seen_image(loaded, x)
+    shown = _signed_picture(signal)
     strength = np.abs(signal).max(axis=0)
     peak = float(strength.max())
     rows, cols = np.nonzero(strength > 0.01 * peak) if peak > 0 else (np.array([0]), np.array([0]))
     box = (int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1)
-    half = max(float(np.abs(signal).max()), render.EPS)
-    shown = np.rint(np.clip(0.5 + signal / (2 * half), 0, 1) * 255).astype(np.uint8).transpose(1, 2, 0)
     crop = np.full_like(picture, render.GUTTER)
     top, left, bottom, right = box
     crop[top:bottom, left:right] = picture[top:bottom, left:right]
@@ -838,6 +837,45 @@ def projection(
     side = np.concatenate([shown, gap, crop], axis=1)
     return ProjectionView(side, signal, box, found.layer, found.channel, found.position, found.activation,
                           method, attribution_mod.projection_note(found), loaded.weights)
+
+
+def _signed_picture(signal: np.ndarray) -> np.ndarray:
+    """A signed signal at the input (``float32[3,H,W]``) as a picture ``uint8[H,W,3]``: grey is zero,
+    brighter or darker colours the signal's sign, scaled by its largest magnitude (Zeiler & Fergus's way)."""
+    half = max(float(np.abs(signal).max()), render.EPS)
+    return np.rint(np.clip(0.5 + signal / (2 * half), 0, 1) * 255).astype(np.uint8).transpose(1, 2, 0)
+
+
+@dataclass(frozen=True)
+class GuidedGradCamView:
+    image: np.ndarray  # uint8[H,W*2+gap,3]: guided Grad-CAM beside the picture the model saw
+    signal: np.ndarray  # float32[3,H,W]: guided backpropagation of the class score × the upsampled Grad-CAM
+    class_index: int
+    label: str
+    probability: float
+    layer: layers.LayerInfo  # Grad-CAM's target layer
+    weights: WeightsOutcome
+
+
+def guided_gradcam(model: str, image, target: str | int = "", layer: str = "", weights: str = "pretrained") -> GuidedGradCamView:
+    """Guided Grad-CAM (Selvaraju et al., 2017) of ``image`` for ``target`` (a class index or label; empty:
+    the top class): the pixels that raise the class score (guided backpropagation), kept where the class's
+    Grad-CAM at ``layer`` (empty: the last map before pooling) is on.
+
+    >>> view = guided_gradcam("timm/tf_efficientnet_lite0", "examples/coffee.png")
+    >>> view.label, view.signal.shape
+    ('espresso', (3, 224, 224))
+    """
+    loaded = load_model(model, weights)
+    x, _digest, _size = _model_input(loaded, image)
+    signal, cam = attribution_mod.guided_gradcam(loaded, x, attribution_mod.class_index(loaded, target), layer or None)
+    values = signal.numpy().astype(np.float32)
+    picture = preprocess.seen_image(loaded, x)
+    gap = np.empty((picture.shape[0], 8, 3), np.uint8)
+    gap[...] = render.GUTTER
+    side = np.concatenate([_signed_picture(values), gap, picture], axis=1)
+    return GuidedGradCamView(side, values, cam.class_index, _label(loaded, cam.class_index), cam.probability, cam.layer,
+                             loaded.weights)
 
 
 # --- what a channel looks for (feature visualisation, cnnviz.featurevis) --------------------------

@@ -209,3 +209,34 @@ def test_concurrent_attribution_and_feature_maps_match_sequential():
             assert torch.allclose(value, expected_maps)
     hooks, *_ = model_state(load_model(model, "random").model)
     assert hooks == 0
+
+
+def test_guided_gradcam_is_guided_backprop_kept_where_the_class_map_is_on():
+    """Selvaraju et al.'s product, checked against independent pieces: the class is the one Grad-CAM
+    explains, and wherever the upsampled Grad-CAM is zero the guided signal is zero too; where both are on,
+    the signal is the hand-computed guided backprop (ReLU gradients masked to positive) times the map."""
+    loaded = load_model("resnet18", "random")
+    view = explore.guided_gradcam("resnet18", "examples/cat.png", "", "layer4", "random")
+    cam = explore.attribution("resnet18", "examples/cat.png", "gradcam", "", "layer4", "random")
+    assert view.class_index == cam.class_index and view.signal.shape == (3, 224, 224)
+    weight = F.interpolate(torch.from_numpy(cam.map)[None, None], (224, 224), mode="bilinear", align_corners=False)[0, 0]
+    off = (weight <= 0).numpy()
+    assert np.isfinite(view.signal).all() and (view.signal[:, off] == 0).all()
+    # guided backprop by hand: every ReLU passes back only positive gradients where its input was positive
+    x = explore._model_input(loaded, "examples/cat.png")[0].clone().requires_grad_(True)
+    relus = [m for m in loaded.model.modules() if isinstance(m, torch.nn.ReLU)]
+    saved = [m.inplace for m in relus]
+    # the ReLU's own gradient (already masked to where its input was positive), negatives dropped
+    handles = [m.register_full_backward_hook(lambda _m, gi, _go: (gi[0].clamp(min=0),)) for m in relus]
+    try:
+        for m in relus:
+            m.inplace = False
+        with torch.enable_grad():
+            score = loaded.model(x)[0, cam.class_index]
+            grad, = torch.autograd.grad(score, x)
+    finally:
+        for handle, m, inplace in zip(handles, relus, saved):
+            handle.remove()
+            m.inplace = inplace
+    expected = (grad[0] * weight).numpy()
+    assert np.allclose(view.signal, expected, rtol=1e-3, atol=1e-5 * float(np.abs(expected).max()))

@@ -2,7 +2,7 @@
 the random-weights sanity check one click away) and what a channel responds to in this photo
 (Zeiler–Fergus projections).
 
-Public endpoints: ``/attribution``, ``/projection``.
+Public endpoints: ``/attribution``, ``/projection``, ``/guided_gradcam``.
 """
 from __future__ import annotations
 
@@ -99,6 +99,34 @@ def projection(model: str, image: str, layer: str, channel: float, method: str =
 
 
 @user_errors
+def guided_gradcam(model: str, image: str, target: str = "", layer: str = "", weights: str = "pretrained"):
+    """Guided Grad-CAM: the pixels that raise a class's score (guided backpropagation), kept where its Grad-CAM is on.
+
+    Args:
+        model: a curated key (alexnet, resnet50, ...), any torchvision classifier name, or timm/<name>.
+        image: an uploaded image file.
+        target: the class to explain, as an index ("281") or a label ("tabby"); empty: the model's top class.
+        layer: qualified module name of Grad-CAM's target layer; empty: the last map before the network pools it.
+        weights: "pretrained" or "random".
+    """
+    view = explore.guided_gradcam(model, image, target or "", layer or "", weights)
+    caption = (
+        f"**Guided Grad-CAM** for **{view.label}** (class {view.class_index}, probability {view.probability:.1%}), "
+        f"Grad-CAM at `{view.layer.name}`: left, the pixels whose change raises this class's score (guided "
+        f"backpropagation; grey: no effect), kept where the class's Grad-CAM is on; right, the picture the model "
+        f"saw.\n\n{weights_used(view.weights)}"
+    )
+    return OUTPUTS.write(f"{model}-guided-gradcam-{view.class_index}.png", explore.encode(view.image, "png")), caption
+
+
+@user_errors
+def show_guided(model, image, target, layer, weights):
+    if not image:
+        return None, NO_IMAGE
+    return guided_gradcam(model, image, target, layer, weights)
+
+
+@user_errors
 def show(model, image, method, target, layer, weights, opacity):
     """The page's class activation map (a hint before there is an image)."""
     if not image:
@@ -168,6 +196,11 @@ def build(model: gr.Dropdown, weights: gr.Radio) -> AttributionTab:
             random_overlay = gr.Image(label="Random weights", type="filepath", interactive=False, height=320,
                                       elem_id="attr-random-overlay")
             random_caption = gr.Markdown(SANITY, elem_id="attr-random-caption")
+    with gr.Accordion("Guided Grad-CAM: the pixels behind the class", open=False, elem_id="attr-guided"):
+        guided_go = gr.Button("Guided Grad-CAM for the class above", elem_id="attr-guided-button")
+        guided = gr.Image(label="Guided Grad-CAM (left) beside the picture the model saw (right)", type="filepath",
+                          interactive=False, height=320, elem_id="attr-guided-image")
+        guided_caption = gr.Markdown(elem_id="attr-guided-caption", label="caption")
     with gr.Accordion("Zeiler–Fergus projection of one channel", open=False, elem_id="attr-projection"):
         with gr.Row():
             channel = gr.Number(value=0, precision=0, label="Channel", elem_id="attr-channel")
@@ -183,6 +216,10 @@ def build(model: gr.Dropdown, weights: gr.Radio) -> AttributionTab:
     api_only.click(attribution, cam_inputs, cam_outputs, concurrency_id=WORK, api_name="attribution")
     api_only.click(projection, [model, image, layer, channel, how, weights], [projected, projected_caption],
                    concurrency_id=WORK, api_name="projection")
+    api_only.click(guided_gradcam, [model, image, target, layer, weights], [guided, guided_caption],
+                   concurrency_id=WORK, api_name="guided_gradcam")
+    guided_go.click(show_guided, [model, image, target, layer, weights], [guided, guided_caption],
+                    concurrency_id=WORK, api_visibility="private")
     gr.on([image.change, method.change, target.change, layer.input, opacity.change], show, cam_inputs, cam_outputs,
           concurrency_id=WORK, trigger_mode="always_last", api_visibility="private")
     check.click(sanity, [model, image, method, target, layer, opacity, weights], [random_overlay, random_caption],

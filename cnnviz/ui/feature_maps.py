@@ -14,7 +14,7 @@ import pandas as pd
 
 from .. import explore
 from ..errors import InvalidImageError, InvalidOptionError
-from . import featurevis, webcam
+from . import attribution as attribution_tab, featurevis, webcam
 from .common import EXAMPLE_FILES, OUTPUTS, WORK, Refresh, SafeImage, label_dict, user_errors, weights_used, whole
 
 CHANNEL_CHOICES = [
@@ -261,6 +261,14 @@ def exports_if_image(model, image, layer, weights, channels, n, colormap, normal
     return [grid, npy, csv_path]
 
 
+@user_errors
+def project_picked(model, image, layer, channel, how, weights):
+    """The picked channel's strongest unit taken back to the pixels (the Attribution tab's /projection)."""
+    if not image or channel is None:
+        return None, NO_CHANNEL
+    return attribution_tab.projection(model, image, layer, channel, how, weights)
+
+
 def n_box(channels: str):
     """N means nothing when every channel is shown."""
     return gr.Slider(interactive=channels != "all")
@@ -305,6 +313,16 @@ def build(model: gr.Dropdown, weights: gr.Radio) -> FeatureMapsTab:
                                 height=360, elem_id="channel-map", buttons=["download", "fullscreen"])
         channel_text = gr.Markdown(NO_CHANNEL, elem_id="channel-caption")
     featurevis.build(model, weights, layer, picked, image)  # what the picked channel looks for: its own section and endpoint
+    with gr.Accordion("Zeiler–Fergus projection of this channel (what in the photo drives it)", open=False,
+                      elem_id="maps-projection"):
+        with gr.Row():
+            how = gr.Radio(attribution_tab.PROJECTION_CHOICES, value="guided_backprop", label="Projection", scale=3)
+            go = gr.Button("Project this channel back to the pixels", elem_id="maps-project", scale=1)
+        projected = gr.Image(label="Projection (left) beside the part of the picture it covers (right)", type="filepath",
+                             interactive=False, height=320, elem_id="maps-projected")
+        projected_caption = gr.Markdown(elem_id="maps-projection-caption")
+    go.click(project_picked, [model, image, layer, picked, how, weights], [projected, projected_caption],
+             concurrency_id=WORK, api_visibility="private")
     with gr.Accordion("Channel statistics", open=True, elem_id="stats-section"):
         stats_summary = gr.Markdown(elem_id="stats-summary")
         means = gr.BarPlot(x="channel", y="mean", title="Mean activation per channel", height=220, elem_id="stats-plot",

@@ -55,6 +55,19 @@ def test_projection_endpoint(raw):
     assert status == "complete", image
 
 
+def test_guided_gradcam_endpoint_serves_the_librarys_picture(raw):
+    import cnnviz.explore as explore
+    from PIL import Image
+
+    status, (image, caption) = raw.call("guided_gradcam", [MODEL, {"path": COFFEE}, "", "", "pretrained"])
+    assert status == "complete", image
+    served = np.asarray(Image.open(io.BytesIO(_download(raw, image))).convert("RGB"))
+    truth = explore.guided_gradcam(MODEL, COFFEE)
+    assert served.shape == truth.image.shape and np.abs(served.astype(int) - truth.image.astype(int)).max() <= 1
+    assert "Guided Grad-CAM" in caption and "espresso" in caption and "Pretrained weights" in caption
+    assert_sentence(raw.call("guided_gradcam", [MODEL, {"path": COFFEE}, "espreso", "", "pretrained"]), "espresso")
+
+
 def test_bad_inputs_are_sentences(raw):
     image = {"path": COFFEE}
     assert_sentence(raw.call("attribution", [MODEL, image, "gradcamm", "", "", "pretrained", 0.5]), "gradcam")

@@ -130,6 +130,13 @@ def test_a_tile_click_shows_the_channel_on_the_picture(browser_page: Page, app_u
     wait_text(page, "#channel-caption", startswith="Channel 3 of 32 in conv_stem")
     wait_image(page, "#channel-overlay", not_src=overlay["src"])
     shot("row-3-clicked")
+
+    # the picked channel projected back to the pixels (Zeiler–Fergus), from the drill-down itself
+    page.locator("#maps-projection").get_by_text("Zeiler–Fergus projection of this channel").click()
+    page.locator("#maps-project").click()
+    wait_text(page, "#maps-projection-caption", contains="Channel 3 of conv_stem")
+    wait_image(page, "#maps-projected")
+    shot("channel-3-projected")
     assert grid["src"]
 
 
