@@ -13,9 +13,9 @@ from .activations import capture, run
 from .hooks import forward_hooks
 from .errors import CnnvizError, InvalidImageError, InvalidOptionError, UnknownLayerError, UnknownModelError
 from .explore import (
-    architecture, attribution, channel, feature_maps, filter_grid, layer_activations, layer_stats, list_convolutions, predict, projection,
+    architecture, attribution, channel, channel_visualization, feature_maps, filter_grid, guided_gradcam,
+    layer_activations, layer_stats, list_convolutions, predict, projection,
 )
-from .explore import channel_visualization
 from .layers import LayerInfo, get_layer, list_layers, listing_note
 from .preprocess import open_image
 from .registry import DEFAULT_MODEL, OFFLINE_MODEL, LoadedModel, ModelSpec, get_spec, list_models, load_model
@@ -41,6 +41,7 @@ __all__ = [
     "forward_hooks",
     "get_spec",
     "get_layer",
+    "guided_gradcam",
     "list_convolutions",
     "layer_activations",
     "layer_stats",
