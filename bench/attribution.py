@@ -6,15 +6,14 @@ forward pass (≤ 4×). ResNet-18 (random weights) and the bundled EfficientNet-
 """
 from __future__ import annotations
 
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import median_ms  # noqa: E402  (bench/bench.py: this script's folder is on sys.path)
 from cnnviz import explore  # noqa: E402
 from cnnviz.attribution import class_activation_map, default_layer, project  # noqa: E402
 from cnnviz.registry import load_model  # noqa: E402
@@ -23,13 +22,8 @@ IMAGE = "examples/coffee.png"
 
 
 def best(fn, repeat: int = 7) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    """Median seconds of ``fn`` over ``repeat`` runs after one warm-up (bench.py's timer)."""
+    return median_ms(fn, repeat) / 1e3
 
 
 def main() -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -28,21 +27,16 @@ os.environ.setdefault("CNNVIZ_DEVICE", "cpu")
 
 import torch  # noqa: E402
 
+from bench import median_ms  # noqa: E402  (bench/bench.py: this script's folder is on sys.path)
 from cnnviz import explore, featurevis, layers, preprocess  # noqa: E402
 from cnnviz.registry import load_model  # noqa: E402
 
 PHOTOS = sorted(p for p in (ROOT / "examples").iterdir() if p.suffix in (".png", ".jpg"))
 
 
-def median_s(fn, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+def median_s(fn, repeats: int) -> float:
+    """Median seconds of ``fn`` (bench.py's timer, which warms up and syncs CUDA)."""
+    return median_ms(fn, repeats, warmup=2) / 1e3
 
 
 def forward_backward(model, x, info=None):

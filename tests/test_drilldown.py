@@ -2,6 +2,8 @@
 model saw, exports, and where a layer sits — each against an independent computation."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 import pytest
 import torch
@@ -73,21 +75,29 @@ def test_dead_and_constant_channels_are_told_apart():
     assert (tile(4) == 128).all()
 
 
-def test_a_zeroed_filter_gives_a_dead_channel_in_the_view(coffee):
-    loaded = cnnviz.load_model("alexnet", "random")
-    saved = loaded.model.features[0].weight[7].clone(), loaded.model.features[0].bias[7].clone()
+@contextmanager
+def alexnet_filter_zeroed(index: int):
+    """AlexNet (random weights) with its first convolution's filter ``index`` and bias zeroed, so channel
+    ``index`` of ``features.1`` (after the ReLU) is dead; put back, kept maps forgotten, on exit."""
+    conv = cnnviz.load_model("alexnet", "random").model.features[0]
+    saved = conv.weight[index].clone(), conv.bias[index].clone()
     with torch.no_grad():
-        loaded.model.features[0].weight[7] = 0.0
-        loaded.model.features[0].bias[7] = 0.0
+        conv.weight[index] = 0.0
+        conv.bias[index] = 0.0
     explore.KEPT.clear()
     try:
+        yield
+    finally:
+        with torch.no_grad():
+            conv.weight[index], conv.bias[index] = saved
+        explore.KEPT.clear()
+
+
+def test_a_zeroed_filter_gives_a_dead_channel_in_the_view(coffee):
+    with alexnet_filter_zeroed(7):
         view = explore.feature_maps("alexnet", coffee, "features.1", "random", channels="dead", n=64)
         assert 7 in view.channels.tolist()
         assert 7 in explore.layer_stats("alexnet", coffee, "features.1", "random").stats.dead.tolist()
-    finally:
-        with torch.no_grad():
-            loaded.model.features[0].weight[7], loaded.model.features[0].bias[7] = saved
-        explore.KEPT.clear()
 
 
 @pytest.mark.parametrize("channels", ["first", "top", "top-max"])
@@ -214,18 +224,8 @@ def test_squeeze_and_excitation_keeps_the_local_field_and_says_it_adds_global_co
 
 
 def test_a_dead_channel_leaves_the_picture_untouched_and_is_striped(coffee):
-    loaded = cnnviz.load_model("alexnet", "random")
-    saved = loaded.model.features[0].weight[7].clone(), loaded.model.features[0].bias[7].clone()
-    with torch.no_grad():
-        loaded.model.features[0].weight[7] = 0.0
-        loaded.model.features[0].bias[7] = 0.0
-    explore.KEPT.clear()
-    try:
+    with alexnet_filter_zeroed(7):
         view = explore.channel("alexnet", coffee, "features.1", 7, "random", opacity=0.8)
-    finally:
-        with torch.no_grad():
-            loaded.model.features[0].weight[7], loaded.model.features[0].bias[7] = saved
-        explore.KEPT.clear()
     assert view.stats["max"] == view.stats["min"] == 0
     np.testing.assert_array_equal(view.overlay, view.picture)  # nothing fires: no colour laid over the photo
     side = view.enlarged.shape[1]  # the 55×55 map enlarged by a whole factor (220 px), a colour bar below

@@ -9,11 +9,14 @@
   false/0/no), where it fails them.
 * ``shot``: ``shot("step")`` saves ``test-artifacts/<test>/NN-step.png``; a failing browser test also
   leaves ``ZZ-failure.png``.
+* ``raw``: a ``Raw`` client speaking Gradio's HTTP protocol by hand (call, result, upload, download), what
+  a script or a hostile client sends.
 * ``library``: what the cnnviz library itself says about a model (the truth the app is compared with).
 """
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 import socket
@@ -24,6 +27,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -256,6 +260,57 @@ def shot(browser_page):
         return path
 
     return take
+
+
+# ------------------------------------------------------------------------------------------- raw HTTP
+
+
+class Raw:
+    """One reused HTTP client that speaks Gradio's two-step call protocol."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/")
+        self.http = httpx.Client(timeout=120)
+
+    def post(self, name: str, body: bytes | dict) -> httpx.Response:
+        content = body if isinstance(body, bytes) else json.dumps(body, allow_nan=True).encode()
+        return self.http.post(f"{self.url}/gradio_api/call/{name}", content=content,
+                              headers={"content-type": "application/json"})
+
+    def call(self, name: str, data: list) -> tuple[str, object]:
+        """``("complete", outputs)`` or ``("error", message)``; a refused request is ``("refused", text)``."""
+        response = self.post(name, {"data": data})
+        if response.status_code != 200:
+            return "refused", response.text
+        return self.result(name, response.json()["event_id"])
+
+    def result(self, name: str, event_id: str) -> tuple[str, object]:
+        event, payload = None, None
+        with self.http.stream("GET", f"{self.url}/gradio_api/call/{name}/{event_id}") as stream:
+            for line in stream.iter_lines():
+                if line.startswith("event: "):
+                    event = line[len("event: "):]
+                elif line.startswith("data: ") and event in ("complete", "error"):
+                    payload = json.loads(line[len("data: "):])
+                    break
+        return event, payload
+
+    def download(self, file: dict) -> bytes:
+        """The bytes of an output file (``{"url": ...}`` in an answer), as a browser fetches them."""
+        response = self.http.get(file["url"])
+        response.raise_for_status()
+        return response.content
+
+    def upload(self, path: Path) -> str:
+        with path.open("rb") as f:
+            response = self.http.post(f"{self.url}/gradio_api/upload", files={"files": (path.name, f)})
+        response.raise_for_status()
+        return response.json()[0]
+
+
+@pytest.fixture(scope="module")
+def raw(app_url) -> Raw:
+    return Raw(app_url)
 
 
 # -------------------------------------------------------------------------------------------- library

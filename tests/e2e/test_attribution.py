@@ -12,7 +12,7 @@ from playwright.sync_api import Page, expect
 
 from .conftest import EXAMPLES
 from .test_browser import fetch_image, open_app, open_tab, type_model_name, wait_image, wait_text
-from .test_public_link import Raw, assert_sentence
+from .test_public_link import assert_sentence
 
 pytestmark = pytest.mark.e2e
 
@@ -20,23 +20,12 @@ MODEL = "timm/tf_efficientnet_lite0"  # the bundled pretrained weights: the same
 COFFEE = str(EXAMPLES / "coffee.png")
 
 
-@pytest.fixture(scope="module")
-def raw(app_url) -> Raw:
-    return Raw(app_url)
-
-
-def _download(raw: Raw, file: dict) -> bytes:
-    response = raw.http.get(file["url"])
-    response.raise_for_status()
-    return response.content
-
-
 def test_attribution_endpoint_serves_the_librarys_map(raw):
     import cnnviz.explore as explore
 
     status, (overlay, npy, label, caption) = raw.call("attribution", [MODEL, {"path": COFFEE}, "gradcam", "", "", "pretrained", 0.5])
     assert status == "complete", overlay
-    served = np.load(io.BytesIO(_download(raw, npy)), allow_pickle=False)
+    served = np.load(io.BytesIO(raw.download(npy)), allow_pickle=False)
     truth = explore.attribution(MODEL, COFFEE)
     assert served.dtype == np.float32 and served.shape == truth.map.shape == (7, 7)
     np.testing.assert_allclose(served, truth.map, rtol=1e-3, atol=1e-5 * float(truth.map.max()))
@@ -61,7 +50,7 @@ def test_guided_gradcam_endpoint_serves_the_librarys_picture(raw):
 
     status, (image, caption) = raw.call("guided_gradcam", [MODEL, {"path": COFFEE}, "", "", "pretrained"])
     assert status == "complete", image
-    served = np.asarray(Image.open(io.BytesIO(_download(raw, image))).convert("RGB"))
+    served = np.asarray(Image.open(io.BytesIO(raw.download(image))).convert("RGB"))
     truth = explore.guided_gradcam(MODEL, COFFEE)
     assert served.shape == truth.image.shape and np.abs(served.astype(int) - truth.image.astype(int)).max() <= 1
     assert "Guided Grad-CAM" in caption and "espresso" in caption and "Pretrained weights" in caption

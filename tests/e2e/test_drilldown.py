@@ -15,7 +15,7 @@ from playwright.sync_api import Page, expect
 
 from .conftest import EXAMPLES
 from .test_browser import fetch_image, open_app, open_tab, wait_image, wait_text
-from .test_public_link import Raw, assert_sentence
+from .test_public_link import assert_sentence
 
 pytestmark = pytest.mark.e2e
 
@@ -24,23 +24,12 @@ LAYER = "blocks.1.1.conv_pw"  # 144×56×56
 COFFEE = str(EXAMPLES / "coffee.png")
 
 
-@pytest.fixture(scope="module")
-def raw(app_url) -> Raw:
-    return Raw(app_url)
-
-
-def _download(raw: Raw, file: dict) -> bytes:
-    response = raw.http.get(file["url"])
-    response.raise_for_status()
-    return response.content
-
-
 def test_activations_are_the_librarys_float32_maps(raw):
     import cnnviz.explore as explore
 
     status, (npy, caption) = raw.call("activations", [MODEL, {"path": COFFEE}, LAYER, "pretrained"])
     assert status == "complete", npy
-    served = np.load(io.BytesIO(_download(raw, npy)), allow_pickle=False)
+    served = np.load(io.BytesIO(raw.download(npy)), allow_pickle=False)
     _, truth, _ = explore.layer_activations(MODEL, COFFEE, LAYER, "pretrained")
     assert served.dtype == np.float32 and served.shape == tuple(truth.shape) == (144, 56, 56)
     np.testing.assert_allclose(served, truth.numpy(), rtol=1e-4, atol=1e-4)
@@ -56,7 +45,7 @@ def test_layer_stats_table_and_csv(raw):
     rows = table["data"]
     assert len(rows) == 144 and [r[0] for r in rows] == list(range(144))
     np.testing.assert_allclose([r[1] for r in rows], truth.mean, rtol=1e-3, atol=1e-4)
-    lines = _download(raw, csv_file).decode().splitlines()
+    lines = raw.download(csv_file).decode().splitlines()
     assert lines[0] == "channel,mean,max,min,std,zeros,positive,dead" and len(lines) == 145
     np.testing.assert_allclose([float(line.split(",")[2]) for line in lines[1:]], truth.max, rtol=1e-4, atol=1e-5)
     assert f"dead (all zero): **{len(truth.dead)}**" in summary and "Pretrained weights" in summary
@@ -68,10 +57,10 @@ def test_channel_overlay_enlarged_map_and_stats(raw):
     status, (overlay, enlarged, text) = raw.call("channel", [MODEL, {"path": COFFEE}, LAYER, 17, "pretrained", 0.6])
     assert status == "complete", overlay
     truth = explore.channel(MODEL, COFFEE, LAYER, 17, "pretrained", 0.6)
-    served = np.asarray(Image.open(io.BytesIO(_download(raw, overlay))).convert("RGB"))
+    served = np.asarray(Image.open(io.BytesIO(raw.download(overlay))).convert("RGB"))
     assert served.shape == truth.overlay.shape == (224, 224, 3)
     assert np.abs(served.astype(int) - truth.overlay.astype(int)).mean() < 3  # JPEG
-    big = np.asarray(Image.open(io.BytesIO(_download(raw, enlarged))).convert("RGB"))
+    big = np.asarray(Image.open(io.BytesIO(raw.download(enlarged))).convert("RGB"))
     assert np.array_equal(big, truth.enlarged)  # PNG: exact
     assert text.startswith(f"**Channel 17** of 144 in `{LAYER}`") and f"max {truth.stats['max']:.4g}" in text
     assert "Pretrained weights" in text

@@ -15,18 +15,13 @@ from playwright.sync_api import Page
 
 from .conftest import EXAMPLES
 from .test_browser import fetch_image, open_app, open_tab, wait_image, wait_text
-from .test_public_link import Raw, assert_sentence
+from .test_public_link import assert_sentence
 
 pytestmark = pytest.mark.e2e
 
 MODEL = "timm/tf_efficientnet_lite0"
 LAYER = "blocks.3.1.bn1"  # 480×14×14, after ReLU6
 COFFEE = str(EXAMPLES / "coffee.png")
-
-
-@pytest.fixture(scope="module")
-def raw(app_url) -> Raw:
-    return Raw(app_url)
 
 
 def test_the_image_and_the_activation_it_reaches(raw):

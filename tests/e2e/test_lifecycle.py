@@ -18,7 +18,8 @@ import httpx
 import pytest
 
 from .conftest import EXAMPLES, ROOT, _free_port, _wait_until_serving
-from .test_public_link import Raw, maps_args
+from .conftest import Raw
+from .test_public_link import maps_args
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -15,52 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from .conftest import EXAMPLES
+from .conftest import EXAMPLES, Raw
 from .test_api import assert_readable
 
 pytestmark = pytest.mark.e2e
-
-
-class Raw:
-    """One reused HTTP client that speaks Gradio's two-step call protocol."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url.rstrip("/")
-        self.http = httpx.Client(timeout=120)
-
-    def post(self, name: str, body: bytes | dict) -> httpx.Response:
-        content = body if isinstance(body, bytes) else json.dumps(body, allow_nan=True).encode()
-        return self.http.post(f"{self.url}/gradio_api/call/{name}", content=content,
-                              headers={"content-type": "application/json"})
-
-    def call(self, name: str, data: list) -> tuple[str, object]:
-        """``("complete", outputs)`` or ``("error", message)``; a refused request is ``("refused", text)``."""
-        response = self.post(name, {"data": data})
-        if response.status_code != 200:
-            return "refused", response.text
-        return self.result(name, response.json()["event_id"])
-
-    def result(self, name: str, event_id: str) -> tuple[str, object]:
-        event, payload = None, None
-        with self.http.stream("GET", f"{self.url}/gradio_api/call/{name}/{event_id}") as stream:
-            for line in stream.iter_lines():
-                if line.startswith("event: "):
-                    event = line[len("event: "):]
-                elif line.startswith("data: ") and event in ("complete", "error"):
-                    payload = json.loads(line[len("data: "):])
-                    break
-        return event, payload
-
-    def upload(self, path: Path) -> str:
-        with path.open("rb") as f:
-            response = self.http.post(f"{self.url}/gradio_api/upload", files={"files": (path.name, f)})
-        response.raise_for_status()
-        return response.json()[0]
-
-
-@pytest.fixture(scope="module")
-def raw(app_url) -> Raw:
-    return Raw(app_url)
 
 
 def maps_args(image, **kw) -> list:
