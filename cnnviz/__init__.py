@@ -11,18 +11,25 @@ from __future__ import annotations
 
 from .activations import capture, run
 from .hooks import forward_hooks
-from .errors import CnnvizError, InvalidImageError, InvalidOptionError, UnknownLayerError, UnknownModelError
+from .checkpoint import CheckpointReport
+from .errors import (
+    CheckpointError, CnnvizError, InvalidImageError, InvalidOptionError, UnknownLayerError, UnknownModelError,
+)
 from .explore import (
     architecture, attribution, channel, channel_visualization, feature_maps, filter_grid, guided_gradcam,
     layer_activations, layer_stats, list_convolutions, predict, projection,
 )
 from .layers import LayerInfo, get_layer, list_layers, listing_note
 from .preprocess import open_image
-from .registry import DEFAULT_MODEL, OFFLINE_MODEL, LoadedModel, ModelSpec, get_spec, list_models, load_model
+from .registry import (
+    DEFAULT_MODEL, OFFLINE_MODEL, LoadedModel, ModelSpec, get_spec, list_models, load_checkpoint, load_model,
+)
 
 __all__ = [
     "DEFAULT_MODEL",
     "OFFLINE_MODEL",
+    "CheckpointError",
+    "CheckpointReport",
     "CnnvizError",
     "InvalidImageError",
     "InvalidOptionError",
@@ -48,6 +55,7 @@ __all__ = [
     "list_layers",
     "listing_note",
     "list_models",
+    "load_checkpoint",
     "load_model",
     "open_image",
     "predict",

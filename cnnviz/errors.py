@@ -25,6 +25,10 @@ class InvalidOptionError(CnnvizError):
     """An option value outside its valid range."""
 
 
+class CheckpointError(CnnvizError):
+    """A user's checkpoint that cannot be read safely, or does not fit the architecture named for it."""
+
+
 MAX_QUOTE = 80  # characters of user input a message may repeat
 
 

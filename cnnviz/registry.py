@@ -4,13 +4,16 @@ A name is resolved in this order (see :func:`get_spec`):
 
 1. a curated key (``"alexnet"``, ``"timm/resnet50.a1_in1k"``);
 2. ``"torchvision/<name>"`` or ``"timm/<name>[.<tag>]"``, the library named explicitly;
-3. a bare name: torchvision's classification model when torchvision has one, else timm's.
+3. a bare name: torchvision's classification model when torchvision has one, else timm's;
+4. ``"upload/<32 hex>"``: a user's checkpoint loaded with :func:`load_checkpoint`, while this process
+   still holds it (never listed, never suggested).
 
 Nothing else (paths, hub repos, code) is ever accepted as a model name.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fnmatch
 import functools
 import itertools
@@ -20,13 +23,13 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Literal, TypeVar
+from typing import Callable, Iterator, Literal, Sequence, TypeVar
 
 import torch
 from PIL import Image
 
-from . import preprocess, weights
-from .errors import InvalidOptionError, UnknownModelError, did_you_mean, quoted
+from . import checkpoint, preprocess, weights
+from .errors import CheckpointError, InvalidOptionError, UnknownModelError, did_you_mean, quoted
 
 Source = Literal["torchvision", "timm"]
 WEIGHT_CHOICES = ("pretrained", "random")
@@ -166,6 +169,11 @@ def get_spec(name: str) -> ModelSpec:
         raise UnknownModelError("No model name given. Pick a model from the list.")
     name = name.strip()
     lowered = name.lower()  # both libraries name their models in lower case: "ResNet50" is resnet50
+    if lowered.startswith(checkpoint.UPLOAD_PREFIX):
+        try:
+            return _UPLOADS.get(lowered).spec
+        except UnknownModelError:
+            raise _forgotten(name) from None
     if lowered in _REGISTRY:
         return _REGISTRY[lowered]
     match = _NAME_RE.match(lowered)
@@ -356,12 +364,34 @@ _META_PARAMETERS = threading.local()  # .active: this thread moves parameters to
 _META_PARAMETERS_LOCK = threading.Lock()
 
 
+# torch.nn.init's in-place initialisers (kaiming_normal_, uniform_, ...): on a meta tensor each one only
+# dispatches through Python reference kernels, most of the time spent building a model on meta.
+_INITIALISERS = tuple(
+    n for n in dir(torch.nn.init) if n.endswith("_") and not n.startswith("_") and callable(getattr(torch.nn.init, n))
+)
+
+
+def _skipping_meta(initialise: Callable) -> Callable:
+    """``initialise`` that returns a meta tensor untouched (it has no values to set); any other it initialises."""
+
+    @functools.wraps(initialise)
+    def wrapper(tensor, *args, **kwargs):
+        if isinstance(tensor, torch.Tensor) and tensor.is_meta:
+            return tensor
+        return initialise(tensor, *args, **kwargs)
+
+    return wrapper
+
+
 @contextlib.contextmanager
 def _parameters_on_meta() -> Iterator[None]:
     """Within the block, and only in this thread, every parameter a module registers is moved to the meta
-    device at once; all other tensors stay on the CPU with real values. Peak memory is one parameter's."""
+    device at once; all other tensors stay on the CPU with real values. Peak memory is one parameter's.
+    ``torch.nn.init``'s initialisers skip meta tensors meanwhile (in every thread: for a real tensor they
+    are the originals)."""
     with _META_PARAMETERS_LOCK:
         original = torch.nn.Module.register_parameter
+        initialisers = {name: getattr(torch.nn.init, name) for name in _INITIALISERS}
 
         def register_parameter(module: torch.nn.Module, name: str, param: torch.nn.Parameter | None) -> None:
             if param is not None and getattr(_META_PARAMETERS, "active", False):
@@ -369,12 +399,16 @@ def _parameters_on_meta() -> Iterator[None]:
             original(module, name, param)
 
         torch.nn.Module.register_parameter = register_parameter
+        for name, initialise in initialisers.items():
+            setattr(torch.nn.init, name, _skipping_meta(initialise))
         _META_PARAMETERS.active = True
         try:
             yield
         finally:
             _META_PARAMETERS.active = False
             torch.nn.Module.register_parameter = original
+            for name, initialise in initialisers.items():
+                setattr(torch.nn.init, name, initialise)
 
 
 def count_parameters(spec: ModelSpec) -> int:
@@ -426,7 +460,9 @@ def load_model(
     """Build (or fetch from the bounded cache) a model by name.
 
     ``weights="pretrained"`` falls back to random weights with a notice when they cannot be had
-    (see ``loaded.weights.notice``); ``"random"`` always initialises randomly.
+    (see ``loaded.weights.notice``); ``"random"`` always initialises randomly. For an upload name
+    (``"upload/…"``, see :func:`load_checkpoint`) ``"pretrained"`` means the user's checkpoint and
+    ``"random"`` the same architecture and classes with random weights.
 
     >>> m = load_model("resnet18", weights="random")
     >>> m.input_size, m.model.training
@@ -436,6 +472,8 @@ def load_model(
     if weights not in WEIGHT_CHOICES:
         raise InvalidOptionError(f"Unknown weights choice {weights!r}; use 'pretrained' or 'random'.")
     dev = resolve_device(device)
+    if spec.key.startswith(checkpoint.UPLOAD_PREFIX):
+        return _load_upload(spec.key, weights, dev)
 
     def build() -> LoadedModel:
         check_size(spec)
@@ -457,3 +495,262 @@ def cache_info() -> CacheInfo:
 def clear_cache() -> None:
     """Forget every loaded model (tests use this)."""
     _CACHE.clear()
+
+
+# --------------------------------------------------------------------------------------------------
+# The user's own checkpoints: "upload/<32 hex>" names
+# --------------------------------------------------------------------------------------------------
+
+MAX_UPLOADS = int(os.environ.get("CNNVIZ_UPLOADS", "64"))  # upload names remembered (LRU); models are in _CACHE
+# Auxiliary classifiers torchvision builds for these architectures (see weights._AUX_LOGITS_ARCHS); a
+# checkpoint may hold them (trained with aux_logits=True) or not (saved from a torchvision model).
+_AUX_PREFIXES = {"googlenet": ("aux1.", "aux2."), "inception_v3": ("AuxLogits.",)}
+_RECORD = "checkpoint.upload"  # LoadedModel.derived key of an upload's record
+
+
+@dataclass(frozen=True)
+class _Upload:
+    """What the server keeps of an upload: enough to rebuild its model from the file."""
+
+    spec: ModelSpec  # key "upload/…", source and arch of the base architecture
+    base: ModelSpec
+    path: str  # where the checkpoint was read (rebuilt from there after the model cache dropped it)
+    filename: str  # as the user named it
+    labels: tuple[str, ...] | None  # the user's labels (part of the name)
+    categories: tuple[str, ...] | None
+    num_classes: int | None
+    aux: bool  # the checkpoint holds googlenet/inception_v3 auxiliary classifiers
+    report: checkpoint.CheckpointReport
+
+
+def _forgotten(name: str) -> UnknownModelError:
+    return UnknownModelError(
+        f"No uploaded checkpoint is called {quoted(name)} on this server now: uploads are kept only while the "
+        "server holds them. Upload the file again."
+    )
+
+
+class _Uploads:
+    """The upload names this process knows, least recently used dropped beyond ``capacity``."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = max(1, capacity)
+        self._items: OrderedDict[str, _Upload] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, name: str) -> _Upload:
+        with self._lock:
+            record = self._items.get(name)
+            if record is None:
+                raise _forgotten(name)
+            self._items.move_to_end(name)
+            return record
+
+    def put(self, record: _Upload) -> None:
+        with self._lock:
+            self._items[record.spec.key] = record
+            self._items.move_to_end(record.spec.key)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+_UPLOADS = _Uploads(MAX_UPLOADS)
+
+
+def _without_aux(arch: str, model: torch.nn.Module) -> torch.nn.Module:
+    """googlenet / inception_v3 without their auxiliary classifiers (a checkpoint that has none)."""
+    if arch == "inception_v3":
+        model.aux_logits = False
+        model.AuxLogits = None
+        return model
+    return weights._drop_aux_heads(arch, model)
+
+
+def _architecture(base: ModelSpec, num_classes: int | None, aux: bool, skeleton: bool) -> torch.nn.Module:
+    """``base``'s architecture as the app builds it, with ``num_classes`` outputs (None: its own).
+
+    ``skeleton=True``: parameters on the meta device, never initialised (a checkpoint will be assigned to
+    them); buffers are real, so non-persistent ones keep their values. A builder that computes with its
+    parameters while it builds is built for real instead.
+    """
+
+    def construct() -> torch.nn.Module:
+        if base.source == "torchvision":
+            import torchvision
+
+            enum = weights._torchvision_default_weights(base.arch)
+            kwargs = weights._torchvision_build_kwargs(base.arch, enum, loading=skeleton)
+            if num_classes is not None:
+                kwargs["num_classes"] = num_classes
+            model = torchvision.models.get_model(base.arch, weights=None, **kwargs)
+            return model if aux or base.arch not in _AUX_PREFIXES else _without_aux(base.arch, model)
+        import timm
+
+        return timm.create_model(base.arch, pretrained=False, **({} if num_classes is None else {"num_classes": num_classes}))
+
+    if not skeleton:
+        return construct()
+    try:
+        with _parameters_on_meta():
+            return construct()
+    except (NotImplementedError, RuntimeError):  # e.g. .item() on a parameter while building
+        return construct()
+
+
+def _preprocessing(base: ModelSpec, model: torch.nn.Module) -> tuple[Callable, tuple[int, int, int], tuple[str, ...] | None, int | None]:
+    """(transform, input size, the architecture's own labels, its number of classes), exactly as :func:`_build`
+    has them: torchvision's DEFAULT weights' transforms and categories, or timm's data config."""
+    if base.source == "torchvision":
+        enum = weights._torchvision_default_weights(base.arch)
+        transform, input_size = preprocess.torchvision_transform(enum)
+        return transform, input_size, preprocess.torchvision_categories(enum), len(enum.meta["categories"])
+    transform, input_size = preprocess.timm_transform(model)
+    return transform, input_size, preprocess.timm_categories(model), getattr(model, "num_classes", None) or None
+
+
+def _upload_from_file(
+    name: str, base: ModelSpec, file: checkpoint.CheckpointFile, labels: tuple[str, ...] | None, device: torch.device
+) -> LoadedModel:
+    """Read, fit and load a checkpoint into ``base``'s architecture; remember the upload."""
+    state, read_notes = checkpoint.read_state_dict(file)
+    filename = file.filename
+    shown = checkpoint.display_filename(filename)
+    aux = any(k.startswith(_AUX_PREFIXES.get(base.arch, ("\0",))) for k in state)
+    model = _architecture(base, None, aux, skeleton=True)
+    transform, input_size, own, classes = _preprocessing(base, model)
+    where = base.key if base.display == base.key else f"{base.key} ({base.display})"
+    fit = checkpoint.fit_state_dict(model, state, name=where, classes=classes)
+    notes = [*read_notes, *fit.notes]
+    num_classes = classes
+    if fit.num_classes is not None:
+        num_classes = fit.num_classes
+        notes.append(f"its classifier has {num_classes} classes, not {classes}, so {base.key} was built with {num_classes}")
+        model = _architecture(base, num_classes, aux, skeleton=True)
+        fit = checkpoint.fit_state_dict(model, fit.state, name=f"{where} with {num_classes} classes")
+        notes.extend(fit.notes)
+    if num_classes:
+        categories, kind = checkpoint.choose_categories(num_classes, labels, own)
+    elif labels is not None:
+        raise CheckpointError(f"{base.key} has no class outputs, so a labels file does not apply to it.")
+    else:
+        categories, kind = None, None
+    try:
+        _, load_notes = checkpoint.load_weights(model, fit.state)
+    except RuntimeError:  # a tensor outside the state dict was left on meta: build for real, load again
+        model = _architecture(base, num_classes, aux, skeleton=False)
+        try:
+            _, load_notes = checkpoint.load_weights(model, fit.state)
+        except RuntimeError as e:
+            raise CheckpointError(
+                f"The checkpoint {quoted(filename)} could not be loaded into {where}: {str(e).strip().splitlines()[0][:200]}"
+            ) from e
+    notes.extend(load_notes)
+    model = weights._drop_aux_heads(base.arch, model).eval().to(device)  # googlenet: as torchvision does
+    spec = ModelSpec(name, base.source, base.arch, f"{base.display} · your checkpoint {shown}")
+    report = checkpoint.CheckpointReport(
+        name=name, model=base.key, display=spec.display, filename=shown, tensors=len(state),
+        parameters=sum(p.numel() for p in model.parameters()), num_classes=num_classes, labels=kind, notes=tuple(notes),
+    )
+    record = _Upload(spec, base, file.path, filename, labels, categories, num_classes, aux, report)
+    _UPLOADS.put(record)
+    outcome = weights.WeightsOutcome(pretrained=True, source=f"your checkpoint {shown} ({len(state)} tensors)", notice=None)
+    loaded = LoadedModel(spec, model, transform, input_size, categories, outcome, device)
+    loaded.memo(_RECORD, lambda: record)
+    return loaded
+
+
+def _random_upload(record: _Upload, device: torch.device) -> LoadedModel:
+    """An upload's architecture, classes and labels with random weights (trained vs untrained)."""
+    model = _architecture(record.base, record.num_classes, record.aux, skeleton=False)
+    model = weights._drop_aux_heads(record.base.arch, model).eval().to(device)
+    transform, input_size, _, _ = _preprocessing(record.base, model)
+    outcome = weights.WeightsOutcome(pretrained=False, source=weights.RANDOM_SOURCE, notice=None)
+    loaded = LoadedModel(record.spec, model, transform, input_size, record.categories, outcome, device)
+    loaded.memo(_RECORD, lambda: record)
+    return loaded
+
+
+def _load_upload(name: str, choice: str, device: torch.device) -> LoadedModel:
+    """``load_model`` for an upload name: from the model cache, else rebuilt from the file it came from."""
+    record = _UPLOADS.get(name)
+    if choice == "random":
+        return _CACHE.get((name, choice, str(device)), lambda: _random_upload(record, device))
+
+    def build() -> LoadedModel:
+        try:
+            file = checkpoint.open_checkpoint(record.path)
+            found = checkpoint.file_name(file, record.base.key, record.labels)
+        except CheckpointError as e:  # gone, or changed into something unreadable
+            raise _forgotten(name) from e
+        if found != name:  # another file is there now
+            raise _forgotten(name)
+        return _upload_from_file(name, record.base, file, record.labels, device)
+
+    return _CACHE.get((name, choice, str(device)), build)
+
+
+def load_checkpoint(
+    model: str,
+    path: str | os.PathLike,
+    labels: str | os.PathLike | Sequence[str] | None = None,
+    device: str | torch.device | None = None,
+) -> checkpoint.CheckpointReport:
+    """Load the user's checkpoint at ``path`` into the architecture ``model`` and name it ``"upload/<32 hex>"``.
+
+    ``model`` is any model name (curated, torchvision or timm); an upload name stands for its architecture.
+    ``path`` is a ``.safetensors`` or PyTorch (``.pt .pth .bin .ckpt``) file holding a state dict, bare or as
+    training scripts save it (see :mod:`cnnviz.checkpoint`); it is read safely (never unpickling objects).
+    When only the classifier differs in its number of classes N, the architecture is built with N classes.
+    ``labels``: a UTF-8 text file with one class name per line (or a list of names), N of them; without
+    one, a 1000-class checkpoint keeps the architecture's ImageNet labels and others have none.
+
+    The name is an HMAC of the architecture, the file (and the labels) under a per-process secret: the same
+    file gets the same name, and only those who have it can name it. Use the name with every function and
+    endpoint (``load_model(name)``: the checkpoint; ``load_model(name, "random")``: the same architecture
+    untrained) while the server holds it: the model lives in the bounded model cache (rebuilt from the file
+    while the file exists) and the name among the last ``MAX_UPLOADS``. The caller vouches for ``path``
+    (the app passes only files that came through its upload route).
+
+    >>> import tempfile, torchvision, safetensors.torch
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> path = folder.name + "/mine.safetensors"
+    >>> safetensors.torch.save_file(torchvision.models.resnet18(num_classes=10).state_dict(), path)
+    >>> report = load_checkpoint("resnet18", path)
+    >>> report.name.startswith("upload/"), report.num_classes, report.labels, report.tensors
+    (True, 10, None, 122)
+    >>> load_model(report.name).weights.source
+    'your checkpoint mine.safetensors (122 tensors)'
+    >>> folder.cleanup()
+
+    Raises:
+        UnknownModelError: ``model`` is not a model name (or an upload name this server no longer holds).
+        CheckpointError: the file cannot be read safely (wrong type, too large, damaged, pickled objects),
+            does not fit the architecture (naming the missing, unexpected and mis-shaped keys), or the labels
+            do not match its classes.
+    """
+    base = get_spec(model)
+    if base.key.startswith(checkpoint.UPLOAD_PREFIX):
+        base = _UPLOADS.get(base.key).base
+    if labels is None:
+        names = None
+    elif isinstance(labels, (str, os.PathLike)):
+        names = checkpoint.read_labels(labels)
+    else:
+        names = checkpoint.parse_labels("\n".join(str(label) for label in labels))
+    dev = resolve_device(device)
+    file = checkpoint.open_checkpoint(path)
+    name = checkpoint.file_name(file, base.key, names)
+    # Parsed and built once per name (the cache's per-key lock), not at all when the model is cached.
+    loaded = _CACHE.get((name, "pretrained", str(dev)), lambda: _upload_from_file(name, base, file, names, dev))
+    record = loaded.derived[_RECORD]
+    _UPLOADS.put(dataclasses.replace(record, path=file.path))  # the newest copy of the file, the likeliest to exist
+    return record.report
+
+
+def clear_uploads() -> None:
+    """Forget every upload name (tests and benchmarks use this; their models stay in the cache until evicted)."""
+    _UPLOADS.clear()
