@@ -99,10 +99,16 @@ def _megabytes(nbytes: int) -> str:
     return f"{mb:,.0f} MB" if mb >= 10 else f"{mb:.2g} MB"
 
 
-def _too_big(filename: str, size: int | None, limit: int) -> CheckpointError:
-    size_text = f" is {_megabytes(size)}" if size is not None else " is larger than that"
+def _sizes(size: int, limit: int) -> tuple[str, str]:
+    """A size and a limit for a sentence, in bytes when megabytes would show them equal."""
+    shown = _megabytes(size), _megabytes(limit)
+    return shown if shown[0] != shown[1] else (f"{size:,} bytes", f"{limit:,} bytes")
+
+
+def _too_big(filename: str, size: int, limit: int) -> CheckpointError:
+    size_text, limit_text = _sizes(size, limit)
     return CheckpointError(
-        f"The checkpoint {quoted(filename)}{size_text}; this app reads checkpoints up to {_megabytes(limit)} "
+        f"The checkpoint {quoted(filename)} is {size_text}; this app reads checkpoints up to {limit_text} "
         "(set CNNVIZ_MAX_CHECKPOINT_MB to change that)."
     )
 
@@ -581,16 +587,20 @@ def read_labels(path: str | os.PathLike) -> tuple[str, ...]:
         if not stat.S_ISREG(info.st_mode):
             raise FileNotFoundError(path)
         if info.st_size > MAX_LABELS_BYTES:
+            size_text, limit_text = _sizes(info.st_size, MAX_LABELS_BYTES)
             raise CheckpointError(
-                f"The labels file {quoted(filename)} is {_megabytes(info.st_size)}; labels files may have up to "
-                f"{_megabytes(MAX_LABELS_BYTES)} (one class name per line)."
+                f"The labels file {quoted(filename)} is {size_text}; labels files may have up to {limit_text} "
+                "(one class name per line)."
             )
         with open(path, "rb") as f:
             data = f.read(MAX_LABELS_BYTES + 1)
     except OSError as e:
         raise CheckpointError(f"The labels file {quoted(filename)} is missing or cannot be read. Upload it again.") from e
     if len(data) > MAX_LABELS_BYTES:
-        raise CheckpointError(f"The labels file {quoted(filename)} is larger than {_megabytes(MAX_LABELS_BYTES)}.")
+        raise CheckpointError(
+            f"The labels file {quoted(filename)} grew larger than the {_megabytes(MAX_LABELS_BYTES)} labels files "
+            "may have while it was read."
+        )
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:

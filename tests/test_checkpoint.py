@@ -383,7 +383,7 @@ def test_labels_of_the_wrong_length_get_a_sentence(tmp_path, ten):
         (b"a\n\nb\n", "Line 2 of the labels file is blank"),
         (b"\xff\xfe\x00a", "is not UTF-8 text"),
         (b"\n\n", "The labels file is empty"),
-        (b"x" * (2**20 + 1), "labels files may have up to 1 MB"),
+        (b"x" * (2**20 + 1), "is 1,048,577 bytes; labels files may have up to 1,048,576 bytes (one class name per line)."),
     ],
 )
 def test_malformed_labels_files_get_a_sentence(tmp_path, content, sentence):
