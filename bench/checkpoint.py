@@ -11,12 +11,12 @@ warm-up (the file is in the page cache, as an upload just written is):
   lazily, so this reads almost nothing; "+ materialise" copies each tensor into memory, which any model
   that uses the weights must do once.
 - ``load_checkpoint``, cold (the model cache and upload names cleared before each run): check the file
-  (suffix, size limit, first bytes), HMAC-SHA256 it in 1 MB chunks for the name, parse it (load_file and a
+  (suffix, size limit, first bytes), digest it in 1 MB chunks for the name (seeded XXH3-128, then HMAC-SHA256), parse it (load_file and a
   copy of each tensor, so the model owns its memory), build the architecture with its parameters on the
   meta device (no random initialisation), assign the tensors, wrap the model with its transform and labels.
 - the same steps one by one, and the obvious way: build the model with its random initialisation, then
   ``load_state_dict`` (copies into initialised parameters).
-- ``load_checkpoint`` again with the model cached (the same file uploaded twice): the HMAC only.
+- ``load_checkpoint`` again with the model cached (the same file uploaded twice): the name only.
 
 Prints markdown; nothing here is a test and nothing asserts a time.
 """
@@ -86,12 +86,12 @@ def main() -> None:
         ("load_file + materialise (clone every tensor)", median_ms(materialised, repeats)),
         ("**load_checkpoint, cold**", median_ms(cold, repeats)),
         ("· check the file (suffix, size, first bytes)", median_ms(lambda: checkpoint.open_checkpoint(path), repeats)),
-        ("· HMAC-SHA256 of the file in 1 MB chunks (the name)", median_ms(lambda: checkpoint.file_name(file, spec.key), repeats)),
+        ("· the name: seeded XXH3-128 of the file in 1 MB chunks, HMAC-SHA256 over it", median_ms(lambda: checkpoint.file_name(file, spec.key), repeats)),
         ("· parse: load_file + a copy of each tensor (read_state_dict)", median_ms(lambda: checkpoint.read_state_dict(file), repeats)),
         ("· build the architecture, parameters on meta", median_ms(skeleton, repeats)),
         ("· build on meta + assign the tensors", median_ms(lambda: checkpoint.load_weights(skeleton(), parsed), repeats)),
         ("the obvious way: build with random init + load_state_dict", median_ms(obvious, repeats)),
-        ("load_checkpoint again, model cached (HMAC only)", median_ms(lambda: registry.load_checkpoint(spec.key, path), repeats)),
+        ("load_checkpoint again, model cached (the name only)", median_ms(lambda: registry.load_checkpoint(spec.key, path), repeats)),
     ]
     lazy, eager, ours = rows[0][1], rows[1][1], rows[2][1]
     print(f"## Loading a {size_mb:.1f} MB safetensors checkpoint of {spec.key} "
@@ -101,7 +101,7 @@ def main() -> None:
         print(f"| {label} | {ms:.1f} |")
     floor = rows[4][1] + eager  # what any load that names the upload by its bytes must do at least
     print(f"\nload_checkpoint / load_file: {ours / lazy:.1f}× (lazy), {ours / eager:.2f}× (materialised); "
-          f"load_checkpoint / (HMAC + materialised load_file): {ours / floor:.2f}×; "
+          f"load_checkpoint / (name + materialised load_file): {ours / floor:.2f}×; "
           f"the obvious way / load_checkpoint: {rows[8][1] / ours:.2f}×")
     os.remove(path)
     os.rmdir(folder)
