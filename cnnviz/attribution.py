@@ -150,6 +150,7 @@ class ClassMap:
     top_class: int  # the model's own top class for this input
     layer: LayerInfo  # the target layer
     method: str  # one of CAM_METHODS
+    logits: torch.Tensor  # Tensor[1,N] float32 cpu: the class scores of the same pass (for a top-5)
 
 
 def _torchcam_extractor(method: str, model: torch.nn.Module, name: str, input_shape, reshape):
@@ -206,7 +207,8 @@ def class_activation_map(
             probability = float(torch.softmax(scores[0].detach().float(), 0)[chosen])
             cams = extractor(chosen, scores if method != "scorecam" else None, normalized=False)
     cam = cams[0][0].detach().float().cpu()
-    return ClassMap(torch.nan_to_num(cam).clamp_min(0), chosen, probability, top, info, method)
+    logits = scores.detach().float().cpu()
+    return ClassMap(torch.nan_to_num(cam).clamp_min(0), chosen, probability, top, info, method, logits)
 
 
 def upsampled(cam: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import activations, attribution as attribution_mod, filters as filters_mod, layers, preprocess, receptive, registry, render, summary as summary_mod
+from . import activations, attribution as attribution_mod, checkpoint as checkpoint_mod, filters as filters_mod, layers, preprocess, receptive, registry, render, summary as summary_mod
 from .activations import Prediction
 from .hooks import Stopped, interruptible, stop_when  # noqa: F401  (Stopped, stop_when: for the UI)
 from .errors import InvalidImageError, InvalidOptionError, quoted
@@ -222,7 +222,7 @@ def list_convolutions(model: str | LoadedModel, weights: str = "pretrained") -> 
 
 
 def filter_grid(
-    model: str,
+    model: str | LoadedModel,
     weights: str = "pretrained",
     normalise: str = "layer",
     layer: str | None = None,
@@ -246,7 +246,7 @@ def filter_grid(
         InvalidOptionError: an unknown normalisation, or an input channel the layer does not have.
     """
     _check(normalise, render.FILTER_NORMALISATIONS, "normalisation")
-    loaded = load_model(model, weights)
+    loaded = model if isinstance(model, LoadedModel) else load_model(model, weights)
     convs = _convolutions(loaded)
     layer = layer or (layers.first_conv_name(loaded.model) if convs else "")
     conv = filters_mod.get_convolution(convs, layer, loaded.spec.display)
@@ -314,16 +314,26 @@ def feature_maps(
     found = _layer_maps(model, image, layer, weights)
     maps = found.maps
     chosen = activations.select_channels(maps, channels, n)
-    lo, hi = float(maps.min()), float(maps.max())
-    signed = lo < 0
-    drawn = maps[chosen].numpy()
-    whole = (lo, hi) if normalise == "layer" else None  # all channels, not just those shown
-    grid = render.render_feature_maps(drawn, colormap, normalise, value_range=whole, labels=chosen.tolist(),
-                                      signed=signed, colour_bar=True) if len(chosen) else _empty_grid()
-    layout = render.feature_grid_layout(len(chosen), maps.shape[1], maps.shape[2], labelled=True) if len(chosen) else None
-    return FeatureMapsView(found.info, maps, chosen, grid, layout, render.resolve_colormap(colormap, signed),
+    grid, layout, drawn_with = _draw_maps(maps, chosen, colormap, normalise)
+    return FeatureMapsView(found.info, maps, chosen, grid, layout, drawn_with,
                            found.predictions, found.loaded.weights, found.source_size, tuple(found.x.shape[-2:]),
                            layer_place(found.loaded, found.info))
+
+
+def _draw_maps(
+    maps: torch.Tensor, chosen: torch.Tensor, colormap: str, normalise: str
+) -> tuple[np.ndarray, render.GridLayout | None, str]:
+    """The grid of channels ``chosen`` of ``maps`` (``Tensor[C,H,W]``), each tile labelled with its
+    index, a colour bar below; its layout; the colormap it was drawn with (``auto`` resolved)."""
+    lo, hi = float(maps.min()), float(maps.max())
+    signed = lo < 0
+    whole = (lo, hi) if normalise == "layer" else None  # all channels, not just those shown
+    if not len(chosen):
+        return _empty_grid(), None, render.resolve_colormap(colormap, signed)
+    grid = render.render_feature_maps(maps[chosen].numpy(), colormap, normalise, value_range=whole,
+                                      labels=chosen.tolist(), signed=signed, colour_bar=True)
+    layout = render.feature_grid_layout(len(chosen), maps.shape[1], maps.shape[2], labelled=True)
+    return grid, layout, render.resolve_colormap(colormap, signed)
 
 
 def layer_place(loaded: LoadedModel, info: layers.LayerInfo) -> str:
@@ -784,15 +794,20 @@ def attribution(
     x, _digest, _size = _model_input(loaded, image)
     found = attribution_mod.class_activation_map(loaded, x, method, attribution_mod.class_index(loaded, target), layer or None)
     raw = found.map.numpy().astype(np.float32)
+    return AttributionView(_cam_picture(loaded, x, raw, float(opacity)), raw, found.class_index,
+                           _label(loaded, found.class_index), found.probability,
+                           _label(loaded, found.top_class), found.layer, method, loaded.weights)
+
+
+def _cam_picture(loaded: LoadedModel, x: torch.Tensor, raw: np.ndarray, opacity: float) -> np.ndarray:
+    """A class activation map ``float32[h,w]`` over the picture the model saw, a colour bar below."""
     picture = preprocess.seen_image(loaded, x)
     h, w = picture.shape[:2]
     unit = render.scale_maps(render.upsample(raw, h, w)[None], "channel", centred=False)[0]
     if float(raw.max()) <= 0:
         unit = np.zeros_like(unit)
     heat = render.colorize(unit, "inferno")
-    drawn = render.add_colour_bar(render.overlay(picture, heat, float(opacity)), "inferno", ("0", "", f"max {float(raw.max()):.3g}"))
-    return AttributionView(drawn, raw, found.class_index, _label(loaded, found.class_index), found.probability,
-                           _label(loaded, found.top_class), found.layer, method, loaded.weights)
+    return render.add_colour_bar(render.overlay(picture, heat, opacity), "inferno", ("0", "", f"max {float(raw.max()):.3g}"))
 
 
 @dataclass(frozen=True)
@@ -985,3 +1000,182 @@ def attribution_choices(model: str, weights: str = "pretrained") -> AttributionC
     """
     loaded = load_model(model, weights)
     return AttributionChoices(layers.list_layers(loaded), attribution_mod.default_layer(loaded).name, tuple(loaded.categories or ()))
+
+
+# --- compare: two models (or weights, or images) side by side --------------------------------------
+
+COMPARE_VIEWS = ("filters", "stages", "cam")  # first-layer filters, maps at each stage, Grad-CAM
+COMPARE_TILES = 16  # channels per stage grid: the 16 strongest by mean, the same count on both sides
+STAGE_STRIDES = receptive.STAGE_STRIDES  # the strides compared: 1/4 … 1/32 of the input
+
+
+@dataclass(frozen=True)
+class CompareSide:
+    """One column of a comparison: which model, with which weights, and its top-5 for its image."""
+
+    model: str  # the registry key
+    display: str
+    weights: WeightsOutcome
+    predictions: tuple[Prediction, ...]  # empty when the model has no labels
+
+    @property
+    def title(self) -> str:
+        """E.g. ``"AlexNet · pretrained"`` or ``"AlexNet · random weights"``."""
+        return f"{self.display} · {'pretrained' if self.weights.pretrained else 'random weights'}"
+
+
+@dataclass(frozen=True)
+class ComparePair:
+    """One row of a comparison: the same view of both sides at the same depth."""
+
+    title: str  # "first convolution", "stride 8 (1/8 of the input)", "Grad-CAM"
+    a: np.ndarray  # uint8[H,W,3]; an empty square when side A has nothing at this depth
+    b: np.ndarray
+    caption_a: str  # names the layer (or says why there is none)
+    caption_b: str
+
+    @property
+    def same_size(self) -> bool:
+        """True when both pictures have the same size (a slider can lay one over the other)."""
+        return self.a.shape == self.b.shape
+
+
+@dataclass(frozen=True)
+class CompareView:
+    view: str  # one of COMPARE_VIEWS
+    pairs: tuple[ComparePair, ...]
+    a: CompareSide
+    b: CompareSide
+
+
+def compare(
+    model_a: str, model_b: str, image, weights_a: str = "pretrained", weights_b: str = "random",
+    view: str = "filters", image_b=None,
+) -> CompareView:
+    """The same view of two models side by side, on the same image (or, with ``image_b``, side B on
+    another image: two photos through one model when ``model_b == model_a``).
+
+    ``view``: ``filters`` (each first convolution's filters), ``stages`` (the first convolution and the
+    output of each stage, matched by stride: 1/4, 1/8, 1/16, 1/32 of the input, see
+    :func:`cnnviz.receptive.list_stages`; the 16 strongest channels of each), or ``cam`` (Grad-CAM at
+    each model's default layer; when both models have the same labels, B explains A's top class, so
+    both answer the same question). Each side also gets its top-5.
+
+    >>> view = compare("resnet18", "timm/resnet18", "examples/coffee.png", "random", "random", "stages")
+    >>> [p.title for p in view.pairs][:2], view.pairs[1].caption_a
+    (['first convolution', 'stride 4 (1/4 of the input)'], 'layer1 · Sequential · 64×56×56')
+    """
+    _check(view, COMPARE_VIEWS, "comparison view")
+    loaded_a, loaded_b = load_model(model_a, weights_a), load_model(model_b, weights_b)
+    input_a = _model_input(loaded_a, image)
+    input_b = _model_input(loaded_b, image if image_b is None else image_b)
+    if view == "filters":
+        pairs, (top_a, top_b) = _compare_filters(loaded_a, loaded_b), (_top5(loaded_a, *input_a[:2]), _top5(loaded_b, *input_b[:2]))
+    elif view == "stages":
+        (rows_a, top_a), (rows_b, top_b) = _stage_rows(loaded_a, *input_a[:2]), _stage_rows(loaded_b, *input_b[:2])
+        pairs = _pair_rows(rows_a, rows_b)
+    else:
+        pairs, (top_a, top_b) = _compare_cams(loaded_a, loaded_b, input_a[0], input_b[0])
+    side_a = CompareSide(loaded_a.spec.key, loaded_a.spec.display, loaded_a.weights, top_a)
+    side_b = CompareSide(loaded_b.spec.key, loaded_b.spec.display, loaded_b.weights, top_b)
+    return CompareView(view, tuple(pairs), side_a, side_b)
+
+
+def _top5(loaded: LoadedModel, x: torch.Tensor, digest: bytes) -> tuple[Prediction, ...]:
+    """The model's top-5 for its input ``x`` (remembered per image digest, like the feature-map views')."""
+    per_model = _predictions(loaded)
+    with _LOCK:
+        known = per_model.get(digest)
+    if known is None:
+        with loaded.lock, interruptible(loaded.model):
+            logits = activations.run(loaded.model, x)
+        with _LOCK:
+            known = _remember(per_model, digest, tuple(activations.top_k(logits, loaded.categories)), 32)
+    return known
+
+
+def _compare_filters(loaded_a: LoadedModel, loaded_b: LoadedModel) -> list[ComparePair]:
+    def side(loaded: LoadedModel) -> tuple[np.ndarray, str]:
+        if not _convolutions(loaded):
+            return _empty_grid(), f"{loaded.spec.display} has no convolution"
+        found = filter_grid(loaded)
+        w = found.filters.weight
+        return found.image, f"{found.conv.name} · {w.shape[0]} filters {w.shape[-2]}×{w.shape[-1]}, {found.drawn}"
+
+    (a, caption_a), (b, caption_b) = side(loaded_a), side(loaded_b)
+    return [ComparePair("first convolution", a, b, caption_a, caption_b)]
+
+
+def _stage_rows(loaded: LoadedModel, x: torch.Tensor, digest: bytes) -> tuple[dict[str, tuple[np.ndarray, str]], tuple[Prediction, ...]]:
+    """Row title -> (grid, caption) for the first convolution and each stage, and the top-5: one pass
+    for whatever is not kept already (the maps it captures are kept for the Feature maps tab too)."""
+    found = layers.list_layers(loaded)
+    wanted = {"first convolution": layers.get_layer(loaded, None)}
+    by_name = {info.name: info for info in found}
+    for stage in receptive.list_stages(loaded, found):
+        wanted[_stride_title(stage.stride)] = by_name[stage.layer]
+    per_model = _predictions(loaded)
+    with _LOCK:
+        known = per_model.get(digest)
+    maps = {info.name: KEPT.get(loaded, digest, info.name, copy=False) for info in wanted.values()}
+    missing = [info for info in dict.fromkeys(wanted.values()) if maps[info.name] is None]
+    if missing or known is None:
+        with loaded.lock, interruptible(loaded.model):
+            store, logits = activations.capture_layers(loaded, missing, x, with_logits=known is None)
+        if known is None:
+            with _LOCK:
+                known = _remember(per_model, digest, tuple(activations.top_k(logits, loaded.categories)), 32)
+        KEPT.put(loaded, digest, store)
+        maps.update(store)
+    rows = {}
+    for title, info in wanted.items():
+        layer_maps = maps[info.name]
+        chosen = activations.select_channels(layer_maps, "top", COMPARE_TILES)
+        grid, _layout, _drawn_with = _draw_maps(layer_maps, chosen, "auto", "channel")
+        c, h, w = info.shape
+        rows[title] = (grid, f"{info.name} · {info.type} · {c}×{h}×{w}")
+    return rows, known
+
+
+def _stride_title(stride: int) -> str:
+    return f"stride {stride} (1/{stride} of the input)"
+
+
+def _pair_rows(rows_a: dict, rows_b: dict) -> list[ComparePair]:
+    titles = ["first convolution"] + [_stride_title(s) for s in receptive.STAGE_STRIDES]
+    pairs = []
+    for title in titles:
+        if title not in rows_a and title not in rows_b:
+            continue
+        a, caption_a = rows_a.get(title, (_empty_grid(), "no map at this stride"))
+        b, caption_b = rows_b.get(title, (_empty_grid(), "no map at this stride"))
+        pairs.append(ComparePair(title, a, b, caption_a, caption_b))
+    return pairs
+
+
+def _compare_cams(loaded_a: LoadedModel, loaded_b: LoadedModel, x_a: torch.Tensor, x_b: torch.Tensor):
+    found_a = attribution_mod.class_activation_map(loaded_a, x_a, "gradcam")
+    same_labels = loaded_a.categories is not None and loaded_a.categories == loaded_b.categories
+    found_b = attribution_mod.class_activation_map(loaded_b, x_b, "gradcam", found_a.class_index if same_labels else None)
+    pictures, tops = [], []
+    for loaded, x, found in ((loaded_a, x_a, found_a), (loaded_b, x_b, found_b)):
+        raw = found.map.numpy().astype(np.float32)
+        pictures.append(_cam_picture(loaded, x, raw, 0.5))
+        caption = (f"Grad-CAM for {_label(loaded, found.class_index)} (class {found.class_index}, "
+                   f"probability {found.probability:.1%}) at {found.layer.name}")
+        tops.append((caption, tuple(activations.top_k(found.logits, loaded.categories))))
+    pair = ComparePair("Grad-CAM", pictures[0], pictures[1], tops[0][0], tops[1][0])
+    return [pair], (tops[0][1], tops[1][1])
+
+
+# --- the user's own checkpoint ---------------------------------------------------------------------
+
+CHECKPOINT_LIMIT_MB = checkpoint_mod.MAX_CHECKPOINT_BYTES / 2**20  # the largest checkpoint file accepted
+
+
+def load_checkpoint(model: str, path, labels=None) -> registry.CheckpointReport:
+    """Load a checkpoint file (``.safetensors``, or a PyTorch state dict read with
+    ``torch.load(weights_only=True)``) into ``model``'s architecture; the report's ``name``
+    (``upload/<digest>``) then works as ``model`` in every function here while the server holds it.
+    See :func:`cnnviz.registry.load_checkpoint`."""
+    return registry.load_checkpoint(model, path, labels)

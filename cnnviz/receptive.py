@@ -210,3 +210,86 @@ def layer_geometry(loaded: LoadedModel, layers: tuple[LayerInfo, ...]) -> dict[s
             return trace_geometry(loaded.model, [layer.name for layer in layers], x)
 
     return loaded.memo("receptive.geometry", compute)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """The output of one stage of a network: ``layer`` (a listed layer's name) ends the run of layers
+    at ``stride`` (4: a quarter of the input's resolution)."""
+
+    stride: int
+    layer: str
+
+
+STAGE_STRIDES = (4, 8, 16, 32)  # what "comparable depth" means across architectures
+
+
+def list_stages(loaded: LoadedModel, layers: tuple[LayerInfo, ...], declared: bool = True) -> tuple[Stage, ...]:
+    """Each stage's output at the strides of :data:`STAGE_STRIDES` the network has, shallowest first.
+
+    timm models declare their stages (``model.feature_info``: module and reduction); those are used
+    when the declared module is a listed layer at the declared stride. Otherwise (torchvision, or a
+    declaration that does not fit) the stages come from the traced geometry: at each stride, the layer
+    that finishes last among those at that stride (a block's output, not a layer inside the next
+    block's first branch, which still runs at the old stride before its strided convolution), the
+    outermost of those that give the same tensor, and not a trunk that spans the whole network.
+    Attention and global pooling have no stride (they see the whole input), so a ViT has no
+    traced stages; its declared ones are used. ``declared=False`` ignores declarations (to check the
+    trace against them).
+
+    >>> from cnnviz.registry import load_model
+    >>> from cnnviz.layers import list_layers
+    >>> loaded = load_model("resnet18", "random")
+    >>> [(s.stride, s.layer) for s in list_stages(loaded, list_layers(loaded))]
+    [(4, 'layer1'), (8, 'layer2'), (16, 'layer3'), (32, 'layer4')]
+    """
+
+    def compute() -> tuple[Stage, ...]:
+        geometry = layer_geometry(loaded, layers)
+        found = _declared_stages(loaded.model, {layer.name for layer in layers}, geometry) if declared else ()
+        return found or _traced_stages(layers, geometry)
+
+    return loaded.memo(f"receptive.stages.{'declared' if declared else 'traced'}", compute)
+
+
+def _stride(geometry: Geometry | None, layer: LayerInfo) -> int | None:
+    """The layer's whole-number stride, the same along both axes; None for whole-input or 1×1 maps."""
+    if geometry is None or geometry.whole or geometry.pooled or min(layer.shape[1:]) <= 1:
+        return None
+    sh, sw = geometry.stride
+    return int(sh) if sh == sw and float(sh).is_integer() else None
+
+
+def _declared_stages(model: torch.nn.Module, listed: set[str], geometry: dict[str, Geometry]) -> tuple[Stage, ...]:
+    info = getattr(model, "feature_info", None)
+    try:
+        declared = [(int(f["reduction"]), str(f["module"])) for f in info] if info is not None else []
+    except (TypeError, KeyError, ValueError):
+        return ()
+    stages = tuple(Stage(r, name) for r, name in declared if r in STAGE_STRIDES and name in listed)
+    fits = all(geometry.get(s.layer) is None or geometry[s.layer].whole or geometry[s.layer].stride == (s.stride, s.stride)
+               for s in stages)
+    return stages if stages and fits else ()
+
+
+def _traced_stages(layers: tuple[LayerInfo, ...], geometry: dict[str, Geometry]) -> tuple[Stage, ...]:
+    order = {layer.name: i for i, layer in enumerate(layers)}
+    stride = {layer.name: s for layer in layers if (s := _stride(geometry.get(layer.name), layer)) is not None}
+    subtree = {n: [m for m in stride if m == n or m.startswith(n + ".")] for n in stride}
+    end = {n: max(order[m] for m in subtree[n]) for n in stride}  # a block finishes with its last listed part
+    spans = {n: len({stride[m] for m in subtree[n]}) for n in stride}
+
+    def in_other_stage(name: str) -> bool:  # inside a block (not a trunk) whose output is at another stride
+        parts = name.split(".")
+        ancestors = (".".join(parts[:k]) for k in range(1, len(parts)))
+        return any(a in stride and spans[a] <= 2 and stride[a] != stride[name] for a in ancestors)
+
+    stages = []
+    for s in STAGE_STRIDES:
+        candidates = [n for n, v in stride.items() if v == s and not in_other_stage(n)]
+        if not candidates:
+            continue
+        last = max(end[n] for n in candidates)
+        tied = sorted((n for n in candidates if end[n] == last), key=lambda n: n.count("."))
+        stages.append(Stage(s, next((n for n in tied if spans[n] <= 2), tied[-1])))
+    return tuple(stages)

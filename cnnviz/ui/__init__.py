@@ -19,7 +19,7 @@ from starlette.middleware import Middleware
 
 from .. import explore, server
 from ..errors import CnnvizError, quoted
-from . import architecture as architecture_tab, attribution as attribution_tab, feature_maps as feature_maps_tab, filters as filters_tab
+from . import architecture as architecture_tab, attribution as attribution_tab, compare as compare_tab, feature_maps as feature_maps_tab, filters as filters_tab
 from .architecture import architecture
 from .common import (
     EXAMPLE_FILES, MAX_PER_CLIENT, MAX_PER_SESSION, MAX_UPLOAD, UPLOAD_QUOTA, WORK, CheckedBlocks, Refresh,
@@ -32,7 +32,8 @@ __all__ = ["CSS", "architecture", "build_demo", "feature_maps", "filters", "laun
 
 # Grids arrive at (about) the maps' own resolution; the page enlarges them with crisp pixels.
 CSS = (
-    "#maps-image img, #filters-image img, #channel-map img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }"
+    "#maps-image img, #filters-image img, #channel-map img, .cmp-picture img, #cmp-slider img"
+    " { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }"
     " #channel-overlay img { width: 100%; height: 100%; object-fit: contain; }"  # the photo: smooth when enlarged
     # a phone: the grids as tall as they are wide, not centred in a 640 px box
     " @media (max-width: 640px) { #maps-image, #filters-image { height: auto !important; }"
@@ -55,7 +56,8 @@ def model_notice(view: explore.ModelView) -> str:
 
 # --- deep links: ?model=resnet50&layer=layer3.0.conv1&tab=feature-maps[&weights=random] -------------------
 
-TABS = {"architecture": "Architecture", "filters": "Filters", "feature-maps": "Feature maps", "attribution": "Attribution"}
+TABS = {"architecture": "Architecture", "filters": "Filters", "feature-maps": "Feature maps", "attribution": "Attribution",
+        "compare": "Compare"}
 LINK_LIMIT = 200  # characters of a URL parameter read at all (names are far shorter)
 
 # Writes the view into the address bar (no reload, no history entry), so copying it shares the view.
@@ -273,6 +275,8 @@ def build_demo() -> gr.Blocks:
                 maps = feature_maps_tab.build(model, weights)
             with gr.Tab(TABS["attribution"], id="attribution") as attr_tab:
                 attr = attribution_tab.build(model, weights)
+            with gr.Tab(TABS["compare"], id="compare") as cmp_tab:
+                cmp = compare_tab.build(model, weights)
 
         view_layers = [maps.layer, kernels.layer]
         chain = demo.load(
@@ -285,8 +289,11 @@ def build_demo() -> gr.Blocks:
                                   api_visibility="private", concurrency_id=WORK))
         starts.append(weights.input(weights_switched, [model, weights, maps.layer, shown], [model, notice, maps.layer, shown, refresh_all],
                                     api_visibility="private", concurrency_id=WORK))
+        starts.append(cmp.use_everywhere.click(model_picked, [cmp.uploaded, weights, maps.layer, shown],
+                                               [model, notice, maps.layer, shown, refresh_all],
+                                               api_visibility="private", concurrency_id=WORK))
         for chain in starts:
-            for tab in (arch, kernels, maps, attr):  # a model or weights change refreshes every tab, one after the other
+            for tab in (arch, kernels, maps, attr, cmp):  # a model or weights change refreshes every tab, one after the other
                 chain = chain.success(**when(refresh_all, tab))
 
         # linked views: a row of the Architecture table opens its layer in Feature maps or Filters
@@ -296,7 +303,7 @@ def build_demo() -> gr.Blocks:
         ).success(**when(open_maps, maps))
 
         # the address bar follows the view; the Architecture table highlights the Feature maps layer
-        for tab_id, tab in (("architecture", arch_tab), ("filters", filters_tab_), ("feature-maps", maps_tab), ("attribution", attr_tab)):
+        for tab_id, tab in (("architecture", arch_tab), ("filters", filters_tab_), ("feature-maps", maps_tab), ("attribution", attr_tab), ("compare", cmp_tab)):
             tab.select(None, None, view_tab, js=f"() => '{tab_id}'", api_visibility="private", queue=False)
         maps.layer.change(None, maps.layer, current, js="(layer) => layer", api_visibility="private", queue=False)
         gr.on(
@@ -307,6 +314,8 @@ def build_demo() -> gr.Blocks:
         document_as_text(maps.layer, LAYER_API, "layer1.0.conv1")
         document_as_text(kernels.layer, "A convolution's qualified name (\"layer4.2.conv2\"); empty: the first convolution.", "")
         document_as_text(attr.layer, LAYER_API, "layer4")
+        for picker in cmp.models:
+            document_as_text(picker, MODEL_API + " Also upload/<digest> from /load_checkpoint.", "resnet18")
         name_outputs(demo)
     # api_open=False: every call goes through the queue (Gradio's /run/<name> routes would skip it)
     demo.queue(max_size=int(os.environ.get("CNNVIZ_QUEUE_SIZE", "32")), default_concurrency_limit=2, api_open=False)
@@ -328,7 +337,7 @@ def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, mcp: 
         server_name=host, server_port=port, share=share, max_file_size=MAX_UPLOAD, css=CSS,
         prevent_thread_lock=True, mcp_server=mcp,
         app_kwargs={"middleware": [
-            Middleware(server.BodyLimit),
+            Middleware(server.BodyLimit, upload_limit=int((explore.CHECKPOINT_LIMIT_MB + 1) * 2**20)),
             Middleware(server.UploadJanitor, folder=folder, quota=UPLOAD_QUOTA),
         ]},
     )

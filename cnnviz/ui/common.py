@@ -34,7 +34,7 @@ log = logging.getLogger("cnnviz.ui")
 EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples"
 EXAMPLE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 EXAMPLE_FILES = frozenset(p.resolve() for p in EXAMPLES_DIR.iterdir() if p.suffix.lower() in EXAMPLE_EXTENSIONS)
-MAX_UPLOAD = "20mb"
+MAX_UPLOAD = f"{max(20, math.ceil(explore.CHECKPOINT_LIMIT_MB))}mb"  # checkpoints; images are held to 20 MB when read
 UPLOAD_QUOTA = int(float(os.environ.get("CNNVIZ_DISK_QUOTA_MB", "1024")) * 2**20)  # uploads + cached outputs
 WORK = "work"  # the one concurrency group: at most 2 handlers run at once in all (the queue's default limit)
 
@@ -73,21 +73,39 @@ class SafeImage(gr.Image):
         return allowed_upload(payload.get("path"), Path(self.GRADIO_CACHE))
 
 
+class SafeFile(gr.File):
+    """gr.File with :class:`SafeImage`'s guard: only a file uploaded to this app is handed over (never
+    a server path, a URL or a ``data:`` URL). Build it with ``type="filepath"``, one file."""
+
+    is_template = True
+
+    def preprocess(self, payload) -> str | None:
+        if payload is None:
+            return None
+        return self.allowed_path(payload.model_dump())
+
+    def allowed_path(self, payload: dict) -> str:
+        if payload.get("url") and not payload.get("path"):
+            raise gr.Error(NOT_UPLOADED.replace("The image", "The file"))
+        return allowed_upload(payload.get("path"), Path(self.GRADIO_CACHE), examples=False, what="file")
+
+
 NOT_UPLOADED = (
     "The image must be a file uploaded to this app (POST /gradio_api/upload, or gradio_client's "
     "handle_file); URLs, data: URLs and server paths are not accepted."
 )
 
 
-def allowed_upload(path: object, upload_folder: Path) -> str:
-    """``path`` as a real path when it is a file inside ``upload_folder`` or one of the examples;
-    otherwise a :class:`gr.Error` that names neither the path nor the server's folders."""
+def allowed_upload(path: object, upload_folder: Path, examples: bool = True, what: str = "image") -> str:
+    """``path`` as a real path when it is a file inside ``upload_folder`` or (``examples``) one of the
+    examples; otherwise a :class:`gr.Error` that names neither the path nor the server's folders."""
+    refused = NOT_UPLOADED.replace("The image", f"The {what}")
     if not isinstance(path, str) or not path or "\0" in path:
-        raise gr.Error(NOT_UPLOADED)
+        raise gr.Error(refused)
     real = Path(os.path.realpath(path))
-    inside = real.is_relative_to(upload_folder.resolve()) or real in EXAMPLE_FILES
+    inside = real.is_relative_to(upload_folder.resolve()) or (examples and real in EXAMPLE_FILES)
     if not inside or not real.is_file():
-        raise gr.Error(NOT_UPLOADED if not inside else "That upload is no longer on the server. Upload the image again.")
+        raise gr.Error(refused if not inside else f"That upload is no longer on the server. Upload the {what} again.")
     return str(real)
 
 
@@ -117,8 +135,10 @@ def check_call(block_fn, inputs: list) -> None:
             f"{sent} {'was' if sent == 1 else 'were'} sent."
         )
     for name, component, value in zip(names, block_fn.inputs, inputs):
-        if isinstance(component, SafeImage) and isinstance(value, dict):
+        if isinstance(component, (SafeImage, SafeFile)) and isinstance(value, dict):
             component.allowed_path(value)  # before Gradio's own file handling, which has gaps
+            if isinstance(component, SafeFile):  # gr.File's payload must carry meta; an upload checked above may omit it
+                value.setdefault("meta", {"_type": "gradio.FileData"})
         problem = parameter_problem(component, value)
         if problem:
             raise gr.Error(f"Parameter '{name}' ({component.label}) {problem}, not {quoted(value)}.")
@@ -126,7 +146,7 @@ def check_call(block_fn, inputs: list) -> None:
 
 def parameter_problem(component, value) -> str | None:
     """What is wrong with ``value`` for ``component`` (e.g. "must be a number"), or None."""
-    if isinstance(component, gr.Image):
+    if isinstance(component, (gr.Image, gr.File)):
         return None if value is None or isinstance(value, dict) else "must be an uploaded file ({\"path\": ...} from /gradio_api/upload)"
     if isinstance(component, (gr.Slider, gr.Number)):
         if value is None and isinstance(component, gr.Number) and component.value is None:

@@ -22,7 +22,7 @@ from .conftest import EXAMPLES
 
 pytestmark = pytest.mark.e2e
 
-DOCUMENTED = {"/architecture", "/filters", "/feature_maps", "/channel", "/layer_stats", "/activations", "/channel_visualization", "/attribution", "/projection", "/guided_gradcam"}
+DOCUMENTED = {"/architecture", "/filters", "/feature_maps", "/channel", "/layer_stats", "/activations", "/channel_visualization", "/attribution", "/projection", "/guided_gradcam", "/compare", "/load_checkpoint"}
 
 
 def _named_endpoints(client) -> list[str]:

@@ -16,7 +16,7 @@ from .conftest import ARTIFACTS, ROOT, _free_port, _wait_until_serving, stop_pro
 
 pytestmark = pytest.mark.e2e
 
-PUBLIC = {"architecture", "filters", "feature_maps", "channel", "layer_stats", "activations", "channel_visualization", "attribution", "projection", "guided_gradcam"}
+PUBLIC = {"architecture", "filters", "feature_maps", "channel", "layer_stats", "activations", "channel_visualization", "attribution", "projection", "guided_gradcam", "compare", "load_checkpoint"}
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,257 @@
+"""The Compare tab: two models (or trained and untrained weights, or two photos through one model) side
+by side, and the user's own checkpoint.
+
+Public endpoints: ``/compare``, ``/load_checkpoint``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+
+from .. import explore
+from .common import EXAMPLE_FILES, OUTPUTS, WORK, Refresh, SafeFile, SafeImage, label_dict, user_errors, weights_used
+
+TWO_MODELS, TWO_PHOTOS = "two-models", "two-photos"
+MODE_CHOICES = [("Two models (or weights), one photo", TWO_MODELS), ("One model, two photos", TWO_PHOTOS)]
+VIEW_CHOICES = [("First-layer filters", "filters"), ("Feature maps at each stage", "stages"), ("Grad-CAM", "cam")]
+NO_IMAGE = "Upload a photo, paste one, or pick an example: both sides see it (in two-photo mode, B sees the second one)."
+NO_MODEL = "Pick a model for each side (they open on the model chosen at the top)."
+NO_SECOND = "One model, two photos: upload the second photo for side B."
+VIEW_WORDS = {
+    "filters": "each model's first convolution, its filters drawn the same way",
+    "stages": ("the first convolution and the output of each stage, matched by stride (1/4, 1/8, 1/16, 1/32 of "
+               f"the input); the {explore.COMPARE_TILES} channels with the highest mean on each side, their indices on the tiles"),
+    "cam": "Grad-CAM at each model's last map before pooling; with the same labels on both sides, B explains A's top class",
+}
+CHECKPOINT_TYPES = [".safetensors", ".pt", ".pth", ".bin", ".ckpt"]
+
+
+def _files(view: explore.CompareView) -> list[tuple[str, str]]:
+    """The gallery: the pairs row by row, A then B, each file captioned with its side and layer."""
+    items = []
+    for i, pair in enumerate(view.pairs):
+        for side, image, caption in (("A", pair.a, pair.caption_a), ("B", pair.b, pair.caption_b)):
+            path = OUTPUTS.write(f"compare-{view.view}-{i}-{side}.png", explore.encode(image, "png"))
+            items.append((path, f"{side} · {pair.title} · {caption}"))
+    return items
+
+
+def _caption(view: explore.CompareView) -> str:
+    a, b = view.a, view.b
+    return (
+        f"**A:** {a.title} (`{a.model}`) — **B:** {b.title} (`{b.model}`). Shown: {VIEW_WORDS[view.view]}. "
+        f"Each row pairs the same depth, its layers named above each picture.\n\n"
+        f"A: {weights_used(a.weights)}\n\nB: {weights_used(b.weights)}"
+    )
+
+
+def _top5(side: explore.CompareSide):
+    return label_dict(side.predictions) or {f"{side.display}: no class labels": 0.0}
+
+
+def _run(model_a, model_b, image, weights_a, weights_b, view, image_b):
+    found = explore.compare(model_a, model_b, image, weights_a, weights_b, view, image_b)
+    return found, _files(found)
+
+
+@user_errors
+def compare(model_a: str, model_b: str, image: str, weights_a: str = "pretrained", weights_b: str = "random",
+            view: str = "filters", image_b: str | None = None):
+    """The same view of two models side by side: their first-layer filters, their feature maps at each stage, or their Grad-CAM, with both top-5s.
+
+    Args:
+        model_a: side A's model: a curated key, a torchvision name, timm/<name>, or upload/<digest> from /load_checkpoint.
+        model_b: side B's model (the same as model_a to compare weights, or two photos).
+        image: an uploaded image file (both sides see it, unless image_b is given).
+        weights_a: "pretrained" or "random".
+        weights_b: "pretrained" or "random".
+        view: "filters" (first-layer filters), "stages" (first convolution and each stage's output, matched by stride /4 /8 /16 /32) or "cam" (Grad-CAM).
+        image_b: optional second image for side B (two photos through one model); empty: B sees image.
+    """
+    found, files = _run(model_a, model_b, image, weights_a, weights_b, view, image_b)
+    return files, _top5(found.a), _top5(found.b), _caption(found)
+
+
+def _slider(pairs: list[tuple[str, str, str, bool]], title: str):
+    """The slider for the pair called ``title`` (its two pictures when they have the same size)."""
+    for name, a, b, same in pairs:
+        if name == title:
+            if same:
+                return gr.ImageSlider(value=(a, b), label=f"{name}: A ◀ drag ▶ B"), ""
+            return gr.ImageSlider(value=None), f"The two pictures of **{name}** differ in size, so they cannot be laid one over the other; they are side by side above."
+    return gr.ImageSlider(value=None), ""
+
+
+ROWS = 1 + len(explore.STAGE_STRIDES)  # the first convolution and one row per stage stride
+
+
+def _rows(found: explore.CompareView | None, files: list[tuple[str, str]]) -> list:
+    """Each page row's updates: its visibility, its title, then side A's and side B's picture (labelled
+    with the layer)."""
+    updates = []
+    for i in range(ROWS):
+        if found is None or i >= len(found.pairs):
+            updates += [gr.Column(visible=False), gr.skip(), None, None]
+            continue
+        pair = found.pairs[i]
+        updates += [gr.Column(visible=True), f"**{pair.title}**",
+                    gr.Image(value=files[2 * i][0], label=f"A · {pair.caption_a}"),
+                    gr.Image(value=files[2 * i + 1][0], label=f"B · {pair.caption_b}")]
+    return updates
+
+
+def _nothing(message: str) -> tuple:
+    return (None, None, message, [], gr.Dropdown(choices=[], value=None), gr.ImageSlider(value=None), "", *_rows(None, []))
+
+
+@user_errors
+def show(mode, model_a, weights_a, model_b, weights_b, image, image_b, view):
+    """The page's comparison: both top-5s, the caption, the slider on the first pair, and the rows."""
+    if not image:
+        return _nothing(NO_IMAGE)
+    if not model_a or (mode == TWO_MODELS and not model_b):
+        return _nothing(NO_MODEL)
+    if mode == TWO_PHOTOS:
+        if not image_b:
+            return _nothing(NO_SECOND)
+        model_b = model_a
+    else:
+        image_b = None
+    found, files = _run(model_a, model_b, image, weights_a, weights_b, view, image_b)
+    pairs = [(p.title, files[2 * i][0], files[2 * i + 1][0], p.same_size) for i, p in enumerate(found.pairs)]
+    first = pairs[0][0] if pairs else None
+    slider, note = _slider(pairs, first)
+    picker = gr.Dropdown(choices=[p[0] for p in pairs], value=first)
+    return (_top5(found.a), _top5(found.b), _caption(found), pairs, picker, slider, note, *_rows(found, files))
+
+
+@user_errors
+def slide(pairs, title):
+    return _slider(pairs or [], title)
+
+
+def mode_changed(mode, weights_a):
+    """Two photos: B is A's model with A's weights, and the second photo box appears."""
+    photos = mode == TWO_PHOTOS
+    return (gr.Dropdown(visible=not photos), gr.Radio(value=weights_a) if photos else gr.skip(), gr.Image(visible=photos))
+
+
+@user_errors
+def load_checkpoint(model: str, checkpoint: str, labels: str | None = None):
+    """Load your own checkpoint into an architecture; the answer's name works as `model` in every endpoint while the server holds it.
+
+    Args:
+        model: the architecture: a curated key, a torchvision name or timm/<name> (e.g. resnet18).
+        checkpoint: an uploaded .safetensors file, or a PyTorch state dict (.pt, .pth, .bin, .ckpt; read with torch.load(weights_only=True), never unpickled).
+        labels: optional uploaded text file with one class label per line, for a checkpoint with its own classes.
+    """
+    if not checkpoint:
+        raise gr.Error(f"Upload a checkpoint file ({', '.join(CHECKPOINT_TYPES)}) first.")
+    report = explore.load_checkpoint(model, checkpoint, labels or None)
+    return report.name, report.describe()
+
+
+@user_errors
+def load_for_page(model, checkpoint, labels):
+    """The page's version: also puts the upload in both sides' lists (this page only) and on side B."""
+    name, text = load_checkpoint(model, checkpoint, labels)
+    choices = [(f"{explore.select_model(name).spec.display} ({name[:15]}…)", name), *explore.curated_models()]
+    return (name, text, gr.Dropdown(choices=choices), gr.Dropdown(choices=choices, value=name),
+            gr.Radio(value="pretrained"), gr.Button(visible=True))
+
+
+@user_errors
+def refresh(model, weights, mode, weights_b, image, image_b, view):
+    """After a model change at the top: both sides show it (A with the page's weights, B with the
+    other choice: trained against untrained), compared again when there is a photo."""
+    other = "random" if weights == "pretrained" else "pretrained"
+    b_weights = weights if mode == TWO_PHOTOS else other
+    return (model, weights, model, b_weights, model, *show(mode, model, weights, model, b_weights, image, image_b, view))
+
+
+@dataclass
+class CompareTab(Refresh):
+    use_everywhere: gr.Button  # "explore the upload in every tab": the shell wires it to its model picker
+    uploaded: gr.Textbox  # the upload's name
+    models: tuple[gr.Dropdown, ...]  # the model boxes (A, B, the checkpoint's architecture): free text
+
+
+def build(model: gr.Dropdown, weights: gr.Radio) -> CompareTab:
+    """The tab's components and its own events (inside the current ``gr.Tab``); returns its refresh."""
+    curated = explore.curated_models()
+    mode = gr.Radio(MODE_CHOICES, value=TWO_MODELS, label="Compare", elem_id="cmp-mode")
+    with gr.Row():
+        with gr.Column(min_width=280):
+            model_a = gr.Dropdown(curated, value="", label="A: model", allow_custom_value=True, elem_id="cmp-model-a")
+            weights_a = gr.Radio(list(explore.WEIGHT_CHOICES), value="pretrained", label="A: weights", elem_id="cmp-weights-a")
+        with gr.Column(min_width=280):
+            model_b = gr.Dropdown(curated, value="", label="B: model", allow_custom_value=True, elem_id="cmp-model-b")
+            weights_b = gr.Radio(list(explore.WEIGHT_CHOICES), value="random", label="B: weights", elem_id="cmp-weights-b")
+    with gr.Row():
+        image = SafeImage(type="filepath", image_mode=None, sources=["upload", "clipboard"], label="Photo",
+                          elem_id="cmp-image", height=240)
+        image_b = SafeImage(type="filepath", image_mode=None, sources=["upload", "clipboard"], label="Second photo (side B)",
+                            elem_id="cmp-image-b", height=240, visible=False)
+    gr.Examples([[str(p)] for p in sorted(EXAMPLE_FILES)], inputs=[image], label="Examples")
+    view = gr.Radio(VIEW_CHOICES, value="filters", label="View", elem_id="cmp-view")
+    caption = gr.Markdown(NO_IMAGE, elem_id="cmp-caption")
+    with gr.Row():
+        top_a = gr.Label(num_top_classes=5, label="A: top-5", elem_id="cmp-top-a")
+        top_b = gr.Label(num_top_classes=5, label="B: top-5", elem_id="cmp-top-b")
+    rows = []
+    for i in range(ROWS):
+        with gr.Column(visible=False, elem_classes=["cmp-row"]) as row:
+            title = gr.Markdown(elem_id=f"cmp-title-{i}")
+            with gr.Row(equal_height=True):
+                a = gr.Image(type="filepath", interactive=False, height=460, buttons=["download", "fullscreen"],
+                             elem_id=f"cmp-a-{i}", elem_classes=["cmp-picture"])
+                b = gr.Image(type="filepath", interactive=False, height=460, buttons=["download", "fullscreen"],
+                             elem_id=f"cmp-b-{i}", elem_classes=["cmp-picture"])
+        rows += [row, title, a, b]
+    gallery = gr.Gallery(label="A and B, row by row", visible=False, elem_id="cmp-gallery")  # /compare's answer
+    with gr.Group():
+        picker = gr.Dropdown([], value=None, label="Lay one over the other", elem_id="cmp-pair",
+                             info="Drag the slider to wipe from A to B at the same depth.")
+        slider = gr.ImageSlider(label="A ◀ drag ▶ B", type="filepath", interactive=False, elem_id="cmp-slider", height=480)
+        slider_note = gr.Markdown(elem_id="cmp-slider-note")
+    pairs = gr.State([])
+    with gr.Accordion("Your own checkpoint", open=False, elem_id="cmp-checkpoint"):
+        gr.Markdown(
+            f"Load a checkpoint you trained into one of the architectures: a `.safetensors` file or a PyTorch state "
+            f"dict ({', '.join(CHECKPOINT_TYPES[1:])}, read with `torch.load(weights_only=True)`: files holding pickled "
+            f"objects are refused, never unpickled). Up to {explore.CHECKPOINT_LIMIT_MB:g} MB. Nested `state_dict` / `model` keys, "
+            "`module.` prefixes and timm EMA weights are understood; a checkpoint with its own classes keeps its "
+            "head (give a labels file, one per line, to see its predictions). The upload gets a name only this page "
+            "knows; it goes on side B."
+        )
+        with gr.Row():
+            arch = gr.Dropdown(curated, value="", label="Architecture", allow_custom_value=True, elem_id="cmp-arch")
+            checkpoint = SafeFile(label="Checkpoint", type="filepath", file_types=CHECKPOINT_TYPES, file_count="single",
+                                  elem_id="cmp-checkpoint-file")
+            labels = SafeFile(label="Labels (optional, .txt)", type="filepath", file_types=[".txt"], file_count="single",
+                              elem_id="cmp-labels-file")
+        load = gr.Button("Load checkpoint", elem_id="cmp-load")
+        uploaded = gr.Textbox(label="Its model name", interactive=False, elem_id="cmp-uploaded")
+        report = gr.Markdown(elem_id="cmp-report")
+        use_everywhere = gr.Button("Explore it in every tab", visible=False, elem_id="cmp-use")
+
+    api_inputs = [model_a, model_b, image, weights_a, weights_b, view, image_b]
+    api_only = gr.Button(visible=False)  # the public endpoints are strict: no image is an error there
+    api_only.click(compare, api_inputs, [gallery, top_a, top_b, caption], concurrency_id=WORK, api_name="compare")
+    api_only.click(load_checkpoint, [arch, checkpoint, labels], [uploaded, report], concurrency_id=WORK,
+                   api_name="load_checkpoint")
+    page_inputs = [mode, model_a, weights_a, model_b, weights_b, image, image_b, view]
+    page_outputs = [top_a, top_b, caption, pairs, picker, slider, slider_note, *rows]
+    mode.change(mode_changed, [mode, weights_a], [model_b, weights_b, image_b], api_visibility="private", queue=False)
+    gr.on([mode.change, model_a.input, weights_a.input, model_b.input, weights_b.input, image.change, image_b.change,
+           view.change], show, page_inputs, page_outputs, concurrency_id=WORK, trigger_mode="always_last",
+          api_visibility="private")
+    picker.input(slide, [pairs, picker], [slider, slider_note], api_visibility="private", queue=False)
+    load.click(load_for_page, [arch, checkpoint, labels],
+               [uploaded, report, model_a, model_b, weights_b, use_everywhere], concurrency_id=WORK,
+               api_visibility="private").success(show, page_inputs, page_outputs, concurrency_id=WORK,
+                                                 api_visibility="private")
+    io = dict(inputs=[model, weights, mode, weights_b, image, image_b, view],
+              outputs=[model_a, weights_a, model_b, weights_b, arch, *page_outputs], concurrency_id=WORK)
+    return CompareTab(refresh, io, use_everywhere, uploaded, (model_a, model_b, arch))
