@@ -16,7 +16,7 @@ from .errors import (
     CheckpointError, CnnvizError, InvalidImageError, InvalidOptionError, UnknownLayerError, UnknownModelError,
 )
 from .explore import (
-    architecture, attribution, channel, channel_visualization, feature_maps, filter_grid, guided_gradcam,
+    architecture, attribution, channel, channel_visualization, compare, feature_maps, filter_grid, guided_gradcam,
     layer_activations, layer_stats, list_convolutions, predict, projection,
 )
 from .layers import LayerInfo, get_layer, list_layers, listing_note
@@ -43,6 +43,7 @@ __all__ = [
     "capture",
     "channel",
     "channel_visualization",
+    "compare",
     "feature_maps",
     "filter_grid",
     "forward_hooks",

@@ -269,7 +269,11 @@ def _read_torch(file: CheckpointFile) -> Any:
     except pickle.UnpicklingError as e:
         found = _GLOBAL_RE.search(str(e))
         if found is not None:  # weights_only met a class or function it does not rebuild, and refused it
-            raise CheckpointError(f"{PICKLED_OBJECTS} (It refers to {found.group(1)[:80]}.)") from e
+            raise CheckpointError(f"{PICKLED_OBJECTS} It refers to {found.group(1)[:80]}.") from e
+        if "Unsupported operand" in str(e):  # pickle instructions torch.save never writes: made by pickle itself
+            raise CheckpointError(
+                f"{PICKLED_OBJECTS} It was written by Python's pickle, not by torch.save."
+            ) from e
         logger.info("torch.load(weights_only=True) refused %s", file.path, exc_info=True)
         raise CheckpointError(
             f"The checkpoint {quoted(file.filename)} could not be read as a PyTorch file: its pickle data is "

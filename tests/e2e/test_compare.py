@@ -121,9 +121,12 @@ def test_a_pickle_that_would_run_code_is_refused_without_running(raw, tmp_path):
     bomb = tmp_path / "weights.pt"
     torch.save({"conv1.weight": Canary(str(canary))}, bomb, pickle_protocol=pickle.DEFAULT_PROTOCOL)
     assert not canary.exists()
-    assert_sentence(raw.call("load_checkpoint", ["resnet18", {"path": raw.upload(bomb)}, None]), "state_dict")
+    assert_sentence(raw.call("load_checkpoint", ["resnet18", {"path": raw.upload(bomb)}, None]), "pickled", "state_dict")
     assert not canary.exists()
-    assert_sentence(raw.call("load_checkpoint", ["resnet18", {"path": "/etc/passwd"}, None]), "uploaded")
+    passwd = {"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}
+    assert_sentence(raw.call("load_checkpoint", ["resnet18", passwd, None]), "uploaded")
+    assert_sentence(raw.call("load_checkpoint", ["resnet18", {"path": raw.upload(bomb)}, passwd]), "uploaded")
+    assert_sentence(raw.call("load_checkpoint", ["resnet18", {"url": "data:application/octet-stream;base64,AAAA"}, None]), "uploaded")
     assert_sentence(raw.call("load_checkpoint", ["resnet18", None, None]), "checkpoint")
 
 
