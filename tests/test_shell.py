@@ -62,7 +62,7 @@ def test_a_bad_link_gets_sentences_and_the_page_still_opens(warnings, monkeypatc
     out = ui.open_page(link(model="resnet5O", layer="layer9", tab="weights", weights="random"))
     assert out[0] == "resnet18" and opened == [1]  # the default opens instead, once
     assert out[3] == "architecture" and out[6].value == "conv1"
-    assert warnings[0].startswith("The link's tab 'weights' is not one of: architecture, filters, feature-maps, attribution.")
+    assert warnings[0].startswith("The link's tab 'weights' is not one of: architecture, filters, feature-maps, attribution, compare.")
     assert warnings[1].startswith("The link's model: Unknown model 'resnet5O'.") and "resnet50" in warnings[1]
     assert warnings[2].startswith("The link's layer: ResNet-18 has no layer 'layer9'") and warnings[2].endswith("Showing conv1.")
 
@@ -134,8 +134,11 @@ def test_the_api_page_documents_free_text_names_and_local_examples():
     assert {"/architecture", "/filters", "/feature_maps"} <= set(info)
     for name, endpoint in info.items():
         params = {p["parameter_name"]: p for p in endpoint["parameters"]}
-        assert params["model"]["python_type"]["type"] == "str", name  # not Literal[the curated keys]
-        assert "timm/<name>" in params["model"]["type"]["description"]
+        models = [p for n, p in params.items() if n == "model" or n.startswith("model_")]  # /compare: model_a, model_b
+        assert models, name
+        for model in models:
+            assert model["python_type"]["type"] == "str", name  # not Literal[the curated keys]
+            assert "timm/<name>" in model["type"]["description"]
         if "layer" in params:
             assert params["layer"]["python_type"]["type"] == "str", name  # not an empty Literal[]
         for p in endpoint["parameters"]:

@@ -1,8 +1,10 @@
 """The Gradio app: the shell (header, model picker, tabs, queue) and one module per tab.
 
 The only package that imports gradio; it calls nothing of the library but :mod:`cnnviz.explore` (and
-:mod:`cnnviz.server` for the process's temp folder and middlewares). Public endpoints:
-``/architecture``, ``/filters``, ``/feature_maps``; everything else is wired as private events.
+:mod:`cnnviz.server` for the process's temp folder and middlewares). Public endpoints: each tab's
+(``/architecture``, ``/filters``, ``/feature_maps``, ``/channel``, ``/layer_stats``, ``/activations``,
+``/channel_visualization``, ``/attribution``, ``/projection``, ``/guided_gradcam``, ``/compare``,
+``/load_checkpoint``); everything else is wired as private events.
 
 A new view is a new ``explore`` function, a new ``ui/<tab>.py`` with ``build(model, weights)`` and
 its tests.
@@ -217,6 +219,14 @@ def document_example_image(component: gr.Image, path: Path) -> None:
     component.example_value = lambda: str(path.relative_to(ROOT))
 
 
+def document_example_file(component: gr.File, name: str) -> None:
+    """The API page's example for a file parameter: a file of the caller's own (``handle_file('name')``),
+    not Gradio's sample PDF on the web."""
+    payload = {"path": name, "meta": {"_type": "gradio.FileData"}, "orig_name": name, "url": name}
+    component.example_payload = lambda: payload
+    component.example_value = lambda: name
+
+
 def name_outputs(demo: gr.Blocks) -> None:
     """Give every output of a public endpoint a name in the API page (Gradio says ``value_11`` for a
     component without a label): its elem_id in words (``maps-caption`` → ``maps caption``)."""
@@ -316,6 +326,8 @@ def build_demo() -> gr.Blocks:
         document_as_text(attr.layer, LAYER_API, "layer4")
         for picker in cmp.models:
             document_as_text(picker, MODEL_API + " Also upload/<digest> from /load_checkpoint.", "resnet18")
+        document_example_file(cmp.checkpoint, "my-resnet18.safetensors")
+        document_example_file(cmp.labels, "classes.txt")
         name_outputs(demo)
     # api_open=False: every call goes through the queue (Gradio's /run/<name> routes would skip it)
     demo.queue(max_size=int(os.environ.get("CNNVIZ_QUEUE_SIZE", "32")), default_concurrency_limit=2, api_open=False)

@@ -62,7 +62,7 @@ def compare(model_a: str, model_b: str, image: str, weights_a: str = "pretrained
 
     Args:
         model_a: side A's model: a curated key, a torchvision name, timm/<name>, or upload/<digest> from /load_checkpoint.
-        model_b: side B's model (the same as model_a to compare weights, or two photos).
+        model_b: side B's model, any name model_a takes (a torchvision name, timm/<name>, upload/<digest>); the same as model_a to compare weights or two photos.
         image: an uploaded image file (both sides see it, unless image_b is given).
         weights_a: "pretrained" or "random".
         weights_b: "pretrained" or "random".
@@ -175,6 +175,8 @@ class CompareTab(Refresh):
     use_everywhere: gr.Button  # "explore the upload in every tab": the shell wires it to its model picker
     uploaded: gr.Textbox  # the upload's name
     models: tuple[gr.Dropdown, ...]  # the model boxes (A, B, the checkpoint's architecture): free text
+    checkpoint: gr.File
+    labels: gr.File
 
 
 def build(model: gr.Dropdown, weights: gr.Radio) -> CompareTab:
@@ -254,4 +256,4 @@ def build(model: gr.Dropdown, weights: gr.Radio) -> CompareTab:
                                                  api_visibility="private")
     io = dict(inputs=[model, weights, mode, weights_b, image, image_b, view],
               outputs=[model_a, weights_a, model_b, weights_b, arch, *page_outputs], concurrency_id=WORK)
-    return CompareTab(refresh, io, use_everywhere, uploaded, (model_a, model_b, arch))
+    return CompareTab(refresh, io, use_everywhere, uploaded, (model_a, model_b, arch), checkpoint, labels)

@@ -51,7 +51,8 @@ def test_schema_lists_the_public_endpoints_with_parameter_descriptions(mcp_url):
         properties = tool["inputSchema"]["properties"]
         for parameter, schema in properties.items():
             assert len(schema.get("description", "")) > 10, (name, parameter)  # from the docstring's Args
-        assert "timm/" in properties["model"]["description"], name
+        models = [p for n, p in properties.items() if n == "model" or n.startswith("model_")]  # compare: model_a, model_b
+        assert models and all("timm/" in p["description"] for p in models), name
     arch = tools["architecture"]["inputSchema"]
     assert arch["required"] == ["model"] and arch["properties"]["weights"]["enum"] == ["pretrained", "random"]
     assert "1 (top-level blocks) to 8" in arch["properties"]["depth"]["description"]
