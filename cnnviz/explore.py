@@ -532,14 +532,24 @@ def _analyse_cached(
     maps = KEPT.get(loaded, digest, info.name, copy)
     if maps is not None and known is not None:
         return maps, known
-    window = KEPT.window(layers.list_layers(loaded), info)
+    store, known = _capture(loaded, x, digest, KEPT.window(layers.list_layers(loaded), info), known)
+    return (store[info.name].clone() if copy else store[info.name]), known
+
+
+def _capture(
+    loaded: LoadedModel, x: torch.Tensor, digest: bytes, wanted: list[layers.LayerInfo],
+    known: tuple[Prediction, ...] | None,
+) -> tuple[dict[str, torch.Tensor], tuple[Prediction, ...]]:
+    """One pass of ``x`` capturing ``wanted`` (kept in :data:`KEPT`) and, when the top-5 is not
+    ``known`` yet, the logits for it (remembered per image digest); the pass stops after the last
+    wanted layer when the top-5 is known."""
     with loaded.lock, interruptible(loaded.model):
-        store, logits = activations.capture_layers(loaded, window, x, with_logits=known is None)
+        store, logits = activations.capture_layers(loaded, wanted, x, with_logits=known is None)
     if known is None:
         with _LOCK:
-            known = _remember(per_model, digest, tuple(activations.top_k(logits, loaded.categories)), 32)
+            known = _remember(_predictions(loaded), digest, tuple(activations.top_k(logits, loaded.categories)), 32)
     KEPT.put(loaded, digest, store)
-    return (store[info.name].clone() if copy else store[info.name]), known
+    return store, known
 
 
 def predict(model: str, image, weights: str = "pretrained", k: int = 5) -> list[Prediction]:
@@ -1083,15 +1093,9 @@ def compare(
 
 def _top5(loaded: LoadedModel, x: torch.Tensor, digest: bytes) -> tuple[Prediction, ...]:
     """The model's top-5 for its input ``x`` (remembered per image digest, like the feature-map views')."""
-    per_model = _predictions(loaded)
     with _LOCK:
-        known = per_model.get(digest)
-    if known is None:
-        with loaded.lock, interruptible(loaded.model):
-            logits = activations.run(loaded.model, x)
-        with _LOCK:
-            known = _remember(per_model, digest, tuple(activations.top_k(logits, loaded.categories)), 32)
-    return known
+        known = _predictions(loaded).get(digest)
+    return known if known is not None else _capture(loaded, x, digest, [], None)[1]
 
 
 def _compare_filters(loaded_a: LoadedModel, loaded_b: LoadedModel) -> list[ComparePair]:
@@ -1114,18 +1118,12 @@ def _stage_rows(loaded: LoadedModel, x: torch.Tensor, digest: bytes) -> tuple[di
     by_name = {info.name: info for info in found}
     for stage in receptive.list_stages(loaded, found):
         wanted[_stride_title(stage.stride)] = by_name[stage.layer]
-    per_model = _predictions(loaded)
     with _LOCK:
-        known = per_model.get(digest)
+        known = _predictions(loaded).get(digest)
     maps = {info.name: KEPT.get(loaded, digest, info.name, copy=False) for info in wanted.values()}
     missing = [info for info in dict.fromkeys(wanted.values()) if maps[info.name] is None]
     if missing or known is None:
-        with loaded.lock, interruptible(loaded.model):
-            store, logits = activations.capture_layers(loaded, missing, x, with_logits=known is None)
-        if known is None:
-            with _LOCK:
-                known = _remember(per_model, digest, tuple(activations.top_k(logits, loaded.categories)), 32)
-        KEPT.put(loaded, digest, store)
+        store, known = _capture(loaded, x, digest, missing, known)
         maps.update(store)
     rows = {}
     for title, info in wanted.items():

@@ -59,7 +59,9 @@ class SafeImage(gr.Image):
     Build it with ``type="filepath", image_mode=None``. (Gradio reads a component's config from its
     constructor arguments, so a subclass cannot set these in its own ``__init__``.)"""
 
-    is_template = True
+    is_template = True  # drawn by gr.Image's frontend (Gradio names it after the first base class)
+    EXAMPLES = True  # the shipped examples may be named too
+    WHAT = "image"
 
     def preprocess(self, payload) -> str | None:
         if payload is None:
@@ -69,25 +71,19 @@ class SafeImage(gr.Image):
     def allowed_path(self, payload: dict) -> str:
         """The real path of an upload payload ``{"path": ...}``, or a :class:`gr.Error`."""
         if payload.get("url") and not payload.get("path"):
-            raise gr.Error(NOT_UPLOADED)
-        return allowed_upload(payload.get("path"), Path(self.GRADIO_CACHE))
+            raise gr.Error(NOT_UPLOADED.replace("The image", f"The {self.WHAT}"))
+        return allowed_upload(payload.get("path"), Path(self.GRADIO_CACHE), self.EXAMPLES, self.WHAT)
 
 
 class SafeFile(gr.File):
-    """gr.File with :class:`SafeImage`'s guard: only a file uploaded to this app is handed over (never
-    a server path, a URL or a ``data:`` URL). Build it with ``type="filepath"``, one file."""
+    """gr.File with :class:`SafeImage`'s guard (no examples): only a file uploaded to this app is handed
+    over (never a server path, a URL or a ``data:`` URL). Build it with ``type="filepath"``, one file."""
 
     is_template = True
-
-    def preprocess(self, payload) -> str | None:
-        if payload is None:
-            return None
-        return self.allowed_path(payload.model_dump())
-
-    def allowed_path(self, payload: dict) -> str:
-        if payload.get("url") and not payload.get("path"):
-            raise gr.Error(NOT_UPLOADED.replace("The image", "The file"))
-        return allowed_upload(payload.get("path"), Path(self.GRADIO_CACHE), examples=False, what="file")
+    EXAMPLES = False
+    WHAT = "file"
+    preprocess = SafeImage.preprocess
+    allowed_path = SafeImage.allowed_path
 
 
 NOT_UPLOADED = (
