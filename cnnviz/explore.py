@@ -1030,8 +1030,11 @@ class CompareSide:
 
     @property
     def title(self) -> str:
-        """E.g. ``"AlexNet · pretrained"`` or ``"AlexNet · random weights"``."""
-        return f"{self.display} · {'pretrained' if self.weights.pretrained else 'random weights'}"
+        """E.g. ``"AlexNet · pretrained"``, ``"AlexNet · random weights"``; an upload with random weights
+        says they are not the checkpoint's."""
+        if self.weights.pretrained:
+            return f"{self.display} · {'its weights' if self.model.startswith(checkpoint_mod.UPLOAD_PREFIX) else 'pretrained'}"
+        return f"{self.display} · random weights{', not the checkpoint' if self.model.startswith(checkpoint_mod.UPLOAD_PREFIX) else ''}"
 
 
 @dataclass(frozen=True)
@@ -1068,8 +1071,8 @@ def compare(
     ``view``: ``filters`` (each first convolution's filters), ``stages`` (the first convolution and the
     output of each stage, matched by stride: 1/4, 1/8, 1/16, 1/32 of the input, see
     :func:`cnnviz.receptive.list_stages`; the 16 strongest channels of each), or ``cam`` (Grad-CAM at
-    each model's default layer; when both models have the same labels, B explains A's top class, so
-    both answer the same question). Each side also gets its top-5.
+    each model's default layer; on one photo, when both models have the same labels, B explains A's top
+    class, so both answer the same question; on two photos, each its own). Each side also gets its top-5.
 
     >>> view = compare("resnet18", "timm/resnet18", "examples/coffee.png", "random", "random", "stages")
     >>> [p.title for p in view.pairs][:2], view.pairs[1].caption_a
@@ -1085,7 +1088,7 @@ def compare(
         (rows_a, top_a), (rows_b, top_b) = _stage_rows(loaded_a, *input_a[:2]), _stage_rows(loaded_b, *input_b[:2])
         pairs = _pair_rows(rows_a, rows_b)
     else:
-        pairs, (top_a, top_b) = _compare_cams(loaded_a, loaded_b, input_a[0], input_b[0])
+        pairs, (top_a, top_b) = _compare_cams(loaded_a, loaded_b, input_a[0], input_b[0], one_photo=image_b is None)
     side_a = CompareSide(loaded_a.spec.key, loaded_a.spec.display, loaded_a.weights, top_a)
     side_b = CompareSide(loaded_b.spec.key, loaded_b.spec.display, loaded_b.weights, top_b)
     return CompareView(view, tuple(pairs), side_a, side_b)
@@ -1151,10 +1154,12 @@ def _pair_rows(rows_a: dict, rows_b: dict) -> list[ComparePair]:
     return pairs
 
 
-def _compare_cams(loaded_a: LoadedModel, loaded_b: LoadedModel, x_a: torch.Tensor, x_b: torch.Tensor):
+def _compare_cams(loaded_a: LoadedModel, loaded_b: LoadedModel, x_a: torch.Tensor, x_b: torch.Tensor, one_photo: bool):
+    """Each side's Grad-CAM; on one photo with the same labels on both sides, B explains A's top class
+    (one question, two models); on two photos each side explains its own top class."""
     found_a = attribution_mod.class_activation_map(loaded_a, x_a, "gradcam")
-    same_labels = loaded_a.categories is not None and loaded_a.categories == loaded_b.categories
-    found_b = attribution_mod.class_activation_map(loaded_b, x_b, "gradcam", found_a.class_index if same_labels else None)
+    same_question = one_photo and loaded_a.categories is not None and loaded_a.categories == loaded_b.categories
+    found_b = attribution_mod.class_activation_map(loaded_b, x_b, "gradcam", found_a.class_index if same_question else None)
     pictures, tops = [], []
     for loaded, x, found in ((loaded_a, x_a, found_a), (loaded_b, x_b, found_b)):
         raw = found.map.numpy().astype(np.float32)

@@ -180,7 +180,7 @@ def get_spec(name: str) -> ModelSpec:
     if match is None:
         raise UnknownModelError(
             f"Not a model name: {name[:80]!r}. Names contain only letters, digits, '_', '.', '-', "
-            "optionally prefixed by 'torchvision/' or 'timm/'."
+            "optionally prefixed by 'torchvision/' or 'timm/' (or 'upload/<32 hex>', a checkpoint you loaded)."
         )
     library, arch = match.groups()
     if library in (None, "torchvision") and arch in _torchvision_names():

@@ -258,8 +258,8 @@ def build_demo() -> gr.Blocks:
     with CheckedBlocks(title="CNN Explorer", delete_cache=(3600, 3600)) as demo:
         gr.Markdown(
             "# 🔬 CNN Explorer\nWhat a convolutional network is made of and what it sees: its layers, "
-            "its filters, and the feature maps of your own photo at any layer. The address bar always "
-            "holds the view you see: copy it to share it."
+            "its filters, the feature maps of your own photo at any layer, why it decided, and two models "
+            "side by side. The address bar holds the model, layer and tab you see: copy it to share them."
         )
         with gr.Row():
             model = gr.Dropdown(

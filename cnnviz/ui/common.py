@@ -87,7 +87,7 @@ class SafeFile(gr.File):
 
 
 NOT_UPLOADED = (
-    "The image must be a file uploaded to this app (POST /gradio_api/upload, or gradio_client's "
+    "The image must be uploaded to this app (POST /gradio_api/upload, or gradio_client's "
     "handle_file); URLs, data: URLs and server paths are not accepted."
 )
 

@@ -22,7 +22,8 @@ VIEW_WORDS = {
     "filters": "each model's first convolution, its filters drawn the same way",
     "stages": ("the first convolution and the output of each stage, matched by stride (1/4, 1/8, 1/16, 1/32 of "
                f"the input); the {explore.COMPARE_TILES} channels with the highest mean on each side, their indices on the tiles"),
-    "cam": "Grad-CAM at each model's last map before pooling; with the same labels on both sides, B explains A's top class",
+    "cam": ("Grad-CAM at each model's last map before pooling, each picture scaled to its own maximum (its colour "
+            "bar says it); on one photo with the same labels on both sides, B explains A's top class, on two photos each its own"),
 }
 CHECKPOINT_TYPES = [".safetensors", ".pt", ".pth", ".bin", ".ckpt"]
 
@@ -102,7 +103,8 @@ def _rows(found: explore.CompareView | None, files: list[tuple[str, str]]) -> li
 
 
 def _nothing(message: str) -> tuple:
-    return (None, None, message, [], gr.Dropdown(choices=[], value=None), gr.ImageSlider(value=None), "", *_rows(None, []))
+    return (None, None, message, [], gr.Dropdown(choices=[], value=None), gr.ImageSlider(value=None), "",
+            gr.Group(visible=False), *_rows(None, []))
 
 
 @user_errors
@@ -123,7 +125,8 @@ def show(mode, model_a, weights_a, model_b, weights_b, image, image_b, view):
     first = pairs[0][0] if pairs else None
     slider, note = _slider(pairs, first)
     picker = gr.Dropdown(choices=[p[0] for p in pairs], value=first)
-    return (_top5(found.a), _top5(found.b), _caption(found), pairs, picker, slider, note, *_rows(found, files))
+    return (_top5(found.a), _top5(found.b), _caption(found), pairs, picker, slider, note, gr.Group(visible=True),
+            *_rows(found, files))
 
 
 @user_errors
@@ -182,6 +185,8 @@ class CompareTab(Refresh):
 def build(model: gr.Dropdown, weights: gr.Radio) -> CompareTab:
     """The tab's components and its own events (inside the current ``gr.Tab``); returns its refresh."""
     curated = explore.curated_models()
+    gr.Markdown("A and B start from the model chosen at the top, trained against untrained; change either "
+                "side here without changing the other tabs.", elem_id="cmp-intro")
     mode = gr.Radio(MODE_CHOICES, value=TWO_MODELS, label="Compare", elem_id="cmp-mode")
     with gr.Row():
         with gr.Column(min_width=280):
@@ -212,7 +217,7 @@ def build(model: gr.Dropdown, weights: gr.Radio) -> CompareTab:
                              elem_id=f"cmp-b-{i}", elem_classes=["cmp-picture"])
         rows += [row, title, a, b]
     gallery = gr.Gallery(label="A and B, row by row", visible=False, elem_id="cmp-gallery")  # /compare's answer
-    with gr.Group():
+    with gr.Group(visible=False) as slider_group:
         picker = gr.Dropdown([], value=None, label="Lay one over the other", elem_id="cmp-pair",
                              info="Drag the slider to wipe from A to B at the same depth.")
         slider = gr.ImageSlider(label="A ◀ drag ▶ B", type="filepath", interactive=False, elem_id="cmp-slider", height=480)
@@ -244,7 +249,7 @@ def build(model: gr.Dropdown, weights: gr.Radio) -> CompareTab:
     api_only.click(load_checkpoint, [arch, checkpoint, labels], [uploaded, report], concurrency_id=WORK,
                    api_name="load_checkpoint")
     page_inputs = [mode, model_a, weights_a, model_b, weights_b, image, image_b, view]
-    page_outputs = [top_a, top_b, caption, pairs, picker, slider, slider_note, *rows]
+    page_outputs = [top_a, top_b, caption, pairs, picker, slider, slider_note, slider_group, *rows]
     mode.change(mode_changed, [mode, weights_a], [model_b, weights_b, image_b], api_visibility="private", queue=False)
     gr.on([mode.change, model_a.input, weights_a.input, model_b.input, weights_b.input, image.change, image_b.change,
            view.change], show, page_inputs, page_outputs, concurrency_id=WORK, trigger_mode="always_last",

@@ -62,8 +62,11 @@ def test_compare_two_photos_through_one_model(raw):
     assert status == "complete", answer
     gallery, top_a, top_b, caption = answer
     assert top_a["label"] == "espresso" and top_b["label"] != "espresso"
-    # the same labels on both sides: B's map explains A's class, so both answer one question
-    assert "Grad-CAM for espresso" in gallery[0]["caption"] and "Grad-CAM for espresso" in gallery[1]["caption"]
+    # two photos: each side explains what the model saw in its own photo
+    assert "Grad-CAM for espresso" in gallery[0]["caption"] and f"Grad-CAM for {top_b['label']}" in gallery[1]["caption"]
+    status, answer = raw.call("compare", [MODEL, MODEL, COFFEE, "pretrained", "random", "cam"])
+    assert status == "complete", answer  # one photo, the same labels: B answers A's question
+    assert "Grad-CAM for espresso" in answer[0][0]["caption"] and "Grad-CAM for espresso" in answer[0][1]["caption"]
 
 
 def test_compare_bad_inputs_are_sentences(raw):
@@ -106,6 +109,8 @@ def test_load_checkpoint_then_filters_show_its_weights(raw, resnet18_checkpoint)
     assert np.array_equal(served, truth.image)
     status, answer = raw.call("compare", [name, name, COFFEE, "pretrained", "random", "stages"])
     assert status == "complete", answer
+    assert "your checkpoint my-resnet18.safetensors · its weights" in answer[3]
+    assert "random weights, not the checkpoint" in answer[3]
 
 
 class Canary:
@@ -144,6 +149,7 @@ def test_compare_tab_in_the_browser_with_a_checkpoint_upload(browser_page: Page,
     page = browser_page
     open_app(page, app_url)
     open_tab(page, "Compare")
+    expect(page.locator("#cmp-slider")).to_be_hidden()  # nothing to lay over before a photo
     page.locator("#cmp-image input[type=file]").set_input_files(str(EXAMPLES / "coffee.png"))
     caption = wait_text(page, "#cmp-caption", contains="Random weights, as chosen")
     assert "Pretrained weights" in caption and MODEL in caption  # it opens on the model being explored
