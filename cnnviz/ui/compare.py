@@ -79,9 +79,10 @@ def _slider(pairs: list[tuple[str, str, str, bool]], title: str):
     for name, a, b, same in pairs:
         if name == title:
             if same:
-                return gr.ImageSlider(value=(a, b), label=f"{name}: A ◀ drag ▶ B"), ""
-            return gr.ImageSlider(value=None), f"The two pictures of **{name}** differ in size, so they cannot be laid one over the other; they are side by side above."
-    return gr.ImageSlider(value=None), ""
+                return gr.ImageSlider(value=(a, b), label=f"{name}: A ◀ drag ▶ B", visible=True), ""
+            return (gr.ImageSlider(value=None, visible=False),
+                    f"The two pictures of **{name}** differ in size, so they cannot be laid one over the other; they are side by side above.")
+    return gr.ImageSlider(value=None, visible=False), ""
 
 
 ROWS = 1 + len(explore.STAGE_STRIDES)  # the first convolution and one row per stage stride
@@ -152,7 +153,7 @@ def load_checkpoint(model: str, checkpoint: str, labels: str | None = None):
     if not checkpoint:
         raise gr.Error(f"Upload a checkpoint file ({', '.join(CHECKPOINT_TYPES)}) first.")
     report = explore.load_checkpoint(model, checkpoint, labels or None)
-    return report.name, report.describe()
+    return report.name, report.describe().replace("\n", "\n\n")  # one paragraph per line in Markdown
 
 
 @user_errors

@@ -186,6 +186,10 @@ def test_compare_tab_in_the_browser_with_a_checkpoint_upload(browser_page: Page,
     assert b.std() > 5
     expect(page.locator("#cmp-use")).to_be_visible()
     shot("compare-own-checkpoint")
+    page.get_by_label("First-layer filters").check()  # 32 filters 3×3 against 64 of 7×7: no slider, a sentence
+    wait_text(page, "#cmp-slider-note", contains="differ in size")
+    expect(page.locator("#cmp-slider")).to_be_hidden()
+    expect(page.locator("#cmp-b-0")).to_contain_text("conv1 · 64 filters 7×7")
     page.locator("#cmp-use").click()  # the upload in every tab: the model picker shows it
     expect(page.locator("#weights-notice")).to_contain_text(name, timeout=60_000)
     assert not error_toasts(page)
