@@ -39,8 +39,8 @@ def link(**params) -> SimpleNamespace:
 
 def test_deep_link_opens_model_layer_and_tab_without_the_default_model(warnings, no_default_model):
     out = ui.open_page(link(model="ResNet18", layer="layer3.0.conv1", tab="feature-maps", weights="random"))
-    key, weights, tabs, tab, banner, notice, layer, filters_layer, shown, refresh = out
-    assert (key, weights, tab, shown, refresh) == ("resnet18", "random", "feature-maps", "resnet18", True)
+    key, weights, tabs, tab, banner, notice, layer, filters_layer, shown, refresh, compare = out
+    assert (key, weights, tab, shown, refresh, compare) == ("resnet18", "random", "feature-maps", "resnet18", True, {})
     assert tabs.selected == "feature-maps" and banner == ""
     assert "ResNet-18" in notice and "random weights (as chosen)" in notice
     expected = [(l.label, l.name) for l in cnnviz.list_layers(cnnviz.load_model("resnet18", "random"))]
@@ -68,9 +68,10 @@ def test_a_bad_link_gets_sentences_and_the_page_still_opens(warnings, monkeypatc
 
 
 def test_link_parameters_are_bounded_text():
-    params = ui.link_params(link(model=" resnet18 ", layer="x" * 5000, other="ignored"))
-    assert params == {"model": "resnet18", "layer": "x" * ui.LINK_LIMIT, "tab": "", "weights": ""}
-    assert ui.link_params(None) == {"model": "", "layer": "", "tab": "", "weights": ""}
+    params = ui.link_params(link(model=" resnet18 ", layer="x" * 5000, b="y" * 5000, other="ignored"))
+    empty = {"model": "", "layer": "", "tab": "", "weights": "", "b": "", "bweights": "", "view": ""}
+    assert params == {**empty, "model": "resnet18", "layer": "x" * ui.LINK_LIMIT, "b": "y" * ui.LINK_LIMIT}
+    assert ui.link_params(None) == empty
 
 
 def test_a_model_typo_puts_the_shown_model_back_and_refreshes_nothing(warnings):

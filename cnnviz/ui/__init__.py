@@ -56,7 +56,7 @@ def model_notice(view: explore.ModelView) -> str:
     return line + (f"\n\nℹ️ {view.note}" if view.note else "")
 
 
-# --- deep links: ?model=resnet50&layer=layer3.0.conv1&tab=feature-maps[&weights=random] -------------------
+# --- deep links: ?model=resnet50&layer=layer3.0.conv1&tab=feature-maps[&weights=random]; Compare adds b, bweights, view
 
 TABS = {"architecture": "Architecture", "filters": "Filters", "feature-maps": "Feature maps", "attribution": "Attribution",
         "compare": "Compare"}
@@ -64,23 +64,29 @@ LINK_LIMIT = 200  # characters of a URL parameter read at all (names are far sho
 
 # Writes the view into the address bar (no reload, no history entry), so copying it shares the view.
 # Runs in the browser only. "/" stays readable in timm names (timm/resnet50.a1_in1k).
-SYNC_URL = """(model, weights, tab, mapsLayer, filtersLayer) => {
+SYNC_URL = """(model, weights, tab, mapsLayer, filtersLayer, modelB, weightsB, view) => {
     const put = (k, v) => v ? `${k}=${encodeURIComponent(v).replace(/%2F/g, '/')}` : null;
     const layer = tab === 'filters' ? filtersLayer : mapsLayer;
-    const ours = ['model', 'layer', 'tab', 'weights'];
+    const ours = ['model', 'layer', 'tab', 'weights', 'b', 'bweights', 'view'];
+    const compare = tab === 'compare' ? [put('b', modelB !== model ? modelB : null), put('bweights', weightsB),
+                                         put('view', view !== 'filters' ? view : null)] : [];
     const others = [...new URLSearchParams(location.search)].filter(([k]) => !ours.includes(k))  // ?__theme=dark stays
         .map(([k, v]) => `${encodeURIComponent(k)}=${encodeURIComponent(v)}`);
     const query = [put('model', model), put('layer', layer), put('tab', tab),
-                   weights === 'random' ? 'weights=random' : null, ...others].filter(Boolean).join('&');
+                   weights === 'random' ? 'weights=random' : null, ...compare, ...others].filter(Boolean).join('&');
     if (model) history.replaceState(history.state, '', `${location.pathname}${query ? '?' + query : ''}${location.hash}`);
     return [];
 }"""
 
 
+COMPARE_LINK = ("b", "bweights", "view")  # the Compare tab's side B and view: ?tab=compare&b=resnet50&bweights=pretrained&view=stages
+
+
 def link_params(request: gr.Request | None) -> dict[str, str]:
-    """The view named in the page's URL: model, layer, tab, weights (each text, at most LINK_LIMIT characters)."""
+    """The view named in the page's URL: model, layer, tab, weights, and Compare's b, bweights, view (each
+    text, at most LINK_LIMIT characters)."""
     params = dict(request.query_params) if request is not None else {}
-    return {k: str(params.get(k, "")).strip()[:LINK_LIMIT] for k in ("model", "layer", "tab", "weights")}
+    return {k: str(params.get(k, "")).strip()[:LINK_LIMIT] for k in ("model", "layer", "tab", "weights", *COMPARE_LINK)}
 
 
 def _layer_choices(view: explore.ModelView):
@@ -118,8 +124,9 @@ def open_page(request: gr.Request, progress=gr.Progress(track_tqdm=True)):
             filters_layer = layer
         else:
             gr.Warning(f"The link's layer {quoted(layer)} is not a convolution; Filters shows the first one.")
+    compare = {k: link[k] for k in COMPARE_LINK if link[k]} if tab == "compare" else {}
     return (view.spec.key, weights, gr.Tabs(selected=tab), tab, banner, model_notice(view),
-            gr.Dropdown(choices=_layer_choices(view), value=layer), filters_layer, view.spec.key, True)
+            gr.Dropdown(choices=_layer_choices(view), value=layer), filters_layer, view.spec.key, True, compare)
 
 
 def _select(model: str, weights: str, layer: str, shown: str):
@@ -259,7 +266,7 @@ def build_demo() -> gr.Blocks:
         gr.Markdown(
             "# 🔬 CNN Explorer\nWhat a convolutional network is made of and what it sees: its layers, "
             "its filters, the feature maps of your own photo at any layer, why it decided, and two models "
-            "side by side. The address bar holds the model, layer and tab you see: copy it to share them."
+            "side by side. The address bar always holds the view you see: copy it to share it."
         )
         with gr.Row():
             model = gr.Dropdown(
@@ -290,7 +297,8 @@ def build_demo() -> gr.Blocks:
 
         view_layers = [maps.layer, kernels.layer]
         chain = demo.load(
-            open_page, None, [model, weights, tabs, view_tab, banner, notice, maps.layer, kernels.layer, shown, refresh_all],
+            open_page, None, [model, weights, tabs, view_tab, banner, notice, maps.layer, kernels.layer, shown, refresh_all,
+                              cmp.link],
             api_visibility="private", concurrency_id=WORK,
         )
         starts = [chain]
@@ -316,9 +324,12 @@ def build_demo() -> gr.Blocks:
         for tab_id, tab in (("architecture", arch_tab), ("filters", filters_tab_), ("feature-maps", maps_tab), ("attribution", attr_tab), ("compare", cmp_tab)):
             tab.select(None, None, view_tab, js=f"() => '{tab_id}'", api_visibility="private", queue=False)
         maps.layer.change(None, maps.layer, current, js="(layer) => layer", api_visibility="private", queue=False)
+        compare_view = [cmp.models[1], cmp.weights_b, cmp.view]
         gr.on(
-            [shown.change, weights.change, view_tab.change, *(layer.change for layer in view_layers)],
-            None, [shown, weights, view_tab, *view_layers], None, js=SYNC_URL, api_visibility="private", queue=False,
+            [shown.change, weights.change, view_tab.change, *(layer.change for layer in view_layers),
+             *(c.change for c in compare_view)],
+            None, [shown, weights, view_tab, *view_layers, *compare_view], None, js=SYNC_URL, api_visibility="private",
+            queue=False,
         )
         document_as_text(model, MODEL_API, "resnet18")
         document_as_text(maps.layer, LAYER_API, "layer1.0.conv1")

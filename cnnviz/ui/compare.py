@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from .. import explore
+from ..errors import CnnvizError
 from .common import EXAMPLE_FILES, OUTPUTS, WORK, Refresh, SafeFile, SafeImage, label_dict, user_errors, weights_used
 
 TWO_MODELS, TWO_PHOTOS = "two-models", "two-photos"
@@ -165,13 +166,34 @@ def load_for_page(model, checkpoint, labels):
             gr.Radio(value="pretrained"), gr.Button(visible=True))
 
 
+def _linked(link: dict, model_b: str, weights_b: str, view: str) -> tuple[str, str, str]:
+    """Side B and the view as a page link names them (``?tab=compare&b=…&bweights=…&view=…``); a link's
+    mistake gets a warning and the default stays."""
+    if link.get("b"):
+        try:
+            model_b = explore.select_model(link["b"], link.get("bweights") or weights_b).spec.key
+        except CnnvizError as e:
+            gr.Warning(f"The link's side B: {e}")
+    if link.get("bweights") in explore.WEIGHT_CHOICES:
+        weights_b = link["bweights"]
+    if link.get("view") in explore.COMPARE_VIEWS:
+        view = link["view"]
+    elif link.get("view"):
+        gr.Warning(f"The link's view {link['view'][:80]!r} is not one of: {', '.join(explore.COMPARE_VIEWS)}.")
+    return model_b, weights_b, view
+
+
 @user_errors
-def refresh(model, weights, mode, weights_b, image, image_b, view):
+def refresh(model, weights, mode, weights_b, image, image_b, view, link):
     """After a model change at the top: both sides show it (A with the page's weights, B with the
-    other choice: trained against untrained), compared again when there is a photo."""
+    other choice: trained against untrained), compared again when there is a photo. A page link's side B
+    and view apply once, when the page opens."""
     other = "random" if weights == "pretrained" else "pretrained"
-    b_weights = weights if mode == TWO_PHOTOS else other
-    return (model, weights, model, b_weights, model, *show(mode, model, weights, model, b_weights, image, image_b, view))
+    model_b, b_weights = model, weights if mode == TWO_PHOTOS else other
+    if link:
+        model_b, b_weights, view = _linked(link, model_b, b_weights, view)
+    return (model, weights, model_b, b_weights, model, view, {},
+            *show(mode, model, weights, model_b, b_weights, image, image_b, view))
 
 
 @dataclass
@@ -181,6 +203,9 @@ class CompareTab(Refresh):
     models: tuple[gr.Dropdown, ...]  # the model boxes (A, B, the checkpoint's architecture): free text
     checkpoint: gr.File
     labels: gr.File
+    weights_b: gr.Radio
+    view: gr.Radio
+    link: gr.State  # what open_page read of the link for this tab
 
 
 def build(model: gr.Dropdown, weights: gr.Radio) -> CompareTab:
@@ -260,6 +285,8 @@ def build(model: gr.Dropdown, weights: gr.Radio) -> CompareTab:
                [uploaded, report, model_a, model_b, weights_b, use_everywhere], concurrency_id=WORK,
                api_visibility="private").success(show, page_inputs, page_outputs, concurrency_id=WORK,
                                                  api_visibility="private")
-    io = dict(inputs=[model, weights, mode, weights_b, image, image_b, view],
-              outputs=[model_a, weights_a, model_b, weights_b, arch, *page_outputs], concurrency_id=WORK)
-    return CompareTab(refresh, io, use_everywhere, uploaded, (model_a, model_b, arch), checkpoint, labels)
+    link = gr.State({})  # Compare's part of the page's link, until the first refresh applies it
+    io = dict(inputs=[model, weights, mode, weights_b, image, image_b, view, link],
+              outputs=[model_a, weights_a, model_b, weights_b, arch, view, link, *page_outputs], concurrency_id=WORK)
+    return CompareTab(refresh, io, use_everywhere, uploaded, (model_a, model_b, arch), checkpoint, labels,
+                      weights_b, view, link)

@@ -193,3 +193,27 @@ def test_compare_tab_in_the_browser_with_a_checkpoint_upload(browser_page: Page,
     page.locator("#cmp-use").click()  # the upload in every tab: the model picker shows it
     expect(page.locator("#weights-notice")).to_contain_text(name, timeout=60_000)
     assert not error_toasts(page)
+
+
+def test_a_link_opens_the_comparison_and_the_address_bar_follows_it(browser_page: Page, app_url, shot):
+    from .test_browser_shell import open_link, wait_query
+
+    page = browser_page
+    open_link(page, app_url, model="resnet18", weights="random", tab="compare", b="timm/resnet18",
+              bweights="random", view="stages")
+    expect(page.locator("#cmp-model-b input")).to_have_value(re.compile("resnet18"), timeout=60_000)
+    expect(page.get_by_label("Feature maps at each stage")).to_be_checked()
+    page.locator("#cmp-image input[type=file]").set_input_files(str(EXAMPLES / "cat.png"))
+    caption = wait_text(page, "#cmp-caption", contains="timm/resnet18")
+    assert "(resnet18)" in caption and "(timm/resnet18)" in caption
+    expect(page.locator("#cmp-title-4")).to_contain_text("stride 32", timeout=60_000)
+    page.get_by_label("Grad-CAM").check()
+    wait_query(page, model="resnet18", tab="compare", b="timm/resnet18", bweights="random", view="cam")
+    shot("compare-linked")
+    open_link(page, app_url, model="resnet18", weights="random", tab="compare", b="resnet1800", view="everything")
+    expect(page.locator("#cmp-model-a input")).not_to_have_value("", timeout=60_000)
+    expect(page.locator(".toast-body.warning").first).to_contain_text("The link's view", timeout=60_000)
+    said = " ".join(page.locator(".toast-body.warning").all_inner_texts())
+    assert "side B" in said and "resnet18" in said and "The link's view 'everything'" in said
+    expect(page.get_by_label("First-layer filters")).to_be_checked()
+    assert not error_toasts(page)
