@@ -19,13 +19,13 @@ import gradio as gr
 from gradio_client import handle_file
 from starlette.middleware import Middleware
 
-from .. import explore, server
+from .. import cancel, explore, server
 from ..errors import CnnvizError, quoted
 from . import architecture as architecture_tab, attribution as attribution_tab, compare as compare_tab, feature_maps as feature_maps_tab, filters as filters_tab
 from .architecture import architecture
 from .common import (
     EXAMPLE_FILES, MAX_PER_CLIENT, MAX_PER_SESSION, MAX_UPLOAD, UPLOAD_QUOTA, WORK, CheckedBlocks, Refresh,
-    limit_clients, user_errors,
+    limit_clients, user_errors, warn,
 )
 from .feature_maps import feature_maps
 from .filters import filters
@@ -101,13 +101,13 @@ def open_page(request: gr.Request, progress=gr.Progress(track_tqdm=True)):
     weights = link["weights"] if link["weights"] in explore.WEIGHT_CHOICES else "pretrained"
     tab = link["tab"] if link["tab"] in TABS else "architecture"
     if link["tab"] and link["tab"] not in TABS:
-        gr.Warning(f"The link's tab {quoted(link['tab'])} is not one of: {', '.join(TABS)}. Showing {TABS[tab]}.")
+        warn(f"The link's tab {quoted(link['tab'])} is not one of: {', '.join(TABS)}. Showing {TABS[tab]}.")
     banner, view = "", None
     if link["model"]:
         try:
             view = explore.select_model(link["model"], weights)
         except CnnvizError as e:
-            gr.Warning(f"The link's model: {e}")
+            warn(f"The link's model: {e}")
     if view is None:
         opened = explore.startup_model()
         banner = f"ℹ️ {opened.notice}" if opened.notice else ""
@@ -117,13 +117,13 @@ def open_page(request: gr.Request, progress=gr.Progress(track_tqdm=True)):
         try:
             layer = explore.find_layer(view.spec.key, weights, link["layer"]).name
         except CnnvizError as e:
-            gr.Warning(f"The link's layer: {e} Showing {layer}.")
+            warn(f"The link's layer: {e} Showing {layer}.")
     filters_layer = gr.skip()
     if tab == "filters" and link["layer"] == layer:
         if any(conv.name == layer for conv in explore.list_convolutions(view.spec.key, weights)):
             filters_layer = layer
         else:
-            gr.Warning(f"The link's layer {quoted(layer)} is not a convolution; Filters shows the first one.")
+            warn(f"The link's layer {quoted(layer)} is not a convolution; Filters shows the first one.")
     compare = {k: link[k] for k in COMPARE_LINK if link[k]} if tab == "compare" else {}
     return (view.spec.key, weights, gr.Tabs(selected=tab), tab, banner, model_notice(view),
             gr.Dropdown(choices=_layer_choices(view), value=layer), filters_layer, view.spec.key, True, compare)
@@ -135,7 +135,7 @@ def _select(model: str, weights: str, layer: str, shown: str):
     try:
         view = explore.select_model(model, weights)
     except CnnvizError as e:
-        gr.Warning(str(e))
+        warn(str(e))
         return shown or gr.skip(), gr.skip(), gr.skip(), gr.skip(), False
     keep = layer if any(info.name == layer for info in view.layers) else view.default_layer
     return view.spec.key, model_notice(view), gr.Dropdown(choices=_layer_choices(view), value=keep), view.spec.key, True
@@ -179,8 +179,9 @@ def when(flag: gr.State, tab: Refresh) -> dict:
         *list(own.parameters.values())[: len(tab.io["inputs"])],
         inspect.Parameter("refresh", inspect.Parameter.POSITIONAL_OR_KEYWORD),
     ])
-    return dict(fn=refresh_if, inputs=[*tab.io["inputs"], flag], outputs=outputs,
-                concurrency_id=tab.io.get("concurrency_id", WORK), api_visibility="private")
+    lane = {k: tab.io[k] for k in ("concurrency_id", "concurrency_limit") if k in tab.io}
+    return dict(fn=refresh_if, inputs=[*tab.io["inputs"], flag], outputs=outputs, api_visibility="private",
+                **{"concurrency_id": WORK, **lane})
 
 
 @user_errors
@@ -255,6 +256,8 @@ MODEL_API = (
 )
 LAYER_API = ('A qualified module name as named_modules() gives it ("layer2.0.conv1", "features.3"); '
              'empty: the first convolution.')
+TARGET_API = ('The class to explain: a label of the model ("tabby") or a class index ("281"); empty: the '
+              "model's top class.")
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_IMAGE = next((p for p in sorted(EXAMPLE_FILES) if p.stem == "coffee"), min(EXAMPLE_FILES, default=None))
 
@@ -335,6 +338,7 @@ def build_demo() -> gr.Blocks:
         document_as_text(maps.layer, LAYER_API, "layer1.0.conv1")
         document_as_text(kernels.layer, "A convolution's qualified name (\"layer4.2.conv2\"); empty: the first convolution.", "")
         document_as_text(attr.layer, LAYER_API, "layer4")
+        document_as_text(attr.target, TARGET_API, "")
         for picker in cmp.models:
             document_as_text(picker, MODEL_API + " Also upload/<digest> from /load_checkpoint.", "resnet18")
         document_example_file(cmp.checkpoint, "my-resnet18.safetensors")
@@ -361,7 +365,8 @@ def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, mcp: 
         prevent_thread_lock=True, mcp_server=mcp,
         app_kwargs={"middleware": [
             Middleware(server.BodyLimit, upload_limit=int((explore.CHECKPOINT_LIMIT_MB + 1) * 2**20)),
-            Middleware(server.UploadJanitor, folder=folder, quota=UPLOAD_QUOTA),
+            Middleware(server.UploadGuard, quota=server.disk_quota(folder, UPLOAD_QUOTA)),
+            Middleware(cancel.StreamWatch),  # who still reads a result: work nobody waits for stops
         ]},
     )
     return demo

@@ -13,7 +13,7 @@ import gradio as gr
 import numpy as np
 
 from .. import explore
-from .common import EXAMPLE_FILES, OUTPUTS, WORK, Refresh, SafeImage, user_errors, weights_used, whole
+from .common import EXAMPLE_FILES, HEAVY, OUTPUTS, Refresh, SafeImage, markdown_text, user_errors, weights_used, whole
 
 METHOD_CHOICES = [
     ("Grad-CAM", "gradcam"), ("Grad-CAM++", "gradcampp"), ("LayerCAM", "layercam"), ("Score-CAM (slow)", "scorecam"),
@@ -40,11 +40,11 @@ def _cam(model, image, method, target, layer, weights, opacity):
     buffer = io.BytesIO()
     np.save(buffer, view.map, allow_pickle=False)
     name = f"{model}-{method}-{view.class_index}"
-    also = "" if view.label == view.top_label else f" (the model's own top class is **{view.top_label}**)"
+    also = "" if view.label == view.top_label else f" (the model's own top class is **{markdown_text(view.top_label)}**)"
     empty = (" The map is zero everywhere: the class score does not rise with any of this layer's maps here "
              "(in a vision transformer the class is read from the class token; pick an earlier layer).") if not view.map.any() else ""
     caption = (
-        f"**{explore.CAM_NAMES[method]}** for **{view.label}** (class {view.class_index}, probability "
+        f"**{explore.CAM_NAMES[method]}** for **{markdown_text(view.label)}** (class {view.class_index}, probability "
         f"{view.probability:.1%}){also}, at `{view.layer.name}` ({h}×{w}, upsampled to the picture the model saw; "
         f"bright: the parts that raise this class's score).{empty} {EXPLAINED[method]}\n\n{weights_used(view.weights)}"
     )
@@ -63,7 +63,7 @@ def attribution(model: str, image: str, method: str = "gradcam", target: str = "
 
     Args:
         model: a curated key (alexnet, resnet50, ...), any torchvision classifier name, or timm/<name>.
-        image: an uploaded image file.
+        image: an image uploaded to this app (the path /gradio_api/upload answers; over MCP, the URL upload_file_to_gradio returns).
         method: "gradcam", "gradcampp" (Grad-CAM++), "layercam" or "scorecam" (Score-CAM, slow).
         target: the class to explain, as an index ("281") or a label ("tabby"); empty: the model's top class.
         layer: qualified module name of the target layer; empty: the last map before the network pools it.
@@ -80,7 +80,7 @@ def projection(model: str, image: str, layer: str, channel: float, method: str =
 
     Args:
         model: a curated key (alexnet, resnet50, ...), any torchvision classifier name, or timm/<name>.
-        image: an uploaded image file.
+        image: an image uploaded to this app (the path /gradio_api/upload answers; over MCP, the URL upload_file_to_gradio returns).
         layer: qualified module name (e.g. "layer3.1.conv2"); empty: the last map before the network pools it.
         channel: the channel index, from 0 to the layer's channel count minus one.
         method: "guided_backprop" (guided backpropagation) or "deconvnet".
@@ -104,14 +104,14 @@ def guided_gradcam(model: str, image: str, target: str = "", layer: str = "", we
 
     Args:
         model: a curated key (alexnet, resnet50, ...), any torchvision classifier name, or timm/<name>.
-        image: an uploaded image file.
+        image: an image uploaded to this app (the path /gradio_api/upload answers; over MCP, the URL upload_file_to_gradio returns).
         target: the class to explain, as an index ("281") or a label ("tabby"); empty: the model's top class.
         layer: qualified module name of Grad-CAM's target layer; empty: the last map before the network pools it.
         weights: "pretrained" or "random".
     """
     view = explore.guided_gradcam(model, image, target or "", layer or "", weights)
     caption = (
-        f"**Guided Grad-CAM** for **{view.label}** (class {view.class_index}, probability {view.probability:.1%}), "
+        f"**Guided Grad-CAM** for **{markdown_text(view.label)}** (class {view.class_index}, probability {view.probability:.1%}), "
         f"Grad-CAM at `{view.layer.name}`: left, the pixels whose change raises this class's score (guided "
         f"backpropagation; grey: no effect), kept where the class's Grad-CAM is on; right, the picture the model "
         f"saw.\n\n{weights_used(view.weights)}"
@@ -169,6 +169,7 @@ def refresh(model, weights, image, method, target, layer, opacity):
 @dataclass
 class AttributionTab(Refresh):
     layer: gr.Dropdown
+    target: gr.Dropdown
 
 
 def build(model: gr.Dropdown, weights: gr.Radio) -> AttributionTab:
@@ -213,19 +214,19 @@ def build(model: gr.Dropdown, weights: gr.Radio) -> AttributionTab:
     cam_inputs = [model, image, method, target, layer, weights, opacity]
     cam_outputs = [overlay, npy, explained, caption]
     api_only = gr.Button(visible=False)  # the public endpoints are strict: no image is an error there
-    api_only.click(attribution, cam_inputs, cam_outputs, concurrency_id=WORK, api_name="attribution")
+    api_only.click(attribution, cam_inputs, cam_outputs, **HEAVY, api_name="attribution")
     api_only.click(projection, [model, image, layer, channel, how, weights], [projected, projected_caption],
-                   concurrency_id=WORK, api_name="projection")
+                   **HEAVY, api_name="projection")
     api_only.click(guided_gradcam, [model, image, target, layer, weights], [guided, guided_caption],
-                   concurrency_id=WORK, api_name="guided_gradcam")
+                   **HEAVY, api_name="guided_gradcam")
     guided_go.click(show_guided, [model, image, target, layer, weights], [guided, guided_caption],
-                    concurrency_id=WORK, api_visibility="private")
+                    **HEAVY, api_visibility="private")
     gr.on([image.change, method.change, target.change, layer.input, opacity.change], show, cam_inputs, cam_outputs,
-          concurrency_id=WORK, trigger_mode="always_last", api_visibility="private")
+          **HEAVY, trigger_mode="always_last", api_visibility="private")
     check.click(sanity, [model, image, method, target, layer, opacity, weights], [random_overlay, random_caption],
-                concurrency_id=WORK, api_visibility="private")
+                **HEAVY, api_visibility="private")
     go.click(show_projection, [model, image, layer, channel, how, weights], [projected, projected_caption],
-             concurrency_id=WORK, api_visibility="private")
+             **HEAVY, api_visibility="private")
     io = dict(inputs=[model, weights, image, method, target, layer, opacity], outputs=[layer, target, *cam_outputs],
-              concurrency_id=WORK)
-    return AttributionTab(refresh, io, layer)
+              **HEAVY)
+    return AttributionTab(refresh, io, layer, target)

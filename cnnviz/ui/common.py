@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import html
 import inspect
 import logging
 import math
@@ -15,18 +16,21 @@ import os
 import re
 import shutil
 import threading
+import time
 import uuid
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+from urllib.parse import unquote, urlsplit
 
 import gradio as gr
 from fastapi import HTTPException
 from gradio import utils as gradio_utils
 from gradio.context import LocalContext
 
-from .. import explore, server
+from .. import budget, explore, server
+from ..cancel import LISTENERS, UNHEARD_GRACE_S
 from ..errors import CnnvizError, quoted
 from ..weights import WeightsOutcome
 
@@ -35,8 +39,14 @@ EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples"
 EXAMPLE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 EXAMPLE_FILES = frozenset(p.resolve() for p in EXAMPLES_DIR.iterdir() if p.suffix.lower() in EXAMPLE_EXTENSIONS)
 MAX_UPLOAD = f"{max(20, math.ceil(explore.CHECKPOINT_LIMIT_MB))}mb"  # checkpoints; images are held to 20 MB when read
-UPLOAD_QUOTA = int(float(os.environ.get("CNNVIZ_DISK_QUOTA_MB", "1024")) * 2**20)  # uploads + cached outputs
-WORK = "work"  # the one concurrency group: at most 2 handlers run at once in all (the queue's default limit)
+UPLOAD_QUOTA = server.DISK_QUOTA  # every file in the server's folder (CNNVIZ_DISK_QUOTA_MB); shares: server.py
+# Two lanes, so that a long request cannot starve the cheap views: the views of one forward pass
+# (architecture, filters, feature maps, statistics, page loads) run in WORK, 2 at once (the queue's
+# default limit); gradients, per-channel passes, feature visualisation and Compare run in HEAVY,
+# HEAVY_AT_ONCE at once (1 by default: one heavy request already keeps 2 CPU cores busy).
+WORK = "work"
+HEAVY_AT_ONCE = int(os.environ.get("CNNVIZ_HEAVY_AT_ONCE", "1"))
+HEAVY = dict(concurrency_id="heavy", concurrency_limit=HEAVY_AT_ONCE)  # an event's arguments: **HEAVY
 
 
 @dataclass
@@ -66,13 +76,18 @@ class SafeImage(gr.Image):
     def preprocess(self, payload) -> str | None:
         if payload is None:
             return None
-        return self.allowed_path(payload.model_dump())
+        return self.check_payload(payload.model_dump())
 
-    def allowed_path(self, payload: dict) -> str:
-        """The real path of an upload payload ``{"path": ...}``, or a :class:`gr.Error`."""
-        if payload.get("url") and not payload.get("path"):
-            raise gr.Error(NOT_UPLOADED.replace("The image", f"The {self.WHAT}"))
-        return allowed_upload(payload.get("path"), Path(self.GRADIO_CACHE), self.EXAMPLES, self.WHAT)
+    def check_payload(self, payload: dict) -> str:
+        """The real path of an upload payload, or a :class:`gr.Error`: ``{"path": ...}`` naming a file
+        uploaded to this app, or this app's own file URL for it (``…/gradio_api/file=<path>``, what MCP
+        clients send after ``upload_file_to_gradio``). A URL is never fetched: only its path is read."""
+        path = payload.get("path")
+        for candidate in (path, payload.get("url")):
+            if isinstance(candidate, str) and candidate.startswith(("http://", "https://")):
+                path = own_file_url(candidate)
+                break
+        return allowed_upload(path, Path(self.GRADIO_CACHE), self.EXAMPLES, self.WHAT)
 
 
 class SafeFile(gr.File):
@@ -83,13 +98,29 @@ class SafeFile(gr.File):
     EXAMPLES = False
     WHAT = "file"
     preprocess = SafeImage.preprocess
-    allowed_path = SafeImage.allowed_path
+    check_payload = SafeImage.check_payload
 
 
 NOT_UPLOADED = (
-    "The image must be uploaded to this app (POST /gradio_api/upload, or gradio_client's "
-    "handle_file); URLs, data: URLs and server paths are not accepted."
+    "The image must be uploaded to this app first: send the path that POST /gradio_api/upload answers "
+    "(gradio_client's handle_file does this), or this app's own URL for it (…/gradio_api/file=…, what MCP's "
+    "upload_file_to_gradio gives). Other URLs, data: URLs and server paths are not accepted."
 )
+
+
+FILE_ROUTE = "/gradio_api/file="
+
+
+def own_file_url(url: str) -> str | None:
+    """The server path in this app's file URL (``http://host/gradio_api/file=/tmp/…/cat.png``), else None.
+
+    >>> own_file_url("http://127.0.0.1:7860/gradio_api/file=/tmp/up/a%20b.png")
+    '/tmp/up/a b.png'
+    >>> own_file_url("https://evil.example/cat.png") is None
+    True
+    """
+    route = urlsplit(url).path
+    return unquote(route[route.index(FILE_ROUTE) + len(FILE_ROUTE):]) if FILE_ROUTE in route else None
 
 
 def allowed_upload(path: object, upload_folder: Path, examples: bool = True, what: str = "image") -> str:
@@ -97,11 +128,11 @@ def allowed_upload(path: object, upload_folder: Path, examples: bool = True, wha
     examples; otherwise a :class:`gr.Error` that names neither the path nor the server's folders."""
     refused = NOT_UPLOADED.replace("The image", f"The {what}")
     if not isinstance(path, str) or not path or "\0" in path:
-        raise gr.Error(refused)
+        raise Refusal(refused)
     real = Path(os.path.realpath(path))
     inside = real.is_relative_to(upload_folder.resolve()) or (examples and real in EXAMPLE_FILES)
     if not inside or not real.is_file():
-        raise gr.Error(refused if not inside else f"That upload is no longer on the server. Upload the {what} again.")
+        raise Refusal(refused if not inside else f"That upload is no longer on the server. Upload the {what} again.")
     return str(real)
 
 
@@ -126,18 +157,20 @@ def check_call(block_fn, inputs: list) -> None:
     if not isinstance(inputs, list) or len(inputs) != len(block_fn.inputs):
         sent = len(inputs) if isinstance(inputs, list) else 0
         where = f"The /{block_fn.api_name} endpoint" if block_fn.api_name else "This event"
-        raise gr.Error(
+        raise Refusal(
             f"{where} takes {len(names)} parameters, in this order: {', '.join(names)}; "
             f"{sent} {'was' if sent == 1 else 'were'} sent."
         )
     for name, component, value in zip(names, block_fn.inputs, inputs):
-        if isinstance(component, (SafeImage, SafeFile)) and isinstance(value, dict):
-            component.allowed_path(value)  # before Gradio's own file handling, which has gaps
+        if hasattr(component, "check_payload") and isinstance(value, dict):
+            checked = component.check_payload(value)  # before Gradio's own file handling, which has gaps
+            if isinstance(component, (SafeImage, SafeFile)):  # Gradio reads the path checked above, never a URL
+                value.update(path=checked, url=None)
             if isinstance(component, SafeFile):  # gr.File's payload must carry meta; an upload checked above may omit it
                 value.setdefault("meta", {"_type": "gradio.FileData"})
         problem = parameter_problem(component, value)
         if problem:
-            raise gr.Error(f"Parameter '{name}' ({component.label}) {problem}, not {quoted(value)}.")
+            raise Refusal(f"Parameter '{name}' ({component.label}) {problem}, not {quoted(value)}.")
 
 
 def parameter_problem(component, value) -> str | None:
@@ -210,17 +243,32 @@ def limit_clients(demo: gr.Blocks, per_session: int, per_client: int) -> None:
     queue.push = limited_push
 
 
-def stop_reason() -> str | None:
-    """Why the current queued event need not finish: ``"gone"`` once Gradio gave up on it (its page
-    closed, its client disconnected, or it was cancelled), ``"superseded"`` when it is a page event and
-    the same page has sent a newer call of the same handler (queued or running); None otherwise, and
-    outside a queued call."""
+def _event():
+    """The queued event the current thread serves (Gradio's context), or None outside a queued call."""
     event_id, blocks = LocalContext.event_id.get(None), LocalContext.blocks.get(None)
     if event_id is None or blocks is None or blocks._queue is None:
+        return None, None
+    return blocks._queue, blocks._queue.event_ids_to_events.get(event_id)
+
+
+def stop_reason(started: float | None = None) -> str | None:
+    """Why the current queued event need not finish, or None (always None outside a queued call):
+
+    * ``"deadline"``: it has been in the server longer than :data:`cnnviz.budget.REQUEST_SECONDS`
+      (queue wait included): it ends with a sentence;
+    * ``"gone"``: Gradio gave up on it (its page closed, it was cancelled), or no result stream for it has
+      been open for :data:`cnnviz.cancel.UNHEARD_GRACE_S` since ``started`` (a ``time.monotonic()``
+      reading): a raw ``POST /call`` whose result nobody fetches, or a stream the client closed;
+    * ``"superseded"``: a page event whose page has sent a newer call of the same handler."""
+    queue, event = _event()
+    if queue is None:
         return None
-    queue = blocks._queue
-    event = queue.event_ids_to_events.get(event_id)
     if event is None or not event.alive:
+        return "gone"
+    if time.monotonic() - event.enqueue_time > budget.REQUEST_SECONDS:
+        return "deadline"
+    keys = tuple(k for k in (event._id, event.session_hash) if k)
+    if started is not None and LISTENERS.unheard_for(keys, started) > UNHEARD_GRACE_S:
         return "gone"
     if event.fn.api_visibility == "public" or not event.session_hash:
         return None  # API callers get every answer they asked for
@@ -231,32 +279,90 @@ def stop_reason() -> str | None:
     return None
 
 
+def past_deadline() -> Refusal:
+    """The sentence for a request stopped at its deadline, with how long it waited and ran."""
+    _, event = _event()
+    waited = f" ({time.monotonic() - event.enqueue_time:.0f} s since it arrived)" if event is not None else ""
+    return Refusal(
+        f"This request took longer than the {budget.REQUEST_SECONDS:g} s one request may take{waited} and was "
+        "stopped. Try a lighter view (Grad-CAM instead of Score-CAM, fewer steps, an earlier layer or a smaller "
+        "model), or try again when the server is less busy."
+    )
+
+
+class Refusal(gr.Error):
+    """A :class:`gr.Error` for a request the app refuses: one log line instead of a traceback, and the
+    message shown as text (HTML special characters escaped, since Gradio's toasts render HTML)."""
+
+    def __init__(self, message: str, **kwargs) -> None:
+        log.info("refused: %s", " ".join(str(message).split())[:300])
+        super().__init__(html.escape(str(message), quote=False), print_exception=False, **kwargs)
+
+
+def warn(message: str) -> None:
+    """A warning toast whose message is shown as text, never as HTML (links in it stay text)."""
+    gr.Warning(html.escape(str(message), quote=False))
+
+
+def markdown_text(text: object) -> str:
+    """``text`` for a Markdown caption, shown as itself: Markdown and HTML special characters escaped
+    (a label file's ``[login](https://…)`` stays text, not a link).
+
+    >>> print(markdown_text("[a](http://x) <b>*"))
+    \\[a\\]\\(http://x\\) &lt;b&gt;\\*
+    """
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(str(text), quote=False))
+
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~])")
+
 
 def user_errors(fn):
     """Show library errors as their plain sentence; log anything else and show a short message.
-    Work nobody waits for any more (a superseded page event, a client gone) stops and changes nothing."""
+    Work nobody waits for any more (a superseded page event, a client gone) stops and changes nothing;
+    work past its deadline stops with a sentence."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        started = time.monotonic()
         try:
-            if reason := stop_reason():
+            if reason := stop_reason(started):
+                if reason == "deadline":
+                    raise past_deadline()
                 log.info("%s not started: %s", fn.__name__, reason)
                 return gr.skip()  # a newer call of this view is queued, or nobody waits for this one
-            with explore.stop_when(stop_reason):
+            with explore.stop_when(lambda: stop_reason(started)):
                 return fn(*args, **kwargs)
         except explore.Stopped as e:
+            if str(e) == "deadline":
+                raise past_deadline() from None
             log.info("%s stopped mid-pass: %s", fn.__name__, e)
             return gr.skip()
         except gr.Error:
             raise
         except CnnvizError as e:
-            raise gr.Error(str(e)) from e
+            raise Refusal(str(e)) from None
+        except MemoryError:
+            raise Refusal(OUT_OF_MEMORY) from None
         except Exception as e:  # a bug or a model that cannot run: keep serving, say what failed
+            if _allocation_failed(e):
+                raise Refusal(OUT_OF_MEMORY) from None
             log.exception("handler %s failed", fn.__name__)
             what = fn.__name__.strip("_").replace("_", " ")
-            raise gr.Error(f"Something went wrong in {what}: {type(e).__name__}: {str(e)[:200]}") from e
+            raise gr.Error(print_exception=False, message=f"{what.capitalize()} failed on this model and input ({type(e).__name__}); the server "
+                           "logged the details. Try another layer or model.") from e
 
     return wrapper
+
+
+OUT_OF_MEMORY = ("The server ran out of memory for this request and stopped it. Try a smaller model, an earlier "
+                 "layer or a lighter view.")
+
+
+def _allocation_failed(error: Exception) -> bool:
+    """True for torch's failed allocations ("DefaultCPUAllocator: can't allocate memory", CUDA out of memory)."""
+    text = str(error)
+    return isinstance(error, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text.lower())
 
 
 def whole(value, what: str) -> int:
@@ -264,39 +370,62 @@ def whole(value, what: str) -> int:
     try:
         return int(float(value))
     except (TypeError, ValueError, OverflowError) as e:
-        raise gr.Error(f"{what} must be a whole number, not {quoted(value)}.") from e
+        raise Refusal(f"{what} must be a whole number, not {quoted(value)}.") from e
 
 
 
 class OutputFiles:
-    """Files handed to Gradio (which copies them into its own cache): written to ``outputs/`` in the
-    server's temp folder, only the newest ``keep`` kept, and the whole folder held to the disk quota,
-    so a long-running server does not fill its disk. A folder removed under it (a /tmp cleaner) is made
-    again on the next write."""
+    """Files handed to Gradio (served from where they are: Gradio's cache is this folder): written to
+    ``outputs/`` in the server's temp folder, each in a folder of its own.
 
-    def __init__(self, keep: int = 64) -> None:
-        self.keep = keep
-        self._paths: deque[Path] = deque()
-        self._lock = threading.Lock()
-        self._writes = 0
+    Each write reserves its bytes on the disk quota first (``server.disk_quota``: the total and the
+    visitor's share); over either, a :class:`gr.Error` sentence and nothing written. Nothing is ever
+    deleted to make room: a page may still show or offer any file it was given. Files leave by age
+    (Gradio's ``delete_cache``; the quota's ``expire`` for files Gradio never took over). A folder
+    removed under it (a /tmp cleaner) is made again on the next write. ``quota``: the one to hold
+    (default: the served app's; none in a notebook or tests, where nothing is held)."""
+
+    def __init__(self, quota: server.DiskQuota | None = None) -> None:
+        self._quota = quota
 
     @property
     def folder(self) -> Path:
-        return Path(gradio_utils.get_upload_folder()) / "outputs"
+        return Path(self._quota.folder if self._quota else gradio_utils.get_upload_folder()) / "outputs"
+
+    @property
+    def quota(self) -> server.DiskQuota | None:
+        return self._quota or server.disk_quota(None, UPLOAD_QUOTA)
 
     def write(self, name: str, data: bytes) -> str:
+        """Write ``data`` as a new file named after ``name``; its path.
+
+        Raises:
+            gr.Error: the bytes do not fit the disk quota (the total, or the visitor's share)."""
         safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:120]
-        path = self.folder / uuid.uuid4().hex / safe  # never reused: evicting an old file cannot hit a new one
-        path.parent.mkdir(parents=True)
-        path.write_bytes(data)
-        with self._lock:
-            self._paths.append(path)
-            while len(self._paths) > self.keep:
-                shutil.rmtree(self._paths.popleft().parent, ignore_errors=True)
-            self._writes += 1
-            if self._writes % 32 == 0 and server.private_folder() is not None:  # Gradio's copies count too
-                server.enforce_quota(server.private_folder(), UPLOAD_QUOTA)
+        path = self.folder / uuid.uuid4().hex / safe  # never reused
+        quota = self.quota
+        try:
+            reservation = quota.reserve(len(data), _visitor(), "result") if quota else None
+        except server.DiskFull as e:
+            raise gr.Error(str(e)) from e
+        written = False
+        try:
+            path.parent.mkdir(parents=True)
+            path.write_bytes(data)
+            written = True
+        finally:
+            if not written:
+                shutil.rmtree(path.parent, ignore_errors=True)
+            if reservation is not None:
+                quota.release(reservation, [path] if written else [])
         return str(path)
+
+
+def _visitor() -> str | None:
+    """The client address of the request being handled (as uvicorn reports it), or None."""
+    request = LocalContext.request.get(None)
+    client = getattr(request, "client", None) if request is not None else None
+    return getattr(client, "host", None)
 
 
 OUTPUTS = OutputFiles()

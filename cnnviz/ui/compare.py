@@ -11,7 +11,7 @@ import gradio as gr
 
 from .. import explore
 from ..errors import CnnvizError
-from .common import EXAMPLE_FILES, OUTPUTS, WORK, Refresh, SafeFile, SafeImage, label_dict, user_errors, weights_used
+from .common import EXAMPLE_FILES, HEAVY, OUTPUTS, Refresh, Refusal, SafeFile, SafeImage, label_dict, user_errors, warn, weights_used
 
 TWO_MODELS, TWO_PHOTOS = "two-models", "two-photos"
 MODE_CHOICES = [("Two models (or weights), one photo", TWO_MODELS), ("One model, two photos", TWO_PHOTOS)]
@@ -65,7 +65,7 @@ def compare(model_a: str, model_b: str, image: str, weights_a: str = "pretrained
     Args:
         model_a: side A's model: a curated key, a torchvision name, timm/<name>, or upload/<digest> from /load_checkpoint.
         model_b: side B's model, any name model_a takes (a torchvision name, timm/<name>, upload/<digest>); the same as model_a to compare weights or two photos.
-        image: an uploaded image file (both sides see it, unless image_b is given).
+        image: an image uploaded to this app, as for /feature_maps (both sides see it, unless image_b is given).
         weights_a: "pretrained" or "random".
         weights_b: "pretrained" or "random".
         view: "filters" (first-layer filters), "stages" (first convolution and each stage's output, matched by stride /4 /8 /16 /32) or "cam" (Grad-CAM).
@@ -148,11 +148,11 @@ def load_checkpoint(model: str, checkpoint: str, labels: str | None = None):
 
     Args:
         model: the architecture: a curated key, a torchvision name or timm/<name> (e.g. resnet18).
-        checkpoint: an uploaded .safetensors file, or a PyTorch state dict (.pt, .pth, .bin, .ckpt; read with torch.load(weights_only=True), never unpickled).
+        checkpoint: a file uploaded to this app (as images are): a .safetensors file, or a PyTorch state dict (.pt, .pth, .bin, .ckpt; read with torch.load(weights_only=True), never unpickled).
         labels: optional uploaded text file with one class label per line, for a checkpoint with its own classes.
     """
     if not checkpoint:
-        raise gr.Error(f"Upload a checkpoint file ({', '.join(CHECKPOINT_TYPES)}) first.")
+        raise Refusal(f"Upload a checkpoint file ({', '.join(CHECKPOINT_TYPES)}) first.")
     report = explore.load_checkpoint(model, checkpoint, labels or None)
     return report.name, report.describe().replace("\n", "\n\n")  # one paragraph per line in Markdown
 
@@ -173,13 +173,13 @@ def _linked(link: dict, model_b: str, weights_b: str, view: str) -> tuple[str, s
         try:
             model_b = explore.select_model(link["b"], link.get("bweights") or weights_b).spec.key
         except CnnvizError as e:
-            gr.Warning(f"The link's side B: {e}")
+            warn(f"The link's side B: {e}")
     if link.get("bweights") in explore.WEIGHT_CHOICES:
         weights_b = link["bweights"]
     if link.get("view") in explore.COMPARE_VIEWS:
         view = link["view"]
     elif link.get("view"):
-        gr.Warning(f"The link's view {link['view'][:80]!r} is not one of: {', '.join(explore.COMPARE_VIEWS)}.")
+        warn(f"The link's view {link['view'][:80]!r} is not one of: {', '.join(explore.COMPARE_VIEWS)}.")
     return model_b, weights_b, view
 
 
@@ -271,22 +271,22 @@ def build(model: gr.Dropdown, weights: gr.Radio) -> CompareTab:
 
     api_inputs = [model_a, model_b, image, weights_a, weights_b, view, image_b]
     api_only = gr.Button(visible=False)  # the public endpoints are strict: no image is an error there
-    api_only.click(compare, api_inputs, [gallery, top_a, top_b, caption], concurrency_id=WORK, api_name="compare")
-    api_only.click(load_checkpoint, [arch, checkpoint, labels], [uploaded, report], concurrency_id=WORK,
+    api_only.click(compare, api_inputs, [gallery, top_a, top_b, caption], **HEAVY, api_name="compare")
+    api_only.click(load_checkpoint, [arch, checkpoint, labels], [uploaded, report], **HEAVY,
                    api_name="load_checkpoint")
     page_inputs = [mode, model_a, weights_a, model_b, weights_b, image, image_b, view]
     page_outputs = [top_a, top_b, caption, pairs, picker, slider, slider_note, slider_group, *rows]
     mode.change(mode_changed, [mode, weights_a], [model_b, weights_b, image_b], api_visibility="private", queue=False)
     gr.on([mode.change, model_a.input, weights_a.input, model_b.input, weights_b.input, image.change, image_b.change,
-           view.change], show, page_inputs, page_outputs, concurrency_id=WORK, trigger_mode="always_last",
+           view.change], show, page_inputs, page_outputs, **HEAVY, trigger_mode="always_last",
           api_visibility="private")
     picker.input(slide, [pairs, picker], [slider, slider_note], api_visibility="private", queue=False)
     load.click(load_for_page, [arch, checkpoint, labels],
-               [uploaded, report, model_a, model_b, weights_b, use_everywhere], concurrency_id=WORK,
-               api_visibility="private").success(show, page_inputs, page_outputs, concurrency_id=WORK,
+               [uploaded, report, model_a, model_b, weights_b, use_everywhere], **HEAVY,
+               api_visibility="private").success(show, page_inputs, page_outputs, **HEAVY,
                                                  api_visibility="private")
     link = gr.State({})  # Compare's part of the page's link, until the first refresh applies it
     io = dict(inputs=[model, weights, mode, weights_b, image, image_b, view, link],
-              outputs=[model_a, weights_a, model_b, weights_b, arch, view, link, *page_outputs], concurrency_id=WORK)
+              outputs=[model_a, weights_a, model_b, weights_b, arch, view, link, *page_outputs], **HEAVY)
     return CompareTab(refresh, io, use_everywhere, uploaded, (model_a, model_b, arch), checkpoint, labels,
                       weights_b, view, link)

@@ -15,7 +15,7 @@ import pandas as pd
 from .. import explore
 from ..errors import InvalidImageError, InvalidOptionError
 from . import attribution as attribution_tab, featurevis, webcam
-from .common import EXAMPLE_FILES, OUTPUTS, WORK, Refresh, SafeImage, label_dict, user_errors, weights_used, whole
+from .common import EXAMPLE_FILES, HEAVY, OUTPUTS, WORK, Refresh, Refusal, SafeImage, label_dict, user_errors, warn, weights_used, whole
 
 CHANNEL_CHOICES = [
     ("first N", "first"), ("top N by mean", "top"), ("top N by max", "top-max"), ("dead only", "dead"), ("all", "all"),
@@ -51,7 +51,7 @@ def feature_maps(
 
     Args:
         model: a curated key (alexnet, resnet50, ...), any torchvision classifier name, or timm/<name>.
-        image: an uploaded image file.
+        image: an image uploaded to this app (the path /gradio_api/upload answers; over MCP, the URL upload_file_to_gradio returns).
         layer: qualified module name (e.g. "layer2.0.conv1"); empty: the first convolution.
         weights: "pretrained" or "random".
         channels: "first" N, "top" N by mean, "top-max" N by maximum, "dead" (all-zero) or "all".
@@ -73,7 +73,7 @@ def show(model, image, layer, weights, channels, n, colormap, normalise, picked,
     try:
         grid, labels, caption, trained = _answer(model, image, layer, weights, channels, n, colormap, normalise)
     except InvalidImageError as e:  # one toast and a sentence where the grid goes; no "Error" badge on every output
-        gr.Warning(str(e))
+        warn(str(e))
         return None, None, f"⚠️ {e}", "", None, None, None, None, None, None, NO_CHANNEL
     stats = _stats(model, image, layer, weights)
     if picked is not None and not 0 <= picked < len(stats[1]):
@@ -115,7 +115,7 @@ def channel(model: str, image: str, layer: str, channel: float, weights: str = "
 
     Args:
         model: a curated key (alexnet, resnet50, ...), any torchvision classifier name, or timm/<name>.
-        image: an uploaded image file.
+        image: an image uploaded to this app (the path /gradio_api/upload answers; over MCP, the URL upload_file_to_gradio returns).
         layer: qualified module name (e.g. "layer2.0.conv1"); empty: the first convolution.
         channel: the channel index, from 0 to the layer's channel count minus one.
         weights: "pretrained" or "random".
@@ -154,7 +154,7 @@ def _page_channel(model, image, layer, channel, weights, opacity, colormap) -> t
     try:
         view = explore.channel(model, image, layer or None, channel, weights, opacity, colormap)
     except InvalidOptionError as e:
-        gr.Warning(str(e))
+        warn(str(e))
         return channel, None, None, f"⚠️ {e}"
     return view.channel, *_channel_outputs(model, view)
 
@@ -193,7 +193,7 @@ def layer_stats(model: str, image: str, layer: str = "", weights: str = "pretrai
 
     Args:
         model: a curated key (alexnet, resnet50, ...), any torchvision classifier name, or timm/<name>.
-        image: an uploaded image file.
+        image: an image uploaded to this app (the path /gradio_api/upload answers; over MCP, the URL upload_file_to_gradio returns).
         layer: qualified module name (e.g. "layer2.0.conv1"); empty: the first convolution.
         weights: "pretrained" or "random".
     """
@@ -232,7 +232,7 @@ def activations(model: str, image: str, layer: str = "", weights: str = "pretrai
 
     Args:
         model: a curated key (alexnet, resnet50, ...), any torchvision classifier name, or timm/<name>.
-        image: an uploaded image file.
+        image: an image uploaded to this app (the path /gradio_api/upload answers; over MCP, the URL upload_file_to_gradio returns).
         layer: qualified module name (e.g. "layer2.0.conv1"); empty: the first convolution.
         weights: "pretrained" or "random".
     """
@@ -253,7 +253,7 @@ def _npy(model, image, layer, weights) -> tuple[str, str]:
 def exports_if_image(model, image, layer, weights, channels, n, colormap, normalise):
     """The page's downloads: the grid as PNG, the activations (.npy), the channel statistics (CSV)."""
     if not image:
-        raise gr.Error(NO_IMAGE)
+        raise Refusal(NO_IMAGE)
     view = explore.feature_maps(model, image, layer or None, weights, channels, whole(n, "N"), colormap, normalise)
     grid = OUTPUTS.write(f"{model}-{view.layer.name}-grid.png", explore.encode(view.image, "png"))
     npy, _ = _npy(model, image, layer, weights)
@@ -322,7 +322,7 @@ def build(model: gr.Dropdown, weights: gr.Radio) -> FeatureMapsTab:
                              interactive=False, height=320, elem_id="maps-projected")
         projected_caption = gr.Markdown(elem_id="maps-projection-caption")
     go.click(project_picked, [model, image, layer, picked, how, weights], [projected, projected_caption],
-             concurrency_id=WORK, api_visibility="private")
+             **HEAVY, api_visibility="private")
     with gr.Accordion("Channel statistics", open=True, elem_id="stats-section"):
         stats_summary = gr.Markdown(elem_id="stats-summary")
         means = gr.BarPlot(x="channel", y="mean", title="Mean activation per channel", height=220, elem_id="stats-plot",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import gradio as gr
 
 from .. import explore
-from .common import OUTPUTS, WORK, user_errors, weights_used, whole
+from .common import HEAVY, OUTPUTS, user_errors, warn, weights_used, whole
 
 BUTTON = "What does this channel look for?"
 HINT = (
@@ -72,7 +72,7 @@ def channel_visualization(
 def generate_on_page(model, layer, channel, steps, weights, seed, image, progress=gr.Progress()):
     """The button: the image for the picked channel, and how its activation compares with the photo's."""
     if channel is None:
-        gr.Warning(NO_CHANNEL)
+        warn(NO_CHANNEL)
         return None, NO_CHANNEL
     view, path = _generate(model, layer, channel, steps, weights, seed, progress)
     comparison = ""
@@ -97,7 +97,7 @@ def build(model: gr.Dropdown, weights: gr.Radio, layer: gr.Dropdown, channel: gr
             caption = gr.Markdown(elem_id="featurevis-caption")
     api_only = gr.Button(visible=False)
     api_only.click(channel_visualization, [model, layer, channel, steps, weights, seed], [picture, caption],
-                   api_name="channel_visualization", concurrency_id=WORK)
+                   api_name="channel_visualization", **HEAVY)
     photo = image if image is not None else gr.State(None)
     button.click(generate_on_page, [model, layer, channel, steps, weights, seed, photo], [picture, caption],
-                 concurrency_id=WORK, api_visibility="private")
+                 **HEAVY, api_visibility="private")

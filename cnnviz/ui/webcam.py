@@ -25,7 +25,7 @@ from gradio.data_classes import Base64ImageData
 
 from .. import explore
 from ..errors import CnnvizError
-from .common import label_dict, user_errors, weights_used, whole
+from .common import Refusal, label_dict, user_errors, weights_used, whole
 
 WEBCAM = "webcam"  # the streams' own concurrency group, apart from the shared "work" group
 STREAMS = int(os.environ.get("CNNVIZ_WEBCAM_STREAMS", "1"))  # live streams served at once
@@ -50,28 +50,34 @@ class CameraFrame(gr.Image):
 
     is_template = True
 
+    def check_payload(self, payload: dict) -> None:
+        """Refuse, before Gradio's own file handling sees it, any payload but a ``data:image/`` URL (a
+        ``{"path": "/etc/hosts"}`` would otherwise fail inside Gradio with an empty message)."""
+        url = payload.get("url")
+        if payload.get("path") or not isinstance(url, str) or not url.startswith("data:image/"):
+            raise Refusal(NOT_A_FRAME)
+
     def preprocess(self, payload):
         if payload is None:
             return None
         url = payload.url if hasattr(payload, "url") else None
-        if getattr(payload, "path", None) or not isinstance(url, str) or not url.startswith("data:image/"):
-            raise gr.Error(NOT_A_FRAME)
+        self.check_payload({"path": getattr(payload, "path", None), "url": url})
         if len(url) > MAX_DATA_URL:
-            raise gr.Error(
+            raise Refusal(
                 f"The camera frame is larger than the {explore.MAX_FRAME_BYTES // 2**20} MB this app accepts. "
                 "Use a lower camera resolution."
             )
         head, _, body = url.partition(",")
         if not head.endswith(";base64"):
-            raise gr.Error(NOT_A_FRAME)
+            raise Refusal(NOT_A_FRAME)
         try:
             data = base64.b64decode(body, validate=True)
         except (binascii.Error, ValueError) as e:
-            raise gr.Error(NOT_A_FRAME) from e
+            raise Refusal(NOT_A_FRAME) from e
         try:
             return explore.decode_frame(data)
         except CnnvizError as e:
-            raise gr.Error(str(e)) from e
+            raise Refusal(str(e)) from e
 
 
 class LiveImage(gr.Image):

@@ -1,0 +1,394 @@
+"""What one request may cost: its byte and second budgets, the cost model that sizes a request before
+it runs, and the checks that refuse (or scale down) what would not fit.
+
+A public link gets requests from people the operator never meets, so every heavy request is sized
+before it runs (bytes it will allocate, seconds it will take, from the model's measured forward time)
+and checked against these budgets; over budget it is scaled down or refused with a sentence that says
+what would fit. Every request also runs under a deadline (:data:`REQUEST_SECONDS`): past it, the next
+module boundary stops it.
+
+The cost model, per loaded model, from two things known before any heavy work:
+
+* the **traced maps** (:func:`cnnviz.layers.list_layers`: every map's shape from the listing pass);
+* one **timed forward pass** (no gradients, batch 1, the model's own input size), with the moment each
+  listed layer's output was made, measured once and kept with the model (:func:`forward_profile`).
+
+From those: a pass without gradients peaks at a few times the largest map (only a few maps are alive
+at once); a pass that keeps its graph for a backward pass holds about every map it makes; a backward
+pass takes about twice the forward pass it goes back through; convolutions cost in proportion to the
+pixels. The constants below say what they were measured on (``python bench/budget.py`` prints the
+estimates beside real measurements).
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from .attribution import CAM_NAMES, SCORECAM_BATCH, default_layer, graph_from_layer
+from .errors import InvalidOptionError
+from .hooks import forward_hooks, interruptible
+from .layers import LayerInfo, list_layers
+
+if TYPE_CHECKING:
+    from .registry import LoadedModel
+
+REQUEST_BYTES = int(float(os.environ.get("CNNVIZ_REQUEST_MB", "3072")) * 2**20)  # one request's allocations at most
+REQUEST_SECONDS = float(os.environ.get("CNNVIZ_REQUEST_S", "120"))  # one request's deadline, queue wait included
+
+# --- the cost model's constants -------------------------------------------------------------------
+# Measured with bench/budget.py (peak RSS of a fresh process whose allocator hands every block over
+# 128 KB back to the system when freed, CPU, 2 threads, random weights) on ResNet-18, EfficientNet-B0,
+# EfficientNet-B3 at 300 px, ConvNeXt-T and ViT-B/16; each set a little above the largest ratio seen.
+FORWARD_PEAK_FACTOR = 4.0  # peak of a pass without gradients / its largest map: 2.4–3.5 measured
+GRAPH_FACTOR = 1.6  # bytes a pass keeps for its backward pass / the sum of the maps it makes: 1.0–1.5 measured
+RELU_HOOK_FACTOR = 2.5  # the same for captum's guided backprop / deconvnet (hooks on every ReLU, none in place): up to 2.3
+BACKWARD_TIME_FACTOR = 2.0  # a backward pass / the forward pass it goes back through (two products per one); 1.6–2.2 measured
+MASK_COPIES = 4 / 3  # Score-CAM: per masked copy, the copy (3 planes) and its upsampled mask (1 plane), in input sizes
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What a request will take: ``nbytes``, the peak it allocates beyond what is already resident (the
+    model's parameters, the caches), and ``seconds`` of work on this machine.
+
+    >>> Cost(2**30, 3.0).then(Cost(2**29, 4.0))
+    Cost(nbytes=1073741824, seconds=7.0)
+    """
+
+    nbytes: int
+    seconds: float
+
+    def then(self, other: Cost) -> Cost:
+        """This work, then ``other``: the seconds add up; the bytes do not (the first has freed its
+        memory before the second starts), so the peak is the larger one."""
+        return Cost(max(self.nbytes, other.nbytes), self.seconds + other.seconds)
+
+    def repeated(self, n: int) -> Cost:
+        """``n`` runs one after another: ``n`` times the seconds, the same peak."""
+        return Cost(self.nbytes, self.seconds * n)
+
+    @property
+    def fits(self) -> bool:
+        """Whether it is within both budgets (:data:`REQUEST_BYTES`, :data:`REQUEST_SECONDS`)."""
+        return self.nbytes <= REQUEST_BYTES and self.seconds <= REQUEST_SECONDS
+
+
+# --- what the model tells us: its maps and its measured forward pass -------------------------------
+
+
+@dataclass(frozen=True)
+class ForwardProfile:
+    """One timed forward pass of a model: its seconds, and when each listed layer's output was made."""
+
+    seconds: float  # the whole pass (batch 1, no gradients, the model's own input size)
+    reached: dict[str, float]  # layer name -> seconds into the pass when its (first) output was made
+
+
+def forward_profile(loaded: LoadedModel) -> ForwardProfile:
+    """The model's forward pass timed once (kept with the model: :meth:`LoadedModel.memo`): zeros of
+    its input size, no gradients, under its lock, with a timestamp at each listed layer's output.
+
+    >>> from cnnviz.registry import load_model
+    >>> found = forward_profile(load_model("resnet18", "random"))
+    >>> found.seconds > found.reached["layer1"] > 0
+    True
+    """
+
+    def measure() -> ForwardProfile:
+        names = [info.name for info in list_layers(loaded)]
+        reached: dict[str, float] = {}
+        with loaded.lock:
+            x = torch.zeros((1, *loaded.input_size), device=loaded.device)
+            start = time.perf_counter()
+            with forward_hooks(loaded.model, names, lambda name, _i, _o: reached.setdefault(name, time.perf_counter() - start)), \
+                    interruptible(loaded.model), torch.no_grad():
+                loaded.model(x)
+            seconds = time.perf_counter() - start
+        return ForwardProfile(seconds, reached)
+
+    return loaded.memo("budget.forward", measure)
+
+
+@dataclass(frozen=True)
+class _Maps:
+    """The listed layers' positions and the running sum of the maps a pass makes, in forward order."""
+
+    index: dict[str, int]  # layer name -> its position in the listing
+    end: dict[str, int]  # layer name -> the position after the last layer inside it (its output is made then)
+    made: list[int]  # made[i]: bytes of the leaf maps at positions < i (leaves: no listed layer inside)
+
+
+def _maps(loaded: LoadedModel) -> _Maps:
+    """:class:`_Maps` of the model, computed once (kept with the model)."""
+
+    def compute() -> _Maps:
+        found = list_layers(loaded)
+        inside = [i + 1 < len(found) and found[i + 1].name.startswith(info.name + ".") for i, info in enumerate(found)]
+        made = [0]
+        for info, parent in zip(found, inside):  # a block comes right before its children in the listing
+            made.append(made[-1] + (0 if parent else info.nbytes * info.calls))
+        end, open_blocks = {}, []
+        for i, info in enumerate(found):
+            while open_blocks and not info.name.startswith(open_blocks[-1] + "."):
+                end[open_blocks.pop()] = i
+            open_blocks.append(info.name)
+        for name in open_blocks:
+            end[name] = len(found)
+        return _Maps({info.name: i for i, info in enumerate(found)}, end, made)
+
+    return loaded.memo("budget.maps", compute)
+
+
+def map_bytes(loaded: LoadedModel, before: LayerInfo | None = None, after: LayerInfo | None = None) -> int:
+    """Bytes of every map one pass makes (each leaf layer's output, times its calls), float32, at the
+    model's input size: all of them, those made up to ``before``'s output (included), or those made
+    after ``after``'s output.
+
+    >>> from cnnviz.registry import load_model
+    >>> from cnnviz.layers import get_layer
+    >>> loaded = load_model("resnet18", "random")
+    >>> layer2 = get_layer(loaded, "layer2")
+    >>> map_bytes(loaded, before=layer2) + map_bytes(loaded, after=layer2) == map_bytes(loaded)
+    True
+    """
+    maps = _maps(loaded)
+    lo = maps.end[after.name] if after is not None else 0
+    hi = maps.end[before.name] if before is not None else len(maps.made) - 1
+    return maps.made[hi] - maps.made[lo]
+
+
+def input_bytes(loaded: LoadedModel) -> int:
+    """Bytes of one input image, ``float32[3,H,W]`` at the model's own size."""
+    c, h, w = loaded.input_size
+    return 4 * c * h * w
+
+
+def forward_cost(loaded: LoadedModel) -> Cost:
+    """One forward pass without gradients, batch 1: :data:`FORWARD_PEAK_FACTOR` times its largest map
+    (or its input, for a model with no listed map), and its measured seconds."""
+    largest = max((info.nbytes for info in list_layers(loaded)), default=input_bytes(loaded))
+    return Cost(int(FORWARD_PEAK_FACTOR * largest), forward_profile(loaded).seconds)
+
+
+def _reached(loaded: LoadedModel, info: LayerInfo) -> float:
+    """Seconds into the forward pass when ``info``'s output is made (the whole pass if it was not seen)."""
+    profile = forward_profile(loaded)
+    return min(profile.reached.get(info.name, profile.seconds), profile.seconds)
+
+
+def cam_cost(loaded: LoadedModel, info: LayerInfo, method: str, batch: int = SCORECAM_BATCH) -> Cost:
+    """A class activation map at ``info`` (:func:`cnnviz.attribution.class_activation_map`).
+
+    Gradient methods: one pass, its graph kept from the target layer on when
+    :func:`cnnviz.attribution.graph_from_layer` (from the input otherwise), and a backward pass back to
+    the layer. Score-CAM: two passes without gradients, then one per channel, ``batch`` masked copies
+    of the input at a time.
+    """
+    forward = forward_cost(loaded)
+    if method == "scorecam":
+        per_copy = forward.nbytes + MASK_COPIES * input_bytes(loaded)
+        kept = 2 * info.nbytes  # the layer's maps and their normalised copy
+        return Cost(int(kept + batch * per_copy), (info.shape[0] + 2) * forward.seconds)
+    graph = map_bytes(loaded, after=info) + info.nbytes if graph_from_layer(info) else map_bytes(loaded)
+    back = forward.seconds - _reached(loaded, info)
+    return Cost(int(forward.nbytes + GRAPH_FACTOR * graph), forward.seconds + BACKWARD_TIME_FACTOR * back)
+
+
+def scorecam_batch(loaded: LoadedModel, info: LayerInfo) -> int:
+    """How many masked copies of the input one Score-CAM pass may take within :data:`REQUEST_BYTES`:
+    :data:`cnnviz.attribution.SCORECAM_BATCH` when it fits, fewer when not, at least 1. The map does
+    not depend on it (every channel is still scored, a few at a time)."""
+    per_copy = cam_cost(loaded, info, "scorecam", 1).nbytes - 2 * info.nbytes
+    room = REQUEST_BYTES - 2 * info.nbytes
+    return max(1, min(SCORECAM_BATCH, room // max(per_copy, 1)))
+
+
+def _gradient_pass(loaded: LoadedModel, info: LayerInfo | None, graph_factor: float) -> Cost:
+    """A pass that keeps its whole graph and goes back from ``info`` (None: the output) to the input."""
+    forward = forward_cost(loaded)
+    back = _reached(loaded, info) if info is not None else forward.seconds
+    return Cost(int(forward.nbytes + graph_factor * map_bytes(loaded)), forward.seconds + BACKWARD_TIME_FACTOR * back)
+
+
+def projection_cost(loaded: LoadedModel, info: LayerInfo) -> Cost:
+    """A Zeiler–Fergus projection (:func:`cnnviz.attribution.project`): a pass to find the strongest
+    unit, then captum's pass with its graph (and a hook on every ReLU) and the backward pass from the
+    unit to the input."""
+    return forward_cost(loaded).then(_gradient_pass(loaded, info, RELU_HOOK_FACTOR))
+
+
+def guided_gradcam_cost(loaded: LoadedModel, info: LayerInfo) -> Cost:
+    """Guided Grad-CAM (:func:`cnnviz.attribution.guided_gradcam`): Grad-CAM, then guided backprop of
+    the class score from the output to the input."""
+    return cam_cost(loaded, info, "gradcam").then(_gradient_pass(loaded, None, RELU_HOOK_FACTOR))
+
+
+def featurevis_step_cost(loaded: LoadedModel, info: LayerInfo, size: tuple[int, int]) -> Cost:
+    """One feature-visualisation step (:func:`cnnviz.featurevis.visualize_channel`) at ``size`` (h, w):
+    a pass that stops at ``info`` keeping its graph, and the backward pass to the image; bytes and
+    seconds of the model's own input size scaled by the pixels."""
+    scale = size[0] * size[1] / (loaded.input_size[1] * loaded.input_size[2])
+    graph = GRAPH_FACTOR * map_bytes(loaded, before=info) + forward_cost(loaded).nbytes
+    return Cost(int(scale * graph), scale * (1 + BACKWARD_TIME_FACTOR) * _reached(loaded, info))
+
+
+def export_cost(loaded: LoadedModel, info: LayerInfo) -> Cost:
+    """Exporting a layer's maps (``.npy``): a pass, the maps' copy and their file in memory."""
+    forward = forward_cost(loaded)
+    return Cost(forward.nbytes + 2 * info.nbytes, forward.seconds)
+
+
+# --- the checks: refuse with what would fit ---------------------------------------------------------
+
+
+def _duration(seconds: float) -> str:
+    """``"0.4 s"``, ``"41 s"``, ``"410 s"``, ``"23 min"``, ``"3.4 h"``."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 600:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 3 * 3600 else f"{seconds / 3600:.1f} h"
+
+
+def describe_bytes(nbytes: float) -> str:
+    """``"310 MB"``, ``"5.2 GB"``.
+
+    >>> describe_bytes(310 * 2**20), describe_bytes(5.2 * 2**30)
+    ('310 MB', '5.2 GB')
+    """
+    return f"{nbytes / 2**30:.1f} GB" if nbytes >= 2**30 else f"{nbytes / 2**20:.0f} MB"
+
+
+def describe(cost: Cost) -> str:
+    """``cost`` in words: ``"≈ 41 s, ≈ 310 MB"``.
+
+    >>> describe(Cost(310 * 2**20, 41.0))
+    '≈ 41 s, ≈ 310 MB'
+    """
+    return f"≈ {_duration(cost.seconds)}, ≈ {describe_bytes(cost.nbytes)}"
+
+
+def check(cost: Cost, what: str, fits: str) -> Cost:
+    """``cost`` when it is within both budgets; else :class:`InvalidOptionError` with the sentence
+    ``"{what} ({the estimate}, the limit is {the budget}); {fits}."``: what the request would do, what
+    it would cost against which limit, and what would fit.
+
+    >>> check(Cost(2**20, 1.0), "A pass", "nothing")
+    Cost(nbytes=1048576, seconds=1.0)
+    >>> check(Cost(2**20, 1e4), "Feature visualisation would take 9,000 steps", "at most 100 steps fit")
+    Traceback (most recent call last):
+    ...
+    cnnviz.errors.InvalidOptionError: Feature visualisation would take 9,000 steps (≈ 167 min, the limit is 120 s); at most 100 steps fit.
+    """
+    over = []
+    if cost.seconds > REQUEST_SECONDS:
+        over.append(f"≈ {_duration(cost.seconds)}, the limit is {_duration(REQUEST_SECONDS)}")
+    if cost.nbytes > REQUEST_BYTES:
+        over.append(f"≈ {describe_bytes(cost.nbytes)} of memory, the limit is {describe_bytes(REQUEST_BYTES)}")
+    if over:
+        raise InvalidOptionError(f"{what} ({'; '.join(over)}); {fits}.")
+    return cost
+
+
+def _where(loaded: LoadedModel, info: LayerInfo) -> str:
+    return f"at {info.name} of {loaded.spec.display}"
+
+
+def _candidates(loaded: LoadedModel) -> list[LayerInfo]:
+    """Layers a class activation map can target: run once per pass, more than one position."""
+    return [i for i in list_layers(loaded) if i.calls == 1 and i.shape[1] * i.shape[2] > 1]
+
+
+def check_cam(loaded: LoadedModel, info: LayerInfo, method: str) -> int:
+    """The Score-CAM batch to use (:func:`scorecam_batch`; 1 for the gradient methods) once the class
+    activation map at ``info`` is known to fit; else :class:`InvalidOptionError` saying what would:
+    for Score-CAM, a layer with fewer channels (its time grows with them) or Grad-CAM; for the gradient
+    methods, a later layer (the graph is kept from the target layer on) or another method.
+    """
+    name = CAM_NAMES.get(method, method)
+    if method == "scorecam":
+        batch = scorecam_batch(loaded, info)
+        cost = cam_cost(loaded, info, method, batch)
+        if not cost.fits:
+            check(cost, _scorecam_what(loaded, info), _scorecam_fits(loaded, info))
+        return batch
+    cost = cam_cost(loaded, info, method)
+    if not cost.fits:
+        later = next((i for i in _candidates(loaded) if cam_cost(loaded, i, method).fits), None)
+        fits = f"{name} fits from layer {later.name} on (the graph is kept from the target layer on)" if later else \
+            f"no layer of {loaded.spec.display} fits for {name}; use a smaller model"
+        check(cost, f"{name} {_where(loaded, info)} would keep the pass's maps for the backward pass", fits)
+    return 1
+
+
+def _scorecam_what(loaded: LoadedModel, info: LayerInfo) -> str:
+    _c, h, w = loaded.input_size
+    return f"Score-CAM {_where(loaded, info)} would run {info.shape[0]:,} masked copies of the {h}×{w} input"
+
+
+def _scorecam_fits(loaded: LoadedModel, info: LayerInfo) -> str:
+    """What fits instead of a Score-CAM at ``info``: at most N channels (a named earlier layer), or
+    Grad-CAM with its estimate."""
+    per_pass = forward_cost(loaded).seconds
+    most = int(REQUEST_SECONDS / per_pass) - 2 if per_pass > 0 else 0
+    index = _maps(loaded).index
+    earlier = [i for i in _candidates(loaded) if index[i.name] < index[info.name] and i.shape[0] <= most]
+    parts = []
+    if most >= 1:
+        example = f" (such as {earlier[-1].name}, {earlier[-1].shape[0]:,} channels)" if earlier else ""
+        parts.append(f"pick a layer with at most {most:,} channels{example}")
+    gradcam = cam_cost(loaded, info, "gradcam")
+    if gradcam.fits:
+        parts.append(f"use Grad-CAM ({describe(gradcam)})")
+    return ", or ".join(parts) or f"Score-CAM does not fit for {loaded.spec.display}; use a smaller model"
+
+
+def featurevis_steps(loaded: LoadedModel, info: LayerInfo, size: tuple[int, int]) -> int:
+    """The most feature-visualisation steps at ``info`` and ``size`` that fit :data:`REQUEST_SECONDS`
+    (0 when one step does not fit in :data:`REQUEST_BYTES`)."""
+    step = featurevis_step_cost(loaded, info, size)
+    if step.nbytes > REQUEST_BYTES:
+        return 0
+    final = forward_cost(loaded).seconds  # the last pass that measures the channel on the final image
+    return max(0, int((REQUEST_SECONDS - final) / step.seconds)) if step.seconds > 0 else 2**31
+
+
+def check_featurevis(loaded: LoadedModel, info: LayerInfo, channel: int, size: tuple[int, int], steps: int) -> Cost:
+    """The cost of ``steps`` feature-visualisation steps (and the final measuring pass) when it fits;
+    else :class:`InvalidOptionError` with the most steps that fit (or, when one step is too large, a
+    sentence asking for an earlier layer)."""
+    step = featurevis_step_cost(loaded, info, size)
+    cost = step.repeated(steps).then(forward_cost(loaded))
+    if cost.fits:
+        return cost
+    most = featurevis_steps(loaded, info, size)
+    fits = f"at most {most:,} steps fit" if most >= 1 else "pick an earlier layer"
+    h, w = size
+    return check(cost, f"Feature visualisation of channel {channel} {_where(loaded, info)} would take {steps:,} steps "
+                       f"at {h}×{w}", fits)
+
+
+def check_gradient(loaded: LoadedModel, cost: Cost, what: str) -> Cost:
+    """``cost`` of a pass with a full graph (a projection, guided Grad-CAM) when it fits; else the
+    sentence: its graph is the whole network's, so only a smaller model (or Grad-CAM) fits."""
+    gradcam = cam_cost(loaded, default_layer(loaded), "gradcam")
+    alternative = f"Grad-CAM fits ({describe(gradcam)})" if gradcam.fits else "a smaller model would fit"
+    return check(cost, f"{what} of {loaded.spec.display} would keep every map of the pass for the backward pass",
+                 f"no layer choice changes that; {alternative}")
+
+
+def check_pair(loaded_a: LoadedModel, cost_a: Cost, loaded_b: LoadedModel, cost_b: Cost, what: str) -> Cost:
+    """Both sides of a comparison, one after the other (the seconds add up, the peak is the larger
+    side's), when they fit; else :class:`InvalidOptionError` saying which side alone would fit."""
+    cost = cost_a.then(cost_b)
+    if cost.fits:
+        return cost
+    a, b = loaded_a.spec.display, loaded_b.spec.display
+    alone = [f"{loaded.spec.display} ({describe(side)})" for loaded, side in ((loaded_a, cost_a), (loaded_b, cost_b)) if side.fits]
+    fits = (f"{' and '.join(alone)} alone fit{'s' if len(alone) == 1 else ''}: open {'it' if len(alone) == 1 else 'them'} "
+            "one at a time, or compare with a smaller model") if alone else "compare smaller models"
+    return check(cost, f"Comparing {a} and {b} ({what}) would run both sides' passes one after the other", fits)

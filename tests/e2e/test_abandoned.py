@@ -1,0 +1,129 @@
+"""A public link one visitor cannot take down: work nobody waits for stops, a long request cannot starve
+the cheap views, every refusal is one log line, and what a visitor sends is echoed as text only.
+
+Each test here starts its own ``python app.py`` (it fills the queue or reads the server's log), through
+``test_lifecycle``'s ``start`` fixture."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from .conftest import EXAMPLES, Raw
+from .test_lifecycle import _dependency, _join, _wait_for_any_log, start  # noqa: F401  (start: the fixture)
+from .test_public_link import assert_sentence, maps_args
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+# A minute or more of work on 2 CPU cores, under the budgets of a server started with a long deadline.
+LONG_VISUALIZATION = ["resnet18", "layer4", 0, 2048, "random", 0]  # model, layer, channel, steps, weights, seed
+LONG = {"CNNVIZ_REQUEST_S": "900"}
+
+
+def scorecam_args(image: dict) -> list:
+    """/attribution's parameters: model, image, method, target, layer, weights, opacity."""
+    return ["resnet50", image, "scorecam", "", "layer4", "random", 0.5]
+
+
+def test_a_call_whose_result_nobody_fetches_stops_and_frees_its_lane(start):
+    app = start(env=LONG).serving()
+    raw = Raw(app.url)
+    response = raw.post("channel_visualization", {"data": LONG_VISUALIZATION})  # its result is never fetched
+    assert response.status_code == 200, response.text
+    _wait_for_any_log(app, ["channel_visualization stopped mid-pass: gone"], timeout=90)
+    status, outputs = raw.call("channel_visualization", ["resnet18", "layer4", 0, 4, "random", 0])
+    assert status == "complete", outputs  # the heavy lane is free again
+
+
+def test_a_call_whose_stream_the_client_closes_stops(start):
+    app = start(env=LONG).serving()
+    raw = Raw(app.url)
+    event_id = raw.post("channel_visualization", {"data": LONG_VISUALIZATION}).json()["event_id"]
+    with raw.http.stream("GET", f"{raw.url}/gradio_api/call/channel_visualization/{event_id}"):
+        time.sleep(3)  # reading, then hanging up mid-request
+    _wait_for_any_log(app, ["channel_visualization stopped mid-pass: gone"], timeout=90)
+
+
+def test_cheap_views_answer_while_heavy_requests_run(start):
+    """A Score-CAM and a feature visualisation are running (their clients wait for them); a feature-map
+    call is answered before either of them: it does not queue behind them."""
+    app = start(env=LONG).serving()
+    raw = Raw(app.url)
+    image = {"path": raw.upload(EXAMPLES / "cat.png"), "meta": {"_type": "gradio.FileData"}}
+    finished: dict[str, float] = {}
+
+    def heavy(name: str, args: list) -> None:
+        Raw(app.url).call(name, args)
+        finished[name] = time.monotonic()
+
+    threads = [threading.Thread(target=heavy, args=("attribution", scorecam_args(image)), daemon=True),
+               threading.Thread(target=heavy, args=("channel_visualization", LONG_VISUALIZATION), daemon=True)]
+    for thread in threads:
+        thread.start()
+    time.sleep(5)  # both sent, one running (the heavy lane takes one at a time by default)
+    status, outputs = raw.call("feature_maps", maps_args(image))
+    answered = time.monotonic()
+    assert status == "complete", outputs
+    assert not finished, f"the heavy requests ended first: {finished}, so the test shows nothing"
+    assert all(thread.is_alive() for thread in threads)
+    app.stop()  # the heavy calls end with the server
+    assert answered < min(finished.values(), default=float("inf"))
+
+
+def test_every_refusal_is_one_log_line_and_a_sentence(start):
+    app = start().serving()
+    raw = Raw(app.url)
+    before = len(app.output())
+    refusals = [
+        ("feature_maps", maps_args({"path": "/etc/passwd"})),
+        ("feature_maps", maps_args({"url": "data:image/png;base64,AAAA"})),
+        ("architecture", ["resnet5O", "random", 3]),
+        ("architecture", ["resnet18", "random", 99]),
+    ]
+    for name, args in refusals:
+        assert_sentence(raw.call(name, args))
+    time.sleep(1)
+    logged = app.output()[before:]
+    assert "Traceback" not in logged, logged[-3000:]
+    lines = [line for line in logged.splitlines() if "refused" in line]
+    assert len(lines) == len(refusals), logged[-3000:]
+    assert all(len(line) < 500 for line in lines)
+
+
+@pytest.mark.parametrize("frame", [{"path": "/etc/hosts"}, {"path": "/etc/hosts", "meta": {"_type": "gradio.FileData"}}],
+                         ids=["meta-less", "with-meta"])
+def test_a_webcam_frame_naming_a_server_file_gets_the_sentence(start, frame):
+    import httpx
+
+    app = start().serving()
+    with httpx.Client(timeout=60) as http:
+        config = http.get(f"{app.url}config").json()
+        stream = _dependency(config, trigger=("webcam-input", "stream"))
+        session = "webcam-hostile"
+        _join(http, app.url, stream, ["resnet18", frame, "conv1", "random", "first", 8, "gray",
+                                      "channel"], session)
+        message = None
+        with http.stream("GET", f"{app.url}gradio_api/queue/data", params={"session_hash": session}) as events:
+            for line in events.iter_lines():
+                if line.startswith("data: ") and "process_completed" in line:
+                    import json
+
+                    message = json.loads(line[6:])
+                    break
+    assert message is not None and not message["success"]
+    assert_sentence(("error", message["output"].get("error")), "webcam")
+
+
+def test_a_link_value_with_html_shows_as_text(start, chromium):
+    """``?view=<a href=…>`` in a link: the warning toast shows the characters, and no link element."""
+    app = start().serving()
+    page = chromium.new_page()
+    try:
+        page.goto(f"{app.url}?tab=compare&view=<a href=https://evil.example/login>log in</a>", timeout=120_000)
+        page.wait_for_function("() => document.querySelectorAll('.toast-body.warning').length >= 1", timeout=120_000)
+        toast = page.locator(".toast-body.warning").first
+        assert "<a href=https://evil.example/login>" in toast.inner_text()
+        assert page.locator(".toast-body a[href*='evil.example']").count() == 0
+    finally:
+        page.close()
