@@ -3,6 +3,8 @@
     python bench/load.py                          # 16 clients × 4 requests over 3 models
     python bench/load.py --clients 48 --requests 2 --queue 8   # overload: expect clear "queue is full"
     python bench/load.py --memory                 # the three memory scenarios against their budgets
+    python bench/load.py --hostile                # the public-link budgets: worst requests, tiny hostile
+                                                  # files, abandoned heavy calls, deadlines
 
 Starts `python app.py` on a free loopback port (offline, random weights), reports failed requests,
 error messages, latency percentiles and the server's peak RSS, then stops the server. The memory
@@ -171,15 +173,155 @@ def memory_scenarios() -> None:
               f"{budget / gb:.0f} GB | {verdict} |", flush=True)
 
 
+class RawCall:
+    """One request over raw HTTP, as a script or a hostile client sends it: ``POST /gradio_api/call/<name>``,
+    then (unless ``fetch`` is False) its result stream. ``outcome`` is "complete", "error" or "refused"."""
+
+    def __init__(self, http, url: str, name: str, data: list) -> None:
+        self.http, self.url, self.name, self.data = http, url, name, data
+        self.outcome, self.message, self.seconds = None, "", None
+
+    def send(self, fetch: bool = True) -> "RawCall":
+        import json
+
+        start = time.perf_counter()
+        response = self.http.post(f"{self.url}gradio_api/call/{self.name}", json={"data": self.data})
+        if response.status_code != 200:
+            self.outcome, self.message = "refused", response.text[:200]
+        elif fetch:
+            event = response.json()["event_id"]
+            with self.http.stream("GET", f"{self.url}gradio_api/call/{self.name}/{event}") as stream:
+                kind = None
+                for line in stream.iter_lines():
+                    if line.startswith("event: "):
+                        kind = line[7:]
+                    elif line.startswith("data: ") and kind in ("complete", "error"):
+                        self.outcome = kind
+                        payload = json.loads(line[6:])
+                        self.message = (payload.get("error") or "") if isinstance(payload, dict) else ""
+                        break
+        self.seconds = time.perf_counter() - start
+        return self
+
+
+def upload(http, url: str, path: Path) -> dict:
+    with path.open("rb") as f:
+        server_path = http.post(f"{url}gradio_api/upload", files={"files": (path.name, f)}).json()[0]
+    return {"path": server_path, "meta": {"_type": "gradio.FileData"}}
+
+
+def hostile_file(folder: Path) -> Path:
+    """A 1.5 M-class ResNet-18 head saved with stride-0 tensors: ~40 KB on disk, 3 GB if copied out."""
+    import torch
+    import torchvision
+
+    state = torchvision.models.resnet18().state_dict()
+    state["fc.weight"] = torch.zeros(()).expand(1_500_000, 512)
+    state["fc.bias"] = torch.zeros(()).expand(1_500_000)
+    path = folder / "expanded.pt"
+    torch.save(state, path)
+    return path
+
+
+def p95(values: list[float]) -> float:
+    return statistics.quantiles(values, n=20)[-1] if len(values) > 1 else values[0]
+
+
+def hostile_scenarios() -> None:
+    """The issue's budgets, each on a fresh server: the worst single requests (peak RSS over idle, ≤ 4 GB;
+    each ends with an answer or a sentence within its deadline), a tiny hostile checkpoint (RSS growth ≤ 10×
+    its size), and a cheap call's p95 with two abandoned heavy calls running (≤ 3× its quiet p95)."""
+    import tempfile
+
+    import httpx
+
+    gb, mb = 2**30, 2**20
+    deadline = float(os.environ.get("CNNVIZ_REQUEST_S", "120"))
+    env = {**os.environ, "CNNVIZ_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "CNNVIZ_MAX_PER_CLIENT": "64"}
+    photo = PHOTOS[0]
+    worst = [
+        ("Score-CAM, efficientnet_b7 features.8 (600 px, 2,560 channels)", "attribution",
+         lambda img: ["efficientnet_b7", img, "scorecam", "", "features.8", "random", 0.5]),
+        ("Score-CAM, efficientnet_b7 features.6 (600 px, 384 channels)", "attribution",
+         lambda img: ["efficientnet_b7", img, "scorecam", "", "features.6", "random", 0.5]),
+        ("Grad-CAM, timm/efficientnet_b8 (672 px)", "attribution",
+         lambda img: ["timm/efficientnet_b8", img, "gradcam", "", "", "random", 0.5]),
+        ("compare CAM view, efficientnet_b7 vs vit_l_16", "compare",
+         lambda img: ["efficientnet_b7", "vit_l_16", img, "random", "random", "cam", None]),
+        ("feature visualisation, efficientnet_b7 features.6, 2,048 steps", "channel_visualization",
+         lambda img: ["efficientnet_b7", "features.6", 0, 2048, "random", 0]),
+        ("feature visualisation, vit_l_16 encoder.layers.encoder_layer_12, 256 steps", "channel_visualization",
+         lambda img: ["vit_l_16", "encoder.layers.encoder_layer_12", 0, 256, "random", 0]),
+    ]
+    print(f"Per-request deadline {deadline:g} s (CNNVIZ_REQUEST_S). Each line: a fresh server, one request.\n")
+    print("| request | outcome | seconds | peak RSS over idle | budget |\n|---|---|---:|---:|---|")
+    for title, name, args in worst:
+        port = free_port()
+        proc = start_app(port, env)
+        try:
+            url = f"http://127.0.0.1:{port}/"
+            with httpx.Client(timeout=deadline + 600) as http:
+                image = upload(http, url, photo)
+                time.sleep(2)
+                idle = psutil.Process(proc.pid).memory_info().rss
+                watch = RssWatch(proc.pid)
+                call = RawCall(http, url, name, args(image)).send()
+                watch.stop()
+            over = watch.peak - idle
+            within = "within" if over <= 4 * gb and call.seconds <= deadline + 5 else "OVER"
+            said = call.message.split(";")[0][:90] if call.outcome != "complete" else "answer"
+            print(f"| {title} | {call.outcome}: {said} | {call.seconds:.1f} | {over / gb:.2f} GB | 4 GB, {deadline:g} s: "
+                  f"{within} |", flush=True)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+
+    port = free_port()
+    proc = start_app(port, env)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        with tempfile.TemporaryDirectory() as folder, httpx.Client(timeout=600) as http:
+            path = hostile_file(Path(folder))
+            size = path.stat().st_size
+            checkpoint = upload(http, url, path)
+            time.sleep(1)
+            before = psutil.Process(proc.pid).memory_info().rss
+            watch = RssWatch(proc.pid)
+            call = RawCall(http, url, "load_checkpoint", ["resnet18", checkpoint, None]).send()
+            watch.stop()
+            grew = max(0, watch.peak - before)
+            print(f"\nA {size / 1024:.0f} KB checkpoint (ResNet-18 head of 1.5 M classes, stride-0 tensors): "
+                  f"{call.outcome} in {call.seconds * 1000:.0f} ms, RSS +{grew / mb:.1f} MB "
+                  f"({grew / size:.1f}× its size; budget 10×): {call.message[:120]}", flush=True)
+
+            image = upload(http, url, photo)
+            cheap = ["resnet18", image, "layer2", "random", "first", 16, "gray", "channel"]
+            RawCall(http, url, "feature_maps", cheap).send()  # the model loaded, the photo kept
+            quiet = [RawCall(http, url, "feature_maps", cheap).send().seconds for _ in range(20)]
+            for args in (["resnet18", image, "scorecam", "", "layer3", "random", 0.5],
+                         ["resnet18", image, "scorecam", "", "layer2", "random", 0.5]):
+                RawCall(http, url, "attribution", args).send(fetch=False)  # abandoned: nobody reads them
+            busy = [RawCall(http, url, "feature_maps", cheap).send().seconds for _ in range(20)]
+            print(f"Cheap call (/feature_maps resnet18 layer2), 20 each: quiet p95 {p95(quiet) * 1000:.0f} ms, with two "
+                  f"abandoned Score-CAMs on the same model p95 {p95(busy) * 1000:.0f} ms: {p95(busy) / p95(quiet):.2f}× "
+                  "(budget 3×)", flush=True)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--requests", type=int, default=4)
     parser.add_argument("--queue", type=int, default=None, help="CNNVIZ_QUEUE_SIZE for the server")
     parser.add_argument("--memory", action="store_true", help="run the memory scenarios instead")
+    parser.add_argument("--hostile", action="store_true", help="run the public-link budget scenarios instead")
     args = parser.parse_args()
     if args.memory:
         return memory_scenarios()
+    if args.hostile:
+        return hostile_scenarios()
     env = {**os.environ, "CNNVIZ_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
            "CNNVIZ_MAX_PER_CLIENT": str(args.clients * 2)}  # every client here shares one address
     if args.queue:

@@ -77,3 +77,37 @@ def test_a_client_calls_a_tool_and_gets_the_sentence_for_a_mistake(mcp_url, libr
     truth = library.architecture("resnet18", "random", 1)
     assert not good.isError and f"**parameters** {truth.total_params:,} " in good.content[0].text
     assert bad.isError and "Unknown model 'resnet5O'" in bad.content[0].text and "resnet50" in bad.content[0].text
+
+
+def test_a_client_passes_an_image_as_upload_file_to_gradio_does_and_a_target_by_label(mcp_url):
+    """What an MCP client sends for an image: the URL ``upload_file_to_gradio`` returns (this app's own
+    ``/gradio_api/file=`` URL of the upload). A URL of anywhere else is refused with the sentence; the
+    ``target`` parameter takes a label as README says (the schema says text, not an empty-string enum)."""
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamablehttp_client
+
+    from .conftest import EXAMPLES, Raw
+
+    path = Raw(mcp_url).upload(EXAMPLES / "cat.png")  # what upload_file_to_gradio does, then it returns:
+    own_url = f"{mcp_url}gradio_api/file={path}"
+    with urllib.request.urlopen(mcp_url + "gradio_api/mcp/schema", timeout=30) as r:
+        schema = {tool["name"]: tool for tool in json.load(r)}["attribution"]["inputSchema"]["properties"]
+    assert schema["target"].get("type") == "string" and "enum" not in schema["target"], schema["target"]
+
+    async def call():
+        async with streamablehttp_client(mcp_url + "gradio_api/mcp/") as (read, write, _):
+            async with ClientSession(read, write) as session:
+                await session.initialize()
+                cam = await session.call_tool("attribution", {"model": "resnet18", "image": own_url, "target": "tabby",
+                                                              "layer": "layer4", "weights": "random"})
+                elsewhere = await session.call_tool("attribution", {"model": "resnet18", "weights": "random",
+                                                                    "image": "https://evil.example/cat.png"})
+                return cam, elsewhere
+
+    with ThreadPoolExecutor(1) as pool:
+        cam, elsewhere = pool.submit(asyncio.run, call()).result()
+    texts = " ".join(getattr(c, "text", "") for c in cam.content)
+    assert not cam.isError, texts
+    assert "**tabby** (class 281" in texts and "`layer4`" in texts
+    refused = " ".join(getattr(c, "text", "") for c in elsewhere.content)
+    assert elsewhere.isError and "must be uploaded to this app first" in refused and "evil.example" not in refused
