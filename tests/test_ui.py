@@ -8,15 +8,6 @@ from cnnviz import ui
 from tests.conftest import EXAMPLES
 
 
-def test_output_files_never_reuse_a_path_and_keep_only_the_newest():
-    files = ui.common.OutputFiles(keep=2)
-    paths = [files.write("same-name.jpg", b"same bytes") for _ in range(3)]
-    assert len(set(paths)) == 3  # identical outputs still get their own file
-    from pathlib import Path
-
-    assert [Path(p).exists() for p in paths] == [False, True, True]
-
-
 @pytest.mark.parametrize(
     ("call", "message"),
     [

@@ -15,10 +15,8 @@ import math
 import os
 import re
 import shutil
-import threading
 import time
 import uuid
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable

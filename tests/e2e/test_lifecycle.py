@@ -109,7 +109,7 @@ def test_a_tmp_cleaner_does_not_break_the_server(start):
         assert raw.call("filters", ["resnet18", "random", "layer"])[0] == "complete"
     for child in app.folder.iterdir():  # what a /tmp cleaner does: the files and folders go
         shutil.rmtree(child) if child.is_dir() else child.unlink()
-    for _ in range(70):  # more than the output files kept, so old ones are evicted after the cleaning
+    for _ in range(5):  # the outputs folder, gone, is made again
         status, outputs = raw.call("filters", ["resnet18", "random", "layer"])
         assert status == "complete", outputs
     status, outputs = raw.call("feature_maps", maps_args({"path": raw.upload(EXAMPLES / "coffee.png")}))
@@ -117,44 +117,6 @@ def test_a_tmp_cleaner_does_not_break_the_server(start):
     status, outputs = raw.call("feature_maps", maps_args({"path": str(EXAMPLES / "cat.png")}))  # an example
     assert status == "complete", outputs
     assert str(app.folder) not in app.output()
-
-
-def test_cut_off_uploads_leave_nothing_and_uploads_are_held_to_a_quota(start, tmp_path):
-    import socket
-
-    app = start(env={"CNNVIZ_DISK_QUOTA_MB": "3"}).serving()
-    raw = Raw(app.url)
-    with socket.create_connection(("127.0.0.1", app.port)) as sock:  # promise 5 MB, send 1 MB, hang up
-        boundary = "cutoff"
-        head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"big.png\"\r\n"
-                "Content-Type: image/png\r\n\r\n").encode()
-        sock.sendall((f"POST /gradio_api/upload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
-                      f"boundary={boundary}\r\nContent-Length: {5 * 2**20}\r\n\r\n").encode() + head + os.urandom(2**20))
-        time.sleep(1)
-    deadline = time.monotonic() + 10
-    while [p for p in app.folder.iterdir() if p.is_file()] and time.monotonic() < deadline:
-        raw.upload(EXAMPLES / "cat.png")  # the next upload tidies up
-        time.sleep(0.5)
-    assert not [p for p in app.folder.iterdir() if p.is_file()], "a cut-off upload left a partial file"
-
-    uploaded = []
-    for i in range(6):  # 6 × 1 MB through a 3 MB quota: the oldest go first
-        path = tmp_path / f"noise{i}.png"
-        path.write_bytes(os.urandom(2**20))
-        uploaded.append(Path(raw.upload(path)))
-
-    def total() -> int:
-        size = 0
-        for p in app.folder.rglob("*"):
-            with contextlib.suppress(OSError):  # the janitor may remove it meanwhile
-                size += p.stat().st_size if p.is_file() else 0
-        return size
-
-    deadline = time.monotonic() + 10  # the janitor runs right after each upload's answer has been sent
-    while total() > 3 * 2**20 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert total() <= 3 * 2**20
-    assert uploaded[-1].exists() and not uploaded[0].exists()
 
 
 def _join(http, url: str, fn_index: int, data: list, session: str) -> str:
