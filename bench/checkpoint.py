@@ -1,7 +1,9 @@
-"""Loading a user's checkpoint (cnnviz.load_checkpoint) vs reading the same file with safetensors, in one run.
+"""Loading a user's checkpoint (cnnviz.load_checkpoint) vs reading the same file with safetensors, in one run;
+and refusing the hostile checkpoints of the public-link issue.
 
     python bench/checkpoint.py                      # torchvision resnet18: a 46.8 MB safetensors file
     python bench/checkpoint.py --model timm/resnet26d --repeats 9
+    python bench/checkpoint.py --hostile            # only the refusals
 
 The checkpoint is the model's own state dict with random weights, saved to a temporary .safetensors file
 (resnet18's is 46.8 MB; timm/resnet26d's 64 MB). Measured, each as a median over --repeats runs after a
@@ -18,11 +20,17 @@ warm-up (the file is in the page cache, as an upload just written is):
   ``load_state_dict`` (copies into initialised parameters).
 - ``load_checkpoint`` again with the model cached (the same file uploaded twice): the name only.
 
+Refusals: each hostile file (made here, as the issue describes them) is refused --repeats times; the table
+gives its size, the median time to the refusal, and how far the process's resident memory rose above its level
+before, at its peak (Linux: the peak, VmHWM, is reset through /proc/self/clear_refs before each; elsewhere the
+level after), beside what the same file cost before these limits (the issue's measurements).
+
 Prints markdown; nothing here is a test and nothing asserts a time.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import tempfile
@@ -35,9 +43,11 @@ os.environ.setdefault("CNNVIZ_DEVICE", "cpu")
 
 import safetensors.torch  # noqa: E402
 import torch  # noqa: E402
+import torchvision  # noqa: E402
 
 from bench import median_ms  # noqa: E402  (bench/bench.py: this script's folder is on sys.path)
 from cnnviz import checkpoint, registry  # noqa: E402
+from cnnviz.errors import CnnvizError  # noqa: E402
 
 
 def main() -> None:
@@ -45,18 +55,24 @@ def main() -> None:
     parser.add_argument("--model", default="resnet18", help="any registry name (default: torchvision resnet18)")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--hostile", action="store_true", help="only the refusals of hostile checkpoints")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if not args.hostile:
+        loading(args.model, args.repeats)
+    refusals(args.repeats)
 
-    spec = registry.get_spec(args.model)
+
+def loading(model: str, repeats: int) -> None:
+    """The load of an ordinary checkpoint, step by step."""
+    spec = registry.get_spec(model)
     state = registry.load_model(spec.key, "random").model.state_dict()
     registry.clear_cache()
     folder = tempfile.mkdtemp(prefix="cnnviz-bench-")
     path = os.path.join(folder, "checkpoint.safetensors")
     safetensors.torch.save_file({k: v.contiguous() for k, v in state.items()}, path)
     size_mb = os.path.getsize(path) / 1e6
-    repeats = args.repeats
 
     def materialised() -> dict[str, torch.Tensor]:
         return {k: v.clone() for k, v in safetensors.torch.load_file(path).items()}
@@ -104,6 +120,118 @@ def main() -> None:
           f"load_checkpoint / (name + materialised load_file): {ours / floor:.2f}×; "
           f"the obvious way / load_checkpoint: {rows[8][1] / ours:.2f}×")
     os.remove(path)
+    os.rmdir(folder)
+
+
+# --------------------------------------------------------------------------------------------------
+# Refusing hostile checkpoints
+# --------------------------------------------------------------------------------------------------
+
+
+def _expanded(build, **changes: tuple[int, ...]) -> dict[str, torch.Tensor]:
+    """A model's state dict as views of one zero (stride 0: 4 bytes on disk each), some shapes changed."""
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in build().state_dict().items()}
+    shapes.update({k.replace("__", "."): v for k, v in changes.items()})
+    return {k: torch.zeros(()).expand(shape) for k, shape in shapes.items()}
+
+
+def _million_empty(path: str) -> None:
+    entries = ",".join(f'"t{i}":{{"dtype":"F32","shape":[0],"data_offsets":[0,0]}}' for i in range(1_000_000))
+    header = ("{" + entries + "}").encode()
+    header += b" " * (-len(header) % 8)
+    with open(path, "wb") as f:
+        f.write(len(header).to_bytes(8, "little") + header)
+
+
+def _diverged(path: str) -> None:
+    state = torchvision.models.resnet18().state_dict()
+    state["fc.bias"][0] = float("nan")
+    safetensors.torch.save_file(state, path)
+
+
+def _hostile(folder: str) -> list[tuple[str, str, str, str]]:
+    """(what, architecture, path, before these limits) for each hostile file, written to ``folder``."""
+    one = torch.zeros(0)
+    files = [
+        ("1.5 M classes, expand() views", "resnet18", "classes.pt", "loaded: 780.7 M parameters, +2.85 GB",
+         lambda p: torch.save(_expanded(torchvision.models.resnet18, fc__weight=(1_500_000, 512), fc__bias=(1_500_000,)), p)),
+        ("vit_h_14 as expand() views", "vit_h_14", "vit.pt", "loaded: 633.5 M parameters",
+         lambda p: torch.save(_expanded(torchvision.models.vit_h_14), p)),
+        ("2^31 classes (4 TB at full size)", "resnet18", "4tb.pt", "raw alloc_cpu.cpp message",
+         lambda p: torch.save(_expanded(torchvision.models.resnet18, fc__weight=(2**31, 512), fc__bias=(2**31,)), p)),
+        ("1,000,000 empty tensors (safetensors)", "resnet18", "million.safetensors", "67-229 s, +1.2-1.6 GB kept",
+         _million_empty),
+        ("300,000 tensors (torch zip)", "resnet18", "many.pt", "-",
+         lambda p: torch.save({f"t{i}": one for i in range(300_000)}, p)),
+        ("300,000 tensors (legacy torch)", "resnet18", "many-legacy.pt", "-",
+         lambda p: torch.save({f"t{i}": one for i in range(300_000)}, p, _use_new_zipfile_serialization=False)),
+        ("NaN in fc.bias", "resnet18", "diverged.safetensors", "loaded; /filters ValueError", _diverged),
+        ("TorchScript archive", "resnet18", "program.pt", "called damaged",
+         lambda p: torch.jit.save(torch.jit.script(torch.nn.Conv2d(3, 4, 3)), p)),
+    ]
+    made = []
+    for what, model, name, before, write in files:
+        path = os.path.join(folder, name)
+        write(path)
+        made.append((what, model, path, before))
+    return made
+
+
+def _resident(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":"))
+
+
+def _peak_growth(action) -> int:
+    """How far resident memory rose above its level before ``action``, at its peak (see the module's doc)."""
+    import psutil
+
+    try:
+        before = _resident("VmRSS")
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        field = "VmHWM"
+    except OSError:
+        before, field = psutil.Process().memory_info().rss, None
+
+    def peak() -> int:
+        return _resident(field) if field else psutil.Process().memory_info().rss
+    action()
+    return peak() - before
+
+
+def _refusal(model: str, path: str) -> str:
+    """The sentence load_checkpoint refuses ``path`` with ("LOADED" if it does not), the model cache cleared first."""
+    registry.clear_cache()
+    try:
+        registry.load_checkpoint(model, path)
+    except CnnvizError as e:
+        return str(e)
+    return "LOADED"
+
+
+def refusals(repeats: int) -> None:
+    """The table of hostile files refused: size, median time, peak resident growth, the sentence's start."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)  # torch.jit's deprecation notices
+    folder = tempfile.mkdtemp(prefix="cnnviz-hostile-")
+    ordinary = os.path.join(folder, "ordinary.safetensors")
+    safetensors.torch.save_file(torchvision.models.resnet18().state_dict(), ordinary)
+    registry.load_checkpoint("resnet18", ordinary)  # imports and first builds are not part of a refusal
+    print(f"\n## Refusing hostile checkpoints (median of {repeats}; peak resident growth per refusal)\n")
+    print("| file | size | refused in ms | peak RSS growth | before | refused with |\n|---|---:|---:|---:|---|---|")
+    for what, model, path, before in _hostile(folder):
+        refuse = functools.partial(_refusal, model, path)
+        growth = max(_peak_growth(refuse) for _ in range(3))
+        ms = median_ms(refuse, repeats)
+        size = os.path.getsize(path)
+        print(f"| {what} | {size / 1e3:,.0f} KB | {ms:.1f} | {growth / 2**20:.1f} MB | {before} | {refuse()[:90]}… |")
+        os.remove(path)
+    registry.clear_cache()
+    registry.clear_uploads()
+    os.remove(ordinary)
     os.rmdir(folder)
 
 

@@ -14,6 +14,15 @@ alone; other suffixes are refused. The size limit (``$CNNVIZ_MAX_CHECKPOINT_MB``
 before anything is read. The file is then hashed for the upload's name (in 1 MB chunks) and parsed, and its
 identity (inode, size, modification time) checked after both, so the name is the weights'.
 
+A small file can claim a great deal: a tensor saved as ``torch.zeros(()).expand(1_500_000, 512)`` takes 4
+bytes on disk and 3 GB once copied into a model, and a header can list a million empty tensors. So nothing
+is materialised before the totals are known, and each total has a limit checked first: the tensors' index
+(safetensors' JSON header, torch's pickle: ``MAX_INDEX_BYTES``) and their count (``MAX_TENSORS``) before one
+tensor is built; their bytes at full size (``MAX_TENSOR_BYTES``, views counted as what copying them makes)
+once they are listed; the classifier's classes (``MAX_CLASSES``) when it is fitted. Tensors stay in the file
+(safetensors and ``torch.load(mmap=True)`` map it) until :func:`load_weights` copies each one into the model.
+TorchScript archives and weights that hold NaN or infinity are refused with what to upload instead.
+
 The usual shapes of training checkpoints are accepted, as timm's ``load_checkpoint(use_ema=True)`` reads
 them: a bare state dict, or one nested under ``state_dict_ema`` / ``model_ema`` (EMA weights, preferred) or
 ``state_dict`` / ``model_state_dict`` / ``model``; wrapper prefixes (``module.`` from DataParallel/DDP and
@@ -26,7 +35,9 @@ import argparse
 import contextlib
 import hashlib
 import hmac
+import io
 import logging
+import math
 import os
 import pickle
 import re
@@ -47,15 +58,23 @@ from .errors import CheckpointError, quoted
 __all__ = [
     "ACCEPTED_SUFFIXES",
     "MAX_CHECKPOINT_BYTES",
+    "MAX_CLASSES",
+    "MAX_INDEX_BYTES",
     "MAX_LABELS_BYTES",
+    "MAX_TENSORS",
+    "MAX_TENSOR_BYTES",
     "CheckpointFile",
     "CheckpointReport",
     "Fit",
+    "MetaTensorsLeft",
+    "allocation_errors",
+    "check_finite",
     "choose_categories",
     "clean_keys",
     "display_filename",
     "file_name",
     "fit_state_dict",
+    "fitted_parameters",
     "load_weights",
     "open_checkpoint",
     "parse_labels",
@@ -73,6 +92,19 @@ ACCEPTED = ".safetensors, .pt, .pth, .bin or .ckpt"
 MAX_CHECKPOINT_BYTES = int(float(os.environ.get("CNNVIZ_MAX_CHECKPOINT_MB", "200")) * 2**20)
 MAX_LABELS_BYTES = 2**20  # a labels file larger than 1 MB is refused before it is read
 MAX_LABEL_CHARS = 200  # one label longer than this is refused
+# Real state dicts hold a few hundred to a few thousand tensors (EfficientNet-B7: 1,200), a timm training
+# checkpoint (model, EMA and the optimizer's moments) about four times as many; more is a file made to keep a
+# worker busy building tensors (a million empty ones took 67-229 s before this limit).
+MAX_TENSORS = 20_000
+# A checkpoint's index of its tensors (safetensors' JSON header, torch's pickle) takes ~100 bytes a tensor, so
+# 2 MB is room for MAX_TENSORS. Unpickling is pure Python (~60 µs a tensor): this also bounds that time to
+# about a second. EfficientNet-B7's training checkpoint (4,500 tensors) has 0.45 MB of pickle.
+MAX_INDEX_BYTES = 2 * 2**20
+# The tensors at full size (numel × element size, whatever their strides). A file within the size limit holds
+# that much at most, twice when tensors share storage (tied weights count once per name); beyond it lie only
+# views (expand(), stride 0) that copying them into a model would make full size.
+MAX_TENSOR_BYTES = 2 * MAX_CHECKPOINT_BYTES
+MAX_CLASSES = 100_000  # ImageNet-21k, the largest label set in use, has 21,843 classes
 UPLOAD_PREFIX = "upload/"
 SHOWN = 5  # keys named per kind in a message that says why a checkpoint does not fit
 
@@ -96,8 +128,12 @@ _SEED = int.from_bytes(secrets.token_bytes(8), "little")  # keys the fast digest
 
 
 def _megabytes(nbytes: int) -> str:
-    """``"200 MB"``, ``"1.5 MB"``, ``"0.01 MB"``: a byte count for a sentence."""
+    """``"200 MB"``, ``"1.5 MB"``, ``"16 KB"``, ``"4,096 GB"``: a byte count for a sentence."""
     mb = nbytes / 2**20
+    if mb >= 10 * 2**10:
+        return f"{mb / 2**10:,.0f} GB"
+    if mb < 0.1:
+        return f"{nbytes / 2**10:.2g} KB"
     return f"{mb:,.0f} MB" if mb >= 10 else f"{mb:.2g} MB"
 
 
@@ -209,19 +245,61 @@ def sniff_format(head: bytes, size: int) -> Format | None:
     return None
 
 
+def _damaged(file: CheckpointFile, what: str, detail: str = "it is damaged or incomplete") -> CheckpointError:
+    return CheckpointError(
+        f"The checkpoint {quoted(file.filename)} could not be read as {what}: {detail}. {SAVE_STATE_DICT}"
+    )
+
+
+def _too_many_tensors(filename: str, count: int | None) -> CheckpointError:
+    """The sentence for a checkpoint of ``count`` tensors (None: more than ``MAX_TENSORS``, not all counted)."""
+    held = f"more than {MAX_TENSORS:,}" if count is None else f"{count:,}"
+    return CheckpointError(
+        f"The checkpoint {quoted(filename)} holds {held} tensors; this app reads checkpoints of up to "
+        f"{MAX_TENSORS:,} (a model's state dict has a few hundred to a few thousand). {SAVE_STATE_DICT}"
+    )
+
+
+def _index_too_big(filename: str, size: int | None, what: str) -> CheckpointError:
+    amount = f"{_megabytes(size)}" if size is not None else f"more than {_megabytes(MAX_INDEX_BYTES)}"
+    return CheckpointError(
+        f"The checkpoint {quoted(filename)} lists its tensors in {amount} of {what}; this app reads up to "
+        f"{_megabytes(MAX_INDEX_BYTES)}, room for {MAX_TENSORS:,} tensors (a model's state dict needs well under "
+        f"1 MB). {SAVE_STATE_DICT}"
+    )
+
+
+_SAFETENSORS_ENTRY = b'"data_offsets"'  # once per tensor in a safetensors header
+
+
+def _check_safetensors_header(file: CheckpointFile) -> None:
+    """Count the tensors a safetensors header lists before the library builds one: its 8-byte length, then
+    at most ``MAX_INDEX_BYTES`` of it, searched for the key every tensor's entry has (a C-speed count, where
+    parsing a million entries would hold the worker)."""
+    try:
+        with open(file.path, "rb") as f:
+            length = int.from_bytes(f.read(8), "little")
+            head = f.read(min(length, MAX_INDEX_BYTES))
+    except OSError as e:
+        raise CheckpointError(f"The checkpoint {quoted(file.filename)} is missing or cannot be read. Upload it again.") from e
+    listed = head.count(_SAFETENSORS_ENTRY)
+    if listed > MAX_TENSORS:
+        raise _too_many_tensors(file.filename, listed if length == len(head) else None)
+    if length > MAX_INDEX_BYTES:
+        raise _index_too_big(file.filename, length, "safetensors header")
+
+
 def _read_safetensors(file: CheckpointFile) -> dict[str, torch.Tensor]:
     import safetensors.torch
 
+    _check_safetensors_header(file)
     try:
-        # load_file maps the file; each tensor is copied out at once, so the model owns its memory and
-        # nothing faults if the user's file is later truncated (pread, which copies too, is 3-5x slower).
-        return {k: v.clone() for k, v in safetensors.torch.load_file(file.path).items()}
+        # Mapped, not read: load_weights copies each tensor once every limit has been checked. Until then the
+        # tensors need the file as it is (a truncated mapping faults): it is the server's own copy of the upload.
+        return safetensors.torch.load_file(file.path)
     except Exception as e:  # the parser's error for any malformed header or data
         logger.info("safetensors could not read %s", file.path, exc_info=True)
-        raise CheckpointError(
-            f"The checkpoint {quoted(file.filename)} could not be read as a safetensors file: it is damaged or "
-            f"incomplete. {SAVE_STATE_DICT}"
-        ) from e
+        raise _damaged(file, "a safetensors file") from e
 
 
 _TORCH_LOAD_LOCK = threading.Lock()
@@ -240,19 +318,111 @@ def _timm_args_allowed() -> Iterator[None]:
             yield
 
 
+# torch.save writes a handful of records beside one per storage (data.pkl, version, byteorder, ...).
+_ZIP_OTHER_RECORDS = 16
+# A central-directory entry is 46 bytes and a name: torch.save's names are the file's stem (up to 255
+# characters) and "/data/N". zipfile builds one object per entry, however many the directory claims.
+_ZIP_ENTRY_BYTES = 512
+_ZIP_END = b"PK\x05\x06"  # end of central directory record
+_ZIP64_LOCATOR = b"PK\x06\x07"
+_ZIP64_END = b"PK\x06\x06"
+
+
+def _zip_directory(f: io.BufferedReader, size: int) -> tuple[int, int]:
+    """(entries, bytes) of a zip's central directory as its end record declares them (zip64's when the
+    16/32-bit fields are full), read from the file's tail before zipfile parses the directory. (0, 0) when
+    there is no end record (zipfile then says the archive is damaged)."""
+    tail_length = min(size, 22 + 0xFFFF)  # the record, and the longest comment it may have
+    f.seek(size - tail_length)
+    tail = f.read(tail_length)
+    at = tail.rfind(_ZIP_END)
+    if at < 0:
+        return 0, 0
+    entries = int.from_bytes(tail[at + 10 : at + 12], "little")
+    directory = int.from_bytes(tail[at + 12 : at + 16], "little")
+    if (entries == 0xFFFF or directory == 0xFFFFFFFF) and at >= 20 and tail[at - 20 : at - 16] == _ZIP64_LOCATOR:
+        f.seek(int.from_bytes(tail[at - 12 : at - 4], "little"))
+        record = f.read(56)
+        if record[:4] == _ZIP64_END:
+            entries = int.from_bytes(record[32:40], "little")
+            directory = int.from_bytes(record[40:48], "little")
+    return entries, directory
+
+
+def _is_torchscript(names: Sequence[str]) -> bool:
+    """A torch.jit.save archive: its compiled code (``code/``) and ``constants.pkl`` beside the data, as
+    torch.load tells them apart (``_is_torchscript_zip``)."""
+    return any(n.rsplit("/", 1)[-1] == "constants.pkl" or "/code/" in f"/{n}" for n in names)
+
+
+def _torchscript(filename: str) -> CheckpointError:
+    return CheckpointError(
+        f"{quoted(filename)} is a TorchScript archive (saved with torch.jit.save): a compiled program, which this "
+        "app does not run. Upload the model's weights instead: torch.save(model.state_dict(), 'model.pt') or "
+        "safetensors' save_file (from this file: torch.jit.load(path).state_dict())."
+    )
+
+
 def _check_zip(file: CheckpointFile) -> None:
-    """Refuse a zip whose entries would expand beyond the checkpoint limit (``torch.save`` stores them
-    uncompressed; a zip bomb does not)."""
+    """Refuse, before torch reads the archive: one with more entries than a checkpoint of ``MAX_TENSORS``
+    storages has, a TorchScript program, a pickle over ``MAX_INDEX_BYTES``, and entries that would expand
+    beyond the checkpoint limit (``torch.save`` stores them uncompressed; a zip bomb does not)."""
+    most = MAX_TENSORS + _ZIP_OTHER_RECORDS  # entries: one per storage
     try:
-        with zipfile.ZipFile(file.path) as archive:
-            expanded = sum(info.file_size for info in archive.infolist())
+        with open(file.path, "rb") as f:
+            entries, directory = _zip_directory(f, file.size)
+            if entries > most or directory > most * _ZIP_ENTRY_BYTES:
+                infos = None
+            else:
+                with zipfile.ZipFile(f) as archive:
+                    infos = archive.infolist()
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
-        raise CheckpointError(
-            f"The checkpoint {quoted(file.filename)} could not be read as a PyTorch file: the archive is damaged "
-            f"or incomplete. {SAVE_STATE_DICT}"
-        ) from e
+        raise _damaged(file, "a PyTorch file", "the archive is damaged or incomplete") from e
+    if infos is None:
+        raise _too_many_tensors(file.filename, None)
+    if _is_torchscript([info.filename for info in infos]):
+        raise _torchscript(file.filename)
+    expanded = sum(info.file_size for info in infos)
     if expanded > MAX_CHECKPOINT_BYTES:
         raise _too_big(file.filename, expanded, MAX_CHECKPOINT_BYTES)
+    pickled = max((i.file_size for i in infos if i.filename.rsplit("/", 1)[-1] == "data.pkl"), default=0)
+    if pickled > MAX_INDEX_BYTES:
+        raise _index_too_big(file.filename, pickled, "pickle data")
+
+
+class _PickleBudget(io.BufferedReader):
+    """A legacy (pre-zip) PyTorch file as torch.load reads it, refused once its pickles pass
+    ``MAX_INDEX_BYTES``: they are read with ``read``/``readline``, counted here, while the storages' bytes
+    are read from the file descriptor and are not. (A zip's pickle is one record, measured beforehand.)"""
+
+    def __init__(self, path: str, filename: str) -> None:
+        super().__init__(io.FileIO(path))
+        self.filename = filename
+        self.left = MAX_INDEX_BYTES
+
+    def _spend(self, data: bytes) -> bytes:
+        self.left -= len(data)
+        if self.left < 0:
+            raise _index_too_big(self.filename, None, "pickle data")
+        return data
+
+    def read(self, size: int | None = -1) -> bytes:
+        return self._spend(super().read(size))
+
+    def readline(self, size: int | None = -1) -> bytes:
+        return self._spend(super().readline(size))
+
+
+def _torch_load(file: CheckpointFile) -> Any:
+    """``torch.load(weights_only=True)`` of the file: mapped (``mmap=True``) when it is a zip archive, so the
+    storages stay on disk until load_weights copies them."""
+    if file.format == "torch-pickle":
+        with _PickleBudget(file.path, file.filename) as f:
+            return torch.load(f, map_location="cpu", weights_only=True)
+    if file.path.endswith(".safetensors"):  # torch.load would take the path for a safetensors file
+        with open(file.path, "rb") as f:
+            return torch.load(f, map_location="cpu", weights_only=True)
+    return torch.load(file.path, map_location="cpu", weights_only=True, mmap=True)
 
 
 _GLOBAL_RE = re.compile(r"GLOBAL ([\w.]+)")
@@ -262,10 +432,11 @@ def _read_torch(file: CheckpointFile) -> Any:
     if file.format == "torch-zip":
         _check_zip(file)
     try:
-        # An open file, not the path: torch.load treats a path ending in .safetensors as safetensors, and
-        # the format here is the one the first bytes told.
-        with open(file.path, "rb") as f, _timm_args_allowed():
-            return torch.load(f, map_location="cpu", weights_only=True)
+        # The format is the one the first bytes told, never the suffix (see _torch_load).
+        with _timm_args_allowed():
+            return _torch_load(file)
+    except CheckpointError:  # a limit _PickleBudget enforces
+        raise
     except pickle.UnpicklingError as e:
         found = _GLOBAL_RE.search(str(e))
         if found is not None:  # weights_only met a class or function it does not rebuild, and refused it
@@ -275,16 +446,34 @@ def _read_torch(file: CheckpointFile) -> Any:
                 f"{PICKLED_OBJECTS} It was written by Python's pickle, not by torch.save."
             ) from e
         logger.info("torch.load(weights_only=True) refused %s", file.path, exc_info=True)
-        raise CheckpointError(
-            f"The checkpoint {quoted(file.filename)} could not be read as a PyTorch file: its pickle data is "
-            f"damaged or uses something this app does not load. {SAVE_STATE_DICT}"
-        ) from e
+        raise _damaged(file, "a PyTorch file", "its pickle data is damaged or uses something this app does not load") from e
     except Exception as e:  # corrupt archives and truncated pickles fail in many ways, none of them a bug here
         logger.info("torch.load could not read %s", file.path, exc_info=True)
-        raise CheckpointError(
-            f"The checkpoint {quoted(file.filename)} could not be read as a PyTorch file: it is damaged or "
-            f"incomplete. {SAVE_STATE_DICT}"
-        ) from e
+        raise _damaged(file, "a PyTorch file") from e
+
+
+def _full_size(tensor: torch.Tensor) -> int:
+    """Bytes ``tensor`` takes once copied out: every element, however few its storage holds (stride 0)."""
+    return tensor.numel() * tensor.element_size()
+
+
+def _check_totals(state: Mapping[str, torch.Tensor], file: CheckpointFile) -> None:
+    """Refuse a state dict of more than ``MAX_TENSORS`` tensors or ``MAX_TENSOR_BYTES`` at full size, from
+    shapes alone: nothing is read or copied yet."""
+    if len(state) > MAX_TENSORS:
+        raise _too_many_tensors(file.filename, len(state))
+    full = sum(_full_size(t) for t in state.values())
+    if full <= MAX_TENSOR_BYTES:
+        return
+    views = [k for k, t in state.items() if _full_size(t) > t.untyped_storage().nbytes()]
+    why = (f": {_plural(len(views), 'tensor')} ({_names(views)}) {'is a view' if len(views) == 1 else 'are views'} "
+           "that repeat their values (saved from expand() or overlapping slices), which a model copies out in full"
+           if views else "")
+    size_text, limit_text = _sizes(full, MAX_TENSOR_BYTES)
+    raise CheckpointError(
+        f"The checkpoint {quoted(file.filename)} is {_megabytes(file.size)}, but its tensors take {size_text} at "
+        f"full size{why}. This app reads checkpoints whose tensors take up to {limit_text}. {SAVE_STATE_DICT}"
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -387,15 +576,21 @@ def read_state_dict(file: CheckpointFile) -> tuple[dict[str, torch.Tensor], tupl
     (['fc.weight'], ("removed the 'module.' prefix from 1 key",))
     >>> folder.cleanup()
 
+    The tensors are not read yet (they map the file): :func:`load_weights` copies them.
+
     Raises:
         CheckpointError: the file is damaged, it holds pickled Python objects that ``weights_only`` refuses
-            (a whole model), it holds no tensors, or it changed since it was opened.
+            (a whole model) or a TorchScript program, it holds no tensors, it changed since it was opened, or
+            it is over a limit that keeps one upload from taking the server's memory or time: its index of
+            tensors (``MAX_INDEX_BYTES``), their number (``MAX_TENSORS``) or their bytes at full size
+            (``MAX_TENSOR_BYTES``), each checked before any tensor is materialised.
     """
     notes: list[str] = []
     if file.format == "safetensors":
         state = _read_safetensors(file)
     else:
         state = _unwrap(_read_torch(file), file.filename, notes)
+    _check_totals(state, file)
     _check_unchanged(file)
     state, cleaned = clean_keys(state)
     return state, (*notes, *cleaned)
@@ -471,7 +666,8 @@ def fit_state_dict(
 
     Raises:
         CheckpointError: keys are missing, unexpected or of another shape, naming the first few of each
-            with counts (mis-shaped ones with both shapes) and ``name``, the model it was compared with.
+            with counts (mis-shaped ones with both shapes) and ``name``, the model it was compared with; or
+            the classifier has more than ``MAX_CLASSES`` classes (a model built with them would be huge).
     """
     expected = model.state_dict()
     state, notes = dict(state), []
@@ -496,6 +692,11 @@ def fit_state_dict(
             return Fit(state, tuple(notes))
         other = _other_classes(mis_shaped, classes)
         if other is not None:
+            if other > MAX_CLASSES:
+                raise CheckpointError(
+                    f"This checkpoint's classifier has {other:,} classes; this app builds classifiers of up to "
+                    f"{MAX_CLASSES:,} (ImageNet-21k, the largest label set in use, has 21,843)."
+                )
             return Fit(state, tuple(notes), other)
     problems = []
     if missing:
@@ -513,10 +714,54 @@ def fit_state_dict(
     )
 
 
+def fitted_parameters(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> int:
+    """How many parameters ``model`` has once built with the shapes of ``state`` (a :class:`Fit`'s state:
+    every key of the model, the classifier's rows perhaps another number), counted from shapes alone, so
+    a model too large for the server is refused before it is built.
+
+    >>> fitted_parameters(torch.nn.Linear(3, 2), {"weight": torch.ones(5, 3), "bias": torch.zeros(5)})
+    20
+    """
+    return sum(math.prod(state[name].shape) for name, _ in model.named_parameters())
+
+
+def check_finite(state: Mapping[str, torch.Tensor], filename: str) -> None:
+    """Refuse a state dict whose floating tensors hold NaN or infinity.
+
+    >>> check_finite({"w": torch.tensor([1.0, float("nan")])}, "run.pt")
+    Traceback (most recent call last):
+    ...
+    cnnviz.errors.CheckpointError: The checkpoint 'run.pt' holds NaN or infinite values in 1 tensor ('w'): ...
+
+    Raises:
+        CheckpointError: naming the first few such tensors: the training run that saved them had diverged,
+            and a model with them computes NaN everywhere (no view would show anything).
+    """
+    broken = [key for key, tensor in state.items() if tensor.is_floating_point() and not _finite(tensor)]
+    if broken:
+        raise CheckpointError(
+            f"The checkpoint {quoted(filename)} holds NaN or infinite values in {_plural(len(broken), 'tensor')} "
+            f"({_names(broken)}): the training run that saved it had diverged, and a model with them computes "
+            "nothing but NaN. Upload a checkpoint saved before that."
+        )
+
+
+def _finite(tensor: torch.Tensor) -> bool:
+    """True when every value is finite. A finite sum proves it without allocating; an infinite one may be
+    an overflow of large finite values, so then each value is checked."""
+    return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
+
+
+class MetaTensorsLeft(RuntimeError):
+    """The model held a parameter or buffer its state dict does not list, left on the meta device by a
+    skeleton build: build the model for real and load again."""
+
+
 def load_weights(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> tuple[int, tuple[str, ...]]:
     """Put a fitted state dict's tensors into ``model`` (strictly, by assignment: parameters may be on
-    the meta device beforehand and nothing is copied twice). Each tensor takes the dtype of the model's own
-    (a float16 checkpoint becomes float32) and owns its memory. Returns (tensors loaded, notes).
+    the meta device beforehand and nothing is copied twice). Each tensor is copied once, in the dtype of
+    the model's own (a float16 checkpoint becomes float32), so the model owns its memory and no longer
+    depends on the file the tensors were mapped from. Returns (tensors loaded, notes).
 
     >>> layer = torch.nn.Linear(2, 1)
     >>> load_weights(layer, {"weight": torch.ones(1, 2, dtype=torch.float16), "bias": torch.zeros(1)})
@@ -525,7 +770,7 @@ def load_weights(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> t
     (torch.float32, [[1.0, 1.0]])
 
     Raises:
-        RuntimeError: a parameter or buffer is still on the meta device afterwards (the model held a
+        MetaTensorsLeft: a parameter or buffer is still on the meta device afterwards (the model held a
             tensor its state dict does not list); build the model for real and load again.
     """
     ready: dict[str, torch.Tensor] = {}
@@ -534,16 +779,47 @@ def load_weights(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> t
         tensor = state[key].detach()
         if tensor.dtype != reference.dtype:
             converted[_dtype_name(tensor.dtype), _dtype_name(reference.dtype)] += 1
-            tensor = tensor.to(reference.dtype)
-        elif tensor.untyped_storage().nbytes() > tensor.nbytes or not tensor.is_contiguous():
-            tensor = tensor.clone(memory_format=torch.contiguous_format)  # a view of a larger storage: keep only its own bytes
-        ready[key] = tensor
+        ready[key] = tensor.to(reference.dtype, copy=True, memory_format=torch.contiguous_format)
     model.load_state_dict(ready, strict=True, assign=True)
     left = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
     if left:
-        raise RuntimeError(f"{len(left)} tensors of the model are still on the meta device, e.g. {left[0]!r}")
+        raise MetaTensorsLeft(f"{len(left)} tensors of the model are still on the meta device, e.g. {left[0]!r}")
     notes = tuple(f"converted {_plural(n, f'{old} tensor')} to {new}" for (old, new), n in converted.items())
     return len(ready), notes
+
+
+_ALLOCATION_RE = re.compile(r"allocate (?:memory: you tried to allocate )?(\d+) bytes")
+
+
+def _is_allocation_failure(error: BaseException) -> bool:
+    return isinstance(error, (MemoryError, torch.OutOfMemoryError)) or (
+        isinstance(error, RuntimeError) and ("can't allocate memory" in str(error) or "not enough memory" in str(error))
+    )
+
+
+@contextlib.contextmanager
+def allocation_errors(filename: str) -> Iterator[None]:
+    """Within the block, running out of memory (``MemoryError``, torch's "DefaultCPUAllocator: can't
+    allocate memory" from alloc_cpu.cpp, CUDA's out-of-memory) raises a sentence, never the allocator's
+    message.
+
+    >>> with allocation_errors("big.pt"):
+    ...     raise MemoryError()
+    Traceback (most recent call last):
+    ...
+    cnnviz.errors.CheckpointError: The server does not have enough free memory to load the checkpoint 'big.pt' now. ...
+    """
+    try:
+        yield
+    except Exception as e:
+        if not _is_allocation_failure(e):
+            raise
+        found = _ALLOCATION_RE.search(str(e))
+        needed = f" (one allocation of {_megabytes(int(found.group(1)))} failed)" if found else ""
+        raise CheckpointError(
+            f"The server does not have enough free memory to load the checkpoint {quoted(filename)} now{needed}. "
+            "Try again later, or load a smaller model."
+        ) from e
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

@@ -341,7 +341,8 @@ def filter_planes(weight: torch.Tensor, input_channel: int | None, colour: bool)
     w = weight.numpy()
     check_input_channel(input_channel, w.shape[1])
     if input_channel is None:
-        return w if colour and w.shape[1] == 3 else w.mean(axis=1, keepdims=True)
+        # summed in float64: the mean of finite float32 weights is finite, their float32 sum may not be
+        return w if colour and w.shape[1] == 3 else w.mean(axis=1, keepdims=True, dtype=np.float64).astype(np.float32)
     return w[:, input_channel : input_channel + 1]
 
 
@@ -363,10 +364,11 @@ def check_input_channel(input_channel: object, count: int) -> None:
 
 @dataclass(frozen=True)
 class Histogram:
-    """Counts of a layer's weights in equal-width bins (``np.histogram``)."""
+    """Counts of a layer's finite weights in equal-width bins (``np.histogram``)."""
 
-    counts: np.ndarray  # int64[bins]: how many weights fall in each bin; sums to the number of weights
-    edges: np.ndarray  # float[bins + 1]: bin edges, from the smallest weight to the largest
+    counts: np.ndarray  # int64[bins]: how many weights fall in each bin; sums to the number of finite weights
+    edges: np.ndarray  # float[bins + 1]: bin edges, from the smallest finite weight to the largest
+    non_finite: int = 0  # NaN and infinite weights, left out of the bins (they have no place on the axis)
 
     @property
     def centres(self) -> np.ndarray:
@@ -374,22 +376,48 @@ class Histogram:
         return (self.edges[:-1].astype(np.float64) + self.edges[1:]) / 2
 
 
+_FLOAT32 = np.finfo(np.float32)
+
+
+def _float64_range(values: np.ndarray, bins: int) -> tuple[np.float64, np.float64] | None:
+    """The range to bin ``values`` (finite float32) over in float64, where numpy's float32 bins would fail:
+    a span past float32's largest number (±3e38), or bins narrower than float32 tells apart at this
+    magnitude (a layer of one value, 1e8: numpy bins it over 1e8 ± 0.5). None: numpy's own bins work."""
+    if not values.size:
+        return None
+    lo, hi = np.float64(values.min()), np.float64(values.max())
+    if lo == hi:  # numpy's rule for a constant, ± 0.5, widened where even float64 cannot add 0.5 (3e38)
+        pad = max(0.5, 1e-12 * abs(lo))
+        lo, hi = lo - pad, hi + pad
+    narrow = (hi - lo) / bins < 4 * float(_FLOAT32.eps) * max(abs(lo), abs(hi))
+    return (lo, hi) if narrow or hi - lo > float(_FLOAT32.max) / 2 else None
+
+
 def weight_histogram(weight: torch.Tensor, bins: int = HISTOGRAM_BINS) -> Histogram:
-    """Histogram of every value of ``weight`` (``Tensor[O,I,kh,kw]`` float32), ``bins`` equal bins.
+    """Histogram of every finite value of ``weight`` (``Tensor[O,I,kh,kw]`` float32), ``bins`` equal bins
+    (numpy's, in float32; in float64 where float32 cannot space them); NaN and infinite values are counted
+    apart (:attr:`Histogram.non_finite`).
 
     >>> weight_histogram(torch.tensor([0.0, 1.0, 1.0, 2.0]), bins=2).counts.tolist()
     [1, 3]
+    >>> weight_histogram(torch.tensor([-3e38, 3e38, float("nan")]), bins=2).counts.tolist()
+    [1, 1]
     """
-    counts, edges = np.histogram(weight.numpy().ravel(), bins=bins)
-    return Histogram(counts, edges)
+    values = weight.numpy().ravel()
+    finite = np.isfinite(values)
+    if not finite.all():
+        values = values[finite]
+    # float64 ends make numpy bin in float64, a block of values at a time (no float64 copy of the layer)
+    counts, edges = np.histogram(values, bins=bins, range=_float64_range(values, bins))
+    return Histogram(counts, edges, int(finite.size - finite.sum()))
 
 
 @dataclass(frozen=True)
 class FilterNorms:
     """Per-filter L2 norms of a layer, with the dead (all zero) and near-zero filters flagged."""
 
-    norms: np.ndarray  # float32[O]: ‖weight[o]‖₂ over its I×kh×kw values
-    median: float  # the median of ``norms``
+    norms: np.ndarray  # float64[O]: ‖weight[o]‖₂ over its I×kh×kw values (float32 ones may square past float32)
+    median: float  # the median of the finite ``norms`` (0 when none is)
     threshold: float  # DEAD_RATIO × median: a norm below this (or exactly zero) is flagged
     flagged: np.ndarray  # int64[k]: indices of the flagged filters, ascending
 
@@ -400,16 +428,19 @@ class FilterNorms:
 
 
 def filter_norms(weight: torch.Tensor, ratio: float = DEAD_RATIO) -> FilterNorms:
-    """L2 norm of each filter ``weight[o]`` (``Tensor[O,I,kh,kw]`` float32); filters whose norm is
-    zero or below ``ratio`` × the median norm are flagged as dead / near zero.
+    """L2 norm of each filter ``weight[o]`` (``Tensor[O,I,kh,kw]`` float32), in float64 so that weights of
+    any finite size have one; filters whose norm is zero or below ``ratio`` × the median norm are flagged
+    as dead / near zero.
 
     >>> w = torch.ones(3, 1, 2, 2); w[1] = 0
     >>> filter_norms(w).flagged.tolist()
     [1]
     """
     flat = weight.numpy().reshape(weight.shape[0], -1)
-    norms = np.sqrt(np.einsum("ij,ij->i", flat, flat))
-    median = float(np.median(norms))
+    # summed in float64 (cast chunk by chunk, no copy of the layer): squares of 1e20 overflow float32
+    norms = np.sqrt(np.einsum("ij,ij->i", flat, flat, dtype=np.float64))
+    finite = norms[np.isfinite(norms)]
+    median = float(np.median(finite)) if finite.size else 0.0
     threshold = ratio * median
     flagged = np.flatnonzero((norms == 0) | (norms < threshold))
     return FilterNorms(norms, median, threshold, flagged)

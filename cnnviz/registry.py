@@ -448,10 +448,13 @@ def check_size(spec: ModelSpec) -> None:
         return
     count = count_parameters(spec)
     if count > MAX_PARAMS:
-        raise InvalidOptionError(
-            f"{spec.key} has {count / 1e6:,.0f} M parameters; this app loads models up to "
-            f"{MAX_PARAMS / 1e6:,.0f} M (set CNNVIZ_MAX_PARAMS to change that)."
-        )
+        raise InvalidOptionError(f"{spec.key} has {_over_the_cap(count)}")
+
+
+def _over_the_cap(count: int) -> str:
+    """The end of a sentence refusing a model of ``count`` parameters (over ``MAX_PARAMS``)."""
+    return (f"{count / 1e6:,.0f} M parameters; this app loads models up to {MAX_PARAMS / 1e6:,.0f} M "
+            "(set CNNVIZ_MAX_PARAMS to change that).")
 
 
 def load_model(
@@ -615,7 +618,16 @@ def _preprocessing(base: ModelSpec, model: torch.nn.Module) -> tuple[Callable, t
 def _upload_from_file(
     name: str, base: ModelSpec, file: checkpoint.CheckpointFile, labels: tuple[str, ...] | None, device: torch.device
 ) -> LoadedModel:
-    """Read, fit and load a checkpoint into ``base``'s architecture; remember the upload."""
+    """Read, fit and load a checkpoint into ``base``'s architecture; remember the upload. Every limit
+    (the file's, its tensors', the parameters of the model it builds) is checked before a tensor is
+    copied or the model is built; running out of memory all the same is said in a sentence."""
+    with checkpoint.allocation_errors(file.filename):
+        return _fitted_upload(name, base, file, labels, device)
+
+
+def _fitted_upload(
+    name: str, base: ModelSpec, file: checkpoint.CheckpointFile, labels: tuple[str, ...] | None, device: torch.device
+) -> LoadedModel:
     state, read_notes = checkpoint.read_state_dict(file)
     filename = file.filename
     shown = checkpoint.display_filename(filename)
@@ -628,6 +640,11 @@ def _upload_from_file(
     num_classes = classes
     if fit.num_classes is not None:
         num_classes = fit.num_classes
+        count = checkpoint.fitted_parameters(model, fit.state)
+        if count > MAX_PARAMS:  # the same limit as a typed name's, counted before the model is built
+            raise CheckpointError(
+                f"This checkpoint builds {base.key} with {num_classes:,} classes, which has {_over_the_cap(count)}"
+            )
         notes.append(f"its classifier has {num_classes} classes, not {classes}, so {base.key} was built with {num_classes}")
         model = _architecture(base, num_classes, aux, skeleton=True)
         fit = checkpoint.fit_state_dict(model, fit.state, name=f"{where} with {num_classes} classes")
@@ -638,16 +655,15 @@ def _upload_from_file(
         raise CheckpointError(f"{base.key} has no class outputs, so a labels file does not apply to it.")
     else:
         categories, kind = None, None
+    checkpoint.check_finite(fit.state, filename)
     try:
         _, load_notes = checkpoint.load_weights(model, fit.state)
-    except RuntimeError:  # a tensor outside the state dict was left on meta: build for real, load again
+    except checkpoint.MetaTensorsLeft:  # a tensor outside the state dict was left on meta: build for real, load again
         model = _architecture(base, num_classes, aux, skeleton=False)
         try:
             _, load_notes = checkpoint.load_weights(model, fit.state)
-        except RuntimeError as e:
-            raise CheckpointError(
-                f"The checkpoint {quoted(filename)} could not be loaded into {where}: {str(e).strip().splitlines()[0][:200]}"
-            ) from e
+        except checkpoint.MetaTensorsLeft as e:
+            raise CheckpointError(f"The checkpoint {quoted(filename)} could not be loaded into {where}: {e}.") from e
     notes.extend(load_notes)
     model = weights._drop_aux_heads(base.arch, model).eval().to(device)  # googlenet: as torchvision does
     spec = ModelSpec(name, base.source, base.arch, f"{base.display} · your checkpoint {shown}")
@@ -728,13 +744,17 @@ def load_checkpoint(
 
     Raises:
         UnknownModelError: ``model`` is not a model name (or an upload name this server no longer holds).
-        CheckpointError: the file cannot be read safely (wrong type, too large, damaged, pickled objects),
-            does not fit the architecture (naming the missing, unexpected and mis-shaped keys), or the labels
-            do not match its classes.
+        InvalidOptionError: ``model`` has more than ``MAX_PARAMS`` parameters (as for :func:`load_model`).
+        CheckpointError: the file cannot be read safely (wrong type, too large, damaged, pickled objects, a
+            TorchScript program, more tensors or bytes than the limits in :mod:`cnnviz.checkpoint`), does not
+            fit the architecture (naming the missing, unexpected and mis-shaped keys), would build a model of
+            more than ``MAX_PARAMS`` parameters (its classifier's classes), holds NaN or infinite weights, the
+            server ran out of memory, or the labels do not match its classes.
     """
     base = get_spec(model)
     if base.key.startswith(checkpoint.UPLOAD_PREFIX):
         base = _UPLOADS.get(base.key).base
+    check_size(base)  # the architecture as a typed name would be: refused before the file is read
     if labels is None:
         names = None
     elif isinstance(labels, (str, os.PathLike)):

@@ -28,16 +28,46 @@ DEAD_STRIPES = ((40, 44, 56), (150, 60, 60))  # an all-zero channel: diagonal st
 BAND = 11  # pixels above each tile for its channel index
 
 
+def finite_range(a: np.ndarray, axes: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(min, max) of ``a``'s finite values over ``axes`` (all when None), kept as dimensions; 0 where there
+    are none. An overflowed activation (inf) or a NaN would otherwise make every other value's place NaN.
+
+    >>> [r.tolist() for r in finite_range(np.array([1.0, np.inf, -2.0, np.nan], np.float32))]
+    [[-2.0], [1.0]]
+    """
+    finite = np.isfinite(a)
+    if finite.all():
+        return a.min(axis=axes, keepdims=True), a.max(axis=axes, keepdims=True)
+    lo = np.where(finite, a, np.inf).min(axis=axes, keepdims=True)
+    hi = np.where(finite, a, -np.inf).max(axis=axes, keepdims=True)
+    empty = lo > hi  # no finite value to range over
+    return np.where(empty, 0, lo).astype(a.dtype), np.where(empty, 0, hi).astype(a.dtype)
+
+
+def to_unit(a: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """``(a - lo) / (hi - lo)`` as float32 in [0, 1] (a range under ``EPS`` counts as ``EPS``: constant input
+    → 0). Computed on halves, so a range wider than float32's largest number (weights of ±3e38, where
+    ``a - lo`` is inf) still scales; values beyond the range are clipped to it, NaN goes to 0.
+
+    >>> to_unit(np.array([-3e38, 0.0, 3e38], np.float32), np.float32(-3e38), np.float32(3e38)).tolist()
+    [0.0, 0.5, 1.0]
+    """
+    lo_half, hi_half = np.float32(0.5) * lo, np.float32(0.5) * hi
+    unit = np.multiply(a, np.float32(0.5), dtype=np.float32)
+    unit -= lo_half
+    unit /= np.maximum(hi_half - lo_half, np.float32(EPS / 2))
+    return np.nan_to_num(np.clip(unit, 0.0, 1.0, out=unit), copy=False, nan=0.0)
+
+
 def minmax(a: np.ndarray, axes: tuple[int, ...] | None = None) -> np.ndarray:
-    """Scale to float32 [0, 1] by min and max over ``axes`` (all axes when None). Constant input → 0.
+    """Scale to float32 [0, 1] by the finite min and max over ``axes`` (all axes when None). Constant input
+    → 0; any finite values, however large, keep their order (:func:`to_unit`).
 
     >>> minmax(np.array([2.0, 4.0, 6.0])).tolist()
     [0.0, 0.5, 1.0]
     """
     a = np.asarray(a, dtype=np.float32)
-    lo = a.min(axis=axes, keepdims=True)
-    hi = a.max(axis=axes, keepdims=True)
-    return (a - lo) / np.maximum(hi - lo, EPS)
+    return to_unit(a, *finite_range(a, axes))
 
 
 @functools.cache
@@ -143,19 +173,20 @@ def scale_maps(
         raise ValueError(f"Unknown normalisation {normalise!r}; use one of {', '.join(NORMALISATIONS)}.")
     a = np.asarray(maps, dtype=np.float32)
     axes = (1, 2) if normalise == "channel" else None
-    if normalise == "layer" and value_range is not None:
+    if normalise == "layer" and value_range is not None and np.isfinite(value_range).all():
         lo = np.float32(value_range[0])
         hi = np.float32(value_range[1])
-    else:
-        lo, hi = a.min(axis=axes, keepdims=True), a.max(axis=axes, keepdims=True)
+    else:  # the maps' own finite range (a layer's range with inf in it would scale everything to NaN)
+        lo, hi = finite_range(a, axes)
     if centred:
-        half = np.maximum(np.maximum(np.abs(lo), np.abs(hi)), EPS)
-        unit = 0.5 + a / (2 * half)
+        half = np.maximum(np.maximum(np.abs(lo), np.abs(hi)), np.float32(EPS))
+        unit = to_unit(a, -half, half)
     else:
-        unit = (a - lo) / np.maximum(hi - lo, EPS)
+        unit = to_unit(a, lo, hi)
     if normalise == "channel" and not centred:
-        unit = np.where(hi - lo > EPS * np.maximum(np.abs(hi), 1.0), unit, np.float32(0.5))
-    return np.clip(unit, 0.0, 1.0).astype(np.float32)
+        spread = np.float32(0.5) * hi - np.float32(0.5) * lo  # halves: the range itself may overflow float32
+        unit = np.where(spread > np.float32(EPS / 2) * np.maximum(np.abs(hi), 1.0), unit, np.float32(0.5))
+    return unit.astype(np.float32, copy=False)
 
 
 @dataclass(frozen=True)
@@ -373,7 +404,8 @@ def render_filters(weight: np.ndarray, normalise: str = "layer", target: int = F
     if normalise not in FILTER_NORMALISATIONS:
         raise ValueError(f"Unknown normalisation {normalise!r}; use one of {', '.join(FILTER_NORMALISATIONS)}.")
     w = np.asarray(weight, dtype=np.float32)
-    w = np.moveaxis(w, 1, -1) if w.shape[1] == 3 else w.mean(axis=1)[..., None]  # [O,kh,kw,c]
+    # [O,kh,kw,c]; means summed in float64, where huge finite weights do not overflow
+    w = np.moveaxis(w, 1, -1) if w.shape[1] == 3 else w.mean(axis=1, dtype=np.float64).astype(np.float32)[..., None]
     unit = minmax(w, (1, 2, 3) if normalise == "filter" else None)
     rgb = np.rint(np.broadcast_to(unit, unit.shape[:3] + (3,)) * 255).astype(np.uint8)
     size = tile_size(len(w), max(w.shape[1:3]), target)

@@ -13,6 +13,7 @@ import re
 import shutil
 import threading
 
+import numpy as np
 import pytest
 import safetensors.torch
 import timm
@@ -22,7 +23,7 @@ import torchvision
 import cnnviz
 from cnnviz import checkpoint, preprocess, registry
 from cnnviz.checkpoint import PICKLED_OBJECTS
-from cnnviz.errors import CheckpointError, UnknownModelError
+from cnnviz.errors import CheckpointError, InvalidOptionError, UnknownModelError
 from cnnviz.explore import feature_maps, filter_grid, predict
 
 NAME = re.compile(r"^upload/[0-9a-f]{32}$")
@@ -531,3 +532,236 @@ def test_two_uploads_of_the_same_file_at_once_build_one_model(tmp_path, state, m
     for t in threads:
         t.join()
     assert len(names) == 2 and names[0] == names[1] and len(builds) == 1
+
+
+# --------------------------------------------------------------------------------------------------
+# Files that claim more than they hold: refused before anything is materialised
+# --------------------------------------------------------------------------------------------------
+# The budget (the issue's): a hostile file never makes the process's resident memory grow by more than ten
+# times its own size, plus a little for the reading itself, before it is refused. The peak is measured.
+
+SLACK = 16 * 2**20  # the reader's own working memory (zip index, pickle buffers, Python objects)
+
+
+def _resident(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":"))
+
+
+def _peak_growth(action) -> tuple[Exception | None, int]:
+    """(what ``action`` raised, how far the process's resident memory rose above its level before, at its
+    peak). Linux resets the peak (VmHWM) through /proc/self/clear_refs; elsewhere the level after is used."""
+    import psutil
+
+    try:
+        before = _resident("VmRSS")
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        field = "VmHWM"
+    except OSError:
+        before, field = psutil.Process().memory_info().rss, None
+
+    def peak() -> int:
+        return _resident(field) if field else psutil.Process().memory_info().rss
+    try:
+        action()
+        raised = None
+    except Exception as e:  # noqa: BLE001 - returned for the test to judge
+        raised = e
+    return raised, peak() - before
+
+
+@pytest.fixture(scope="module")
+def warm(tmp_path_factory, state):
+    """One ordinary upload first, so the measured refusals do not count imports and first builds."""
+    path = _save_safetensors(state, tmp_path_factory.mktemp("warm") / "warm.safetensors")
+    cnnviz.load_checkpoint("resnet18", path)
+    registry.clear_cache()
+    registry.clear_uploads()
+
+
+def _refused(path, model: str = "resnet18", error=CheckpointError) -> str:
+    """The sentence ``load_checkpoint`` refuses ``path`` with, after checking that refusing it kept within the
+    memory budget and cached nothing."""
+    raised, growth = _peak_growth(lambda: cnnviz.load_checkpoint(model, path))
+    size = path.stat().st_size
+    assert isinstance(raised, error), f"not refused with {error.__name__}: {raised!r}"
+    assert growth < 10 * size + SLACK, f"{growth / 2**20:.0f} MB grew refusing a {size / 1e3:.0f} KB file"
+    assert registry.cache_info().count == 0
+    message = str(raised)
+    assert "alloc_cpu" not in message and "Traceback" not in message
+    return message
+
+
+def _expanded(state) -> dict[str, torch.Tensor]:
+    """Every tensor of ``state`` (shapes and dtypes: meta tensors will do) as a view of one zero, stride 0:
+    the file holds 4 bytes of data however large the shapes."""
+    zeros: dict[torch.dtype, torch.Tensor] = {}
+    return {k: zeros.setdefault(v.dtype, torch.zeros((), dtype=v.dtype)).expand(v.shape) for k, v in state.items()}
+
+
+def _shapes(build) -> dict[str, torch.Tensor]:
+    with torch.device("meta"):
+        return build().state_dict()
+
+
+def _with_classes(n: int, dtype=torch.float32) -> dict[str, torch.Tensor]:
+    """resnet18's state dict as stride-0 views, with a classifier of ``n`` classes."""
+    state = _expanded(_shapes(torchvision.models.resnet18))
+    state["fc.weight"] = torch.zeros((), dtype=dtype).expand(n, 512)
+    state["fc.bias"] = torch.zeros(()).expand(n)
+    return state
+
+
+def test_a_tiny_file_of_expanded_tensors_claiming_1_5_million_classes_is_refused(tmp_path, warm):
+    """The issue's 38 KB file: fc of 1.5 M classes saved with expand(); it built 780 M parameters (+2.85 GB)."""
+    torch.save(_with_classes(1_500_000), tmp_path / "classes.pt")
+    assert (tmp_path / "classes.pt").stat().st_size < 100_000
+    message = _refused(tmp_path / "classes.pt")
+    assert re.match(r"The checkpoint 'classes.pt' is \d+ KB, but its tensors take 2,978 MB at full size: "
+                    r"102 tensors \('conv1.weight', ", message)
+    assert "are views that repeat their values (saved from expand() or overlapping slices)" in message
+    assert "This app reads checkpoints whose tensors take up to 400 MB." in message
+
+
+def test_a_tiny_file_claiming_vit_h_14_is_refused_like_the_typed_name(tmp_path, warm, monkeypatch):
+    """The issue's 130 KB file that loaded vit_h_14 (633 M parameters), which is refused when typed."""
+    torch.save(_expanded(_shapes(torchvision.models.vit_h_14)), tmp_path / "vit.pt")
+    assert (tmp_path / "vit.pt").stat().st_size < 200_000
+    read = []
+    monkeypatch.setattr(checkpoint, "read_state_dict", lambda *a: read.append(a) or pytest.fail("the file was read"))
+    message = _refused(tmp_path / "vit.pt", "vit_h_14", error=InvalidOptionError)
+    with pytest.raises(InvalidOptionError) as typed:
+        registry.load_model("vit_h_14", "random")
+    assert message == str(typed.value) == (
+        "vit_h_14 has 632 M parameters; this app loads models up to 350 M (set CNNVIZ_MAX_PARAMS to change that).")
+    assert not read
+
+
+def _million_empty_tensors(path, count: int = 1_000_000) -> None:
+    """A safetensors file listing ``count`` empty tensors (the issue's 67 MB file), its header written by hand."""
+    entries = ",".join(f'"t{i}":{{"dtype":"F32","shape":[0],"data_offsets":[0,0]}}' for i in range(count))
+    header = ("{" + entries + "}").encode()
+    header += b" " * (-len(header) % 8)
+    path.write_bytes(len(header).to_bytes(8, "little") + header)
+
+
+def test_a_million_empty_tensors_are_refused_from_the_header(tmp_path, warm, monkeypatch):
+    """The issue's file held a worker 67-229 s and kept 1.2-1.6 GB: now only the header's start is read."""
+    _million_empty_tensors(tmp_path / "million.safetensors")
+    built = []
+    monkeypatch.setattr(safetensors.torch, "load_file", lambda *a, **k: built.append(a) or pytest.fail("tensors built"))
+    message = _refused(tmp_path / "million.safetensors")
+    assert message == (
+        "The checkpoint 'million.safetensors' holds more than 20,000 tensors; this app reads checkpoints of up to "
+        "20,000 (a model's state dict has a few hundred to a few thousand). Save `model.state_dict()` with "
+        "torch.save or safetensors and upload that file."
+    )
+    assert not built
+
+
+def _many(kind: str, path) -> None:
+    """PyTorch files of more tensors than the limit, each one way."""
+    one = torch.zeros(0)
+    if kind == "shared":  # 25,000 names for one tensor: a small pickle, too many tensors
+        torch.save({f"t{i}": one for i in range(25_000)}, path)
+    elif kind == "storages":  # one archive entry per storage
+        torch.save({f"t{i}": torch.zeros(1) for i in range(20_100)}, path)
+    else:  # 300,000 names: a pickle too large to unpickle in time, in the zip or the legacy format
+        torch.save({f"t{i}": one for i in range(300_000)}, path, _use_new_zipfile_serialization=kind == "pickle")
+
+
+@pytest.mark.parametrize(
+    ("kind", "sentence"),
+    [
+        ("shared", "holds 25,000 tensors; this app reads checkpoints of up to 20,000"),
+        ("storages", "holds more than 20,000 tensors; this app reads checkpoints of up to 20,000"),
+        ("pickle", "lists its tensors in 5.3 MB of pickle data; this app reads up to 2 MB, room for 20,000 tensors"),
+        ("legacy", "lists its tensors in more than 2 MB of pickle data; this app reads up to 2 MB, room for 20,000"),
+    ],
+)
+def test_torch_files_of_too_many_tensors_are_refused_before_they_are_built(tmp_path, warm, kind, sentence):
+    _many(kind, tmp_path / "many.pt")
+    assert sentence in _refused(tmp_path / "many.pt")
+
+
+def test_a_classifier_of_more_than_100_000_classes_is_refused_before_it_is_built(tmp_path, warm):
+    torch.save(_with_classes(150_000, torch.int8), tmp_path / "wide.pt")  # 124 MB at full size: under that limit
+    assert _refused(tmp_path / "wide.pt") == (
+        "This checkpoint's classifier has 150,000 classes; this app builds classifiers of up to 100,000 "
+        "(ImageNet-21k, the largest label set in use, has 21,843)."
+    )
+
+
+def test_the_parameter_cap_applies_to_the_model_a_checkpoint_builds(tmp_path, warm, monkeypatch):
+    """resnet18 (11.7 M) is under any cap; with the file's 100,000 classes it has 62.5 M parameters."""
+    monkeypatch.setattr(registry, "MAX_PARAMS", 50_000_000)
+    torch.save(_with_classes(100_000, torch.int8), tmp_path / "wide.pt")
+    assert _refused(tmp_path / "wide.pt") == (
+        "This checkpoint builds resnet18 with 100,000 classes, which has 62 M parameters; this app loads models "
+        "up to 50 M (set CNNVIZ_MAX_PARAMS to change that)."
+    )
+
+
+def test_a_file_claiming_four_terabytes_gets_a_sentence_not_the_allocators_message(tmp_path, warm):
+    torch.save(_with_classes(2**31), tmp_path / "huge.pt")  # 2^31 classes × 512 × 4 bytes: 4 TB at full size
+    message = _refused(tmp_path / "huge.pt")
+    assert "its tensors take 4,104 GB at full size" in message and "DefaultCPUAllocator" not in message
+
+
+def test_running_out_of_memory_is_a_sentence():
+    with pytest.raises(CheckpointError) as e, checkpoint.allocation_errors("big.pt"):
+        torch.empty(2**50, dtype=torch.uint8)  # a petabyte: no machine gives it
+    assert str(e.value) == (
+        "The server does not have enough free memory to load the checkpoint 'big.pt' now (one allocation of "
+        "1,048,576 GB failed). Try again later, or load a smaller model."
+    )
+    with pytest.raises(KeyError), checkpoint.allocation_errors("big.pt"):  # anything else goes through untouched
+        raise KeyError("x")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")], ids=["nan", "inf", "-inf"])
+def test_a_checkpoint_holding_nan_or_infinity_is_refused_naming_its_tensors(tmp_path, state, value):
+    broken = {k: v.clone() for k, v in state.items()}
+    broken["conv1.weight"][3, 1, 2, 2] = value
+    broken["fc.bias"][:] = value
+    with pytest.raises(CheckpointError) as e:
+        cnnviz.load_checkpoint("resnet18", _save_safetensors(broken, tmp_path / "diverged.safetensors"))
+    assert str(e.value) == (
+        "The checkpoint 'diverged.safetensors' holds NaN or infinite values in 2 tensors ('conv1.weight', "
+        "'fc.bias'): the training run that saved it had diverged, and a model with them computes nothing but "
+        "NaN. Upload a checkpoint saved before that."
+    )
+    assert registry.cache_info().count == 0
+
+
+def test_huge_finite_weights_load_and_their_filters_are_drawn(tmp_path, state):
+    """Weights of ±3e38 are finite (loaded), though x - min overflows float32: the Filters view still draws
+    them, with a histogram and norms of every weight."""
+    huge = {k: v.clone() for k, v in state.items()}
+    huge["conv1.weight"][0] = 3e38
+    huge["conv1.weight"][1] = -3e38
+    huge["layer1.0.conv1.weight"][5] = -3e38
+    huge["layer1.0.conv2.weight"][:] = -3e38  # one value throughout: numpy's float32 bins cannot span it
+    report = cnnviz.load_checkpoint("resnet18", _save_safetensors(huge, tmp_path / "huge.safetensors"))
+    for layer, count in (("conv1", 64 * 3 * 7 * 7), ("layer1.0.conv1", 64 * 64 * 3 * 3), ("layer1.0.conv2", 64 * 64 * 3 * 3)):
+        view = filter_grid(report.name, layer=layer)
+        assert view.image.dtype == np.uint8 and view.image.ndim == 3
+        assert view.histogram.counts.sum() == count and np.isfinite(view.histogram.edges).all()
+        assert np.isfinite(view.norms.norms).all() and view.norms.flagged.size == 0
+    conv1 = filter_grid(report.name, layer="conv1", normalise="filter")
+    assert conv1.image.std() > 0
+
+
+@pytest.mark.parametrize("how", ["script", "trace"])
+def test_a_torchscript_archive_is_named_for_what_it_is(tmp_path, how):
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+    compiled = torch.jit.script(module) if how == "script" else torch.jit.trace(module, torch.zeros(1, 3, 8, 8))
+    torch.jit.save(compiled, tmp_path / "program.pt")
+    with pytest.raises(CheckpointError) as e:
+        cnnviz.load_checkpoint("resnet18", tmp_path / "program.pt")
+    assert str(e.value) == (
+        "'program.pt' is a TorchScript archive (saved with torch.jit.save): a compiled program, which this app "
+        "does not run. Upload the model's weights instead: torch.save(model.state_dict(), 'model.pt') or "
+        "safetensors' save_file (from this file: torch.jit.load(path).state_dict())."
+    )

@@ -310,3 +310,53 @@ def test_reparameterisable_stem_branches_see_the_image_and_stay_fused():
     view = explore.filter_grid("timm/repvgg_a0", "random", layer="stem.conv_1x1.conv")
     assert view.filters.fused and view.filters.layer == "stem" and view.colour
     registry.clear_cache()
+
+
+# --- Weights of any finite size, and non-finite ones: described, never a ValueError ---
+
+
+def test_histogram_of_weights_wider_than_float32s_range():
+    weight = torch.tensor([-3e38, -2e38, 1e37, 3e38]).reshape(4, 1, 1, 1)
+    histogram = filters.weight_histogram(weight, bins=4)
+    assert histogram.counts.tolist() == [2, 0, 1, 1] and histogram.non_finite == 0
+    np.testing.assert_allclose(histogram.edges, [-3e38, -1.5e38, 0.0, 1.5e38, 3e38], rtol=1e-6)
+
+
+def test_histogram_counts_non_finite_weights_apart():
+    weight = torch.tensor([float("nan"), float("inf"), 0.0, 1.0, 1.0, 2.0])
+    histogram = filters.weight_histogram(weight, bins=2)
+    assert histogram.counts.tolist() == [1, 3] and histogram.non_finite == 2
+    assert filters.weight_histogram(torch.full((3,), float("nan"))).counts.sum() == 0
+
+
+def test_norms_of_huge_weights_are_finite():
+    weight = torch.full((3, 2, 3, 3), 1e20)  # squares of 1e40: beyond float32
+    weight[1] = 1.0
+    norms = filters.filter_norms(weight)
+    np.testing.assert_allclose(norms.norms, [1e20 * np.sqrt(18), np.sqrt(18), 1e20 * np.sqrt(18)], rtol=1e-6)
+    assert norms.median == pytest.approx(1e20 * np.sqrt(18)) and norms.flagged.tolist() == [1]
+
+
+def test_a_nan_filter_is_neither_the_median_nor_flagged():
+    weight = torch.ones(4, 1, 2, 2)
+    weight[2] = float("nan")
+    weight[3] = 0
+    norms = filters.filter_norms(weight)
+    assert norms.median == 2.0 and norms.flagged.tolist() == [3]
+
+
+def test_the_mean_over_input_channels_of_huge_weights_does_not_overflow():
+    weight = torch.full((1, 4, 1, 1), 3e38)
+    assert filters.filter_planes(weight, None, colour=False).item() == pytest.approx(3e38)
+
+
+@pytest.mark.parametrize("value", [1e8, -3e38], ids=["1e8", "-3e38"])
+def test_histogram_of_a_layer_of_one_large_value(value):
+    """numpy bins a constant c over c ± 0.5, which float32 cannot tell apart from c at this magnitude."""
+    histogram = filters.weight_histogram(torch.full((8, 2, 3, 3), value), bins=4)
+    assert histogram.counts.tolist() == [0, 0, 144, 0]
+    low, high = histogram.edges[[0, -1]]
+    value = float(np.float32(value))  # as the tensor holds it
+    assert low < value < high and (np.diff(histogram.edges) > 0).all()
+    if value == 1e8:
+        assert (low, high) == (value - 0.5, value + 0.5)  # numpy's own rule, where float64 can follow it

@@ -119,3 +119,44 @@ def test_resize_tiles_handles_sides_shorter_than_the_step(h, w, size, expected):
         sh, sw = min(step, h), min(step, w)
         np.testing.assert_allclose(out[1, 0, 0], tiles[1, :sh, :sw].mean(), rtol=1e-6)
         np.testing.assert_allclose(out[0, -1, -1], tiles[0, (expected[0] - 1) * sh : expected[0] * sh, (expected[1] - 1) * sw : expected[1] * sw].mean(), rtol=1e-6)
+
+
+# --- Weights and maps of any finite size (a user's checkpoint can hold ±3e38, where x - min overflows float32) ---
+
+HUGE = 3e38  # float32's largest is 3.4e38: a range from -HUGE to HUGE does not fit in it
+
+
+def test_minmax_scales_ranges_wider_than_float32():
+    a = np.array([-HUGE, -HUGE / 2, 0.0, HUGE], np.float32)
+    with np.errstate(all="raise"):  # no overflow on the way either
+        np.testing.assert_allclose(render.minmax(a), [0.0, 0.25, 0.5, 1.0], atol=1e-6)
+
+
+def test_minmax_ranges_over_finite_values_only():
+    a = np.array([np.nan, -np.inf, 2.0, 4.0, 6.0, np.inf], np.float32)
+    np.testing.assert_array_equal(render.minmax(a), [0.0, 0.0, 0.0, 0.5, 1.0, 1.0])  # NaN low, ±inf at the ends
+    np.testing.assert_array_equal(render.minmax(np.full(3, np.nan, np.float32)), [0.0, 0.0, 0.0])
+
+
+@pytest.mark.parametrize("normalise", render.NORMALISATIONS)
+@pytest.mark.parametrize("centred", [False, True], ids=["min-max", "centred"])
+def test_scale_maps_keeps_the_order_of_huge_values(normalise, centred):
+    maps = np.array([[[-HUGE, 0.0], [HUGE / 2, HUGE]]], np.float32)
+    unit = render.scale_maps(maps, normalise, centred)
+    assert unit.dtype == np.float32 and np.isfinite(unit).all()
+    np.testing.assert_allclose(unit[0].ravel(), [0.0, 0.5, 0.75, 1.0], atol=1e-6)
+
+
+def test_an_infinite_layer_range_falls_back_to_the_maps_own():
+    maps = np.array([[[0.0, 1.0]], [[2.0, 4.0]]], np.float32)
+    unit = render.scale_maps(maps, "layer", centred=False, value_range=(0.0, float("inf")))
+    np.testing.assert_allclose(unit.ravel(), [0.0, 0.25, 0.5, 1.0])
+
+
+def test_huge_filters_are_drawn_in_order():
+    w = np.zeros((3, 2, 1, 1), np.float32)  # grey tiles: the mean over 2 input channels
+    w[0], w[1], w[2] = -HUGE, 0.0, HUGE  # their float32 sum overflows, their mean does not
+    img = render.render_filters(w, "layer")
+    size = render.tile_size(3, 1)
+    layout = render.GridLayout(3, 2, size, size, max(2, size // 16))  # render_filters' near-square grid
+    assert [int(img[layout.origin(i)][0]) for i in range(3)] == [0, 128, 255]
