@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import threading
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator
 
@@ -31,7 +31,7 @@ CAM_METHODS = ("gradcam", "gradcampp", "layercam", "scorecam")
 CAM_NAMES = {"gradcam": "Grad-CAM", "gradcampp": "Grad-CAM++", "layercam": "LayerCAM", "scorecam": "Score-CAM"}
 PROJECTIONS = ("guided_backprop", "deconvnet")
 PROJECTION_NAMES = {"guided_backprop": "guided backpropagation", "deconvnet": "deconvnet"}
-SCORECAM_BATCH = 32  # masked copies of the input per forward pass
+SCORECAM_BATCH = 32  # masked copies of the input per forward pass, at most (cnnviz.budget may choose fewer)
 MAX_SCORECAM_CHANNELS = 4096  # Score-CAM runs one masked input per channel: more is minutes of CPU
 
 
@@ -78,7 +78,9 @@ def _input_with_grad(x: torch.Tensor) -> torch.Tensor:
 @contextmanager
 def _fresh_output(module: torch.nn.Module, info: LayerInfo) -> Iterator[None]:
     """For a layer whose output a later in-place op overwrites (``ReLU(inplace=True)``), hand the rest
-    of the network a copy, so the layer's own output (and its gradient) stay as the layer made them."""
+    of the network a copy, so the layer's own output (and its gradient) stay as the layer made them.
+    Hooks run in the order they were registered: enter it after a library's hooks that keep the output
+    as it is (torchcam's), so those see the layer's own tensor, not the copy (captum clones by itself)."""
     if not info.overwritten:
         yield
         return
@@ -92,6 +94,37 @@ def _fresh_output(module: torch.nn.Module, info: LayerInfo) -> Iterator[None]:
         yield
     finally:
         handle.remove()
+
+
+@contextmanager
+def _graph_starts_at(module: torch.nn.Module, on: bool = True) -> Iterator[None]:
+    """With ``on``, a pass run inside ``torch.no_grad()`` keeps its graph only from ``module`` on: its
+    output becomes a new leaf that requires grad (what every other hook on the module then sees: this
+    one runs first) and gradients are on for the rest of the pass; leaving the ``no_grad`` block
+    restores the caller's mode. Nothing before the layer is kept for a backward pass."""
+    if not on:
+        yield
+        return
+    owner = threading.get_ident()
+
+    def start(_module, _inputs, output):
+        if threading.get_ident() != owner or not isinstance(output, torch.Tensor):
+            return None
+        torch.set_grad_enabled(True)  # for the rest of this pass only: the no_grad block around it restores the mode
+        return output.detach().requires_grad_(True)
+
+    handle = module.register_forward_hook(start, prepend=True)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def graph_from_layer(info: LayerInfo) -> bool:
+    """Whether a gradient CAM at ``info`` keeps its graph only from the layer on: yes for a layer that
+    runs once per pass (the map's gradient needs nothing made before it); a layer that runs more than
+    once keeps the whole graph, so the gradient reaches the call the CAM library keeps."""
+    return info.calls == 1
 
 
 def _to_nchw(info: LayerInfo):
@@ -153,12 +186,12 @@ class ClassMap:
     logits: torch.Tensor  # Tensor[1,N] float32 cpu: the class scores of the same pass (for a top-5)
 
 
-def _torchcam_extractor(method: str, model: torch.nn.Module, name: str, input_shape, reshape):
+def _torchcam_extractor(method: str, model: torch.nn.Module, name: str, input_shape, reshape, batch: int):
     from torchcam.methods import GradCAM, GradCAMpp, LayerCAM, ScoreCAM
 
     kinds = {"gradcam": GradCAM, "gradcampp": GradCAMpp, "layercam": LayerCAM}
     if method == "scorecam":
-        return ScoreCAM(model, name, batch_size=SCORECAM_BATCH, input_shape=input_shape, reshape_transform=reshape)
+        return ScoreCAM(model, name, batch_size=batch, input_shape=input_shape, reshape_transform=reshape)
     return kinds[method](model, name, input_shape=input_shape, reshape_transform=reshape)
 
 
@@ -169,9 +202,15 @@ def class_activation_map(
     method: str = "gradcam",
     target_class: int | None = None,
     layer: LayerInfo | str | None = None,
+    batch: int = SCORECAM_BATCH,
 ) -> ClassMap:
     """The ``method`` class activation map of ``x`` (``Tensor[1,3,H,W]``, the model's input) for
     ``target_class`` (None: the model's top class) at ``layer`` (None: :func:`default_layer`).
+
+    Gradient methods keep the graph only from the target layer on where :func:`graph_from_layer`
+    (the same map, for a fraction of the memory); Score-CAM keeps no graph and scores its masked
+    copies of the input ``batch`` at a time (the map does not depend on ``batch``; the memory does).
+    Every pass runs under :func:`cnnviz.hooks.interruptible`, so a stop check lands within one module.
 
     Raises:
         InvalidOptionError: unknown method, a class index outside the model's outputs, or Score-CAM
@@ -191,12 +230,18 @@ def class_activation_map(
             f"Score-CAM masks the input once per channel, and {info.name} has {info.shape[0]} channels "
             f"(at most {MAX_SCORECAM_CHANNELS} here). Pick a layer with fewer channels or another method."
         )
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise InvalidOptionError(f"The Score-CAM batch must be a whole number of at least 1, not {quoted(batch)}.")
     model = loaded.model
     module = dict(model.named_modules())[info.name]
-    with loaded.lock, eval_mode(model), interruptible(model), gradients_on(), _fresh_output(module, info):
-        inputs = _input_with_grad(x)
-        with _torchcam_extractor(method, model, info.name, tuple(x.shape[1:]), _to_nchw(info)) as extractor:
-            scores = model(inputs)
+    no_graph_before = method == "scorecam" or graph_from_layer(info)
+    graph_starts = method != "scorecam" and graph_from_layer(info)
+    with loaded.lock, eval_mode(model), interruptible(model), gradients_on(), _graph_starts_at(module, graph_starts):
+        inputs = x if no_graph_before else _input_with_grad(x)
+        with _torchcam_extractor(method, model, info.name, tuple(x.shape[1:]), _to_nchw(info), batch) as extractor, \
+                _fresh_output(module, info):
+            with torch.no_grad() if no_graph_before else nullcontext():
+                scores = model(inputs)
             if not isinstance(scores, torch.Tensor) or scores.ndim != 2:
                 raise CnnvizError(f"{loaded.spec.display} does not output class scores, so there is no class to explain.")
             n = scores.shape[1]

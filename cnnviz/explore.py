@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import activations, attribution as attribution_mod, checkpoint as checkpoint_mod, filters as filters_mod, layers, preprocess, receptive, registry, render, summary as summary_mod
+from . import activations, attribution as attribution_mod, budget, checkpoint as checkpoint_mod, filters as filters_mod, layers, preprocess, receptive, registry, render, summary as summary_mod
 from .activations import Prediction
 from .hooks import Stopped, interruptible, stop_when  # noqa: F401  (Stopped, stop_when: for the UI)
-from .errors import InvalidImageError, InvalidOptionError, quoted
+from .errors import CnnvizError, InvalidImageError, InvalidOptionError, quoted
 from .registry import LoadedModel, load_model
 from .weights import WeightsOutcome
 
@@ -482,7 +482,15 @@ def layer_stats(model: str, image, layer: str | None = None, weights: str = "pre
 
 def layer_activations(model: str, image, layer: str | None = None, weights: str = "pretrained") -> tuple[layers.LayerInfo, torch.Tensor, WeightsOutcome]:
     """``(layer, maps, weights)``: the layer's whole output for ``image`` as ``Tensor[C,H,W]`` float32,
-    the values :func:`feature_maps` draws (what ``/activations`` exports as ``.npy``)."""
+    the values :func:`feature_maps` draws (what ``/activations`` exports as ``.npy``).
+
+    Raises:
+        InvalidOptionError: the pass, the maps' copy and their file would not fit one request's budget
+            (:mod:`cnnviz.budget`); the sentence says how large a layer would.
+    """
+    loaded = load_model(model, weights)
+    info = layers.get_layer(loaded, layer)
+    budget.check_export(loaded, info)
     found = _layer_maps(model, image, layer, weights)
     return found.info, found.maps, found.loaded.weights
 
@@ -629,7 +637,9 @@ def startup_model() -> Startup:
 MIN_FRAME_SIDE = 16  # pixels; smaller frames carry nothing a model can see
 MAX_FRAME_SIDE = 4096
 MAX_FRAME_PIXELS = 3840 * 2160  # a 4K camera; anything larger is not a webcam frame
-MAX_FRAME_BYTES = 8 * 2**20  # an encoded frame (a 4K JPEG is ~2 MB)
+# An encoded frame: it arrives as base64 inside a request of at most 1 MB (the server's body limit), so
+# 704 KB at most (a VGA JPEG, what the page asks the camera for, is ~50 KB; 1080p ~300 KB).
+MAX_FRAME_BYTES = 704 * 2**10
 FRAME_FORMATS = ("JPEG", "PNG", "WEBP")  # what browsers' canvas.toDataURL / toBlob produce
 
 
@@ -677,8 +687,8 @@ def decode_frame(data: bytes) -> np.ndarray:
         raise InvalidImageError("The camera sent an empty frame. Check that the camera is on.")
     if len(data) > MAX_FRAME_BYTES:
         raise InvalidImageError(
-            f"The camera frame is {len(data) / 2**20:.1f} MB; this app accepts frames up to "
-            f"{MAX_FRAME_BYTES // 2**20} MB. Use a lower camera resolution."
+            f"The camera frame is {len(data) // 1024:,} KB; this app accepts frames up to "
+            f"{MAX_FRAME_BYTES // 1024:,} KB. Use a lower camera resolution."
         )
     try:
         with Image.open(io.BytesIO(data), formats=FRAME_FORMATS) as image:
@@ -762,6 +772,7 @@ def find_layer(model: str, weights: str = "pretrained", name: str | None = None)
 
 # --- attribution: why the model decided (class activation maps) and Zeiler–Fergus projections ----
 
+REQUEST_SECONDS = budget.REQUEST_SECONDS  # one request's deadline (the UI stops work past it)
 CAM_METHODS = attribution_mod.CAM_METHODS
 CAM_NAMES = attribution_mod.CAM_NAMES
 PROJECTIONS = attribution_mod.PROJECTIONS
@@ -793,6 +804,11 @@ def attribution(
     (a class index or label; empty: the top class) at ``layer`` (empty: the last map before pooling),
     drawn over the picture the model saw.
 
+    Raises:
+        InvalidOptionError: an unknown method or class, or a map that would not fit one request's
+            budget (:mod:`cnnviz.budget`): the sentence says what would (a layer with fewer channels
+            for Score-CAM, a later layer, Grad-CAM). Score-CAM's batches are made smaller to fit.
+
     >>> view = attribution("timm/tf_efficientnet_lite0", "examples/coffee.png")
     >>> view.label, view.map.shape, view.overlay.shape[1]
     ('espresso', (7, 7), 224)
@@ -802,7 +818,10 @@ def attribution(
         raise InvalidOptionError(f"Opacity must be between 0 and 1, not {quoted(opacity)}.")
     loaded = load_model(model, weights)
     x, _digest, _size = _model_input(loaded, image)
-    found = attribution_mod.class_activation_map(loaded, x, method, attribution_mod.class_index(loaded, target), layer or None)
+    wanted = attribution_mod.class_index(loaded, target)
+    info = attribution_mod.resolve_layer(loaded, layer or None)
+    batch = budget.check_cam(loaded, info, method)  # before any pass: refuses what would not fit, sizes Score-CAM's batches
+    found = attribution_mod.class_activation_map(loaded, x, method, wanted, info, batch)
     raw = found.map.numpy().astype(np.float32)
     return AttributionView(_cam_picture(loaded, x, raw, float(opacity)), raw, found.class_index,
                            _label(loaded, found.class_index), found.probability,
@@ -846,8 +865,10 @@ def projection(
     attribution_mod.check_method(method, PROJECTIONS, attribution_mod.PROJECTION_NAMES)
     loaded = load_model(model, weights)
     x, _digest, _size = _model_input(loaded, image)
-    found = attribution_mod.project(loaded, x, layer or None, channel, method)
-    signal = found.image.numpy().astype(np.float32)
+    info = attribution_mod.resolve_layer(loaded, layer or None)
+    budget.check_projection(loaded, info, attribution_mod.PROJECTION_NAMES[method])
+    found = attribution_mod.project(loaded, x, info, channel, method)
+    signal = _finite(found.image.numpy().astype(np.float32), loaded, "projection")
     picture = preprocess.seen_image(loaded, x)
     shown = _signed_picture(signal)
     strength = np.abs(signal).max(axis=0)
@@ -862,6 +883,16 @@ def projection(
     side = np.concatenate([shown, gap, crop], axis=1)
     return ProjectionView(side, signal, box, found.layer, found.channel, found.position, found.activation,
                           method, attribution_mod.projection_note(found), loaded.weights)
+
+
+def _finite(signal: np.ndarray, loaded: LoadedModel, what: str) -> np.ndarray:
+    """``signal`` when every value is finite; else the sentence (weights so large that float32 overflows)."""
+    if not np.isfinite(signal).all():
+        raise CnnvizError(
+            f"The {what} overflowed: {loaded.spec.display}'s weights make values too large for 32-bit floats on "
+            "the way back to the pixels, so there is nothing to draw. Pick an earlier layer, or check the weights."
+        )
+    return signal
 
 
 def _signed_picture(signal: np.ndarray) -> np.ndarray:
@@ -893,8 +924,11 @@ def guided_gradcam(model: str, image, target: str | int = "", layer: str = "", w
     """
     loaded = load_model(model, weights)
     x, _digest, _size = _model_input(loaded, image)
-    signal, cam = attribution_mod.guided_gradcam(loaded, x, attribution_mod.class_index(loaded, target), layer or None)
-    values = signal.numpy().astype(np.float32)
+    wanted = attribution_mod.class_index(loaded, target)
+    info = attribution_mod.resolve_layer(loaded, layer or None)
+    budget.check_guided_gradcam(loaded, info)
+    signal, cam = attribution_mod.guided_gradcam(loaded, x, wanted, info)
+    values = _finite(signal.numpy().astype(np.float32), loaded, "Guided Grad-CAM")
     picture = preprocess.seen_image(loaded, x)
     gap = np.empty((picture.shape[0], 8, 3), np.uint8)
     gap[...] = render.GUTTER
@@ -969,7 +1003,8 @@ def channel_visualization(
 
     Raises:
         InvalidOptionError: a channel the layer does not have, steps outside 1–2048, a seed that is not
-            a whole number from 0 to 2**32 − 1.
+            a whole number from 0 to 2**32 − 1, or more steps than fit one request's time budget
+            (:mod:`cnnviz.budget`; the sentence says how many fit).
         UnknownLayerError: the model has no such layer (the sentence suggests close names).
     """
     loaded = load_model(model, weights)
@@ -987,6 +1022,7 @@ def channel_visualization(
             return hit
     mean_std = preprocess.normalisation(loaded.transform)
     size = _featurevis_size(loaded, info, mean_std)
+    budget.check_featurevis(loaded, info, c, size, steps)  # before the first step: the most steps that fit, if not these
     made = featurevis.visualize_channel(loaded.model, info, c, size, mean_std, steps, seed, progress, loaded.lock)
     final = torch.from_numpy(made.image).to(loaded.device).permute(2, 0, 1)[None].float() / 255
     activation = featurevis.channel_activation(loaded.model, info, c, featurevis.normalise(final, mean_std), loaded.lock)
@@ -1015,6 +1051,7 @@ def attribution_choices(model: str, weights: str = "pretrained") -> AttributionC
 # --- compare: two models (or weights, or images) side by side --------------------------------------
 
 COMPARE_VIEWS = ("filters", "stages", "cam")  # first-layer filters, maps at each stage, Grad-CAM
+COMPARE_WORDS = {"filters": "first-layer filters", "stages": "maps at each stage", "cam": "Grad-CAM"}
 COMPARE_TILES = 16  # channels per stage grid: the 16 strongest by mean, the same count on both sides
 STAGE_STRIDES = receptive.STAGE_STRIDES  # the strides compared: 1/4 … 1/32 of the input
 
@@ -1073,6 +1110,7 @@ def compare(
     :func:`cnnviz.receptive.list_stages`; the 16 strongest channels of each), or ``cam`` (Grad-CAM at
     each model's default layer; on one photo, when both models have the same labels, B explains A's top
     class, so both answer the same question; on two photos, each its own). Each side also gets its top-5.
+    Both sides' costs together must fit one request's budget (:func:`cnnviz.budget.check_pair`).
 
     >>> view = compare("resnet18", "timm/resnet18", "examples/coffee.png", "random", "random", "stages")
     >>> [p.title for p in view.pairs][:2], view.pairs[1].caption_a
@@ -1082,6 +1120,7 @@ def compare(
     loaded_a, loaded_b = load_model(model_a, weights_a), load_model(model_b, weights_b)
     input_a = _model_input(loaded_a, image)
     input_b = _model_input(loaded_b, image if image_b is None else image_b)
+    budget.check_pair(loaded_a, loaded_b, lambda loaded: _compare_cost(loaded, view), COMPARE_WORDS[view])
     if view == "filters":
         pairs, (top_a, top_b) = _compare_filters(loaded_a, loaded_b), (_top5(loaded_a, *input_a[:2]), _top5(loaded_b, *input_b[:2]))
     elif view == "stages":
@@ -1092,6 +1131,14 @@ def compare(
     side_a = CompareSide(loaded_a.spec.key, loaded_a.spec.display, loaded_a.weights, top_a)
     side_b = CompareSide(loaded_b.spec.key, loaded_b.spec.display, loaded_b.weights, top_b)
     return CompareView(view, tuple(pairs), side_a, side_b)
+
+
+def _compare_cost(loaded: LoadedModel, view: str) -> budget.Cost:
+    """What one side of a comparison costs: Grad-CAM at its default layer, else one pass (the stages'
+    maps, or the top-5 beside the filters)."""
+    if view == "cam":
+        return budget.cam_cost(loaded, attribution_mod.default_layer(loaded), "gradcam")
+    return budget.forward_cost(loaded)
 
 
 def _top5(loaded: LoadedModel, x: torch.Tensor, digest: bytes) -> tuple[Prediction, ...]:

@@ -240,3 +240,74 @@ def test_guided_gradcam_is_guided_backprop_kept_where_the_class_map_is_on():
             m.inplace = inplace
     expected = (grad[0] * weight).numpy()
     assert np.allclose(view.signal, expected, rtol=1e-3, atol=1e-5 * float(np.abs(expected).max()))
+
+
+def test_gradcam_at_a_layer_overwritten_in_place_equals_the_independent_computation():
+    """layer1.0.bn1's output is overwritten by the in-place ReLU after it; the graph starts at the layer
+    (cnnviz.attribution.graph_from_layer) from a copy of that output, so the map is the one an
+    independent computation gets on a copy of the model without in-place ops."""
+    import copy
+
+    loaded = load_model("resnet18", "random")
+    info = explore.find_layer("resnet18", "random", "layer1.0.bn1")
+    assert info.overwritten and info.calls == 1
+    torch.manual_seed(1)
+    x = torch.rand(1, 3, 224, 224)
+    plain = copy.deepcopy(loaded.model).eval()
+    for m in plain.modules():
+        if isinstance(m, torch.nn.ReLU):
+            m.inplace = False
+    found = class_activation_map(loaded, x, "gradcam", 7, info)
+    expected = reference_gradcam(plain, "layer1.0.bn1", x, 7)
+    assert torch.allclose(found.map, expected, rtol=1e-4, atol=1e-6 * float(expected.abs().max()) + 1e-12)
+
+
+@pytest.mark.parametrize("grad_mode", [True, False])
+def test_the_callers_gradient_mode_comes_back(grad_mode):
+    """The graph is turned on inside the pass at the target layer; the caller's mode is restored after."""
+    loaded = load_model("resnet18", "random")
+    with torch.set_grad_enabled(grad_mode):
+        class_activation_map(loaded, torch.rand(1, 3, 224, 224), "gradcam", 1, "layer3")
+        assert torch.is_grad_enabled() is grad_mode
+
+
+def test_a_stop_lands_inside_scorecam_batches(monkeypatch):
+    """Score-CAM's masked passes run under the stop check: once it says stop, the next module raises."""
+    from cnnviz import hooks
+
+    loaded = load_model("resnet18", "random")
+    monkeypatch.setattr(hooks, "STOP_CHECK_EVERY_S", 0.0)  # ask at every module boundary
+    modules = sum(1 for _ in loaded.model.modules())
+    asked, passes = [], []
+    fire_at = 4 * modules  # inside the masked passes: the first two passes are the scores and the baseline
+
+    def check():
+        asked.append(1)
+        return "gone" if len(asked) > fire_at else None
+
+    before = model_state(loaded.model)
+    handle = loaded.model.register_forward_pre_hook(lambda *_: passes.append(1))
+    try:
+        with hooks.stop_when(check), pytest.raises(hooks.Stopped, match="gone"):
+            class_activation_map(loaded, torch.rand(1, 3, 224, 224), "scorecam", 1, "layer4", batch=2)
+    finally:
+        handle.remove()
+    assert len(asked) == fire_at + 1  # it stopped at the first boundary after the check fired
+    assert 3 <= len(passes) <= 5  # …in the masked passes, long before the 258 a 512-channel layer takes
+    assert model_state(loaded.model) == before
+
+
+def test_weights_too_large_for_float32_get_a_sentence_not_a_crash(coffee):
+    """Huge finite weights (a diverged run; NaN/inf files are refused when loaded) overflow on the way
+    back to the pixels: the projection says so instead of raising from numpy."""
+    from cnnviz import errors, explore, registry
+
+    registry.clear_cache()
+    loaded = registry.load_model("resnet18", "random")
+    with torch.no_grad():
+        loaded.model.conv1.weight.fill_(3e38)
+    try:
+        with pytest.raises(errors.CnnvizError, match="overflowed: ResNet-18's weights make values too large"):
+            explore.projection("resnet18", coffee, "layer1", 0, weights="random")
+    finally:
+        registry.clear_cache()

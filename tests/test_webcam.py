@@ -171,3 +171,17 @@ def test_stream_has_its_own_limits():
     assert stream.concurrency_limit == webcam.STREAMS >= 1
     assert 0 < stream.time_limit <= 600 and stream.stream_every == webcam.STREAM_EVERY_S
     assert stream.api_visibility == "private"
+
+
+def test_the_largest_frame_accepted_fits_in_one_request_body():
+    """A frame the app accepts must also pass the server's body limit on its way in (base64 in the JSON
+    the page sends): no frame gets HTTP 413 where the sentence promises more."""
+    import json
+
+    from cnnviz import server
+
+    frame = "data:image/jpeg;base64," + base64.b64encode(bytes(explore.MAX_FRAME_BYTES)).decode()
+    body = {"data": ["timm/tf_efficientnet_lite0", {"url": frame, "path": None, "meta": {"_type": "gradio.FileData"}},
+                     "blocks.2.0.conv_dw", "pretrained", "first", 64, "viridis", "channel"],
+            "event_data": None, "fn_index": 999, "trigger_id": 999, "session_hash": "a" * 32}
+    assert len(json.dumps(body)) <= server.BodyLimit(None).limit

@@ -27,7 +27,7 @@ from fastapi import HTTPException
 from gradio import utils as gradio_utils
 from gradio.context import LocalContext
 
-from .. import budget, explore, server
+from .. import explore, server
 from ..cancel import LISTENERS, UNHEARD_GRACE_S
 from ..errors import CnnvizError, quoted
 from ..weights import WeightsOutcome
@@ -252,7 +252,7 @@ def _event():
 def stop_reason(started: float | None = None) -> str | None:
     """Why the current queued event need not finish, or None (always None outside a queued call):
 
-    * ``"deadline"``: it has been in the server longer than :data:`cnnviz.budget.REQUEST_SECONDS`
+    * ``"deadline"``: it has been in the server longer than :data:`cnnviz.explore.REQUEST_SECONDS`
       (queue wait included): it ends with a sentence;
     * ``"gone"``: Gradio gave up on it (its page closed, it was cancelled), or no result stream for it has
       been open for :data:`cnnviz.cancel.UNHEARD_GRACE_S` since ``started`` (a ``time.monotonic()``
@@ -263,7 +263,7 @@ def stop_reason(started: float | None = None) -> str | None:
         return None
     if event is None or not event.alive:
         return "gone"
-    if time.monotonic() - event.enqueue_time > budget.REQUEST_SECONDS:
+    if time.monotonic() - event.enqueue_time > explore.REQUEST_SECONDS:
         return "deadline"
     keys = tuple(k for k in (event._id, event.session_hash) if k)
     if started is not None and LISTENERS.unheard_for(keys, started) > UNHEARD_GRACE_S:
@@ -282,7 +282,7 @@ def past_deadline() -> Refusal:
     _, event = _event()
     waited = f" ({time.monotonic() - event.enqueue_time:.0f} s since it arrived)" if event is not None else ""
     return Refusal(
-        f"This request took longer than the {budget.REQUEST_SECONDS:g} s one request may take{waited} and was "
+        f"This request took longer than the {explore.REQUEST_SECONDS:g} s one request may take{waited} and was "
         "stopped. Try a lighter view (Grad-CAM instead of Score-CAM, fewer steps, an earlier layer or a smaller "
         "model), or try again when the server is less busy."
     )

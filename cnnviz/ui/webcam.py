@@ -64,7 +64,7 @@ class CameraFrame(gr.Image):
         self.check_payload({"path": getattr(payload, "path", None), "url": url})
         if len(url) > MAX_DATA_URL:
             raise Refusal(
-                f"The camera frame is larger than the {explore.MAX_FRAME_BYTES // 2**20} MB this app accepts. "
+                f"The camera frame is larger than the {explore.MAX_FRAME_BYTES // 1024:,} KB this app accepts. "
                 "Use a lower camera resolution."
             )
         head, _, body = url.partition(",")

@@ -127,3 +127,24 @@ def test_a_link_value_with_html_shows_as_text(start, chromium):
         assert page.locator(".toast-body a[href*='evil.example']").count() == 0
     finally:
         page.close()
+
+
+def test_a_request_past_its_deadline_ends_with_a_sentence(start):
+    """With a 3 s deadline, EfficientNet-B7's first feature maps (building the model, then a 600 px pass:
+    several seconds on any CPU) end with the deadline's sentence, and a request queued behind it that has
+    waited past its own deadline too is dropped with it, not run."""
+    app = start(env={"CNNVIZ_REQUEST_S": "3"}).serving()
+    image = {"path": Raw(app.url).upload(EXAMPLES / "cat.png"), "meta": {"_type": "gradio.FileData"}}
+    outcomes: list = []
+
+    def call() -> None:
+        outcomes.append(Raw(app.url).call("feature_maps", maps_args(image, model="efficientnet_b7", layer="")))
+
+    threads = [threading.Thread(target=call) for _ in range(3)]  # 2 run at once, the third waits
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(300)
+    assert len(outcomes) == 3
+    for outcome in outcomes:
+        assert_sentence(outcome, "longer than the 3 s one request may take")
