@@ -10,6 +10,7 @@ a copy of the input that requires them.
 """
 from __future__ import annotations
 
+import copy
 import functools
 import threading
 import warnings
@@ -195,6 +196,14 @@ def _torchcam_extractor(method: str, model: torch.nn.Module, name: str, input_sh
     return kinds[method](model, name, input_shape=input_shape, reshape_transform=reshape)
 
 
+def own_copy(loaded: LoadedModel) -> torch.nn.Module:
+    """A private copy of the model for a long run of passes (Score-CAM: one per channel), so the shared
+    model's lock is not held for minutes and other requests on the model go on meanwhile. Copied under
+    the lock: no other request's hooked pass is running, so no hook of theirs is copied."""
+    with loaded.lock:
+        return copy.deepcopy(loaded.model)
+
+
 @_outside_inference_mode
 def class_activation_map(
     loaded: LoadedModel,
@@ -232,11 +241,11 @@ def class_activation_map(
         )
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise InvalidOptionError(f"The Score-CAM batch must be a whole number of at least 1, not {quoted(batch)}.")
-    model = loaded.model
+    model, lock = (own_copy(loaded), nullcontext()) if method == "scorecam" else (loaded.model, loaded.lock)
     module = dict(model.named_modules())[info.name]
     no_graph_before = method == "scorecam" or graph_from_layer(info)
     graph_starts = method != "scorecam" and graph_from_layer(info)
-    with loaded.lock, eval_mode(model), interruptible(model), gradients_on(), _graph_starts_at(module, graph_starts):
+    with lock, eval_mode(model), interruptible(model), gradients_on(), _graph_starts_at(module, graph_starts):
         inputs = x if no_graph_before else _input_with_grad(x)
         with _torchcam_extractor(method, model, info.name, tuple(x.shape[1:]), _to_nchw(info), batch) as extractor, \
                 _fresh_output(module, info):

@@ -34,6 +34,7 @@ from .attribution import CAM_NAMES, SCORECAM_BATCH, default_layer, graph_from_la
 from .errors import InvalidOptionError
 from .hooks import forward_hooks, interruptible
 from .layers import LayerInfo, list_layers
+from .registry import model_nbytes
 
 if TYPE_CHECKING:
     from .registry import LoadedModel
@@ -245,9 +246,9 @@ def cam_cost(loaded: LoadedModel, info: LayerInfo, method: str, batch: int = SCO
 
 
 def _scorecam_bytes(loaded: LoadedModel, info: LayerInfo) -> tuple[int, float]:
-    """Score-CAM's bytes: (kept for the whole run: the layer's maps and their normalised copy, per
-    masked copy: a pass without gradients, the copy and its upsampled mask)."""
-    return 2 * info.nbytes, forward_cost(loaded).nbytes + MASK_COPIES * input_bytes(loaded)
+    """Score-CAM's bytes: (kept for the whole run: its own copy of the model, the layer's maps and their
+    normalised copy; per masked copy: a pass without gradients, the copy and its upsampled mask)."""
+    return model_nbytes(loaded.model) + 2 * info.nbytes, forward_cost(loaded).nbytes + MASK_COPIES * input_bytes(loaded)
 
 
 def scorecam_batch(loaded: LoadedModel, info: LayerInfo) -> int:

@@ -262,6 +262,57 @@ def shot(browser_page):
     return take
 
 
+# ---------------------------------------------------------------------------------- a server of one's own
+
+
+class App:
+    """``python app.py`` of a test's own, with its own environment (a test that stops it, fills its
+    queue, reads its log or sets its limits); ``start`` below makes them and kills them after the test."""
+
+    def __init__(self, tmp_path: Path, port: int | None = None, env: dict[str, str] | None = None) -> None:
+        self.parent = tmp_path / "temp-parent"
+        self.parent.mkdir(exist_ok=True)
+        self.port = port or _free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.log = tmp_path / f"server-{self.port}-{time.monotonic_ns()}.log"
+        env = dict(os.environ, CNNVIZ_OFFLINE="1", CNNVIZ_DEVICE="cpu", GRADIO_ANALYTICS_ENABLED="False",
+                   GRADIO_TEMP_DIR=str(self.parent), PYTHONUNBUFFERED="1", **(env or {}))
+        with self.log.open("w") as out:
+            self.proc = subprocess.Popen([sys.executable, "app.py", "--port", str(self.port)], cwd=ROOT, env=env,
+                                         stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def serving(self) -> App:
+        _wait_until_serving(self.url, self.proc, self.log)
+        return self
+
+    @property
+    def folder(self) -> Path:
+        """The server's private temp folder, made inside GRADIO_TEMP_DIR."""
+        (folder,) = [p for p in self.parent.iterdir() if p.name.startswith("cnnviz-")]
+        return folder
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def start(tmp_path):
+    apps: list[App] = []
+
+    def make(port: int | None = None, env: dict[str, str] | None = None) -> App:
+        apps.append(App(tmp_path, port, env))
+        return apps[-1]
+
+    yield make
+    for app in apps:
+        app.stop()
+
+
 # ------------------------------------------------------------------------------------------- raw HTTP
 
 

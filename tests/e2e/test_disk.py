@@ -18,9 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import EXAMPLES, Raw
+from .conftest import EXAMPLES, App, Raw
 from .test_api import assert_readable
-from .test_lifecycle import App
 from .test_public_link import maps_args
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
