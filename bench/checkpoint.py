@@ -48,6 +48,7 @@ import torchvision  # noqa: E402
 from bench import median_ms  # noqa: E402  (bench/bench.py: this script's folder is on sys.path)
 from cnnviz import checkpoint, registry  # noqa: E402
 from cnnviz.errors import CnnvizError  # noqa: E402
+from tests.fixtures.memory import peak_growth  # noqa: E402  (the measure the tests use)
 
 
 def main() -> None:
@@ -178,29 +179,6 @@ def _hostile(folder: str) -> list[tuple[str, str, str, str]]:
     return made
 
 
-def _resident(field: str) -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":"))
-
-
-def _peak_growth(action) -> int:
-    """How far resident memory rose above its level before ``action``, at its peak (see the module's doc)."""
-    import psutil
-
-    try:
-        before = _resident("VmRSS")
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        field = "VmHWM"
-    except OSError:
-        before, field = psutil.Process().memory_info().rss, None
-
-    def peak() -> int:
-        return _resident(field) if field else psutil.Process().memory_info().rss
-    action()
-    return peak() - before
-
-
 def _refusal(model: str, path: str) -> str:
     """The sentence load_checkpoint refuses ``path`` with ("LOADED" if it does not), the model cache cleared first."""
     registry.clear_cache()
@@ -224,7 +202,7 @@ def refusals(repeats: int) -> None:
     print("| file | size | refused in ms | peak RSS growth | before | refused with |\n|---|---:|---:|---:|---|---|")
     for what, model, path, before in _hostile(folder):
         refuse = functools.partial(_refusal, model, path)
-        growth = max(_peak_growth(refuse) for _ in range(3))
+        growth = max(peak_growth(refuse)[1] for _ in range(3))
         ms = median_ms(refuse, repeats)
         size = os.path.getsize(path)
         print(f"| {what} | {size / 1e3:,.0f} KB | {ms:.1f} | {growth / 2**20:.1f} MB | {before} | {refuse()[:90]}… |")

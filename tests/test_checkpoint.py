@@ -21,6 +21,7 @@ import torch
 import torchvision
 
 import cnnviz
+from tests.fixtures.memory import peak_growth
 from cnnviz import checkpoint, preprocess, registry
 from cnnviz.checkpoint import PICKLED_OBJECTS
 from cnnviz.errors import CheckpointError, InvalidOptionError, UnknownModelError
@@ -543,34 +544,6 @@ def test_two_uploads_of_the_same_file_at_once_build_one_model(tmp_path, state, m
 SLACK = 16 * 2**20  # the reader's own working memory (zip index, pickle buffers, Python objects)
 
 
-def _resident(field: str) -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":"))
-
-
-def _peak_growth(action) -> tuple[Exception | None, int]:
-    """(what ``action`` raised, how far the process's resident memory rose above its level before, at its
-    peak). Linux resets the peak (VmHWM) through /proc/self/clear_refs; elsewhere the level after is used."""
-    import psutil
-
-    try:
-        before = _resident("VmRSS")
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        field = "VmHWM"
-    except OSError:
-        before, field = psutil.Process().memory_info().rss, None
-
-    def peak() -> int:
-        return _resident(field) if field else psutil.Process().memory_info().rss
-    try:
-        action()
-        raised = None
-    except Exception as e:  # noqa: BLE001 - returned for the test to judge
-        raised = e
-    return raised, peak() - before
-
-
 @pytest.fixture(scope="module")
 def warm(tmp_path_factory, state):
     """One ordinary upload first, so the measured refusals do not count imports and first builds."""
@@ -583,7 +556,7 @@ def warm(tmp_path_factory, state):
 def _refused(path, model: str = "resnet18", error=CheckpointError) -> str:
     """The sentence ``load_checkpoint`` refuses ``path`` with, after checking that refusing it kept within the
     memory budget and cached nothing."""
-    raised, growth = _peak_growth(lambda: cnnviz.load_checkpoint(model, path))
+    raised, growth = peak_growth(lambda: cnnviz.load_checkpoint(model, path))
     size = path.stat().st_size
     assert isinstance(raised, error), f"not refused with {error.__name__}: {raised!r}"
     assert growth < 10 * size + SLACK, f"{growth / 2**20:.0f} MB grew refusing a {size / 1e3:.0f} KB file"

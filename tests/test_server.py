@@ -10,6 +10,7 @@ import os
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -201,7 +202,8 @@ def run_asgi(middleware, chunks: list[bytes], declared: int | None, client: str 
     async def send(message):
         sent.append(message)
 
-    asyncio.run(middleware(scope, receive, send))
+    with ThreadPoolExecutor(1) as pool:  # its own event loop: Playwright's sync API may hold this thread's
+        pool.submit(asyncio.run, middleware(scope, receive, send)).result()
     status = next(m["status"] for m in sent if m["type"] == "http.response.start")
     return status, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body").decode()
 

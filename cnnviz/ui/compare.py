@@ -17,7 +17,6 @@ TWO_MODELS, TWO_PHOTOS = "two-models", "two-photos"
 MODE_CHOICES = [("Two models (or weights), one photo", TWO_MODELS), ("One model, two photos", TWO_PHOTOS)]
 VIEW_CHOICES = [("First-layer filters", "filters"), ("Feature maps at each stage", "stages"), ("Grad-CAM", "cam")]
 NO_IMAGE = "Upload a photo, paste one, or pick an example: both sides see it (in two-photo mode, B sees the second one)."
-NO_MODEL = "Pick a model for each side (they open on the model chosen at the top)."
 NO_SECOND = "One model, two photos: upload the second photo for side B."
 VIEW_WORDS = {
     "filters": "each model's first convolution, its filters drawn the same way",
@@ -115,7 +114,9 @@ def show(mode, model_a, weights_a, model_b, weights_b, image, image_b, view):
     if not image:
         return _nothing(NO_IMAGE)
     if not model_a or (mode == TWO_MODELS and not model_b):
-        return _nothing(NO_MODEL)
+        # the sides are not set yet (a photo dropped while the page opens: the model change that sets them
+        # draws the comparison, possibly before this older event runs) or a box was emptied: keep what is shown
+        return tuple(gr.skip() for _ in _nothing(""))
     if mode == TWO_PHOTOS:
         if not image_b:
             return _nothing(NO_SECOND)
