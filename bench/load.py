@@ -211,11 +211,12 @@ def upload(http, url: str, path: Path) -> dict:
 
 
 def hostile_file(folder: Path) -> Path:
-    """A 1.5 M-class ResNet-18 head saved with stride-0 tensors: ~40 KB on disk, 3 GB if copied out."""
+    """ResNet-18 with a 1.5 M-class head, every tensor saved as a stride-0 view: ~40 KB on disk, 3 GB if
+    copied out (the issue's file)."""
     import torch
     import torchvision
 
-    state = torchvision.models.resnet18().state_dict()
+    state = {k: torch.zeros((), dtype=v.dtype).expand(v.shape) for k, v in torchvision.models.resnet18().state_dict().items()}
     state["fc.weight"] = torch.zeros(()).expand(1_500_000, 512)
     state["fc.bias"] = torch.zeros(()).expand(1_500_000)
     path = folder / "expanded.pt"
@@ -269,7 +270,7 @@ def hostile_scenarios() -> None:
                 watch.stop()
             over = watch.peak - idle
             within = "within" if over <= 4 * gb and call.seconds <= deadline + 5 else "OVER"
-            said = call.message.split(";")[0][:90] if call.outcome != "complete" else "answer"
+            said = call.message[:260] if call.outcome != "complete" else "answer"
             print(f"| {title} | {call.outcome}: {said} | {call.seconds:.1f} | {over / gb:.2f} GB | 4 GB, {deadline:g} s: "
                   f"{within} |", flush=True)
         finally:
@@ -285,14 +286,15 @@ def hostile_scenarios() -> None:
             size = path.stat().st_size
             checkpoint = upload(http, url, path)
             time.sleep(1)
-            before = psutil.Process(proc.pid).memory_info().rss
-            watch = RssWatch(proc.pid)
-            call = RawCall(http, url, "load_checkpoint", ["resnet18", checkpoint, None]).send()
-            watch.stop()
-            grew = max(0, watch.peak - before)
-            print(f"\nA {size / 1024:.0f} KB checkpoint (ResNet-18 head of 1.5 M classes, stride-0 tensors): "
-                  f"{call.outcome} in {call.seconds * 1000:.0f} ms, RSS +{grew / mb:.1f} MB "
-                  f"({grew / size:.1f}× its size; budget 10×): {call.message[:120]}", flush=True)
+            for attempt in ("first (imports and the architecture's first count included)", "again"):
+                before = psutil.Process(proc.pid).memory_info().rss
+                watch = RssWatch(proc.pid)
+                call = RawCall(http, url, "load_checkpoint", ["resnet18", checkpoint, None]).send()
+                watch.stop()
+                grew = max(0, watch.peak - before)
+                print(f"\nA {size / 1024:.0f} KB checkpoint (ResNet-18 with a head of 1.5 M classes, stride-0 tensors), "
+                      f"{attempt}: {call.outcome} in {call.seconds * 1000:.0f} ms, peak RSS +{grew / mb:.1f} MB "
+                      f"({grew / size:.1f}× its size; budget 10×): {call.message[:200]}", flush=True)
 
             image = upload(http, url, photo)
             cheap = ["resnet18", image, "layer2", "random", "first", 16, "gray", "channel"]
