@@ -53,7 +53,7 @@ from typing import Any, Iterator, Literal
 import torch
 import xxhash
 
-from .errors import CheckpointError, quoted
+from .errors import CheckpointError, is_allocation_failure, quoted
 
 __all__ = [
     "ACCEPTED_SUFFIXES",
@@ -791,12 +791,6 @@ def load_weights(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> t
 _ALLOCATION_RE = re.compile(r"allocate (?:memory: you tried to allocate )?(\d+) bytes")
 
 
-def _is_allocation_failure(error: BaseException) -> bool:
-    return isinstance(error, (MemoryError, torch.OutOfMemoryError)) or (
-        isinstance(error, RuntimeError) and ("can't allocate memory" in str(error) or "not enough memory" in str(error))
-    )
-
-
 @contextlib.contextmanager
 def allocation_errors(filename: str) -> Iterator[None]:
     """Within the block, running out of memory (``MemoryError``, torch's "DefaultCPUAllocator: can't
@@ -812,7 +806,7 @@ def allocation_errors(filename: str) -> Iterator[None]:
     try:
         yield
     except Exception as e:
-        if not _is_allocation_failure(e):
+        if not is_allocation_failure(e):
             raise
         found = _ALLOCATION_RE.search(str(e))
         needed = f" (one allocation of {_megabytes(int(found.group(1)))} failed)" if found else ""

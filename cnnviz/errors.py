@@ -30,6 +30,21 @@ class CheckpointError(CnnvizError):
 
 
 MAX_QUOTE = 80  # characters of user input a message may repeat
+_ALLOCATION_FAILED = ("can't allocate memory", "not enough memory", "out of memory")  # CPU and CUDA allocators
+
+
+def is_allocation_failure(error: BaseException) -> bool:
+    """True when ``error`` says memory ran out: ``MemoryError``, torch's "DefaultCPUAllocator: can't
+    allocate memory" (alloc_cpu.cpp) or CUDA's ``OutOfMemoryError`` (a RuntimeError saying "out of memory").
+
+    >>> is_allocation_failure(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 bytes"))
+    True
+    >>> is_allocation_failure(RuntimeError("shape mismatch"))
+    False
+    """
+    return isinstance(error, MemoryError) or (
+        isinstance(error, RuntimeError) and any(text in str(error).lower() for text in _ALLOCATION_FAILED)
+    )
 
 
 def quoted(value: object, limit: int = MAX_QUOTE) -> str:

@@ -29,7 +29,7 @@ from gradio.context import LocalContext
 
 from .. import explore, server
 from ..cancel import LISTENERS, UNHEARD_GRACE_S
-from ..errors import CnnvizError, quoted
+from ..errors import CnnvizError, is_allocation_failure, quoted
 from ..weights import WeightsOutcome
 
 log = logging.getLogger("cnnviz.ui")
@@ -340,27 +340,19 @@ def user_errors(fn):
             raise
         except CnnvizError as e:
             raise Refusal(str(e)) from None
-        except MemoryError:
-            raise Refusal(OUT_OF_MEMORY) from None
         except Exception as e:  # a bug or a model that cannot run: keep serving, say what failed
-            if _allocation_failed(e):
+            if is_allocation_failure(e):
                 raise Refusal(OUT_OF_MEMORY) from None
             log.exception("handler %s failed", fn.__name__)
-            what = fn.__name__.strip("_").replace("_", " ")
-            raise gr.Error(print_exception=False, message=f"{what.capitalize()} failed on this model and input ({type(e).__name__}); the server "
-                           "logged the details. Try another layer or model.") from e
+            what = fn.__name__.strip("_").replace("_", " ").capitalize()
+            raise gr.Error(f"{what} failed on this model and input ({type(e).__name__}); the server logged the "
+                           "details. Try another layer or model.", print_exception=False) from e
 
     return wrapper
 
 
 OUT_OF_MEMORY = ("The server ran out of memory for this request and stopped it. Try a smaller model, an earlier "
                  "layer or a lighter view.")
-
-
-def _allocation_failed(error: Exception) -> bool:
-    """True for torch's failed allocations ("DefaultCPUAllocator: can't allocate memory", CUDA out of memory)."""
-    text = str(error)
-    return isinstance(error, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text.lower())
 
 
 def whole(value, what: str) -> int:
@@ -405,7 +397,7 @@ class OutputFiles:
         try:
             reservation = quota.reserve(len(data), _visitor(), "result") if quota else None
         except server.DiskFull as e:
-            raise gr.Error(str(e)) from e
+            raise Refusal(str(e)) from None
         written = False
         try:
             path.parent.mkdir(parents=True)
