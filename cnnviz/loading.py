@@ -20,12 +20,12 @@ from typing import Callable, Iterator, Sequence, TypeVar
 import torch
 from PIL import Image
 
-from . import checkpoint, pretrained, registry
+from . import checkpoint, pretrained, registry, vocab
 from .errors import CheckpointError, InvalidOptionError, UnknownModelError, quoted
 from .pretrained import WeightsOutcome
 from .registry import ModelSpec, is_curated
 
-WEIGHT_CHOICES = ("pretrained", "random")
+WEIGHT_CHOICES = vocab.values(vocab.Weights)
 
 
 def get_spec(name: str) -> ModelSpec:
@@ -313,9 +313,10 @@ def _over_the_cap(count: int) -> str:
 
 
 def load_model(
-    name: str, weights: str = "pretrained", device: str | torch.device | None = None
+    name: str | LoadedModel, weights: str = "pretrained", device: str | torch.device | None = None
 ) -> LoadedModel:
-    """Build (or fetch from the bounded cache) a model by name.
+    """Build (or fetch from the bounded cache) a model by name; a :class:`LoadedModel` is returned as it is
+    (every view takes either).
 
     ``weights="pretrained"`` falls back to random weights with a notice when they cannot be had
     (see ``loaded.weights.notice``); ``"random"`` always initialises randomly. For an upload name
@@ -326,9 +327,10 @@ def load_model(
     >>> m.input_size, m.model.training
     ((3, 224, 224), False)
     """
+    if isinstance(name, LoadedModel):
+        return name
     spec = get_spec(name)
-    if weights not in WEIGHT_CHOICES:
-        raise InvalidOptionError(f"Unknown weights choice {weights!r}; use 'pretrained' or 'random'.")
+    weights = vocab.option(vocab.Weights, weights, "weights choice")
     dev = resolve_device(device)
     if spec.key.startswith(checkpoint.UPLOAD_PREFIX):
         return _load_upload(spec.key, weights, dev)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 import cnnviz
-from cnnviz import explore, loading
+from cnnviz import explore, loading, preprocess
 from cnnviz.attribution import (
     CAM_METHODS, PROJECTIONS, class_activation_map, class_index, guided_gradcam, project, upsampled,
 )
@@ -166,7 +166,7 @@ def test_class_by_label_index_and_errors():
         class_index(loaded, "tabbby")
     with pytest.raises(InvalidOptionError, match="out of range"):
         cnnviz.attribution("resnet18", "examples/coffee.png", target=1000, weights="random")
-    with pytest.raises(InvalidOptionError, match="Valid: gradcam"):
+    with pytest.raises(InvalidOptionError, match=r"use one of: gradcam \(Grad-CAM\)"):
         cnnviz.attribution("resnet18", "examples/coffee.png", method="cam", weights="random")
     with pytest.raises(UnknownLayerError):
         cnnviz.attribution("resnet18", "examples/coffee.png", layer="layer9", weights="random")
@@ -223,7 +223,7 @@ def test_guided_gradcam_is_guided_backprop_kept_where_the_class_map_is_on():
     off = (weight <= 0).numpy()
     assert np.isfinite(view.signal).all() and (view.signal[:, off] == 0).all()
     # guided backprop by hand: every ReLU passes back only positive gradients where its input was positive
-    x = explore._model_input(loaded, "examples/cat.png")[0].clone().requires_grad_(True)
+    x = preprocess.model_input(loaded, "examples/cat.png").x.clone().requires_grad_(True)
     relus = [m for m in loaded.model.modules() if isinstance(m, torch.nn.ReLU)]
     saved = [m.inplace for m in relus]
     # the ReLU's own gradient (already masked to where its input was positive), negatives dropped
