@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from . import vocab
 from .errors import CnnvizError, InvalidOptionError, did_you_mean, quoted
-from .hooks import eval_mode, forward_hooks, interruptible
+from .hooks import eval_mode, forward_hooks, interruptible, relus_out_of_place
 from .layers import LayerInfo, get_layer, list_layers
 
 if TYPE_CHECKING:
@@ -330,18 +330,11 @@ def project(
         if not (0 <= row < maps.shape[1] and 0 <= col < maps.shape[2]):
             raise InvalidOptionError(f"Position {quoted(position)} is outside {info.name}'s {maps.shape[1]}×{maps.shape[2]} map.")
         kind = NeuronGuidedBackprop if method == "guided_backprop" else NeuronDeconvolution
-        inplace = [m for m in model.modules() if isinstance(m, torch.nn.ReLU) and m.inplace]
-        try:
-            for m in inplace:  # captum's backward hooks on ReLU cannot follow in-place outputs
-                m.inplace = False
-            with gradients_on(), _fresh_output(module, info):
-                inputs = _input_with_grad(x)
-                with warnings.catch_warnings():
-                    warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")
-                    signal = kind(model, module).attribute(inputs, _unit_index(info, channel, row, col))
-        finally:
-            for m in inplace:
-                m.inplace = True
+        with relus_out_of_place(model), gradients_on(), _fresh_output(module, info):
+            inputs = _input_with_grad(x)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")
+                signal = kind(model, module).attribute(inputs, _unit_index(info, channel, row, col))
     return Projection(signal[0].detach().float().cpu(), info, channel, (row, col),
                       float(maps[channel, row, col]), method, relus)
 
@@ -364,18 +357,10 @@ def guided_gradcam(loaded: LoadedModel, x: torch.Tensor, target_class: int | Non
 
     cam = class_activation_map(loaded, x, "gradcam", target_class, layer)
     model = loaded.model
-    inplace = [m for m in model.modules() if isinstance(m, torch.nn.ReLU) and m.inplace]
-    with loaded.lock, eval_mode(model), interruptible(model):
-        try:
-            for m in inplace:
-                m.inplace = False
-            with gradients_on():
-                with warnings.catch_warnings():
-                    warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")
-                    signal = GuidedBackprop(model).attribute(_input_with_grad(x), target=cam.class_index)
-        finally:
-            for m in inplace:
-                m.inplace = True
+    with loaded.lock, eval_mode(model), interruptible(model), relus_out_of_place(model), gradients_on():
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")
+            signal = GuidedBackprop(model).attribute(_input_with_grad(x), target=cam.class_index)
     weight = upsampled(cam.map, x.shape[-2], x.shape[-1])
     return signal[0].detach().float().cpu() * weight, cam
 

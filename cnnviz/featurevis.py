@@ -34,7 +34,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .hooks import Stopped, forward_hooks, interruptible
+from .cancel import Stopped
+from .hooks import forward_hooks, interruptible
 
 if TYPE_CHECKING:
     from .layers import LayerInfo
@@ -200,7 +201,7 @@ def visualize_channel(
     shared model get their turn in between. The model is used read-only: it runs in eval mode inside
     :func:`cnnviz.hooks.forward_hooks`, only the image's gradient is computed, and every module's flag,
     hook list and parameter (values, ``requires_grad``, ``.grad``) is as before afterwards, also when it
-    raises (:class:`cnnviz.hooks.Stopped` when the stop check fires). ``progress(step, steps)`` is called
+    raises (:class:`cnnviz.cancel.Stopped` when the stop check fires). ``progress(step, steps)`` is called
     after each step. The same ``seed`` gives the same image.
 
     >>> import torchvision

@@ -273,7 +273,7 @@ def test_the_callers_gradient_mode_comes_back(grad_mode):
 
 def test_a_stop_lands_inside_scorecam_batches(monkeypatch):
     """Score-CAM's masked passes run under the stop check: once it says stop, the next module raises."""
-    from cnnviz import hooks
+    from cnnviz import cancel, hooks
 
     loaded = load_model("resnet18", "random")
     monkeypatch.setattr(hooks, "STOP_CHECK_EVERY_S", 0.0)  # ask at every module boundary
@@ -288,7 +288,7 @@ def test_a_stop_lands_inside_scorecam_batches(monkeypatch):
     before = model_state(loaded.model)
     handle = loaded.model.register_forward_pre_hook(lambda *_: passes.append(1))
     try:
-        with hooks.stop_when(check), pytest.raises(hooks.Stopped, match="gone"):
+        with cancel.stop_when(check), pytest.raises(cancel.Stopped, match="gone"):
             class_activation_map(loaded, torch.rand(1, 3, 224, 224), "scorecam", 1, "layer4", batch=2)
     finally:
         handle.remove()

@@ -11,7 +11,7 @@ import torch
 
 from cnnviz import explore, featurevis, layers, loading, preprocess
 from cnnviz.errors import InvalidOptionError, UnknownLayerError
-from cnnviz.hooks import Stopped, stop_when
+from cnnviz.cancel import Stopped, stop_when
 from cnnviz.loading import load_model
 
 EXAMPLES = sorted(p for p in (Path(__file__).resolve().parent.parent / "examples").iterdir() if p.suffix in (".png", ".jpg"))

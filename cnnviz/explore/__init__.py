@@ -14,7 +14,6 @@ work and returns a frozen view that says which weights it used. One module per v
 from __future__ import annotations
 
 from ..activations import KEPT, Prediction
-from ..hooks import Stopped, stop_when
 from ..pretrained import WeightsOutcome
 from ..preprocess import MAX_FRAME_BYTES, check_frame, decode_frame
 from ..render import COLORMAPS, encode
@@ -44,9 +43,9 @@ __all__ = [
     "WEIGHT_CHOICES", "AttributionChoices", "AttributionView", "ChannelView", "ChannelVisualizationView",
     "ComparePair", "CompareSide", "CompareView", "FeatureMapsView", "FiltersView", "GuidedGradCamView",
     "LayerStatsView", "LiveView", "MapsPage", "MapsQuery", "ModelView", "Prediction", "ProjectionView", "Startup",
-    "Stopped", "WeightsOutcome", "architecture", "attribution", "attribution_choices", "channel", "channel_at",
+    "WeightsOutcome", "architecture", "attribution", "attribution_choices", "channel", "channel_at",
     "channel_visualization", "check_frame", "compare", "curated_models", "decode_frame", "encode", "feature_maps",
     "filter_grid", "find_layer", "guided_gradcam", "layer_activations", "layer_place", "layer_stats",
     "list_convolutions", "live_maps", "load_checkpoint", "maps_page", "predict", "projection", "readable_macs",
-    "select_model", "startup_model", "stop_when", "weights_used",
+    "select_model", "startup_model", "weights_used",
 ]

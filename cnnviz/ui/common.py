@@ -27,7 +27,7 @@ from fastapi import HTTPException
 from gradio import utils as gradio_utils
 from gradio.context import LocalContext
 
-from .. import explore, server
+from .. import cancel, explore, server
 from ..cancel import LISTENERS, UNHEARD_GRACE_S
 from ..errors import CnnvizError, is_allocation_failure, quoted
 from ..explore import WeightsOutcome
@@ -329,9 +329,9 @@ def user_errors(fn):
                     raise past_deadline()
                 log.info("%s not started: %s", fn.__name__, reason)
                 return gr.skip()  # a newer call of this view is queued, or nobody waits for this one
-            with explore.stop_when(lambda: stop_reason(started)):
+            with cancel.stop_when(lambda: stop_reason(started)):
                 return fn(*args, **kwargs)
-        except explore.Stopped as e:
+        except cancel.Stopped as e:
             if str(e) == "deadline":
                 raise past_deadline() from None
             log.info("%s stopped mid-pass: %s", fn.__name__, e)
