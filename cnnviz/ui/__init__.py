@@ -24,13 +24,14 @@ from ..errors import CnnvizError, quoted
 from . import architecture as architecture_tab, attribution as attribution_tab, compare as compare_tab, feature_maps as feature_maps_tab, filters as filters_tab
 from .architecture import architecture
 from .common import (
-    EXAMPLE_FILES, MAX_PER_CLIENT, MAX_PER_SESSION, MAX_UPLOAD, UPLOAD_QUOTA, WORK, CheckedBlocks, Refresh,
+    EXAMPLE_FILES, MAX_PER_CLIENT, MAX_PER_SESSION, MAX_UPLOAD, UPLOAD_QUOTA, WORK, Refresh, check_call,
     limit_clients, user_errors, warn,
 )
+from .gradio_patches import CheckedBlocks, document_as_text, document_example
 from .feature_maps import feature_maps
 from .filters import filters
 
-__all__ = ["CSS", "architecture", "build_demo", "feature_maps", "filters", "launch", "select_model"]
+__all__ = ["CSS", "architecture", "build_demo", "feature_maps", "filters", "launch"]
 
 # Grids arrive at (about) the maps' own resolution; the page enlarges them with crisp pixels.
 CSS = (
@@ -142,15 +143,6 @@ def _select(model: str, weights: str, layer: str, shown: str):
 
 
 @user_errors
-def select_model(model: str, weights: str, layer: str = "", progress=gr.Progress(track_tqdm=True)):
-    """The model's notice and its layer list; ``layer`` stays chosen when the model has it (a weights
-    switch compares the same layer trained and untrained), else the first convolution."""
-    view = explore.select_model(model, weights)
-    keep = layer if any(info.name == layer for info in view.layers) else view.default_layer
-    return model_notice(view), gr.Dropdown(choices=_layer_choices(view), value=keep)
-
-
-@user_errors
 def model_picked(model: str, weights: str, layer: str = "", shown: str = "", progress=gr.Progress(track_tqdm=True)):
     """A model picked or typed: its notice and layer list; the layer stays when the new model has one of
     that name (resnet18 → resnet34 at layer3.0.conv1 compares the two), else the first convolution."""
@@ -213,26 +205,16 @@ def open_row(model: str, weights: str, opens: str, evt: gr.SelectData):
             f"Opened `{info.name}` ({kind}) in **Feature maps**.", True)
 
 
-def document_as_text(component: gr.Dropdown, description: str, example: str) -> None:
-    """Document a Dropdown that takes free text (``allow_custom_value``) as text in the API page and the
-    MCP schema: Gradio would list only its current choices (none, for a layer picker before a model)."""
-    component.api_info = lambda: {"type": "string", "description": description, "additional_description": description}
-    component.example_payload = component.example_value = lambda: example
-
-
 def document_example_image(component: gr.Image, path: Path) -> None:
     """The API page's example for an image parameter: one of the app's examples, not a URL to fetch."""
     local = str(path.relative_to(ROOT))  # the page writes handle_file('<url>') for a payload with a url
-    component.example_payload = lambda: {**handle_file(local), "url": local}
-    component.example_value = lambda: str(path.relative_to(ROOT))
+    document_example(component, {**handle_file(local), "url": local}, local)
 
 
 def document_example_file(component: gr.File, name: str) -> None:
     """The API page's example for a file parameter: a file of the caller's own (``handle_file('name')``),
     not Gradio's sample PDF on the web."""
-    payload = {"path": name, "meta": {"_type": "gradio.FileData"}, "orig_name": name, "url": name}
-    component.example_payload = lambda: payload
-    component.example_value = lambda: name
+    document_example(component, {"path": name, "meta": {"_type": "gradio.FileData"}, "orig_name": name, "url": name}, name)
 
 
 def name_outputs(demo: gr.Blocks) -> None:
@@ -265,7 +247,7 @@ EXAMPLE_IMAGE = next((p for p in sorted(EXAMPLE_FILES) if p.stem == "coffee"), m
 def build_demo() -> gr.Blocks:
     """Build the app. Nothing is loaded until a page opens (then the model its URL names, or the default)."""
     gr.set_static_paths(sorted(EXAMPLE_FILES))  # examples are served in place, never copied to the cache
-    with CheckedBlocks(title="CNN Explorer", delete_cache=(3600, 3600)) as demo:
+    with CheckedBlocks(title="CNN Explorer", delete_cache=(3600, 3600), check_call=check_call) as demo:
         gr.Markdown(
             "# 🔬 CNN Explorer\nWhat a convolutional network is made of and what it sees: its layers, "
             "its filters, the feature maps of your own photo at any layer, why it decided, and two models "
