@@ -80,3 +80,14 @@ def test_a_models_derived_data_goes_with_it(coffee):
     registry.clear_cache()
     gc.collect()
     assert gone() is None and listing() is None  # nothing else held the model or what was computed from it
+
+
+def test_no_tab_imports_another():
+    """Each ``ui/<tab>.py`` imports only ``ui/common.py`` (and ``ui/gradio_patches.py``) of the UI: the shell
+    composes the tabs and the sections of one tab that another module owns (webcam, feature visualisation)."""
+    shared = {"cnnviz.ui.common", "cnnviz.ui.gradio_patches"}
+    for path in sorted((PACKAGE / "ui").glob("*.py")):
+        if path.name == "__init__.py":
+            continue
+        ui = {n for n in imported(path) if n.startswith("cnnviz.ui")}
+        assert ui <= shared, f"ui/{path.name} imports {ui - shared}"

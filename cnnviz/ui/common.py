@@ -52,6 +52,50 @@ class Refresh:
     io: dict
 
 
+@dataclass
+class PageState:
+    """The page's one state, shared by every tab (the shell builds it; each tab's ``build(state)`` reads
+    it): the model and weights chosen at the top, and the photo every tab shows. The address bar mirrors
+    it (``?model=…&weights=…&photo=…``; each tab adds its own part, see its ``from_link``)."""
+
+    model: gr.Dropdown
+    weights: gr.Radio
+    photo: gr.Textbox  # hidden: the shared photo's link name (an example's stem), "" for an upload or none
+
+
+@dataclass
+class Photo:
+    """A tab's photo box and its examples: the shell keeps every tab's box showing the one photo."""
+
+    box: gr.Image
+    examples: gr.Examples
+
+
+def photo_box(label: str, elem_id: str, **kwargs) -> Photo:
+    """A photo box (upload or paste) with the app's examples under it."""
+    box = SafeImage(type="filepath", image_mode=None, sources=["upload", "clipboard"], label=label, elem_id=elem_id,
+                    **kwargs)
+    return Photo(box, gr.Examples([[str(p)] for p in sorted(EXAMPLE_FILES)], inputs=[box], label="Examples"))
+
+
+def layer_dropdown(view: explore.ModelView, value: str) -> gr.Dropdown:
+    """A layer picker's update: the model's layers (with their shapes) and ``value`` chosen."""
+    return gr.Dropdown(choices=[(info.label, info.name) for info in view.layers], value=value)
+
+
+def example_name(path: str | None) -> str:
+    """The link name of a shipped example (its stem, ``coffee``), or "" for anything else (an upload
+    cannot go in a link: only this server holds it, for a while)."""
+    real = Path(os.path.realpath(path)) if path else None
+    return real.stem if real is not None and real in EXAMPLE_FILES else ""
+
+
+def example_path(name: str) -> str | None:
+    """The shipped example a link names (``photo=coffee``, case-insensitive), or None."""
+    wanted = name.strip().lower()
+    return next((str(p) for p in sorted(EXAMPLE_FILES) if wanted and p.stem.lower() == wanted), None)
+
+
 class SafeImage(gr.Image):
     """gr.Image that only ever hands over a file this app may open.
 
@@ -397,3 +441,21 @@ def label_dict(predictions) -> dict[str, float] | None:
     """gr.Label's {label: probability}; a label that repeats (ImageNet has two "crane"s) gets its class index."""
     names = [p.label for p in predictions]
     return {(p.label if names.count(p.label) == 1 else f"{p.label} (class {p.index})"): p.probability for p in predictions} or None
+
+
+PROJECTION_CHOICES = [("guided backpropagation", "guided_backprop"), ("deconvnet", "deconvnet")]
+
+
+def projection_outputs(model, image, layer, channel, method, weights) -> tuple[str, str]:
+    """(picture file, caption) of a Zeiler–Fergus projection: the channel's strongest unit taken back to the
+    pixels, beside the part of the picture it covers (Attribution's /projection and Feature maps' section)."""
+    view = explore.projection(model, image, layer or "", whole(channel, "Channel"), method, weights)
+    row, col = view.position
+    top, left, bottom, right = view.box
+    caption = (
+        f"Channel **{view.channel}** of `{view.layer.name}`, its strongest unit (row {row}, column {col}, activation "
+        f"{view.activation:.4g}) taken back to the pixels by {dict((v, k) for k, v in PROJECTION_CHOICES)[method]}: left, "
+        f"what in the picture drives this unit (grey: no effect); right, the part of the picture it covers "
+        f"(rows {top}–{bottom - 1}, columns {left}–{right - 1}). {view.note}\n\n{weights_used(view.weights)}"
+    )
+    return OUTPUTS.write(f"{model}-{view.layer.name}-{view.channel}-{method}.png", explore.encode(view.image, "png")), caption
