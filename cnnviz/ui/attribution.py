@@ -13,7 +13,7 @@ import gradio as gr
 import numpy as np
 
 from .. import explore
-from ..errors import quoted
+from ..errors import InvalidImageError, quoted
 from .common import (
     HEAVY, OUTPUTS, PROJECTION_CHOICES, PageState, Photo, Refresh, markdown_text, photo_box, projection_outputs, user_errors,
     warn, weights_used,
@@ -125,7 +125,10 @@ def show(model, image, method, target, layer, weights, opacity):
     """The page's class activation map (a hint before there is an image)."""
     if not image:
         return None, None, None, NO_IMAGE
-    return _cam(model, image, method, target, layer, weights, opacity)
+    try:
+        return _cam(model, image, method, target, layer, weights, opacity)
+    except InvalidImageError as e:  # the page's one photo: Feature maps says it in a toast; here, where the map goes
+        return None, None, None, f"⚠️ {e}"
 
 
 @user_errors

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from .. import explore
-from ..errors import CnnvizError
+from ..errors import CnnvizError, InvalidImageError
 from .common import (
     HEAVY, OUTPUTS, PageState, Photo, Refresh, Refusal, SafeFile, SafeImage, label_dict, photo_box, user_errors, warn,
     weights_used,
@@ -126,7 +126,10 @@ def show(mode, model_a, weights_a, model_b, weights_b, image, image_b, view):
         model_b = model_a
     else:
         image_b = None
-    found, files = _run(model_a, model_b, image, weights_a, weights_b, view, image_b)
+    try:
+        found, files = _run(model_a, model_b, image, weights_a, weights_b, view, image_b)
+    except InvalidImageError as e:  # the page's one photo: Feature maps says it in a toast; here, in the caption
+        return _nothing(f"⚠️ {e}")
     pairs = [(p.title, files[2 * i][0], files[2 * i + 1][0], p.same_size) for i, p in enumerate(found.pairs)]
     first = pairs[0][0] if pairs else None
     slider, note = _slider(pairs, first)
