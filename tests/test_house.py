@@ -5,7 +5,8 @@ functions and ``TYPE_CHECKING`` blocks too), with no exceptions listed:
 - the dependency direction ``ui`` → ``explore`` → library: the library imports neither the facade nor the UI,
   the facade not the UI, and the UI nothing of the library but ``explore`` (and the process: ``server``,
   ``cancel``, the error family ``errors``);
-- only ``cnnviz/ui/`` imports gradio; ``render`` imports no models;
+- only ``cnnviz/ui/`` imports gradio; ``render`` imports no models; no tab imports another (each imports only
+  ``ui/common.py`` and ``ui/gradio_patches.py`` of the UI; the shell composes them);
 - no private name (``_x``) of one module used in another.
 """
 from __future__ import annotations
@@ -13,10 +14,9 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 PACKAGE = Path(__file__).resolve().parent.parent / "cnnviz"
 UI_MAY_USE = {"cnnviz.explore", "cnnviz.server", "cnnviz.cancel", "cnnviz.errors"}
+UI_SHARED = ("common", "gradio_patches")  # what every tab may import of the UI
 APP = {"cnnviz.cli", "cnnviz.__main__"}  # the command line: starts the UI, so it may import anything
 
 
@@ -126,6 +126,9 @@ def broken_rules(imports: Imports) -> list[str]:
                 broken.append(f"{name} (the Python API) imports {target}")
             elif layer == "ui" and to != "ui" and target not in {m.replace("cnnviz", root) for m in UI_MAY_USE}:
                 broken.append(f"{name} (UI) reaches into {target}: the UI calls the library through explore")
+            elif (layer == "ui" and to == "ui" and name != f"{root}.ui"
+                  and target not in {f"{root}.ui.{shared}" for shared in UI_SHARED}):
+                broken.append(f"{name} imports {target}: no tab imports another (the shell composes them)")
         broken += [f"{name} uses {reach}, a private name of another module" for reach in sorted(imports.private[name])
                    if not reach.startswith(name + ".")]
         if name == f"{root}.render" and {e for e in imports.external[name] if e.split(".")[0] in ("torch", "torchvision", "timm")}:
@@ -146,7 +149,10 @@ PLANTED = {
     "summary.py": "from . import layers\nx = layers._secret\nfrom .explore import view\n",  # private reach, upward
     "explore/__init__.py": "from .maps import view\n",
     "explore/maps.py": "import gradio\nfrom ..loading import _cache\ndef view(): pass\n",
-    "ui/__init__.py": "import gradio\nfrom .. import explore, loading\n",
+    "ui/__init__.py": "import gradio\nfrom .. import explore, loading\nfrom . import common, maps\n",
+    "ui/common.py": "import gradio\n",
+    "ui/maps.py": "from . import common, filters\n",  # a tab importing another
+    "ui/filters.py": "from .common import x\n",
 }
 
 
@@ -163,7 +169,8 @@ def test_the_checker_finds_each_kind_of_broken_rule(tmp_path):
     assert "pkg.summary (library) imports pkg.explore" in broken
     assert "pkg.explore.maps imports ['gradio']: only pkg.ui may import gradio" in broken
     assert "pkg.ui (UI) reaches into pkg.loading: the UI calls the library through explore" in broken
-    assert not any("pkg.ui imports" in b for b in broken)  # gradio in the UI is the rule, not a break
+    assert "pkg.ui.maps imports pkg.ui.filters: no tab imports another (the shell composes them)" in broken
+    assert not any(b.startswith(("pkg.ui imports", "pkg.ui.filters", "pkg.ui.common")) for b in broken), broken  # gradio in the UI is the rule, not a break
 
 
 def test_the_checker_reads_every_module_and_its_relative_imports():
