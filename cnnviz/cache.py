@@ -1,7 +1,7 @@
 """One bounded store: least recently used entries out once their bytes pass a stated budget.
 
 Every cache of the app is one of these (kept maps, filters, inputs, predictions, feature visualisations,
-models, upload names): each says its budget in bytes, because memory is what runs out, not entries (two kept
+models, upload names): each says its budget in bytes (the model cache also a count, ``max_items``), because memory is what runs out, not entries (two kept
 passes of a 600 px EfficientNet are 13 GB; two of AlexNet 10 MB). The entry just put always stays, even when
 alone it is larger than the budget, unless ``keep_oversized=False`` (then it is returned but not kept).
 
@@ -54,9 +54,10 @@ class Store(Generic[V]):
     (None, 'y', 60)
     """
 
-    def __init__(self, name: str, budget: int, *, keep_oversized: bool = True) -> None:
+    def __init__(self, name: str, budget: int, *, keep_oversized: bool = True, max_items: int | None = None) -> None:
         self.name = name  # what is kept, for messages and benchmarks ("kept maps", "models")
         self.budget = max(0, int(budget))
+        self.max_items = max_items  # also at most this many entries (the model cache's count), None: no count
         self.keep_oversized = keep_oversized
         self.nbytes = 0
         self._items: OrderedDict[Hashable, tuple[V, int]] = OrderedDict()
@@ -87,7 +88,7 @@ class Store(Generic[V]):
                 return value
             self._items[key] = (value, size)
             self.nbytes += size
-            while self.nbytes > self.budget and len(self._items) > 1:
+            while len(self._items) > 1 and (self.nbytes > self.budget or len(self._items) > (self.max_items or len(self._items))):
                 self.nbytes -= self._items.popitem(last=False)[1][1]
         return value
 
