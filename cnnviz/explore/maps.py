@@ -223,6 +223,8 @@ class MapsQuery:
     channel: int | None = None  # the channel drilled down, or None: none
     opacity: float = 0.5
     channel_colormap: str = "auto"
+    keep_channel_if_present: bool = False  # a channel the layer lacks (a pick on the previous layer) is dropped, not refused
+    export: bool = False  # the maps will be written out whole (.npy): checked against the request's budget first
 
 
 @dataclass(frozen=True)
@@ -235,7 +237,8 @@ class MapsPage:
 def maps_page(query: MapsQuery) -> MapsPage:
     """The grid, the layer's statistics and the drilled-down channel of one page update, from one model
     load, one input and at most one pass (the same values :func:`feature_maps`, :func:`layer_stats` and
-    :func:`channel` give one by one).
+    :func:`channel` give one by one). With ``export``, the maps' budget (:func:`cnnviz.budget.check_export`)
+    is checked first, as :func:`layer_activations` does.
 
     >>> page = maps_page(MapsQuery("resnet18", "examples/coffee.png", "layer1", weights="random", channel=3))
     >>> page.maps.maps.shape[0], len(page.stats.stats.mean), page.channel.channel
@@ -245,11 +248,17 @@ def maps_page(query: MapsQuery) -> MapsPage:
     _check_drawing(q.channels, q.colormap, q.normalise)
     vocab.option(vocab.Colormap, q.channel_colormap, "colormap")
     opacity = vocab.unit_interval(q.opacity, "Opacity")
+    if q.export:
+        loaded = load_model(q.model, q.weights)
+        budget.check_export(loaded, layers.get_layer(loaded, q.layer))
     found = _layer_maps(q.model, q.image, q.layer, q.weights, copy=False)
     grid = _grid(found, q.channels, q.n, q.colormap, q.normalise)
     grid = dataclasses.replace(grid, maps=found.maps.clone())  # the caller's own copy, as feature_maps gives
     stats = LayerStatsView(found.info, activations.channel_stats(found.maps), found.loaded.weights)
-    drilled = None if q.channel is None else _channel(found, q.channel, opacity, q.channel_colormap)
+    picked = q.channel
+    if q.keep_channel_if_present and picked is not None and not 0 <= picked < found.maps.shape[0]:
+        picked = None
+    drilled = None if picked is None else _channel(found, picked, opacity, q.channel_colormap)
     return MapsPage(grid, stats, drilled)
 
 

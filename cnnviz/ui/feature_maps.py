@@ -63,7 +63,8 @@ def feature_maps(
         colormap: auto (grey, or a diverging map centred on zero for signed layers), gray, viridis, magma, inferno, cividis or coolwarm.
         normalise: "channel" (each map its own range) or "layer" (one range for all).
     """
-    grid, labels, caption, _ = _answer(model, image, layer, weights, channels, n, colormap, normalise)
+    view = explore.feature_maps(model, image, layer or None, weights, channels, whole(n, "N"), colormap, normalise)
+    grid, labels, caption, _ = _maps_outputs(model, view, channels, normalise)
     return grid, labels, caption
 
 
@@ -74,21 +75,25 @@ def show(model, image, layer, weights, channels, n, colormap, normalise, picked,
     top-5 says so; a picked channel the new layer does not have is dropped."""
     if not image:
         return None, None, NO_IMAGE, "", None, None, None, None, None, None, NO_CHANNEL
+    query = explore.MapsQuery(model, image, layer or None, weights, channels, whole(n, "N"), colormap, normalise,
+                              channel=picked, opacity=opacity, channel_colormap=colormap,
+                              keep_channel_if_present=True)  # the previous layer's channel: this one may have fewer
     try:
-        grid, labels, caption, trained = _answer(model, image, layer, weights, channels, n, colormap, normalise)
+        page = explore.maps_page(query)  # one call: the grid, the statistics and the channel from one pass at most
     except InvalidImageError as e:  # one toast and a sentence where the grid goes; no "Error" badge on every output
         warn(str(e))
         return None, None, f"⚠️ {e}", "", None, None, None, None, None, None, NO_CHANNEL
-    stats = _stats(model, image, layer, weights)
-    if picked is not None and not 0 <= picked < len(stats[1]):
-        picked = None  # the previous layer's channel: this one has fewer
-    channel_view = _page_channel(model, image, layer, picked, weights, opacity, colormap)
+    grid, labels, caption, trained = _maps_outputs(model, page.maps, channels, normalise)
+    stats = _stats_outputs(model, page.stats)
+    if page.channel is None:
+        channel_view = (None, None, None, NO_CHANNEL)
+    else:
+        channel_view = (page.channel.channel, *_channel_outputs(model, page.channel))
     return (grid, gr.Label(labels, label=TOP5 if trained else TOP5_UNTRAINED), caption, *stats, *channel_view)
 
 
-def _answer(model, image, layer, weights, channels, n, colormap, normalise):
-    """(grid file, top-5 {label: probability}, caption, whether the weights are trained)."""
-    view = explore.feature_maps(model, image, layer or None, weights, channels, whole(n, "N"), colormap, normalise)
+def _maps_outputs(model, view, channels, normalise):
+    """(grid file, top-5 {label: probability}, caption, whether the weights are trained) of a FeatureMapsView."""
     total, count = view.maps.shape[0], len(view.channels)
     which = WHICH[channels].format(first=0, last=count - 1, count=count, total=total)
     if count == 1:
@@ -201,13 +206,12 @@ def layer_stats(model: str, image: str, layer: str = "", weights: str = "pretrai
         layer: qualified module name (e.g. "layer2.0.conv1"); empty: the first convolution.
         weights: "pretrained" or "random".
     """
-    summary, table, _, csv_path = _stats(model, image, layer, weights)
+    summary, table, _, csv_path = _stats_outputs(model, explore.layer_stats(model, image, layer or None, weights))
     return summary, table, csv_path
 
 
-def _stats(model, image, layer, weights):
-    """(summary, table, bar plot data, CSV file) of the layer's per-channel statistics."""
-    view = explore.layer_stats(model, image, layer or None, weights)
+def _stats_outputs(model, view):
+    """(summary, table, bar plot data, CSV file) of a LayerStatsView."""
     s = view.stats
     dead = s.dead.tolist()
     constant = sorted(set(s.constant.tolist()) - set(dead))
@@ -240,12 +244,12 @@ def activations(model: str, image: str, layer: str = "", weights: str = "pretrai
         layer: qualified module name (e.g. "layer2.0.conv1"); empty: the first convolution.
         weights: "pretrained" or "random".
     """
-    return _npy(model, image, layer, weights)
-
-
-def _npy(model, image, layer, weights) -> tuple[str, str]:
-    """(.npy file, caption) of the layer's activations."""
     info, maps, used = explore.layer_activations(model, image, layer or None, weights)
+    return _npy(model, info, maps, used)
+
+
+def _npy(model, info, maps, used) -> tuple[str, str]:
+    """(.npy file, caption) of a layer's activations ``Tensor[C,H,W]``."""
     buffer = io.BytesIO()
     np.save(buffer, maps.numpy(), allow_pickle=False)
     c, h, w = maps.shape
@@ -258,10 +262,12 @@ def exports_if_image(model, image, layer, weights, channels, n, colormap, normal
     """The page's downloads: the grid as PNG, the activations (.npy), the channel statistics (CSV)."""
     if not image:
         raise Refusal(NO_IMAGE)
-    view = explore.feature_maps(model, image, layer or None, weights, channels, whole(n, "N"), colormap, normalise)
+    query = explore.MapsQuery(model, image, layer or None, weights, channels, whole(n, "N"), colormap, normalise, export=True)
+    page = explore.maps_page(query)  # one call, as the page's update
+    view = page.maps
     grid = OUTPUTS.write(f"{model}-{view.layer.name}-grid.png", explore.encode(view.image, "png"))
-    npy, _ = _npy(model, image, layer, weights)
-    csv_path = _stats(model, image, layer, weights)[3]
+    npy, _ = _npy(model, view.layer, view.maps, view.weights)
+    csv_path = _stats_outputs(model, page.stats)[3]
     return [grid, npy, csv_path]
 
 
