@@ -53,7 +53,7 @@ from typing import Any, Iterator, Literal
 import torch
 import xxhash
 
-from .errors import CheckpointError, is_allocation_failure, quoted
+from .errors import CheckpointError, is_allocation_failure, plural, quoted, shape_text
 
 __all__ = [
     "ACCEPTED_SUFFIXES",
@@ -466,7 +466,7 @@ def _check_totals(state: Mapping[str, torch.Tensor], file: CheckpointFile) -> No
     if full <= MAX_TENSOR_BYTES:
         return
     views = [k for k, t in state.items() if _full_size(t) > t.untyped_storage().nbytes()]
-    why = (f": {_plural(len(views), 'tensor')} ({_names(views)}) {'is a view' if len(views) == 1 else 'are views'} "
+    why = (f": {plural(len(views), 'tensor')} ({_names(views)}) {'is a view' if len(views) == 1 else 'are views'} "
            "that repeat their values (saved from expand() or overlapping slices), which a model copies out in full"
            if views else "")
     size_text, limit_text = _sizes(full, MAX_TENSOR_BYTES)
@@ -494,11 +494,6 @@ def _names(keys: Sequence[object], limit: int = SHOWN) -> str:
     return shown + (" …" if len(keys) > limit else "")
 
 
-def _plural(count: int, word: str, plural: str | None = None) -> str:
-    """``"1 key"``, ``"3 keys"``, ``"2 entries"``."""
-    return f"{count} {word if count == 1 else plural or word + 's'}"
-
-
 def _has_tensors(value: object) -> bool:
     return isinstance(value, Mapping) and any(isinstance(v, torch.Tensor) for v in value.values())
 
@@ -522,7 +517,7 @@ def _unwrap(obj: object, filename: str, notes: list[str], depth: int = 0) -> dic
             else:
                 notes.append(f"took the weights under {quoted(chosen)}")
             if others:
-                notes.append(f"ignored the file's other {_plural(len(others), 'entry', 'entries')}: {_names(others)}")
+                notes.append(f"ignored the file's other {plural(len(others), 'entry', 'entries')}: {_names(others)}")
             return _unwrap(obj[chosen], filename, notes, depth + 1)
     tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
     dropped = [k for k in obj if k not in tensors]
@@ -532,13 +527,13 @@ def _unwrap(obj: object, filename: str, notes: list[str], depth: int = 0) -> dic
             f"{SAVE_STATE_DICT}"
         )
     if dropped:
-        notes.append(f"ignored {_plural(len(dropped), 'entry', 'entries')} that "
+        notes.append(f"ignored {plural(len(dropped), 'entry', 'entries')} that "
                      f"{'is' if len(dropped) == 1 else 'are'} not tensors: {_names(dropped)}")
     return tensors
 
 
 def _strip(state: dict[str, torch.Tensor], prefix: str, notes: list[str]) -> dict[str, torch.Tensor]:
-    notes.append(f"removed the {quoted(prefix)} prefix from {_plural(len(state), 'key')}")
+    notes.append(f"removed the {quoted(prefix)} prefix from {plural(len(state), 'key')}")
     return {k[len(prefix):]: v for k, v in state.items()}
 
 
@@ -599,15 +594,6 @@ def read_state_dict(file: CheckpointFile) -> tuple[dict[str, torch.Tensor], tupl
 # --------------------------------------------------------------------------------------------------
 # Fitting it to a model
 # --------------------------------------------------------------------------------------------------
-
-
-def shape_text(shape: Sequence[int]) -> str:
-    """``"32×64×3×3"`` (``"scalar"`` for a 0-d tensor).
-
-    >>> shape_text(torch.Size([32, 64, 3, 3])), shape_text(())
-    ('32×64×3×3', 'scalar')
-    """
-    return "×".join(str(int(d)) for d in shape) or "scalar"
 
 
 @dataclass(frozen=True)
@@ -679,7 +665,7 @@ def fit_state_dict(
     for key in counters:
         state[key] = expected[key]
     if counters:
-        notes.append(f"set {_plural(len(counters), 'missing BatchNorm counter')} ({_COUNTER}) to the model's own")
+        notes.append(f"set {plural(len(counters), 'missing BatchNorm counter')} ({_COUNTER}) to the model's own")
     missing = [k for k in expected if k not in state]
     unexpected = sorted((k for k in state if k not in expected), key=_natural)  # files need not keep the model's order
     mis_shaped = [
@@ -700,14 +686,14 @@ def fit_state_dict(
             return Fit(state, tuple(notes), other)
     problems = []
     if missing:
-        problems.append(f"{_plural(len(missing), 'key')} of the model {'is' if len(missing) == 1 else 'are'} "
+        problems.append(f"{plural(len(missing), 'key')} of the model {'is' if len(missing) == 1 else 'are'} "
                         f"missing from it ({_names(missing)})")
     if unexpected:
-        problems.append(f"{_plural(len(unexpected), 'key')} in it {'is' if len(unexpected) == 1 else 'are'} "
+        problems.append(f"{plural(len(unexpected), 'key')} in it {'is' if len(unexpected) == 1 else 'are'} "
                         f"not in the model ({_names(unexpected)})")
     if mis_shaped:
         shown = "; ".join(f"{quoted(k)}: checkpoint {shape_text(c)}, model {shape_text(m)}" for k, c, m in mis_shaped[:SHOWN])
-        problems.append(f"{_plural(len(mis_shaped), 'tensor')} {'has' if len(mis_shaped) == 1 else 'have'} "
+        problems.append(f"{plural(len(mis_shaped), 'tensor')} {'has' if len(mis_shaped) == 1 else 'have'} "
                         f"another shape ({shown}{' …' if len(mis_shaped) > SHOWN else ''})")
     raise CheckpointError(
         f"This checkpoint does not fit {name}: {'; '.join(problems)}. Pick the architecture it was trained with."
@@ -740,7 +726,7 @@ def check_finite(state: Mapping[str, torch.Tensor], filename: str) -> None:
     broken = [key for key, tensor in state.items() if tensor.is_floating_point() and not _finite(tensor)]
     if broken:
         raise CheckpointError(
-            f"The checkpoint {quoted(filename)} holds NaN or infinite values in {_plural(len(broken), 'tensor')} "
+            f"The checkpoint {quoted(filename)} holds NaN or infinite values in {plural(len(broken), 'tensor')} "
             f"({_names(broken)}): the training run that saved it had diverged, and a model with them computes "
             "nothing but NaN. Upload a checkpoint saved before that."
         )
@@ -784,7 +770,7 @@ def load_weights(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> t
     left = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
     if left:
         raise MetaTensorsLeft(f"{len(left)} tensors of the model are still on the meta device, e.g. {left[0]!r}")
-    notes = tuple(f"converted {_plural(n, f'{old} tensor')} to {new}" for (old, new), n in converted.items())
+    notes = tuple(f"converted {plural(n, f'{old} tensor')} to {new}" for (old, new), n in converted.items())
     return len(ready), notes
 
 
@@ -904,8 +890,8 @@ def choose_categories(
     if labels is not None:
         if len(labels) != num_classes:
             raise CheckpointError(
-                f"The labels file has {_plural(len(labels), 'line')} but the checkpoint has "
-                f"{_plural(num_classes, 'class', 'classes')}: give one label per class, in class order."
+                f"The labels file has {plural(len(labels), 'line')} but the checkpoint has "
+                f"{plural(num_classes, 'class', 'classes')}: give one label per class, in class order."
             )
         return tuple(labels), "yours"
     if own and len(own) == num_classes:

@@ -1,8 +1,9 @@
-"""Errors a user can cause. Their messages are plain sentences meant to be shown as they are."""
+"""Errors a user can cause, and the wording every message shares (quoting, close matches, counts, shapes).
+Their messages are plain sentences meant to be shown as they are."""
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 
 class CnnvizError(ValueError):
@@ -68,3 +69,21 @@ def did_you_mean(name: str, candidates: Iterable[str], n: int = 5, cutoff: float
         by_lower.setdefault(candidate.lower(), candidate)
     close = difflib.get_close_matches(str(name).lower(), list(by_lower), n=n, cutoff=cutoff)
     return f" Did you mean: {', '.join(by_lower[c] for c in close)}?" if close else ""
+
+
+def plural(count: int, word: str, many: str | None = None) -> str:
+    """``"1 key"``, ``"3 keys"``, ``"2 entries"`` (``many``: the plural when it is not ``word + "s"``).
+
+    >>> plural(1, "key"), plural(3, "key"), plural(2, "entry", "entries")
+    ('1 key', '3 keys', '2 entries')
+    """
+    return f"{count} {word if count == 1 else many or word + 's'}"
+
+
+def shape_text(shape: Sequence[int]) -> str:
+    """``"32×64×3×3"`` (``"scalar"`` for a 0-d tensor).
+
+    >>> shape_text((32, 64, 3, 3)), shape_text(())
+    ('32×64×3×3', 'scalar')
+    """
+    return "×".join(str(int(d)) for d in shape) or "scalar"

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
-from .errors import CnnvizError, UnknownLayerError, did_you_mean, quoted
+from .errors import CnnvizError, UnknownLayerError, did_you_mean, plural, quoted
 from .hooks import forward_hooks
 
 if TYPE_CHECKING:
@@ -95,7 +95,7 @@ def _layout_words(layout: Layout, prefix: int) -> str:
     if layout == "NHWC":
         return ", channels-last"
     if layout == "tokens":
-        return ", patch tokens" + (f", {_count(prefix, 'prefix token')} set aside" if prefix else "")
+        return ", patch tokens" + (f", {plural(prefix, 'prefix token')} set aside" if prefix else "")
     return ""
 
 
@@ -332,9 +332,9 @@ def listing_note(loaded: LoadedModel) -> str | None:
     listing = _listing(loaded)
     counts = Counter(item.reason for item in listing.left_out)
     parts = [
-        f"{_count(counts['heads'], 'per-head tensor')} inside attention (queries, keys, attention weights)" if counts["heads"] else "",
-        f"{_count(counts['windows'], 'tensor')} of windows or patches cut out of the image" if counts["windows"] else "",
-        f"{_count(counts['no map'], 'tensor')} with no square map (token sequences off the patch grid, other shapes)" if counts["no map"] else "",
+        f"{plural(counts['heads'], 'per-head tensor')} inside attention (queries, keys, attention weights)" if counts["heads"] else "",
+        f"{plural(counts['windows'], 'tensor')} of windows or patches cut out of the image" if counts["windows"] else "",
+        f"{plural(counts['no map'], 'tensor')} with no square map (token sequences off the patch grid, other shapes)" if counts["no map"] else "",
     ]
     sentences = []
     if counts:
@@ -345,10 +345,6 @@ def listing_note(loaded: LoadedModel) -> str | None:
         aside = " with the class and other prefix tokens set aside" if any(layer.prefix for layer in tokens) else ""
         sentences.append(f"Patch tokens are drawn on their patch grid ({grids}){aside}.")
     return " ".join(sentences) or None
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'s' * (n != 1)}"
 
 
 def get_layer(loaded: LoadedModel, name: str | None) -> LayerInfo:

@@ -35,7 +35,7 @@ from torchinfo.torchinfo import clear_cached_forward_pass
 
 from .cancel import Stopped
 from .hooks import eval_mode
-from .errors import InvalidOptionError
+from .errors import InvalidOptionError, shape_text
 
 __all__ = ["LayerRow", "Summary", "summarize"]
 
@@ -103,7 +103,7 @@ class Summary:
         return "\n".join(
             [
                 divider,
-                f"Input: {_format_shape(self.input_size)} (C×H×W), batch of 1",
+                f"Input: {shape_text(self.input_size)} (C×H×W), batch of 1",
                 divider,
                 lines[0],
                 divider,
@@ -280,12 +280,12 @@ def _failure_message(
     layer = calls.innermost_open_layer()
     where = f" in layer {layer}" if layer else ""
     message = (
-        f"{type(model).__name__} could not run on a {_format_shape(size)} input: "
+        f"{type(model).__name__} could not run on a {shape_text(size)} input: "
         f"{type(cause).__name__}{where}: {str(cause).rstrip('. ')}."
     )
     own_size = _own_input_size(model)
     if own_size is not None and own_size != size:
-        message += f" Its own input size is {_format_shape(own_size)}."
+        message += f" Its own input size is {shape_text(own_size)}."
     return message
 
 
@@ -451,7 +451,7 @@ def _text_cells(row: LayerRow, prefix: str) -> tuple[str, ...]:
     short_name = row.name.rsplit(".", 1)[-1]
     return (
         f"{prefix}{short_name} ({row.type})",
-        _format_shape(row.output_shape) or "--",
+        shape_text(row.output_shape) if row.output_shape else "--",
         row.kernel,
         row.stride,
         f"{row.params:,}" if row.params else "--",
@@ -465,10 +465,6 @@ def _join_cells(cells: Sequence[str], widths: Sequence[int]) -> str:
         for cell, width, right in zip(cells, widths, _RIGHT_ALIGNED)
     )
     return _COLUMN_GAP.join(padded).rstrip()
-
-
-def _format_shape(shape: Sequence[int]) -> str:
-    return "×".join(map(str, shape))
 
 
 def readable_macs(macs: int) -> tuple[str, float]:

@@ -116,6 +116,16 @@ def option(kind: type[E], value: object, what: str) -> E:
         raise InvalidOptionError(f"Unknown {what} {quoted(value)}; use one of: {listed}.{hint}") from None
 
 
+def grid_options(channels: object, colormap: object, normalise: object) -> tuple[Channels, Colormap, MapScale]:
+    """The three options of every feature-map grid (the page's, the webcam's, Compare's), each checked.
+
+    >>> grid_options("top", "auto", "layer")
+    (<Channels.TOP: 'top'>, <Colormap.AUTO: 'auto'>, <MapScale.LAYER: 'layer'>)
+    """
+    return (option(Channels, channels, "channel selection"), option(Colormap, colormap, "colormap"),
+            option(MapScale, normalise, "normalisation"))
+
+
 def whole(value: object, lo: int, hi: int, what: str, extra: str = "") -> int:
     """``value`` as an int when it is a whole number from ``lo`` to ``hi`` (``5.0`` is 5; ``True`` is not
     a number), else :class:`InvalidOptionError`. ``extra`` follows the range in the sentence.

@@ -33,12 +33,12 @@ from .maps import (
     layer_activations, layer_place, layer_stats, maps_page, predict,
 )
 from .models import (
-    CHECKPOINT_LIMIT_MB, MAX_DEPTH, WEIGHT_CHOICES, ModelView, Startup, architecture, curated_models, find_layer,
+    CHECKPOINT_LIMIT_MB, CHECKPOINT_SUFFIXES, MAX_DEPTH, WEIGHT_CHOICES, ModelView, Startup, architecture, curated_models, find_layer,
     load_checkpoint, select_model, startup_model, weights_used,
 )
 
 __all__ = [
-    "CAM_METHODS", "CAM_NAMES", "CHECKPOINT_LIMIT_MB", "COLORMAPS", "COMPARE_TILES", "COMPARE_VIEWS",
+    "CAM_METHODS", "CAM_NAMES", "CHECKPOINT_LIMIT_MB", "CHECKPOINT_SUFFIXES", "COLORMAPS", "COMPARE_TILES", "COMPARE_VIEWS",
     "COMPARE_WORDS", "FEATUREVIS_MAX_STEPS", "KEPT", "MAX_DEPTH", "MAX_FRAME_BYTES", "PROJECTIONS", "REQUEST_SECONDS", "STAGE_STRIDES",
     "WEIGHT_CHOICES", "AttributionChoices", "AttributionView", "ChannelView", "ChannelVisualizationView",
     "ComparePair", "CompareSide", "CompareView", "FeatureMapsView", "FiltersView", "GuidedGradCamView",

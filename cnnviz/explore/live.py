@@ -46,9 +46,7 @@ def live_maps(
     >>> tuple(view.maps.shape), len(view.predictions)
     ((64, 112, 112), 5)
     """
-    vocab.option(vocab.Colormap, colormap, "colormap")
-    vocab.option(vocab.MapScale, normalise, "normalisation")
-    channels = vocab.option(vocab.Channels, channels, "channel selection")
+    channels, _, _ = vocab.grid_options(channels, colormap, normalise)
     preprocess.check_frame(frame)
     loaded = load_model(model, weights)
     info = layers.get_layer(loaded, layer)

@@ -77,14 +77,8 @@ def feature_maps(
     >>> tuple(view.maps.shape)
     (64, 56, 56)
     """
-    _check_drawing(channels, colormap, normalise)
+    vocab.grid_options(channels, colormap, normalise)
     return _grid(_layer_maps(model, image, layer, weights), channels, n, colormap, normalise)
-
-
-def _check_drawing(channels: str, colormap: str, normalise: str) -> None:
-    vocab.option(vocab.Colormap, colormap, "colormap")
-    vocab.option(vocab.MapScale, normalise, "normalisation")
-    vocab.option(vocab.Channels, channels, "channel selection")
 
 
 def layer_place(loaded: LoadedModel, info: layers.LayerInfo) -> str:
@@ -245,7 +239,7 @@ def maps_page(query: MapsQuery) -> MapsPage:
     (64, 64, 3)
     """
     q = query
-    _check_drawing(q.channels, q.colormap, q.normalise)
+    vocab.grid_options(q.channels, q.colormap, q.normalise)
     vocab.option(vocab.Colormap, q.channel_colormap, "colormap")
     opacity = vocab.unit_interval(q.opacity, "Opacity")
     if q.export:

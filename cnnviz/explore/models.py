@@ -13,6 +13,7 @@ from ..pretrained import WeightsOutcome
 MAX_DEPTH = 8
 WEIGHT_CHOICES = vocab.values(vocab.Weights)
 CHECKPOINT_LIMIT_MB = checkpoint.MAX_CHECKPOINT_BYTES / 2**20  # the largest checkpoint file accepted
+CHECKPOINT_SUFFIXES = checkpoint.ACCEPTED_SUFFIXES  # the file types read (".safetensors" first)
 
 
 def architecture(model: str, weights: str = "pretrained", depth: int = 3) -> summary.Summary:

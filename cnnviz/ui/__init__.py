@@ -27,7 +27,7 @@ from .architecture import architecture
 from . import featurevis, webcam
 from .common import (
     EXAMPLE_FILES, MAX_PER_CLIENT, MAX_PER_SESSION, MAX_UPLOAD, UPLOAD_QUOTA, WORK, PageState, Refresh, check_call,
-    example_name, example_path, layer_dropdown, limit_clients, user_errors, warn,
+    example_name, example_path, layer_dropdown, limit_clients, user_errors, warn, weights_used,
 )
 from .gradio_patches import CheckedBlocks, document_as_text, document_example
 from .feature_maps import feature_maps
@@ -48,14 +48,8 @@ CSS = (
 
 def model_notice(view: explore.ModelView) -> str:
     """The line under the model picker: which model, where, with which weights."""
-    spec, outcome = view.spec, view.weights
-    head = f"**{spec.display}** · {spec.source} · `{spec.key}` · on {view.device}"
-    if outcome.notice:
-        line = f"⚠️ {head} — **random weights**: {outcome.notice}"
-    elif not outcome.pretrained:
-        line = f"🎲 {head} — random weights (as chosen): filters and maps show an untrained network."
-    else:
-        line = f"✅ {head} — pretrained weights: {outcome.source}."
+    spec = view.spec
+    line = f"**{spec.display}** · {spec.source} · `{spec.key}` · on {view.device} — {weights_used(view.weights)}"
     return line + (f"\n\nℹ️ {view.note}" if view.note else "")
 
 

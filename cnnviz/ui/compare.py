@@ -28,7 +28,7 @@ VIEW_WORDS = {
     "cam": ("Grad-CAM at each model's last map before pooling, each picture scaled to its own maximum (its colour "
             "bar says it); on one photo with the same labels on both sides, B explains A's top class, on two photos each its own"),
 }
-CHECKPOINT_TYPES = [".safetensors", ".pt", ".pth", ".bin", ".ckpt"]
+CHECKPOINT_TYPES = list(explore.CHECKPOINT_SUFFIXES)  # what the checkpoint reader accepts
 
 
 def _files(view: explore.CompareView) -> list[tuple[str, str]]:

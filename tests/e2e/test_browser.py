@@ -319,7 +319,7 @@ def test_switching_model_updates_every_tab_and_the_layer_dropdown(browser_page: 
         shot(f"{model}-filters")
 
         assert error_toasts(page) == [], f"error toast after switching to {model}"
-        assert "(as chosen)" in notice
+        assert "Random weights, as chosen" in notice
     assert "not in the list of choices" not in server.log_text()[log_start:]
     assert not page.problems.page_errors
 

@@ -65,7 +65,7 @@ def test_deep_link_opens_model_layer_and_tab(browser_page: Page, app_url, librar
     label = next(l.label for l in library.layers("resnet18") if l.name == "layer3.0.conv1")
     expect(page.locator("#layer-select input[role=combobox]")).to_have_value(label)
     notice = wait_text(page, "#weights-notice", contains="resnet18")
-    assert "random weights (as chosen)" in notice
+    assert "Random weights, as chosen" in notice
     expect(page.get_by_role("radio", name="random", exact=True)).to_be_checked()
     expect(page.get_by_label("Model", exact=True)).to_have_value("ResNet-18 · torchvision")
     assert page.inner_text("#startup-banner").strip() == ""  # the default model was not opened first
