@@ -49,7 +49,7 @@ def test_repeated_labels_stay_apart_in_the_label_dict():
     assert ui.common.label_dict([]) is None
 
 
-@pytest.mark.parametrize("bad", [None, "lots", float("nan")])
+@pytest.mark.parametrize("bad", [None, "lots", float("nan"), 2.5, True])
 def test_non_numbers_for_numeric_options_are_a_sentence(bad):
     with pytest.raises(gr.Error, match="must be a whole number"):
         ui.architecture("resnet18", "random", bad)

@@ -369,11 +369,15 @@ OUT_OF_MEMORY = ("The server ran out of memory for this request and stopped it. 
 
 
 def whole(value, what: str) -> int:
-    """A whole number from a component value, or a sentence saying what was wrong."""
+    """A whole number from a component value (a slider's ``3.0``, a typed ``"3"``), or a sentence saying what
+    was wrong: ``2.5`` is refused, not cut to 2 (the library then checks the range, see ``cnnviz.vocab``)."""
     try:
-        return int(float(value))
+        number = float(value)
     except (TypeError, ValueError, OverflowError) as e:
         raise Refusal(f"{what} must be a whole number, not {quoted(value)}.") from e
+    if isinstance(value, bool) or not math.isfinite(number) or number != int(number):
+        raise Refusal(f"{what} must be a whole number, not {quoted(value)}.")
+    return int(number)
 
 
 
