@@ -17,8 +17,9 @@ from .errors import (
 )
 from .explore import (
     architecture, attribution, channel, channel_visualization, compare, feature_maps, filter_grid, guided_gradcam,
-    layer_activations, layer_stats, list_convolutions, predict, projection,
+    layer_activations, layer_stats, list_convolutions, maps_page, predict, projection,
 )
+from .explore.maps import MapsPage, MapsQuery
 from .layers import LayerInfo, get_layer, list_layers, listing_note
 from .preprocess import open_image
 from .loading import LoadedModel, get_spec, load_checkpoint, load_model
@@ -34,6 +35,8 @@ __all__ = [
     "InvalidOptionError",
     "LayerInfo",
     "LoadedModel",
+    "MapsPage",
+    "MapsQuery",
     "ModelSpec",
     "UnknownLayerError",
     "UnknownModelError",
@@ -57,6 +60,7 @@ __all__ = [
     "list_models",
     "load_checkpoint",
     "load_model",
+    "maps_page",
     "open_image",
     "predict",
     "projection",
