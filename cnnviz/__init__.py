@@ -19,7 +19,7 @@ from .explore import (
     architecture, attribution, channel, channel_visualization, compare, feature_maps, filter_grid, guided_gradcam,
     layer_activations, layer_stats, list_convolutions, maps_page, predict, projection,
 )
-from .explore.maps import MapsPage, MapsQuery
+from .explore import MapsPage, MapsQuery
 from .layers import LayerInfo, get_layer, list_layers, listing_note
 from .preprocess import open_image
 from .loading import LoadedModel, get_spec, load_checkpoint, load_model
