@@ -16,7 +16,6 @@ import os
 from pathlib import Path
 
 import gradio as gr
-from gradio_client import handle_file
 from starlette.middleware import Middleware
 
 from .. import cancel, explore, server
@@ -222,9 +221,11 @@ def document_as_text(component: gr.Dropdown, description: str, example: str) -> 
 
 def document_example_image(component: gr.Image, path: Path) -> None:
     """The API page's example for an image parameter: one of the app's examples, not a URL to fetch."""
-    local = str(path.relative_to(ROOT))  # the page writes handle_file('<url>') for a payload with a url
-    component.example_payload = lambda: {**handle_file(local), "url": local}
-    component.example_value = lambda: str(path.relative_to(ROOT))
+    # as a clone names it (an installed package holds it elsewhere, and the server's working folder may be any)
+    local = f"examples/{path.name}"  # the page writes handle_file('<url>') for a payload with a url
+    payload = {"path": local, "meta": {"_type": "gradio.FileData"}, "orig_name": path.name, "url": local}
+    component.example_payload = lambda: payload
+    component.example_value = lambda: local
 
 
 def document_example_file(component: gr.File, name: str) -> None:
@@ -258,7 +259,6 @@ LAYER_API = ('A qualified module name as named_modules() gives it ("layer2.0.con
              'empty: the first convolution.')
 TARGET_API = ('The class to explain: a label of the model ("tabby") or a class index ("281"); empty: the '
               "model's top class.")
-ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_IMAGE = next((p for p in sorted(EXAMPLE_FILES) if p.stem == "coffee"), min(EXAMPLE_FILES, default=None))
 
 
