@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import median_ms  # noqa: E402  (bench/bench.py: this script's folder is on sys.path)
 from cnnviz import explore  # noqa: E402
 from cnnviz.attribution import class_activation_map, default_layer, project  # noqa: E402
-from cnnviz.registry import load_model  # noqa: E402
+from cnnviz.loading import load_model  # noqa: E402
 
 IMAGE = "examples/coffee.png"
 

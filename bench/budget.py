@@ -71,7 +71,7 @@ def rows(name: str):
 
     from cnnviz import budget, explore, layers
     from cnnviz.attribution import class_activation_map, default_layer, project
-    from cnnviz.registry import load_model
+    from cnnviz.loading import load_model
 
     loaded = load_model(name, "random")
     found = layers.list_layers(loaded)

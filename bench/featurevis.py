@@ -29,7 +29,7 @@ import torch  # noqa: E402
 
 from bench import median_ms  # noqa: E402  (bench/bench.py: this script's folder is on sys.path)
 from cnnviz import explore, featurevis, layers, preprocess  # noqa: E402
-from cnnviz.registry import load_model  # noqa: E402
+from cnnviz.loading import load_model  # noqa: E402
 
 PHOTOS = sorted(p for p in (ROOT / "examples").iterdir() if p.suffix in (".png", ".jpg"))
 

@@ -22,7 +22,7 @@ from .hooks import forward_hooks
 
 if TYPE_CHECKING:
     from .layers import LayerInfo
-    from .registry import LoadedModel
+    from .loading import LoadedModel
 
 class _StopForward(Exception):
     """Raised from a hook once everything asked for is captured, to skip the rest of the network."""

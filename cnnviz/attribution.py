@@ -26,7 +26,7 @@ from .hooks import eval_mode, forward_hooks, interruptible
 from .layers import LayerInfo, get_layer, list_layers
 
 if TYPE_CHECKING:
-    from .registry import LoadedModel
+    from .loading import LoadedModel
 
 CAM_METHODS = ("gradcam", "gradcampp", "layercam", "scorecam")
 CAM_NAMES = {"gradcam": "Grad-CAM", "gradcampp": "Grad-CAM++", "layercam": "LayerCAM", "scorecam": "Score-CAM"}
@@ -142,7 +142,7 @@ def default_layer(loaded: LoadedModel) -> LayerInfo:
     """The default target layer: the last map of the image before the network pools it away — the
     listed layer (run once per pass, more than one position, not a pooling) whose output is made last. Found with one pass on zeros, once per loaded model.
 
-    >>> from cnnviz.registry import load_model
+    >>> from cnnviz.loading import load_model
     >>> default_layer(load_model("resnet18", "random")).name
     'layer4'
     """
@@ -226,7 +226,7 @@ def class_activation_map(
             on a layer with more channels than it can mask in reasonable time.
         UnknownLayerError: no listed layer of that name.
 
-    >>> from cnnviz.registry import load_model
+    >>> from cnnviz.loading import load_model
     >>> loaded = load_model("resnet18", "random")
     >>> found = class_activation_map(loaded, torch.rand(1, 3, 224, 224), "gradcam", 3)
     >>> tuple(found.map.shape), found.class_index, found.layer.name
@@ -317,7 +317,7 @@ def project(
         InvalidOptionError: unknown method, channel or position outside the layer.
         UnknownLayerError: no listed layer of that name.
 
-    >>> from cnnviz.registry import load_model
+    >>> from cnnviz.loading import load_model
     >>> loaded = load_model("resnet18", "random")
     >>> found = project(loaded, torch.rand(1, 3, 224, 224), "layer2", 5)
     >>> tuple(found.image.shape), found.channel
@@ -400,7 +400,7 @@ def class_index(loaded: LoadedModel, target: str | int | None) -> int | None:
         InvalidOptionError: an unknown label (with close matches), or an index for a model without labels
             that is not a whole number.
 
-    >>> from cnnviz.registry import load_model
+    >>> from cnnviz.loading import load_model
     >>> class_index(load_model("resnet18", "random"), "Tabby"), class_index(load_model("resnet18", "random"), " 7 ")
     (281, 7)
     """

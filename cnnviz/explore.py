@@ -17,12 +17,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import activations, attribution as attribution_mod, budget, checkpoint as checkpoint_mod, filters as filters_mod, layers, preprocess, receptive, registry, render, summary as summary_mod
+from . import activations, attribution as attribution_mod, budget, checkpoint as checkpoint_mod, filters as filters_mod, layers, loading, preprocess, receptive, registry, render, summary as summary_mod
 from .activations import Prediction
 from .hooks import Stopped, interruptible, stop_when  # noqa: F401  (Stopped, stop_when: for the UI)
 from .errors import CnnvizError, InvalidImageError, InvalidOptionError, quoted
-from .registry import LoadedModel, load_model
-from .weights import WeightsOutcome
+from .loading import LoadedModel, load_model
+from .pretrained import WeightsOutcome
 
 _LOCK = threading.Lock()
 MAX_DEPTH = 8
@@ -575,7 +575,7 @@ def predict(model: str, image, weights: str = "pretrained", k: int = 5) -> list[
 
 # --- what the UI needs besides the views (the UI calls nothing but this module) -------------------
 
-WEIGHT_CHOICES = registry.WEIGHT_CHOICES
+WEIGHT_CHOICES = loading.WEIGHT_CHOICES
 COLORMAPS = render.COLORMAPS
 encode = render.encode  # uint8[H,W,3] -> PNG/JPEG bytes for the browser
 readable_macs = summary_mod.readable_macs
@@ -625,7 +625,7 @@ def startup_model() -> Startup:
     default = load_model(registry.DEFAULT_MODEL, "pretrained")
     if default.weights.pretrained:
         return Startup(registry.DEFAULT_MODEL, None)
-    offline = registry.get_spec(registry.OFFLINE_MODEL)
+    offline = loading.get_spec(registry.OFFLINE_MODEL)
     return Startup(registry.OFFLINE_MODEL, (
         f"{default.weights.notice} So the app opened on **{offline.display}**, whose ImageNet weights ship "
         f"with the app. {default.spec.display} is still in the list, with random weights."
@@ -1223,9 +1223,9 @@ def _compare_cams(loaded_a: LoadedModel, loaded_b: LoadedModel, x_a: torch.Tenso
 CHECKPOINT_LIMIT_MB = checkpoint_mod.MAX_CHECKPOINT_BYTES / 2**20  # the largest checkpoint file accepted
 
 
-def load_checkpoint(model: str, path, labels=None) -> registry.CheckpointReport:
+def load_checkpoint(model: str, path, labels=None) -> checkpoint_mod.CheckpointReport:
     """Load a checkpoint file (``.safetensors``, or a PyTorch state dict read with
     ``torch.load(weights_only=True)``) into ``model``'s architecture; the report's ``name``
     (``upload/<digest>``) then works as ``model`` in every function here while the server holds it.
-    See :func:`cnnviz.registry.load_checkpoint`."""
-    return registry.load_checkpoint(model, path, labels)
+    See :func:`cnnviz.loading.load_checkpoint`."""
+    return loading.load_checkpoint(model, path, labels)

@@ -32,7 +32,7 @@ from .errors import InvalidOptionError, UnknownLayerError, did_you_mean, quoted
 from .layers import first_conv_name
 
 if TYPE_CHECKING:
-    from .registry import LoadedModel
+    from .loading import LoadedModel
 
 
 class _Conv2dWeightRecorder(TorchFunctionMode):
@@ -215,7 +215,7 @@ def first_layer_filters(loaded: LoadedModel) -> Filters:
     """The filters of the model's first convolution (found generically, not ``features[0]``), fused
     with its parallel branches where the stem is re-parameterisable (see :func:`conv_filters`).
 
-    >>> from cnnviz.registry import load_model
+    >>> from cnnviz.loading import load_model
     >>> first_layer_filters(load_model("alexnet", weights="random")).weight.shape
     torch.Size([64, 3, 11, 11])
     """

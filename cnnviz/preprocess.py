@@ -1,13 +1,10 @@
-"""From a user's file to the model's input, with the model's own preprocessing and labels.
-
-Nothing here hard-codes mean/std, sizes or labels: torchvision models use ``weights.transforms()`` and
-``weights.meta["categories"]``; timm models use their pretrained config (``resolve_model_data_config``,
-``create_transform``) and ``ImageNetInfo``.
+"""From a user's file to the model's input: safe decoding (allow-listed formats, sizes checked before any
+pixel is decoded), then the model's own transform (``LoadedModel.transform``, from :mod:`cnnviz.pretrained`).
 """
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -16,7 +13,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .errors import InvalidImageError
 
 if TYPE_CHECKING:
-    from .registry import LoadedModel
+    from .loading import LoadedModel
 
 MAX_PIXELS = 40_000_000  # larger images are refused before decoding (decompression bombs)
 MAX_BYTES = 20 * 2**20  # larger files are refused before they are opened (the upload limit, for every source)
@@ -27,40 +24,6 @@ FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 ACCEPTED = "PNG, JPEG, WebP, GIF, BMP or TIFF"
 NOT_AN_IMAGE = f"That file is not an image this app can read. Upload a {ACCEPTED} image."
 TOO_BIG = f"The image is larger than the {MAX_PIXELS // 1_000_000} megapixels this app accepts. Upload a smaller image."
-
-Transform = Callable[[Image.Image], torch.Tensor]
-
-
-def torchvision_transform(weights_enum) -> tuple[Transform, tuple[int, int, int]]:
-    """The transform torchvision ships with the weights, and the input size it produces."""
-    transform = weights_enum.transforms()
-    crop = int(transform.crop_size[0])
-    return transform, (3, crop, crop)
-
-
-def torchvision_categories(weights_enum) -> tuple[str, ...] | None:
-    cats = weights_enum.meta.get("categories")
-    return tuple(cats) if cats else None
-
-
-def timm_transform(model: torch.nn.Module) -> tuple[Transform, tuple[int, int, int]]:
-    """timm's eval transform from the model's own data config."""
-    from timm.data import create_transform, resolve_model_data_config
-
-    cfg = resolve_model_data_config(model)
-    return create_transform(**cfg, is_training=False), tuple(cfg["input_size"])
-
-
-def timm_categories(model: torch.nn.Module) -> tuple[str, ...] | None:
-    """Class names for timm classifiers trained on an ImageNet subset; None otherwise."""
-    from timm.data import ImageNetInfo, infer_imagenet_subset
-
-    subset = infer_imagenet_subset(model)
-    if not subset:
-        return None
-    info = ImageNetInfo(subset)
-    return tuple(info.index_to_description(i).split(",")[0] for i in range(info.num_classes()))
-
 
 def open_image(source: str | os.PathLike | Image.Image | np.ndarray) -> Image.Image:
     """Decode an image safely into an upright RGB PIL image.
@@ -150,7 +113,7 @@ def seen_image(loaded: LoadedModel, x: torch.Tensor) -> np.ndarray:
     model's resize, crop and normalisation) with the normalisation undone. A transform without a
     ``Normalize`` step is shown stretched to [0, 255] per channel.
 
-    >>> from cnnviz.registry import load_model
+    >>> from cnnviz.loading import load_model
     >>> loaded = load_model("resnet18", "random")
     >>> seen_image(loaded, to_input(loaded, open_image("examples/coffee.png"))).shape
     (224, 224, 3)

@@ -11,12 +11,12 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 import cnnviz
-from cnnviz import explore
+from cnnviz import explore, loading
 from cnnviz.attribution import (
     CAM_METHODS, PROJECTIONS, class_activation_map, class_index, guided_gradcam, project, upsampled,
 )
 from cnnviz.errors import InvalidOptionError, UnknownLayerError
-from cnnviz.registry import load_model
+from cnnviz.loading import load_model
 
 LITE0 = "timm/tf_efficientnet_lite0"
 
@@ -300,14 +300,14 @@ def test_a_stop_lands_inside_scorecam_batches(monkeypatch):
 def test_weights_too_large_for_float32_get_a_sentence_not_a_crash(coffee):
     """Huge finite weights (a diverged run; NaN/inf files are refused when loaded) overflow on the way
     back to the pixels: the projection says so instead of raising from numpy."""
-    from cnnviz import errors, explore, registry
+    from cnnviz import errors, explore
 
-    registry.clear_cache()
-    loaded = registry.load_model("resnet18", "random")
+    loading.clear_cache()
+    loaded = loading.load_model("resnet18", "random")
     with torch.no_grad():
         loaded.model.conv1.weight.fill_(3e38)
     try:
         with pytest.raises(errors.CnnvizError, match="overflowed: ResNet-18's weights make values too large"):
             explore.projection("resnet18", coffee, "layer1", 0, weights="random")
     finally:
-        registry.clear_cache()
+        loading.clear_cache()

@@ -16,7 +16,7 @@ import pytest
 from cnnviz import budget, explore, layers
 from cnnviz.attribution import SCORECAM_BATCH, class_activation_map, default_layer
 from cnnviz.errors import InvalidOptionError
-from cnnviz.registry import load_model
+from cnnviz.loading import load_model
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE = "examples/coffee.png"

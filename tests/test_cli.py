@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnnviz import cli, registry
+from cnnviz import cli, loading
 from cnnviz.errors import InvalidOptionError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,8 +48,8 @@ def test_cuda_requested_without_cuda_is_refused_plainly():
     with pytest.raises(SystemExit, match="no CUDA device"):
         cli.main(["serve", "--device", "cuda"])
     with pytest.raises(InvalidOptionError, match="no CUDA device"):
-        registry.resolve_device("cuda")
-    assert registry.resolve_device("auto") == torch.device("cpu")
+        loading.resolve_device("cuda")
+    assert loading.resolve_device("auto") == torch.device("cpu")
 
 
 def test_mcp_from_the_flag_or_the_environment(monkeypatch):

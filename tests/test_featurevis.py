@@ -12,7 +12,7 @@ import torch
 from cnnviz import explore, featurevis, layers, preprocess
 from cnnviz.errors import InvalidOptionError, UnknownLayerError
 from cnnviz.hooks import Stopped, stop_when
-from cnnviz.registry import load_model
+from cnnviz.loading import load_model
 
 EXAMPLES = sorted(p for p in (Path(__file__).resolve().parent.parent / "examples").iterdir() if p.suffix in (".png", ".jpg"))
 LITE0 = "timm/tf_efficientnet_lite0"  # bundled ImageNet weights: the same numbers in every process
