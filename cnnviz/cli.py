@@ -50,6 +50,16 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--mcp", action="store_true", default=env_flag("CNNVIZ_MCP"),
         help="also serve the public endpoints as MCP tools at /gradio_api/mcp/sse (or set CNNVIZ_MCP=1)",
     )
+    parser.add_argument(
+        "--model", metavar="PACKAGE.MODULE:FACTORY",
+        help="add your own model: the factory (imported once, at start-up) returns an nn.Module or "
+             "cnnviz.from_module(...); it is listed first and opened by default",
+    )
+    parser.add_argument(
+        "--checkpoint", metavar="FILE",
+        help="with --model: weights to load into it (.safetensors or a PyTorch state dict, read safely)",
+    )
+    parser.add_argument("--labels", metavar="FILE", help="with --model: its class names, one per line")
 
 
 def serve_parser(prog: str = f"{PROG} serve") -> argparse.ArgumentParser:
@@ -74,6 +84,58 @@ def parse_serve_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return serve_parser("app.py").parse_args(argv)
 
 
+def serve_model(target: str, checkpoint: str | None = None, labels: str | None = None):
+    """``--model PACKAGE.MODULE:FACTORY [--checkpoint FILE] [--labels FILE]``: import the operator's module,
+    call its factory (an ``nn.Module``, or a handle from :func:`cnnviz.from_module` with its own input size,
+    transform and labels), load the checkpoint with the safe reader, and give it to this process as
+    ``"module/<name>"``. Only here, at start-up, is code imported by name: no request can name any.
+
+    Raises:
+        SystemExit: a sentence saying what is wrong with the flags, the factory, the file or the labels.
+    """
+    import importlib
+
+    import torch
+
+    from cnnviz import checkpoint as checkpoint_mod
+    from cnnviz import loading
+    from cnnviz.errors import CnnvizError
+
+    where, _, attribute = target.partition(":")
+    if not where or not attribute:
+        raise SystemExit(f"--model {target}: give it as package.module:factory (a function returning the model).")
+    try:
+        factory = importlib.import_module(where)
+    except ImportError as e:
+        raise SystemExit(f"--model {target}: cannot import {where} ({e}).") from None
+    for part in attribute.split("."):
+        if not hasattr(factory, part):
+            raise SystemExit(f"--model {target}: {where} has no {attribute}.")
+        factory = getattr(factory, part)
+    if not callable(factory):
+        raise SystemExit(f"--model {target}: {attribute} is not callable; name a function that returns the model.")
+    made = factory()
+    if isinstance(made, loading.LoadedModel):
+        options = {"transform": made.transform, "input_size": made.input_size, "labels": made.categories,
+                   "name": made.spec.display}
+        module = made.model
+    elif isinstance(made, torch.nn.Module):
+        options, module = {}, made
+    else:
+        raise SystemExit(f"--model {target}: the factory returned {type(made).__name__}, not an nn.Module "
+                         "(or cnnviz.from_module(...)).")
+    try:
+        if checkpoint:
+            notes = loading.load_module_weights(module, checkpoint)
+            logging.getLogger("cnnviz").info("--checkpoint %s loaded%s", checkpoint,
+                                             f" ({'; '.join(notes)})" if notes else "")
+        if labels:
+            options["labels"] = checkpoint_mod.read_labels(labels)
+        return loading.from_module(module, **options)
+    except CnnvizError as e:
+        raise SystemExit(f"--model {target}: {e}") from None
+
+
 def serve_command(args: argparse.Namespace) -> None:
     """Start the server as the flags say and serve until SIGINT/SIGTERM (then tidy up and exit)."""
     logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -82,7 +144,13 @@ def serve_command(args: argparse.Namespace) -> None:
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is available here; use --device auto or cpu.")
+    if (args.checkpoint or args.labels) and not args.model:
+        raise SystemExit("--checkpoint and --labels go with --model (your own module); for a registry model's "
+                         "checkpoint use the Compare tab's upload.")
     os.environ["CNNVIZ_DEVICE"] = args.device
+    if args.model:
+        sys.path.insert(0, os.getcwd())  # the operator's package, as `python -m` finds it
+        serve_model(args.model, args.checkpoint, args.labels)
     from cnnviz import server
 
     folder = server.private_temp_folder()  # before gradio is imported: it reads GRADIO_TEMP_DIR then
@@ -115,3 +183,37 @@ def serve_main(argv: Sequence[str] | None = None) -> None:
     if argv is None:
         use_returning_allocator()
     serve_command(args)
+
+
+def launch(
+    module=None,
+    *,
+    transform=None,
+    input_size: Sequence[int] = (3, 224, 224),
+    mean: Sequence[float] = (0.485, 0.456, 0.406),
+    std: Sequence[float] = (0.229, 0.224, 0.225),
+    labels: Sequence[str] | None = None,
+    name: str | None = None,
+    share: bool = False,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    mcp: bool | None = None,
+    **launch_kwargs,
+):
+    """Open the whole app on ``module`` (inline in a notebook, else at the printed address); returns the
+    running ``gradio.Blocks`` (``.close()`` stops it).
+
+    ``module``: an ``nn.Module`` (given to :func:`cnnviz.from_module` with ``transform``, ``input_size``,
+    ``mean``, ``std``, ``labels``, ``name``), a handle ``from_module`` returned, or None for the app as
+    ``cnnviz serve`` starts it. The module is first in the model picker and selected when a page opens.
+    ``share=True`` also makes a public link; ``port=None`` takes the first free port from 7860;
+    ``launch_kwargs`` go to Gradio's ``Blocks.launch`` (``inline=``, ``height=``, ...).
+    """
+    from cnnviz import loading
+
+    if module is not None and not isinstance(module, loading.LoadedModel):
+        loading.from_module(module, transform=transform, input_size=input_size, mean=mean, std=std, labels=labels,
+                            name=name)
+    from cnnviz.ui import launch as launch_ui
+
+    return launch_ui(host, port, share, mcp=mcp, **launch_kwargs)

@@ -350,11 +350,13 @@ def build_demo() -> gr.Blocks:
     return demo
 
 
-def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, mcp: bool | None = None) -> gr.Blocks:
+def launch(host: str = "127.0.0.1", port: int | None = 7860, share: bool = False, mcp: bool | None = None,
+           **launch_kwargs) -> gr.Blocks:
     """Build the demo and start serving it in background threads; returns the running demo.
 
     ``mcp=True`` also serves the public endpoints as MCP tools (``/gradio_api/mcp/sse``); None leaves
-    it to Gradio's ``GRADIO_MCP_SERVER`` environment variable.
+    it to Gradio's ``GRADIO_MCP_SERVER`` environment variable. ``port=None``: the first free one from 7860.
+    ``launch_kwargs`` go to ``Blocks.launch`` (``inline=``, ``height=``, ``auth=``, ...).
 
     Raises:
         OSError: the port is taken (Gradio's "Cannot find empty port ...")."""
@@ -362,7 +364,7 @@ def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, mcp: 
     demo = build_demo()
     demo.launch(
         server_name=host, server_port=port, share=share, max_file_size=MAX_UPLOAD, css=CSS,
-        prevent_thread_lock=True, mcp_server=mcp,
+        prevent_thread_lock=True, mcp_server=mcp, **launch_kwargs,
         app_kwargs={"middleware": [
             Middleware(server.BodyLimit, upload_limit=int((explore.CHECKPOINT_LIMIT_MB + 1) * 2**20)),
             Middleware(server.UploadGuard, quota=server.disk_quota(folder, UPLOAD_QUOTA)),
