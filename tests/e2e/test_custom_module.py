@@ -63,3 +63,25 @@ def test_the_operators_module_is_opened_and_its_feature_maps_are_the_librarys(st
         assert error_toasts(page) == [] and errors == []
     finally:
         context.close()
+
+
+def test_launch_opens_the_app_on_a_module_in_this_process():
+    """``cnnviz.launch(module, ...)`` (what a notebook calls): the app serves, with the module in the picker;
+    Gradio's own launch keywords pass through (``inline=False`` here: no notebook to draw in)."""
+    import httpx
+
+    import cnnviz
+    from cnnviz import loading
+
+    from .conftest import _free_port
+
+    port = _free_port()
+    demo = cnnviz.launch(custom_net.build(), input_size=custom_net.INPUT_SIZE, labels=custom_net.LABELS,
+                         name="launched-net", port=port, inline=False, quiet=True)
+    try:
+        config = httpx.get(f"http://127.0.0.1:{port}/config", timeout=60).text
+        assert '"module/launched-net"' in config and "launched-net · module" in config
+        assert cnnviz.load_model("module/launched-net").input_size == custom_net.INPUT_SIZE
+    finally:
+        demo.close()
+        loading.clear_modules()
