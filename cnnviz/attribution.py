@@ -18,36 +18,24 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import vocab
 from .errors import CnnvizError, InvalidOptionError, did_you_mean, quoted
-from .hooks import eval_mode, forward_hooks, interruptible
+from .hooks import eval_mode, forward_hooks, interruptible, relus_out_of_place
 from .layers import LayerInfo, get_layer, list_layers
 
 if TYPE_CHECKING:
     from .loading import LoadedModel
 
-CAM_METHODS = ("gradcam", "gradcampp", "layercam", "scorecam")
-CAM_NAMES = {"gradcam": "Grad-CAM", "gradcampp": "Grad-CAM++", "layercam": "LayerCAM", "scorecam": "Score-CAM"}
-PROJECTIONS = ("guided_backprop", "deconvnet")
-PROJECTION_NAMES = {"guided_backprop": "guided backpropagation", "deconvnet": "deconvnet"}
+CAM_METHODS = vocab.values(vocab.CamMethod)
+CAM_NAMES = {m.value: m.label for m in vocab.CamMethod}
+PROJECTIONS = vocab.values(vocab.Projection)
+PROJECTION_NAMES = {m.value: m.label for m in vocab.Projection}
 SCORECAM_BATCH = 32  # masked copies of the input per forward pass, at most (cnnviz.budget may choose fewer)
 MAX_SCORECAM_CHANNELS = 4096  # Score-CAM runs one masked input per channel: more is minutes of CPU
-
-
-def check_method(method: str, valid: tuple[str, ...], names: dict[str, str]) -> str:
-    """``method`` when it is one of ``valid``, else :class:`InvalidOptionError` with the valid ones.
-
-    >>> check_method("GradCAM", CAM_METHODS, CAM_NAMES)
-    Traceback (most recent call last):
-    ...
-    cnnviz.errors.InvalidOptionError: Unknown method 'GradCAM'. Valid: gradcam (Grad-CAM), gradcampp (Grad-CAM++), layercam (LayerCAM), scorecam (Score-CAM). Did you mean: gradcam, gradcampp?
-    """
-    if method in valid:
-        return method
-    listed = ", ".join(f"{m} ({names[m]})" for m in valid)
-    raise InvalidOptionError(f"Unknown method {quoted(method)}. Valid: {listed}.{did_you_mean(str(method), valid)}")
 
 
 def _outside_inference_mode(fn):
@@ -232,7 +220,7 @@ def class_activation_map(
     >>> tuple(found.map.shape), found.class_index, found.layer.name
     ((7, 7), 3, 'layer4')
     """
-    check_method(method, CAM_METHODS, CAM_NAMES)
+    method = vocab.option(vocab.CamMethod, method, "method")
     info = resolve_layer(loaded, layer)
     if method == "scorecam" and info.shape[0] > MAX_SCORECAM_CHANNELS:
         raise InvalidOptionError(
@@ -325,7 +313,7 @@ def project(
     """
     from captum.attr import NeuronDeconvolution, NeuronGuidedBackprop
 
-    check_method(method, PROJECTIONS, PROJECTION_NAMES)
+    method = vocab.option(vocab.Projection, method, "method")
     info = resolve_layer(loaded, layer)
     c, h, w = info.shape
     if not isinstance(channel, int) or isinstance(channel, bool) or not 0 <= channel < c:
@@ -342,18 +330,11 @@ def project(
         if not (0 <= row < maps.shape[1] and 0 <= col < maps.shape[2]):
             raise InvalidOptionError(f"Position {quoted(position)} is outside {info.name}'s {maps.shape[1]}×{maps.shape[2]} map.")
         kind = NeuronGuidedBackprop if method == "guided_backprop" else NeuronDeconvolution
-        inplace = [m for m in model.modules() if isinstance(m, torch.nn.ReLU) and m.inplace]
-        try:
-            for m in inplace:  # captum's backward hooks on ReLU cannot follow in-place outputs
-                m.inplace = False
-            with gradients_on(), _fresh_output(module, info):
-                inputs = _input_with_grad(x)
-                with warnings.catch_warnings():
-                    warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")
-                    signal = kind(model, module).attribute(inputs, _unit_index(info, channel, row, col))
-        finally:
-            for m in inplace:
-                m.inplace = True
+        with relus_out_of_place(model), gradients_on(), _fresh_output(module, info):
+            inputs = _input_with_grad(x)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")
+                signal = kind(model, module).attribute(inputs, _unit_index(info, channel, row, col))
     return Projection(signal[0].detach().float().cpu(), info, channel, (row, col),
                       float(maps[channel, row, col]), method, relus)
 
@@ -376,18 +357,10 @@ def guided_gradcam(loaded: LoadedModel, x: torch.Tensor, target_class: int | Non
 
     cam = class_activation_map(loaded, x, "gradcam", target_class, layer)
     model = loaded.model
-    inplace = [m for m in model.modules() if isinstance(m, torch.nn.ReLU) and m.inplace]
-    with loaded.lock, eval_mode(model), interruptible(model):
-        try:
-            for m in inplace:
-                m.inplace = False
-            with gradients_on():
-                with warnings.catch_warnings():
-                    warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")
-                    signal = GuidedBackprop(model).attribute(_input_with_grad(x), target=cam.class_index)
-        finally:
-            for m in inplace:
-                m.inplace = True
+    with loaded.lock, eval_mode(model), interruptible(model), relus_out_of_place(model), gradients_on():
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")
+            signal = GuidedBackprop(model).attribute(_input_with_grad(x), target=cam.class_index)
     weight = upsampled(cam.map, x.shape[-2], x.shape[-1])
     return signal[0].detach().float().cpu() * weight, cam
 
@@ -420,3 +393,23 @@ def class_index(loaded: LoadedModel, target: str | int | None) -> int | None:
     hint = did_you_mean(text, labels) or " Give a label from the list or a class index."
     raise InvalidOptionError(f"{loaded.spec.display} has no class {quoted(text)}.{hint}")
 
+
+def label_of(loaded: LoadedModel, index: int) -> str:
+    """Class ``index``'s label, or ``"class N"`` for a model without labels.
+
+    >>> from cnnviz.loading import load_model
+    >>> label_of(load_model("resnet18", "random"), 967), label_of(load_model("resnet18", "random"), 5000)
+    ('espresso', 'class 5000')
+    """
+    labels = loaded.categories or ()
+    return labels[index] if 0 <= index < len(labels) else f"class {index}"
+
+
+def check_finite(signal: np.ndarray, loaded: LoadedModel, what: str) -> np.ndarray:
+    """``signal`` when every value is finite; else the sentence (weights so large that float32 overflows)."""
+    if not np.isfinite(signal).all():
+        raise CnnvizError(
+            f"The {what} overflowed: {loaded.spec.display}'s weights make values too large for 32-bit floats on "
+            "the way back to the pixels, so there is nothing to draw. Pick an earlier layer, or check the weights."
+        )
+    return signal

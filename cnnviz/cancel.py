@@ -1,4 +1,6 @@
-"""Who still waits for an answer: the result streams that are open, seen at the ASGI layer.
+"""Cancellation: stopping a long pass (:func:`stop_when`, :class:`Stopped`; the pre-hooks that ask are in
+:func:`cnnviz.hooks.interruptible`), and who still waits for an answer: the result streams that are open,
+seen at the ASGI layer.
 
 Gradio runs a queued call whether or not anyone reads its result: a client may ``POST
 /gradio_api/call/<name>``, never open ``GET /gradio_api/call/<name>/<event_id>``, and hold a worker for an
@@ -12,9 +14,41 @@ No gradio here: this is plain ASGI, installed by the UI as a middleware.
 """
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
+from contextlib import contextmanager
+from typing import Callable, Iterator
 from urllib.parse import parse_qs
+
+
+# --------------------------------------------------------------------------------------------------
+# Stopping a pass: the request's check, asked before each module runs (cnnviz.hooks.interruptible)
+# --------------------------------------------------------------------------------------------------
+
+class Stopped(Exception):
+    """Raised inside a forward pass when the :func:`stop_when` check says nobody waits for the answer."""
+
+
+_STOP_CHECK: contextvars.ContextVar[Callable[[], str | None] | None] = contextvars.ContextVar("stop_check", default=None)
+STOP_CHECK_EVERY_S = 0.02
+
+
+@contextmanager
+def stop_when(check: Callable[[], str | None]) -> Iterator[None]:
+    """Within the block, forward passes started by this thread end with :class:`Stopped` as soon as
+    ``check()`` returns a reason (it is asked before each module runs, at most every 20 ms)."""
+    token = _STOP_CHECK.set(check)
+    try:
+        yield
+    finally:
+        _STOP_CHECK.reset(token)
+
+
+def current_stop_check() -> Callable[[], str | None] | None:
+    """This thread's (context's) stop check, set by :func:`stop_when`, or None."""
+    return _STOP_CHECK.get()
+
 
 UNHEARD_GRACE_S = 10.0  # a client may open its stream a moment after its call starts, or reconnect
 _STREAM_PREFIXES = ("/gradio_api/call/", "/gradio_api/queue/data")

@@ -34,10 +34,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .cancel import Stopped
 from .hooks import forward_hooks, interruptible
 
 if TYPE_CHECKING:
     from .layers import LayerInfo
+    from .loading import LoadedModel
 
 # Lucent's square root of ImageNet's colour correlation matrix (from an SVD), rows R, G, B.
 COLOR_CORRELATION_SVD_SQRT = torch.tensor(
@@ -199,7 +201,7 @@ def visualize_channel(
     shared model get their turn in between. The model is used read-only: it runs in eval mode inside
     :func:`cnnviz.hooks.forward_hooks`, only the image's gradient is computed, and every module's flag,
     hook list and parameter (values, ``requires_grad``, ``.grad``) is as before afterwards, also when it
-    raises (:class:`cnnviz.hooks.Stopped` when the stop check fires). ``progress(step, steps)`` is called
+    raises (:class:`cnnviz.cancel.Stopped` when the stop check fires). ``progress(step, steps)`` is called
     after each step. The same ``seed`` gives the same image.
 
     >>> import torchvision
@@ -233,3 +235,32 @@ def visualize_channel(
             pixels = param.rgb()[0].detach().to("cpu", torch.float32)
     image = (pixels.permute(1, 2, 0).numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
     return Visualization(pixels, image, tuple(trace), steps)
+
+
+# --------------------------------------------------------------------------------------------------
+# Sizing: the working size of a layer, probed once per model and layer
+# --------------------------------------------------------------------------------------------------
+
+WORKING_SIZE = 128  # px: Lucent's default; 256 steps on ResNet-18 stay well under 30 s on 2 CPU cores
+MAX_STEPS = 2048
+KEEP_BYTES = 4 * 2**20  # generated images kept per model (each ~50 KB at 128 px)
+
+
+def working_size(loaded: LoadedModel, info: LayerInfo, mean_std) -> tuple[int, int]:
+    """The working size for ``info``: 128 px when the model runs there (a probe pass, remembered per
+    layer), else the model's own input size (ViTs' token layers, windowed attention)."""
+    full = tuple(loaded.input_size[1:])
+    if min(full) <= WORKING_SIZE or info.layout == "tokens":
+        return full
+    sizes = loaded.memo("featurevis.sizes", dict)
+    if info.name not in sizes:
+        small = (WORKING_SIZE, WORKING_SIZE)
+        probe = normalise(torch.full((1, 3, *small), 0.5, device=loaded.device), mean_std)
+        try:
+            channel_activation(loaded.model, info, 0, probe, loaded.lock)
+            sizes[info.name] = small
+        except Stopped:
+            raise
+        except Exception:  # noqa: BLE001  (a model that needs its own input size: any shape error)
+            sizes[info.name] = full
+    return sizes[info.name]

@@ -1,12 +1,12 @@
-"""Forward hooks, eval mode and stop checks: every hook of the library is registered here, inside a
-context manager that removes it (``try … finally``) and restores each module's own training flag.
+"""Forward hooks, eval mode, in-place ReLU flips and the stop check's pre-hooks: every change the library
+makes to a model is made here, inside a context manager that undoes it (``try … finally``) and restores each
+module's own flags.
 
 Hooks act only for the thread that registered them, so two requests sharing a model never see each
 other's passes (every hooked pass also holds the model's lock, see :class:`cnnviz.loading.LoadedModel`).
 """
 from __future__ import annotations
 
-import contextvars
 import threading
 import time
 from contextlib import contextmanager
@@ -14,35 +14,17 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
+from .cancel import STOP_CHECK_EVERY_S, Stopped, current_stop_check
 from .errors import UnknownLayerError, did_you_mean, quoted
 
 InputFn = Callable[[str, tuple], None]  # (module name, positional inputs)
 OutputFn = Callable[[str, tuple, object], None]  # (module name, positional inputs, output)
 
 
-class Stopped(Exception):
-    """Raised inside a forward pass when the :func:`stop_when` check says nobody waits for the answer."""
-
-
-_STOP_CHECK: contextvars.ContextVar[Callable[[], str | None] | None] = contextvars.ContextVar("stop_check", default=None)
-STOP_CHECK_EVERY_S = 0.02
-
-
-@contextmanager
-def stop_when(check: Callable[[], str | None]) -> Iterator[None]:
-    """Within the block, forward passes started by this thread end with :class:`Stopped` as soon as
-    ``check()`` returns a reason (it is asked before each module runs, at most every 20 ms)."""
-    token = _STOP_CHECK.set(check)
-    try:
-        yield
-    finally:
-        _STOP_CHECK.reset(token)
-
-
 @contextmanager
 def interruptible(model: torch.nn.Module) -> Iterator[None]:
     """Forward pre-hooks that raise :class:`Stopped` when this thread's stop check fires; removed on exit."""
-    check = _STOP_CHECK.get()
+    check = current_stop_check()
     if check is None:
         yield
         return
@@ -124,3 +106,17 @@ def forward_hooks(
         finally:
             for handle in handles:
                 handle.remove()
+
+
+@contextmanager
+def relus_out_of_place(model: torch.nn.Module) -> Iterator[None]:
+    """Every ``ReLU(inplace=True)`` of ``model`` runs out of place inside the block (backward hooks on a ReLU,
+    such as captum's guided backpropagation and deconvnet, cannot follow an in-place output); restored on exit."""
+    inplace = [m for m in model.modules() if isinstance(m, torch.nn.ReLU) and m.inplace]
+    try:
+        for m in inplace:
+            m.inplace = False
+        yield
+    finally:
+        for m in inplace:
+            m.inplace = True

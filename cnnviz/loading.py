@@ -16,19 +16,18 @@ import os
 import re
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence, TypeVar
 
 import torch
 from PIL import Image
 
-from . import checkpoint, pretrained, registry
+from . import cache, checkpoint, pretrained, registry, vocab
 from .errors import CheckpointError, InvalidOptionError, UnknownModelError, quoted
 from .pretrained import WeightsOutcome
 from .registry import ModelSpec, is_curated
 
-WEIGHT_CHOICES = ("pretrained", "random")
+WEIGHT_CHOICES = vocab.values(vocab.Weights)
 
 
 def get_spec(name: str | LoadedModel) -> ModelSpec:
@@ -111,7 +110,34 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device(choice)
 
 
+_SEED_LOCK = threading.Lock()  # torch's generator is one per process: seeded builds take turns
+
+
+def seed_of(key: str) -> int:
+    """The seed of a model's random weights: from its name alone, so the same name gives the same random
+    weights in every process (a ``weights=random`` link shows its recipient the same filters).
+
+    >>> seed_of("resnet18") == seed_of("resnet18") != seed_of("resnet34")
+    True
+    """
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little") >> 1
+
+
+@contextlib.contextmanager
+def seeded(key: str) -> Iterator[None]:
+    """Within the block, torch's CPU generator is seeded with :func:`seed_of` ``(key)``; its state before is
+    restored after, and no other seeded build runs meanwhile."""
+    with _SEED_LOCK, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed_of(key))
+        yield
+
+
 def _build(spec: ModelSpec, with_weights: bool, device: torch.device) -> LoadedModel:
+    with seeded(spec.key):  # random weights (asked for, or a fallback) are the name's own
+        return _built(spec, with_weights, device)
+
+
+def _built(spec: ModelSpec, with_weights: bool, device: torch.device) -> LoadedModel:
     if spec.source == "torchvision":
         model, weights_enum, outcome = pretrained.load_torchvision(spec.arch, with_weights)
         transform, input_size = pretrained.torchvision_transform(weights_enum)
@@ -148,67 +174,51 @@ class CacheInfo:
 
 
 class _ModelCache:
-    """LRU cache of loaded models bounded by count and by bytes, with one lock per key, so concurrent
-    requests load a model once.
+    """Loaded models in a :class:`cnnviz.cache.Store` bounded by bytes and by count, with one lock per key, so
+    concurrent requests load a model once.
 
-    After each insertion the least recently used models are evicted until both bounds hold; the model
-    just inserted always stays, even when alone it exceeds ``max_bytes``. A model that fell back to
-    random weights is rebuilt once the offline verdict has expired, so a machine that comes back online
-    gets its pretrained weights without a restart."""
+    The least recently used models go until both bounds hold; the model just inserted always stays, even when
+    alone it exceeds ``max_bytes``. A model that fell back to random weights is rebuilt once the offline
+    verdict has expired, so a machine that comes back online gets its pretrained weights without a restart."""
 
     def __init__(self, capacity: int, max_bytes: int) -> None:
-        self.capacity = max(1, capacity)
-        self.max_bytes = max(0, max_bytes)
-        self._items: OrderedDict[tuple, tuple[LoadedModel, float, int]] = OrderedDict()  # (model, built at, bytes)
+        self.store: cache.Store[tuple[LoadedModel, float]] = cache.Store("models", max_bytes, max_items=max(1, capacity))
         self._lock = threading.Lock()
         self._key_locks: dict[tuple, threading.Lock] = {}
 
-    def _nbytes(self) -> int:
-        return sum(nbytes for _, _, nbytes in self._items.values())
-
     def _fresh(self, key: tuple) -> LoadedModel | None:
-        item = self._items.get(key)
+        item = self.store.get(key)
         if item is None:
             return None
-        loaded, built, _ = item
-        fell_back = getattr(getattr(loaded, "weights", None), "notice", None)
-        if fell_back and time.monotonic() - built > pretrained.PROBE_TTL_S:
-            del self._items[key]
+        loaded, built = item
+        if loaded.weights.notice and time.monotonic() - built > pretrained.PROBE_TTL_S:
+            self.store.pop(key)
             return None
-        self._items.move_to_end(key)
         return loaded
 
     def get(self, key: tuple, build: Callable[[], LoadedModel]) -> LoadedModel:
+        if (loaded := self._fresh(key)) is not None:
+            return loaded
         with self._lock:
-            if (loaded := self._fresh(key)) is not None:
-                return loaded
             key_lock = self._key_locks.setdefault(key, threading.Lock())
         with key_lock:
-            with self._lock:
-                if (loaded := self._fresh(key)) is not None:
-                    return loaded
+            if (loaded := self._fresh(key)) is not None:
+                return loaded
             loaded = build()
-            nbytes = model_nbytes(loaded.model)
+            self.store.put(key, (loaded, time.monotonic()), model_nbytes(loaded.model))
             with self._lock:
-                self._items[key] = (loaded, time.monotonic(), nbytes)
-                while len(self._items) > 1 and (len(self._items) > self.capacity or self._nbytes() > self.max_bytes):
-                    self._items.popitem(last=False)
                 self._key_locks.pop(key, None)
             return loaded
 
     def info(self) -> CacheInfo:
-        with self._lock:
-            return CacheInfo(len(self._items), self._nbytes(), self.capacity, self.max_bytes)
+        return CacheInfo(len(self.store), self.store.nbytes, self.store.max_items, self.store.budget)
 
     def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
+        self.store.clear()
 
     def forget(self, name: str) -> None:
         """Drop every entry of the model ``name`` (a module given again under a name it had)."""
-        with self._lock:
-            for key in [key for key in self._items if key[0] == name]:
-                del self._items[key]
+        self.store.drop_where(lambda key, _: key[0] == name)
 
 
 _CACHE = _ModelCache(
@@ -329,7 +339,8 @@ def _over_the_cap(count: int) -> str:
 def load_model(
     name: str | LoadedModel, weights: str = "pretrained", device: str | torch.device | None = None
 ) -> LoadedModel:
-    """Build (or fetch from the bounded cache) a model by name.
+    """Build (or fetch from the bounded cache) a model by name; a :class:`LoadedModel` is returned as it is
+    (every view takes either).
 
     ``weights="pretrained"`` falls back to random weights with a notice when they cannot be had
     (see ``loaded.weights.notice``); ``"random"`` always initialises randomly. For an upload name
@@ -342,9 +353,10 @@ def load_model(
     >>> m.input_size, m.model.training
     ((3, 224, 224), False)
     """
+    if isinstance(name, LoadedModel):
+        return name
     spec = get_spec(name)
-    if weights not in WEIGHT_CHOICES:
-        raise InvalidOptionError(f"Unknown weights choice {weights!r}; use 'pretrained' or 'random'.")
+    weights = vocab.option(vocab.Weights, weights, "weights choice")
     dev = resolve_device(device)
     if spec.key.startswith(checkpoint.UPLOAD_PREFIX):
         return _load_upload(spec.key, weights, dev)
@@ -378,6 +390,7 @@ def clear_cache() -> None:
 # --------------------------------------------------------------------------------------------------
 
 MAX_UPLOADS = int(os.environ.get("CNNVIZ_UPLOADS", "64"))  # upload names remembered (LRU); models are in _CACHE
+UPLOADS_BYTES = MAX_UPLOADS * 1024  # ~1 KB a record (names, labels, the report)
 # Auxiliary classifiers torchvision builds for these architectures (see pretrained.torchvision_build_kwargs); a
 # checkpoint may hold them (trained with aux_logits=True) or not (saved from a torchvision model).
 _AUX_PREFIXES = {"googlenet": ("aux1.", "aux2."), "inception_v3": ("AuxLogits.",)}
@@ -407,31 +420,23 @@ def _forgotten(name: str) -> UnknownModelError:
 
 
 class _Uploads:
-    """The upload names this process knows, least recently used dropped beyond ``capacity``."""
+    """The upload names this process knows (a :class:`cnnviz.cache.Store`: least recently used dropped beyond
+    ``MAX_UPLOADS`` names; each record is a few hundred bytes, its model lives in the model cache)."""
 
     def __init__(self, capacity: int) -> None:
-        self.capacity = max(1, capacity)
-        self._items: OrderedDict[str, _Upload] = OrderedDict()
-        self._lock = threading.Lock()
+        self.store: cache.Store[_Upload] = cache.Store("upload names", UPLOADS_BYTES, max_items=max(1, capacity))
 
     def get(self, name: str) -> _Upload:
-        with self._lock:
-            record = self._items.get(name)
-            if record is None:
-                raise _forgotten(name)
-            self._items.move_to_end(name)
-            return record
+        record = self.store.get(name)
+        if record is None:
+            raise _forgotten(name)
+        return record
 
     def put(self, record: _Upload) -> None:
-        with self._lock:
-            self._items[record.spec.key] = record
-            self._items.move_to_end(record.spec.key)
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
+        self.store.put(record.spec.key, record, 1024)
 
     def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
+        self.store.clear()
 
 
 _UPLOADS = _Uploads(MAX_UPLOADS)
@@ -554,7 +559,8 @@ def _fitted_upload(
 
 def _random_upload(record: _Upload, device: torch.device) -> LoadedModel:
     """An upload's architecture, classes and labels with random weights (trained vs untrained)."""
-    model = _architecture(record.base, record.num_classes, record.aux, skeleton=False)
+    with seeded(record.spec.key):
+        model = _architecture(record.base, record.num_classes, record.aux, skeleton=False)
     model = pretrained.drop_aux_heads(record.base.arch, model).eval().to(device)
     transform, input_size, _, _ = _preprocessing(record.base, model)
     outcome = WeightsOutcome(pretrained=False, source=pretrained.RANDOM_SOURCE, notice=None)
@@ -811,22 +817,19 @@ def clear_modules() -> None:
         _CACHE.forget(key)
 
 
-def _seed(key: str) -> int:
-    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little") % 2**63
-
-
 def _random_module(record: _Module) -> LoadedModel:
-    """A copy of the module with every ``reset_parameters()`` run under the name's seed."""
+    """A copy of the module with every ``reset_parameters()`` run under the name's seed (on the CPU, where
+    :func:`seeded` acts, then moved to the module's device)."""
     own = record.own
-    model = copy.deepcopy(own.model)
-    with torch.random.fork_rng(devices=[own.device] if own.device.type == "cuda" else []):
-        torch.manual_seed(_seed(own.spec.key))
+    model = copy.deepcopy(own.model).cpu()
+    with seeded(own.spec.key):
         for sub in model.modules():
             reset = getattr(sub, "reset_parameters", None)
             if callable(reset):
                 reset()
     outcome = WeightsOutcome(pretrained=False, source=f"{pretrained.RANDOM_SOURCE} (seeded by the name {own.spec.key})")
-    return LoadedModel(own.spec, model.eval(), own.transform, own.input_size, own.categories, outcome, own.device)
+    model = model.eval().to(own.device)
+    return LoadedModel(own.spec, model, own.transform, own.input_size, own.categories, outcome, own.device)
 
 
 def _load_module(key: str, choice: str, device: torch.device) -> LoadedModel:

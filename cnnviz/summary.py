@@ -33,7 +33,8 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from torch.utils.hooks import RemovableHandle
 from torchinfo.torchinfo import clear_cached_forward_pass
 
-from .hooks import Stopped, eval_mode
+from .cancel import Stopped
+from .hooks import eval_mode
 from .errors import InvalidOptionError
 
 __all__ = ["LayerRow", "Summary", "summarize"]

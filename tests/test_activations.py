@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from cnnviz import activations, hooks, layers
+from cnnviz import activations, cancel, hooks, layers
 from tests.fixtures.tiny import TinyResNet
 
 
@@ -184,8 +184,8 @@ def test_a_stop_check_ends_the_pass_between_modules_and_leaves_no_hook(tiny, mon
     handles = [m.register_forward_hook(lambda m, i, o, n=n: ran.append(n)) for n, m in tiny.named_modules() if n]
     answers = iter([None, None, None, "gone"])  # before the pass, the model, conv1; then before relu
     x = torch.rand(1, 3, 16, 16)
-    with hooks.stop_when(lambda: next(answers, "gone")):
-        with pytest.raises(hooks.Stopped, match="gone"), hooks.interruptible(tiny):
+    with cancel.stop_when(lambda: next(answers, "gone")):
+        with pytest.raises(cancel.Stopped, match="gone"), hooks.interruptible(tiny):
             tiny(x)
     assert ran == ["conv1"]  # stopped before relu: nothing after the check fired ran
     assert all(not m._forward_pre_hooks for m in tiny.modules())

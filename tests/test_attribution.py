@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 import cnnviz
-from cnnviz import explore, loading
+from cnnviz import explore, loading, preprocess
 from cnnviz.attribution import (
     CAM_METHODS, PROJECTIONS, class_activation_map, class_index, guided_gradcam, project, upsampled,
 )
@@ -166,7 +166,7 @@ def test_class_by_label_index_and_errors():
         class_index(loaded, "tabbby")
     with pytest.raises(InvalidOptionError, match="out of range"):
         cnnviz.attribution("resnet18", "examples/coffee.png", target=1000, weights="random")
-    with pytest.raises(InvalidOptionError, match="Valid: gradcam"):
+    with pytest.raises(InvalidOptionError, match=r"use one of: gradcam \(Grad-CAM\)"):
         cnnviz.attribution("resnet18", "examples/coffee.png", method="cam", weights="random")
     with pytest.raises(UnknownLayerError):
         cnnviz.attribution("resnet18", "examples/coffee.png", layer="layer9", weights="random")
@@ -223,7 +223,7 @@ def test_guided_gradcam_is_guided_backprop_kept_where_the_class_map_is_on():
     off = (weight <= 0).numpy()
     assert np.isfinite(view.signal).all() and (view.signal[:, off] == 0).all()
     # guided backprop by hand: every ReLU passes back only positive gradients where its input was positive
-    x = explore._model_input(loaded, "examples/cat.png")[0].clone().requires_grad_(True)
+    x = preprocess.model_input(loaded, "examples/cat.png").x.clone().requires_grad_(True)
     relus = [m for m in loaded.model.modules() if isinstance(m, torch.nn.ReLU)]
     saved = [m.inplace for m in relus]
     # the ReLU's own gradient (already masked to where its input was positive), negatives dropped
@@ -273,7 +273,7 @@ def test_the_callers_gradient_mode_comes_back(grad_mode):
 
 def test_a_stop_lands_inside_scorecam_batches(monkeypatch):
     """Score-CAM's masked passes run under the stop check: once it says stop, the next module raises."""
-    from cnnviz import hooks
+    from cnnviz import cancel, hooks
 
     loaded = load_model("resnet18", "random")
     monkeypatch.setattr(hooks, "STOP_CHECK_EVERY_S", 0.0)  # ask at every module boundary
@@ -288,7 +288,7 @@ def test_a_stop_lands_inside_scorecam_batches(monkeypatch):
     before = model_state(loaded.model)
     handle = loaded.model.register_forward_pre_hook(lambda *_: passes.append(1))
     try:
-        with hooks.stop_when(check), pytest.raises(hooks.Stopped, match="gone"):
+        with cancel.stop_when(check), pytest.raises(cancel.Stopped, match="gone"):
             class_activation_map(loaded, torch.rand(1, 3, 224, 224), "scorecam", 1, "layer4", batch=2)
     finally:
         handle.remove()

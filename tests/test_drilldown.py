@@ -13,7 +13,7 @@ from matplotlib import colormaps
 from PIL import Image
 
 import cnnviz
-from cnnviz import activations, explore, preprocess, receptive, render
+from cnnviz import activations, explore, loading, preprocess, receptive, render
 from cnnviz.errors import InvalidOptionError
 
 
@@ -230,3 +230,32 @@ def test_a_dead_channel_leaves_the_picture_untouched_and_is_striped(coffee):
     np.testing.assert_array_equal(view.overlay, view.picture)  # nothing fires: no colour laid over the photo
     side = view.enlarged.shape[1]  # the 55×55 map enlarged by a whole factor (220 px), a colour bar below
     np.testing.assert_array_equal(view.enlarged[:side, :side], render.dead_tile(side, side))
+
+
+def test_one_page_update_is_one_call_with_at_most_one_pass(coffee):
+    """``maps_page`` gives the grid, the statistics and the drilled-down channel of one Feature maps update
+    from one pass, and each equals what the three views give one by one."""
+    loading.clear_cache()
+    explore.KEPT.clear()
+    loaded = loading.load_model("resnet18", "random")
+    explore.feature_maps(loaded, "examples/cat.png", "layer2")  # the model's listing and geometry: traced once per model
+    passes = []
+    handle = loaded.model.conv1.register_forward_hook(lambda *_: passes.append(1))
+    try:
+        page = explore.maps_page(explore.MapsQuery("resnet18", coffee, "layer2", weights="random", channels="top",
+                                                   n=16, channel=5, opacity=0.3))
+    finally:
+        handle.remove()
+    assert len(passes) == 1
+    grid = explore.feature_maps("resnet18", coffee, "layer2", "random", "top", 16)
+    stats = explore.layer_stats("resnet18", coffee, "layer2", "random")
+    drilled = explore.channel("resnet18", coffee, "layer2", 5, "random", 0.3)
+    assert torch.equal(page.maps.maps, grid.maps) and np.array_equal(page.maps.image, grid.image)
+    assert page.maps.channels.tolist() == grid.channels.tolist()
+    assert np.array_equal(page.stats.stats.mean, stats.stats.mean) and np.array_equal(page.stats.stats.dead, stats.stats.dead)
+    assert np.array_equal(page.channel.overlay, drilled.overlay) and page.channel.stats == drilled.stats
+    later = explore.maps_page(explore.MapsQuery("resnet18", coffee, "layer2.0.conv1", weights="random", channel=200,
+                                                keep_channel_if_present=True))
+    assert later.channel is None  # the previous layer's channel 200: this one has 128, so the pick is dropped
+    with pytest.raises(InvalidOptionError, match="from 0 to 127"):
+        explore.maps_page(explore.MapsQuery("resnet18", coffee, "layer2.0.conv1", weights="random", channel=200))

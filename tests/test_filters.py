@@ -255,13 +255,12 @@ def test_norms_flag_a_zeroed_and_a_near_zero_filter():
     assert norms.flagged.tolist() == [4, 9] and norms.zero.tolist() == [4]
 
 
-def test_a_model_with_a_dead_filter_says_so(monkeypatch):
+def test_a_model_with_a_dead_filter_says_so():
     loaded = loading.load_model("resnet18", "random")
     loading.clear_cache()  # this test's model is edited: keep it out of the shared cache afterwards
-    monkeypatch.setattr(explore, "load_model", lambda model, weights: loaded)
     with torch.no_grad():
         loaded.model.layer2[0].conv1.weight[11] = 0
-    view = explore.filter_grid("resnet18", "random", layer="layer2.0.conv1")
+    view = explore.filter_grid(loaded, layer="layer2.0.conv1")
     assert view.norms.flagged.tolist() == [11] and view.norms.zero.tolist() == [11]
 
 
@@ -295,13 +294,12 @@ def test_views_are_cached_per_model():
     assert other is not first and other.filters.weight.shape == (512, 512, 3, 3)
 
 
-def test_cache_stays_within_its_byte_budget(monkeypatch):
-    cache = explore._FilterCache(budget=100)
-    cache.put(("a",), "A", 60)
-    cache.put(("b",), "B", 30)
-    assert cache.get(("a",)) == "A"  # a is now the most recent
-    cache.put(("c",), "C", 30)  # 120 > 100: the least recent (b) goes
-    assert cache.get(("b",)) is None and cache.get(("a",)) == "A" and cache.nbytes == 90
+def test_each_models_filter_cache_states_its_byte_budget_and_keeps_within_it():
+    loaded = loading.load_model("resnet50", "random")
+    for conv in explore.list_convolutions(loaded)[:30]:
+        explore.filter_grid(loaded, layer=conv.name)
+    store = filters.filter_cache(loaded)
+    assert store.budget == filters.FILTERS_CACHE_BYTES and 0 < store.nbytes <= store.budget
 
 
 def test_reparameterisable_stem_branches_see_the_image_and_stay_fused():

@@ -1,6 +1,9 @@
 """Registry: curated list, name resolution rules, errors with close matches, size checks, bounded cache."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import types
 
@@ -8,7 +11,7 @@ import pytest
 import torch
 import torchvision
 
-from cnnviz import loading, registry
+from cnnviz import loading, pretrained, registry
 from cnnviz.errors import InvalidOptionError, UnknownModelError
 
 
@@ -68,9 +71,10 @@ def _fake_builds(monkeypatch, capacity: int, max_bytes: int) -> list[str]:
     builds: list[str] = []
     sizes = {"resnet18": 64, "vgg16": 96, "alexnet": 128, "googlenet": 32}
 
-    def fake_build(spec, pretrained, device):
+    def fake_build(spec, with_weights, device):
         builds.append(spec.key)
-        return types.SimpleNamespace(model=torch.nn.Linear(sizes[spec.key], sizes[spec.key]), weights=None)
+        return types.SimpleNamespace(model=torch.nn.Linear(sizes[spec.key], sizes[spec.key]),
+                                     weights=pretrained.WeightsOutcome(pretrained=False, source="random initialisation"))
 
     monkeypatch.setattr(loading, "_build", fake_build)
     monkeypatch.setattr(loading, "_CACHE", loading._ModelCache(capacity, max_bytes))
@@ -100,7 +104,7 @@ def test_cache_is_bounded_by_bytes_too(monkeypatch):
     a = loading.load_model("resnet18", "random")
     b = loading.load_model("vgg16", "random")
     budget = _bytes(a.model) + _bytes(b.model)
-    monkeypatch.setattr(loading._CACHE, "max_bytes", budget)  # exactly these two fit
+    monkeypatch.setattr(loading._CACHE.store, "budget", budget)  # exactly these two fit
     a = loading.load_model("resnet18", "random")  # evicted by b (alone over a 0-byte budget): rebuilt
     b = loading.load_model("vgg16", "random")  # b stays: it was the newest
     assert builds == ["resnet18", "vgg16", "resnet18"]
@@ -192,7 +196,6 @@ def test_counting_leaves_other_threads_and_later_builds_alone():
 
 
 def test_fallback_to_random_weights_is_retried_after_the_offline_verdict_expires(monkeypatch):
-    from cnnviz import pretrained
 
     first = loading.load_model("resnet18", "pretrained")  # offline in tests: random weights + notice
     assert first.weights.notice
@@ -217,3 +220,24 @@ def test_names_are_case_insensitive_like_the_libraries():
     assert registry.get_spec("TIMM/ResNet50.A1_IN1K").key == "timm/resnet50.a1_in1k"
     with pytest.raises(UnknownModelError, match="'ResNet5O'"):  # the message quotes what was typed
         registry.get_spec("ResNet5O")
+
+
+def test_random_weights_are_the_same_for_a_name_in_every_process():
+    """A ``weights=random`` link shows its recipient the same filters: the weights come from the name alone,
+    here and in a fresh interpreter, and building does not disturb the caller's own random stream."""
+    loading.clear_cache()
+    torch.manual_seed(1)
+    expected_draw = torch.rand(3)
+    torch.manual_seed(1)
+    here = loading.load_model("resnet18", "random").model.conv1.weight.detach().clone()
+    assert torch.equal(torch.rand(3), expected_draw)  # the caller's generator was left as it was
+    loading.clear_cache()
+    assert torch.equal(loading.load_model("resnet18", "random").model.conv1.weight, here)
+    other = loading.load_model("resnet34", "random").model.conv1.weight
+    assert not torch.equal(other, here)
+    code = ("import torch, sys; from cnnviz import loading; "
+            "w = loading.load_model('resnet18', 'random').model.conv1.weight; "
+            "sys.stdout.write(repr(w.double().sum().item()) + ' ' + repr(w[0, 0].tolist()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "CNNVIZ_OFFLINE": "1"}).stdout
+    assert out == repr(here.double().sum().item()) + " " + repr(here[0, 0].tolist())

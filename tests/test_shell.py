@@ -37,31 +37,80 @@ def link(**params) -> SimpleNamespace:
     return SimpleNamespace(query_params=params)  # what open_page reads of a gr.Request
 
 
+def opened(out: tuple) -> SimpleNamespace:
+    """open_page's answer by name (its order: see its docstring)."""
+    names = ["key", "weights", "tabs", "tab", "banner", "notice", "shown", "refresh", "photo", "maps_photo",
+             "attr_photo", "cmp_photo", "layer", "channel", "filters_layer", "attr_link", "compare"]
+    assert len(out) == len(names)
+    return SimpleNamespace(**dict(zip(names, out)))
+
+
+def skipped(value) -> bool:
+    return isinstance(value, dict) and value.get("__type__") == "update" and len(value) == 1
+
+
 def test_deep_link_opens_model_layer_and_tab_without_the_default_model(warnings, no_default_model):
-    out = ui.open_page(link(model="ResNet18", layer="layer3.0.conv1", tab="feature-maps", weights="random"))
-    key, weights, tabs, tab, banner, notice, layer, filters_layer, shown, refresh, compare = out
-    assert (key, weights, tab, shown, refresh, compare) == ("resnet18", "random", "feature-maps", "resnet18", True, {})
-    assert tabs.selected == "feature-maps" and banner == ""
-    assert "ResNet-18" in notice and "random weights (as chosen)" in notice
+    out = opened(ui.open_page(link(model="ResNet18", layer="layer3.0.conv1", tab="feature-maps", weights="random")))
+    assert (out.key, out.weights, out.tab, out.shown, out.refresh, out.compare) == ("resnet18", "random", "feature-maps", "resnet18", True, {})
+    assert out.tabs.selected == "feature-maps" and out.banner == ""
+    assert "ResNet-18" in out.notice and "random weights (as chosen)" in out.notice
     expected = [(l.label, l.name) for l in cnnviz.list_layers(cnnviz.load_model("resnet18", "random"))]
-    assert layer.value == "layer3.0.conv1" and [tuple(c) for c in layer.choices] == expected
+    assert out.layer.value == "layer3.0.conv1" and [tuple(c) for c in out.layer.choices] == expected
+    assert out.channel is None and out.attr_link == {} and all(map(skipped, (out.photo, out.maps_photo, out.cmp_photo)))
     assert not warnings
 
 
 def test_deep_link_to_filters_sets_the_convolution(warnings, no_default_model):
-    out = ui.open_page(link(model="resnet18", layer="layer2.0.conv2", tab="filters", weights="random"))
-    assert out[3] == "filters" and out[6].value == "layer2.0.conv2" and out[7] == "layer2.0.conv2"
-    out = ui.open_page(link(model="resnet18", layer="layer2.0.bn2", tab="filters", weights="random"))
-    assert out[7] is not None and not isinstance(out[7], str)  # skipped: not a convolution
+    out = opened(ui.open_page(link(model="resnet18", layer="layer2.0.conv2", tab="filters", weights="random")))
+    assert out.tab == "filters" and out.layer.value == "layer2.0.conv2" and out.filters_layer == "layer2.0.conv2"
+    out = opened(ui.open_page(link(model="resnet18", layer="layer2.0.bn2", tab="filters", weights="random")))
+    assert skipped(out.filters_layer)  # not a convolution
     assert warnings == ["The link's layer 'layer2.0.bn2' is not a convolution; Filters shows the first one."]
 
 
+def test_deep_link_holds_the_photo_the_channel_and_the_attribution_view(warnings, no_default_model):
+    """An example photo goes in every tab's box and stays in the link; Feature maps' channel and the
+    Attribution view (method, class, layer) are handed to their tabs."""
+    from cnnviz.ui.common import EXAMPLE_FILES
+
+    coffee = next(str(p) for p in EXAMPLE_FILES if p.stem == "coffee")
+    out = opened(ui.open_page(link(model="resnet18", weights="random", photo="Coffee", tab="feature-maps",
+                                   layer="layer2.0.conv1", channel="12")))
+    assert (out.photo, out.maps_photo, out.attr_photo, out.cmp_photo) == ("coffee", coffee, coffee, coffee)
+    assert out.channel == 12 and out.layer.value == "layer2.0.conv1"
+    out = opened(ui.open_page(link(model="resnet18", weights="random", tab="attribution", method="layercam",
+                                   **{"class": "tabby"}, layer="layer3")))
+    assert out.attr_link == {"method": "layercam", "class": "tabby", "layer": "layer3"}
+    assert out.layer.value == "conv1" and out.channel is None  # the layer is Attribution's, not Feature maps'
+    assert not warnings
+    out = opened(ui.open_page(link(model="resnet18", weights="random", photo="/etc/passwd", channel="x", tab="feature-maps")))
+    assert skipped(out.maps_photo) and skipped(out.photo) and out.channel is None
+    assert warnings[0].startswith("The link's photo '/etc/passwd' is not one of the examples (")
+    assert "an uploaded photo cannot travel in a link" in warnings[0]
+    assert warnings[1] == "The link's channel 'x' is not a channel number (0, 1, …)."
+
+
+def test_attribution_applies_its_link_once_with_sentences_for_mistakes(warnings):
+    from cnnviz.ui import attribution
+
+    out = attribution.refresh("resnet18", "random", None, "gradcam", "", "", 0.5,
+                              {"method": "gradcampp", "class": "281", "layer": "layer3"})
+    layers, labels, method, link, *_ = out
+    assert (layers.value, labels.value, method, link) == ("layer3", "281", "gradcampp", {})
+    out = attribution.refresh("resnet18", "random", None, "gradcam", "", "", 0.5,
+                              {"method": "magic", "class": "no such class", "layer": "fc"})
+    layers, labels, method, link, *_ = out
+    assert method == "gradcam" and labels.value == "" and layers.value != "fc" and link == {}
+    assert [w.split(" is not")[0] for w in warnings] == ["The link's method 'magic'", "The link's layer 'fc'",
+                                                         "The link's class 'no such class'"]
+
+
 def test_a_bad_link_gets_sentences_and_the_page_still_opens(warnings, monkeypatch):
-    opened = []
-    monkeypatch.setattr(explore, "startup_model", lambda: opened.append(1) or explore.Startup("resnet18", None))
-    out = ui.open_page(link(model="resnet5O", layer="layer9", tab="weights", weights="random"))
-    assert out[0] == "resnet18" and opened == [1]  # the default opens instead, once
-    assert out[3] == "architecture" and out[6].value == "conv1"
+    started = []
+    monkeypatch.setattr(explore, "startup_model", lambda: started.append(1) or explore.Startup("resnet18", None))
+    out = opened(ui.open_page(link(model="resnet5O", layer="layer9", tab="weights", weights="random")))
+    assert out.key == "resnet18" and started == [1]  # the default opens instead, once
+    assert out.tab == "architecture" and out.layer.value == "conv1"
     assert warnings[0].startswith("The link's tab 'weights' is not one of: architecture, filters, feature-maps, attribution, compare.")
     assert warnings[1].startswith("The link's model: Unknown model 'resnet5O'.") and "resnet50" in warnings[1]
     assert warnings[2].startswith("The link's layer: ResNet-18 has no layer 'layer9'") and warnings[2].endswith("Showing conv1.")
@@ -69,7 +118,7 @@ def test_a_bad_link_gets_sentences_and_the_page_still_opens(warnings, monkeypatc
 
 def test_link_parameters_are_bounded_text():
     params = ui.link_params(link(model=" resnet18 ", layer="x" * 5000, b="y" * 5000, other="ignored"))
-    empty = {"model": "", "layer": "", "tab": "", "weights": "", "b": "", "bweights": "", "view": ""}
+    empty = {k: "" for k in ("model", "layer", "tab", "weights", "photo", "channel", "method", "class", "b", "bweights", "view")}
     assert params == {**empty, "model": "resnet18", "layer": "x" * ui.LINK_LIMIT, "b": "y" * ui.LINK_LIMIT}
     assert ui.link_params(None) == empty
 

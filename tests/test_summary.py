@@ -469,12 +469,12 @@ def test_summarize_every_registry_model(source: str, name: str) -> None:
 def test_a_stop_inside_the_summary_pass_is_a_stop_not_a_model_failure(monkeypatch):
     import torchvision
 
-    from cnnviz import hooks
+    from cnnviz import cancel, hooks
 
     monkeypatch.setattr(hooks, "STOP_CHECK_EVERY_S", 0.0)
     model = torchvision.models.get_model("resnet18", weights=None)
     calls = iter(range(10_000))
-    with hooks.stop_when(lambda: "superseded" if next(calls) > 20 else None):
-        with pytest.raises(hooks.Stopped, match="superseded"), hooks.interruptible(model):
+    with cancel.stop_when(lambda: "superseded" if next(calls) > 20 else None):
+        with pytest.raises(cancel.Stopped, match="superseded"), hooks.interruptible(model):
             summarize(model, (3, 64, 64), depth=1)
     assert all(not m._forward_pre_hooks for m in model.modules())

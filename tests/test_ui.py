@@ -56,11 +56,3 @@ def test_non_numbers_for_numeric_options_are_a_sentence(bad):
     with pytest.raises(gr.Error, match="must be a whole number"):
         ui.feature_maps("resnet18", str(EXAMPLES / "cat.png"), "layer1", "random", "top", bad)
 
-
-def test_a_weights_switch_keeps_the_layer_a_model_switch_resets_it():
-    notice, dropdown = ui.select_model("resnet18", "random", "layer2.0.conv1")
-    assert dropdown.value == "layer2.0.conv1" and "random weights (as chosen)" in notice
-    _, dropdown = ui.select_model("resnet18", "random")
-    assert dropdown.value == "conv1"
-    _, dropdown = ui.select_model("alexnet", "random", "layer2.0.conv1")  # not a layer of AlexNet
-    assert dropdown.value == "features.0"

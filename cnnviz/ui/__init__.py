@@ -12,6 +12,7 @@ its tests.
 from __future__ import annotations
 
 import inspect
+import json
 import os
 from pathlib import Path
 
@@ -22,14 +23,16 @@ from .. import cancel, explore, server
 from ..errors import CnnvizError, quoted
 from . import architecture as architecture_tab, attribution as attribution_tab, compare as compare_tab, feature_maps as feature_maps_tab, filters as filters_tab
 from .architecture import architecture
+from . import featurevis, webcam
 from .common import (
-    EXAMPLE_FILES, MAX_PER_CLIENT, MAX_PER_SESSION, MAX_UPLOAD, UPLOAD_QUOTA, WORK, CheckedBlocks, Refresh,
-    limit_clients, user_errors, warn,
+    EXAMPLE_FILES, MAX_PER_CLIENT, MAX_PER_SESSION, MAX_UPLOAD, UPLOAD_QUOTA, WORK, PageState, Refresh, check_call,
+    example_name, example_path, layer_dropdown, limit_clients, user_errors, warn,
 )
+from .gradio_patches import CheckedBlocks, document_as_text, document_example
 from .feature_maps import feature_maps
 from .filters import filters
 
-__all__ = ["CSS", "architecture", "build_demo", "feature_maps", "filters", "launch", "select_model"]
+__all__ = ["CSS", "architecture", "build_demo", "feature_maps", "filters", "launch"]
 
 # Grids arrive at (about) the maps' own resolution; the page enlarges them with crisp pixels.
 CSS = (
@@ -55,47 +58,54 @@ def model_notice(view: explore.ModelView) -> str:
     return line + (f"\n\nℹ️ {view.note}" if view.note else "")
 
 
-# --- deep links: ?model=resnet50&layer=layer3.0.conv1&tab=feature-maps[&weights=random]; Compare adds b, bweights, view
+# --- deep links: the page's state in its address. The shell reads model, weights, tab and photo; each tab
+# reads its own part (its module's LINK and from_link): ?model=resnet50&weights=random&photo=coffee&tab=attribution
+# &method=gradcampp&class=tabby&layer=layer4 · Feature maps: layer, channel · Filters: layer · Compare: b, bweights, view
 
 TABS = {"architecture": "Architecture", "filters": "Filters", "feature-maps": "Feature maps", "attribution": "Attribution",
         "compare": "Compare"}
 LINK_LIMIT = 200  # characters of a URL parameter read at all (names are far shorter)
+TAB_MODULES = (feature_maps_tab, filters_tab, attribution_tab, compare_tab)  # the tabs with a part of the link, in output order
+LINK_KEYS = tuple(dict.fromkeys(("model", "layer", "tab", "weights", "photo", *(k for m in TAB_MODULES for k in m.LINK))))
+PHOTO_TABS = ("feature-maps", "attribution", "compare")  # the tabs with a photo box, in output order
 
 # Writes the view into the address bar (no reload, no history entry), so copying it shares the view.
-# Runs in the browser only. "/" stays readable in timm names (timm/resnet50.a1_in1k).
-SYNC_URL = """(model, weights, tab, mapsLayer, filtersLayer, modelB, weightsB, view) => {
-    const put = (k, v) => v ? `${k}=${encodeURIComponent(v).replace(/%2F/g, '/')}` : null;
-    const layer = tab === 'filters' ? filtersLayer : mapsLayer;
-    const ours = ['model', 'layer', 'tab', 'weights', 'b', 'bweights', 'view'];
-    const compare = tab === 'compare' ? [put('b', modelB !== model ? modelB : null), put('bweights', weightsB),
-                                         put('view', view !== 'filters' ? view : null)] : [];
+# Runs in the browser only. "/" stays readable in timm names (timm/resnet50.a1_in1k). An uploaded photo is
+# not in the link (only this server holds it, for a while); an example is (photo=coffee).
+SYNC_URL = """(model, weights, tab, photo, mapsLayer, channel, filtersLayer, attrLayer, method, target, modelB, weightsB, view) => {
+    const put = (k, v) => (v || v === 0) ? `${k}=${encodeURIComponent(v).replace(/%2F/g, '/')}` : null;
+    const ours = OURS;
+    const layer = tab === 'filters' ? filtersLayer : tab === 'attribution' ? attrLayer : mapsLayer;
+    const views = {
+        'feature-maps': [put('channel', channel)],
+        'attribution': [put('method', method !== 'gradcam' ? method : null), put('class', target)],
+        'compare': [put('b', modelB !== model ? modelB : null), put('bweights', weightsB),
+                    put('view', view !== 'filters' ? view : null)],
+    };
     const others = [...new URLSearchParams(location.search)].filter(([k]) => !ours.includes(k))  // ?__theme=dark stays
         .map(([k, v]) => `${encodeURIComponent(k)}=${encodeURIComponent(v)}`);
-    const query = [put('model', model), put('layer', layer), put('tab', tab),
-                   weights === 'random' ? 'weights=random' : null, ...compare, ...others].filter(Boolean).join('&');
+    const query = [put('model', model), put('layer', layer), put('tab', tab), weights === 'random' ? 'weights=random' : null,
+                   put('photo', photo), ...(views[tab] || []), ...others].filter(Boolean).join('&');
     if (model) history.replaceState(history.state, '', `${location.pathname}${query ? '?' + query : ''}${location.hash}`);
     return [];
-}"""
-
-
-COMPARE_LINK = ("b", "bweights", "view")  # the Compare tab's side B and view: ?tab=compare&b=resnet50&bweights=pretrained&view=stages
+}""".replace("OURS", json.dumps(list(LINK_KEYS)))
 
 
 def link_params(request: gr.Request | None) -> dict[str, str]:
-    """The view named in the page's URL: model, layer, tab, weights, and Compare's b, bweights, view (each
-    text, at most LINK_LIMIT characters)."""
+    """The view named in the page's URL: every parameter the shell or a tab reads (:data:`LINK_KEYS`),
+    each text, at most LINK_LIMIT characters ("" when absent)."""
     params = dict(request.query_params) if request is not None else {}
-    return {k: str(params.get(k, "")).strip()[:LINK_LIMIT] for k in ("model", "layer", "tab", "weights", *COMPARE_LINK)}
-
-
-def _layer_choices(view: explore.ModelView):
-    return [(info.label, info.name) for info in view.layers]
+    return {k: str(params.get(k, "")).strip()[:LINK_LIMIT] for k in LINK_KEYS}
 
 
 @user_errors
 def open_page(request: gr.Request, progress=gr.Progress(track_tqdm=True)):
-    """Open the view the URL names (model, layer, tab, weights), else the default model: the one load a
-    page makes. A link's mistake gets its sentence (a warning) and the page opens what it can."""
+    """Open the view the URL names (model, weights, tab, photo, and each tab's part), else the default
+    model: the one load a page makes. A link's mistake gets its sentence (a warning) and the page opens
+    what it can.
+
+    Returns (model, weights, tabs, tab, banner, notice, shown, refresh, photo name, the photo for each box
+    of :data:`PHOTO_TABS`, then each of :data:`TAB_MODULES`' ``from_link`` answers in order)."""
     link = link_params(request)
     weights = link["weights"] if link["weights"] in explore.WEIGHT_CHOICES else "pretrained"
     tab = link["tab"] if link["tab"] in TABS else "architecture"
@@ -111,21 +121,27 @@ def open_page(request: gr.Request, progress=gr.Progress(track_tqdm=True)):
         opened = explore.startup_model()
         banner = f"ℹ️ {opened.notice}" if opened.notice else ""
         view = explore.select_model(opened.model, weights)
-    layer = view.default_layer
-    if link["layer"]:
-        try:
-            layer = explore.find_layer(view.spec.key, weights, link["layer"]).name
-        except CnnvizError as e:
-            warn(f"The link's layer: {e} Showing {layer}.")
-    filters_layer = gr.skip()
-    if tab == "filters" and link["layer"] == layer:
-        if any(conv.name == layer for conv in explore.list_convolutions(view.spec.key, weights)):
-            filters_layer = layer
-        else:
-            warn(f"The link's layer {quoted(layer)} is not a convolution; Filters shows the first one.")
-    compare = {k: link[k] for k in COMPARE_LINK if link[k]} if tab == "compare" else {}
-    return (view.spec.key, weights, gr.Tabs(selected=tab), tab, banner, model_notice(view),
-            gr.Dropdown(choices=_layer_choices(view), value=layer), filters_layer, view.spec.key, True, compare)
+    photo = example_path(link["photo"]) if link["photo"] else None
+    if link["photo"] and photo is None:
+        names = ", ".join(sorted(p.stem for p in EXAMPLE_FILES))
+        warn(f"The link's photo {quoted(link['photo'])} is not one of the examples ({names}); an uploaded photo "
+             "cannot travel in a link: upload it again.")
+    key, parts = view.spec.key, {**link, "tab": tab}
+    tabs_linked = [value for module in TAB_MODULES for value in module.from_link(parts, key, weights)]
+    boxes = (photo if photo else gr.skip(),) * len(PHOTO_TABS)
+    return (key, weights, gr.Tabs(selected=tab), tab, banner, model_notice(view), key, True,
+            example_name(photo) if photo else gr.skip(), *boxes, *tabs_linked)
+
+
+def share_photo(index: int):
+    """The handler for a photo chosen in photo box ``index`` of :data:`PHOTO_TABS` (uploaded, pasted, an
+    example, or cleared): every other box shows it, and the link names it when it is an example."""
+
+    def chosen(path: str | None):
+        return (*(path for i in range(len(PHOTO_TABS)) if i != index), example_name(path))
+
+    chosen.__name__ = chosen.__qualname__ = "share_photo"
+    return chosen
 
 
 def _select(model: str, weights: str, layer: str, shown: str):
@@ -137,16 +153,7 @@ def _select(model: str, weights: str, layer: str, shown: str):
         warn(str(e))
         return shown or gr.skip(), gr.skip(), gr.skip(), gr.skip(), False
     keep = layer if any(info.name == layer for info in view.layers) else view.default_layer
-    return view.spec.key, model_notice(view), gr.Dropdown(choices=_layer_choices(view), value=keep), view.spec.key, True
-
-
-@user_errors
-def select_model(model: str, weights: str, layer: str = "", progress=gr.Progress(track_tqdm=True)):
-    """The model's notice and its layer list; ``layer`` stays chosen when the model has it (a weights
-    switch compares the same layer trained and untrained), else the first convolution."""
-    view = explore.select_model(model, weights)
-    keep = layer if any(info.name == layer for info in view.layers) else view.default_layer
-    return model_notice(view), gr.Dropdown(choices=_layer_choices(view), value=keep)
+    return view.spec.key, model_notice(view), layer_dropdown(view, keep), view.spec.key, True
 
 
 @user_errors
@@ -212,28 +219,18 @@ def open_row(model: str, weights: str, opens: str, evt: gr.SelectData):
             f"Opened `{info.name}` ({kind}) in **Feature maps**.", True)
 
 
-def document_as_text(component: gr.Dropdown, description: str, example: str) -> None:
-    """Document a Dropdown that takes free text (``allow_custom_value``) as text in the API page and the
-    MCP schema: Gradio would list only its current choices (none, for a layer picker before a model)."""
-    component.api_info = lambda: {"type": "string", "description": description, "additional_description": description}
-    component.example_payload = component.example_value = lambda: example
-
-
 def document_example_image(component: gr.Image, path: Path) -> None:
     """The API page's example for an image parameter: one of the app's examples, not a URL to fetch."""
     # as a clone names it (an installed package holds it elsewhere, and the server's working folder may be any)
     local = f"examples/{path.name}"  # the page writes handle_file('<url>') for a payload with a url
-    payload = {"path": local, "meta": {"_type": "gradio.FileData"}, "orig_name": path.name, "url": local}
-    component.example_payload = lambda: payload
-    component.example_value = lambda: local
+    document_example(component, {"path": local, "meta": {"_type": "gradio.FileData"}, "orig_name": path.name,
+                                 "url": local}, local)
 
 
 def document_example_file(component: gr.File, name: str) -> None:
     """The API page's example for a file parameter: a file of the caller's own (``handle_file('name')``),
     not Gradio's sample PDF on the web."""
-    payload = {"path": name, "meta": {"_type": "gradio.FileData"}, "orig_name": name, "url": name}
-    component.example_payload = lambda: payload
-    component.example_value = lambda: name
+    document_example(component, {"path": name, "meta": {"_type": "gradio.FileData"}, "orig_name": name, "url": name}, name)
 
 
 def name_outputs(demo: gr.Blocks) -> None:
@@ -265,7 +262,7 @@ EXAMPLE_IMAGE = next((p for p in sorted(EXAMPLE_FILES) if p.stem == "coffee"), m
 def build_demo() -> gr.Blocks:
     """Build the app. Nothing is loaded until a page opens (then the model its URL names, or the default)."""
     gr.set_static_paths(sorted(EXAMPLE_FILES))  # examples are served in place, never copied to the cache
-    with CheckedBlocks(title="CNN Explorer", delete_cache=(3600, 3600)) as demo:
+    with CheckedBlocks(title="CNN Explorer", delete_cache=(3600, 3600), check_call=check_call) as demo:
         gr.Markdown(
             "# 🔬 CNN Explorer\nWhat a convolutional network is made of and what it sees: its layers, "
             "its filters, the feature maps of your own photo at any layer, why it decided, and two models "
@@ -286,22 +283,38 @@ def build_demo() -> gr.Blocks:
         current = gr.Textbox(visible=False)
         refresh_all = gr.State(False)  # whether the last model/weights step changed the model shown
         open_maps = gr.State(False)  # whether the last row click opened Feature maps
+        photo = gr.Textbox(visible=False)  # the shared photo's link name (an example's stem; "" otherwise)
+        state = PageState(model, weights, photo)
         with gr.Tabs(selected="architecture") as tabs:  # each tab wires its own public endpoint first
             with gr.Tab(TABS["architecture"], id="architecture") as arch_tab:
-                arch = architecture_tab.build(model, weights, current)
+                arch = architecture_tab.build(state, current)
             with gr.Tab(TABS["filters"], id="filters") as filters_tab_:
-                kernels = filters_tab.build(model, weights)
+                kernels = filters_tab.build(state)
             with gr.Tab(TABS["feature-maps"], id="feature-maps") as maps_tab:
-                maps = feature_maps_tab.build(model, weights)
+                maps = feature_maps_tab.build(
+                    state,
+                    live=lambda *controls: webcam.build(state, *controls),
+                    looks_for=lambda layer, channel, image: featurevis.build(state, layer, channel, image),
+                )
             with gr.Tab(TABS["attribution"], id="attribution") as attr_tab:
-                attr = attribution_tab.build(model, weights)
+                attr = attribution_tab.build(state)
             with gr.Tab(TABS["compare"], id="compare") as cmp_tab:
-                cmp = compare_tab.build(model, weights)
+                cmp = compare_tab.build(state)
 
-        view_layers = [maps.layer, kernels.layer]
+        # one photo for the page: a photo chosen in any tab (uploaded, pasted, an example, cleared) goes in the
+        # others' boxes (whose change events redraw them) and, when it is an example, in the address bar
+        boxes = [maps.photo, attr.photo, cmp.photo]
+        for index, chosen in enumerate(boxes):
+            others = [p.box for p in boxes if p is not chosen]
+            share = dict(fn=share_photo(index), inputs=chosen.box, outputs=[*others, photo], queue=False,
+                         api_visibility="private")
+            gr.on([chosen.box.upload, chosen.box.clear], **share)
+            chosen.examples.load_input_event.then(**share)
+
+        linked = [out for tab in (maps, kernels, attr, cmp) for out in tab.link_outputs]  # TAB_MODULES' order
         chain = demo.load(
-            open_page, None, [model, weights, tabs, view_tab, banner, notice, maps.layer, kernels.layer, shown, refresh_all,
-                              cmp.link],
+            open_page, None, [model, weights, tabs, view_tab, banner, notice, shown, refresh_all, photo,
+                              *(p.box for p in boxes), *linked],
             api_visibility="private", concurrency_id=WORK,
         )
         starts = [chain]
@@ -310,9 +323,12 @@ def build_demo() -> gr.Blocks:
                                   api_visibility="private", concurrency_id=WORK))
         starts.append(weights.input(weights_switched, [model, weights, maps.layer, shown], [model, notice, maps.layer, shown, refresh_all],
                                     api_visibility="private", concurrency_id=WORK))
-        starts.append(cmp.use_everywhere.click(model_picked, [cmp.uploaded, weights, maps.layer, shown],
-                                               [model, notice, maps.layer, shown, refresh_all],
-                                               api_visibility="private", concurrency_id=WORK))
+        use = cmp.use_everywhere.click(  # the upload in every tab, starting with Feature maps (the photo is there too)
+            model_picked, [cmp.uploaded, weights, maps.layer, shown], [model, notice, maps.layer, shown, refresh_all],
+            api_visibility="private", concurrency_id=WORK)
+        use.success(lambda go: (gr.Tabs(selected="feature-maps"), "feature-maps") if go else (gr.skip(), gr.skip()),
+                    refresh_all, [tabs, view_tab], api_visibility="private", queue=False)
+        starts.append(use)
         for chain in starts:
             for tab in (arch, kernels, maps, attr, cmp):  # a model or weights change refreshes every tab, one after the other
                 chain = chain.success(**when(refresh_all, tab))
@@ -327,13 +343,10 @@ def build_demo() -> gr.Blocks:
         for tab_id, tab in (("architecture", arch_tab), ("filters", filters_tab_), ("feature-maps", maps_tab), ("attribution", attr_tab), ("compare", cmp_tab)):
             tab.select(None, None, view_tab, js=f"() => '{tab_id}'", api_visibility="private", queue=False)
         maps.layer.change(None, maps.layer, current, js="(layer) => layer", api_visibility="private", queue=False)
-        compare_view = [cmp.models[1], cmp.weights_b, cmp.view]
-        gr.on(
-            [shown.change, weights.change, view_tab.change, *(layer.change for layer in view_layers),
-             *(c.change for c in compare_view)],
-            None, [shown, weights, view_tab, *view_layers, *compare_view], None, js=SYNC_URL, api_visibility="private",
-            queue=False,
-        )
+        in_link = [shown, weights, view_tab, photo, maps.layer, maps.channel, kernels.layer, attr.layer, attr.method,
+                   attr.target, cmp.models[1], cmp.weights_b, cmp.view]  # SYNC_URL's parameters, in order
+        gr.on([c.change for c in in_link], None, in_link, None, js=SYNC_URL,
+              api_visibility="private", queue=False)
         document_as_text(model, MODEL_API, "resnet18")
         document_as_text(maps.layer, LAYER_API, "layer1.0.conv1")
         document_as_text(kernels.layer, "A convolution's qualified name (\"layer4.2.conv2\"); empty: the first convolution.", "")

@@ -13,7 +13,7 @@ import gradio as gr
 import pandas as pd
 
 from .. import explore
-from .common import OUTPUTS, WORK, Refresh, user_errors, weights_used, whole
+from .common import OUTPUTS, WORK, PageState, Refresh, user_errors, weights_used, whole
 
 TABLE_HEADERS = ["layer", "type", "output shape", "kernel", "stride", "params", "MACs"]
 PASS_THROUGH = frozenset({"Identity"})  # rows that only hand their input on: left out of the page's table
@@ -103,9 +103,10 @@ class ArchitectureTab(Refresh):
     note: gr.Markdown  # what the last row click did (or why it could not)
 
 
-def build(model: gr.Dropdown, weights: gr.Radio, current: gr.Textbox) -> ArchitectureTab:
+def build(state: PageState, current: gr.Textbox) -> ArchitectureTab:
     """The tab's components and its own events (inside the current ``gr.Tab``); returns its refresh.
     ``current`` holds the layer open in Feature maps: its row is highlighted."""
+    model, weights = state.model, state.weights
     depth = gr.Slider(1, explore.MAX_DEPTH, value=3, step=1, label="Depth (1 = top-level blocks)", elem_id="arch-depth")
     totals = gr.Markdown(elem_id="arch-totals", label="totals")
     with gr.Row(equal_height=True):

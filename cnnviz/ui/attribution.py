@@ -13,12 +13,15 @@ import gradio as gr
 import numpy as np
 
 from .. import explore
-from .common import EXAMPLE_FILES, HEAVY, OUTPUTS, Refresh, SafeImage, markdown_text, user_errors, weights_used, whole
+from ..errors import InvalidImageError, quoted
+from .common import (
+    HEAVY, OUTPUTS, PROJECTION_CHOICES, PageState, Photo, Refresh, markdown_text, photo_box, projection_outputs, user_errors,
+    warn, weights_used,
+)
 
 METHOD_CHOICES = [
     ("Grad-CAM", "gradcam"), ("Grad-CAM++", "gradcampp"), ("LayerCAM", "layercam"), ("Score-CAM (slow)", "scorecam"),
 ]
-PROJECTION_CHOICES = [("guided backpropagation", "guided_backprop"), ("deconvnet", "deconvnet")]
 NO_IMAGE = "Upload a photo, paste one, or pick an example to see which parts of it the model's decision rests on."
 EXPLAINED = {
     "gradcam": "Grad-CAM weights each map of the layer by how much the class score rises when that map rises (its average gradient) and keeps the positive sum.",
@@ -86,16 +89,7 @@ def projection(model: str, image: str, layer: str, channel: float, method: str =
         method: "guided_backprop" (guided backpropagation) or "deconvnet".
         weights: "pretrained" or "random".
     """
-    view = explore.projection(model, image, layer or "", whole(channel, "Channel"), method, weights)
-    row, col = view.position
-    top, left, bottom, right = view.box
-    caption = (
-        f"Channel **{view.channel}** of `{view.layer.name}`, its strongest unit (row {row}, column {col}, activation "
-        f"{view.activation:.4g}) taken back to the pixels by {dict((v, k) for k, v in PROJECTION_CHOICES)[method]}: left, "
-        f"what in the picture drives this unit (grey: no effect); right, the part of the picture it covers "
-        f"(rows {top}–{bottom - 1}, columns {left}–{right - 1}). {view.note}\n\n{weights_used(view.weights)}"
-    )
-    return OUTPUTS.write(f"{model}-{view.layer.name}-{view.channel}-{method}.png", explore.encode(view.image, "png")), caption
+    return projection_outputs(model, image, layer, channel, method, weights)
 
 
 @user_errors
@@ -131,7 +125,10 @@ def show(model, image, method, target, layer, weights, opacity):
     """The page's class activation map (a hint before there is an image)."""
     if not image:
         return None, None, None, NO_IMAGE
-    return _cam(model, image, method, target, layer, weights, opacity)
+    try:
+        return _cam(model, image, method, target, layer, weights, opacity)
+    except InvalidImageError as e:  # the page's one photo: Feature maps says it in a toast; here, where the map goes
+        return None, None, None, f"⚠️ {e}"
 
 
 @user_errors
@@ -155,30 +152,67 @@ def show_projection(model, image, layer, channel, method, weights):
     return projection(model, image, layer, channel, method, weights)
 
 
+LINK = ("method", "class", "layer")  # ?tab=attribution&method=gradcampp&class=tabby&layer=layer4
+
+
+def from_link(params: dict[str, str], model: str, weights: str) -> tuple[dict[str, str]]:
+    """The tab's part of a page link (method, class, layer; only when the link opens this tab), held in the
+    tab's link state until its first refresh, which knows the model's layers and labels, applies it."""
+    if params.get("tab") != "attribution":
+        return ({},)
+    return ({k: params[k] for k in LINK if params.get(k)},)
+
+
+def _linked(link: dict, choices, method: str, target: str, layer: str) -> tuple[str, str, str]:
+    """(method, class, layer) as a page link names them; a link's mistake gets a warning and the default stays."""
+    methods = [value for _, value in METHOD_CHOICES]
+    if link.get("method") in methods:
+        method = link["method"]
+    elif link.get("method"):
+        warn(f"The link's method {quoted(link['method'])} is not one of: {', '.join(methods)}.")
+    if link.get("layer") in {info.name for info in choices.layers}:
+        layer = link["layer"]
+    elif link.get("layer"):
+        warn(f"The link's layer {quoted(link['layer'])} is not a target layer of this model; showing {layer}.")
+    wanted = link.get("class", "")
+    if wanted in choices.labels or (wanted.isdigit() and (not choices.labels or int(wanted) < len(choices.labels))):
+        target = wanted
+    elif wanted:
+        warn(f"The link's class {quoted(wanted)} is not a label or class index of this model; explaining its top class.")
+    return method, target, layer
+
+
 @user_errors
-def refresh(model, weights, image, method, target, layer, opacity):
-    """After a model change: its layers (the default target chosen), its labels, and the map again."""
+def refresh(model, weights, image, method, target, layer, opacity, link):
+    """After a model change: its layers (the default target chosen), its labels, and the map again. A page
+    link's method, class and layer apply once, when the page opens."""
     choices = explore.attribution_choices(model, weights)
     names = {info.name for info in choices.layers}
     keep = layer if layer in names else choices.default_layer
-    labels = gr.Dropdown(choices=[""] + list(choices.labels), value=target if target in choices.labels else "")
+    target = target if target in choices.labels else ""
+    if link:
+        method, target, keep = _linked(link, choices, method, target, keep)
+    labels = gr.Dropdown(choices=[""] + list(choices.labels), value=target)
     layers = gr.Dropdown(choices=[(info.label, info.name) for info in choices.layers], value=keep)
-    return (layers, labels, *show(model, image, method, target if target in choices.labels else "", keep, weights, opacity))
+    return (layers, labels, method, {}, *show(model, image, method, target, keep, weights, opacity))
 
 
 @dataclass
 class AttributionTab(Refresh):
     layer: gr.Dropdown
     target: gr.Dropdown
+    method: gr.Radio
+    photo: Photo
+    link_outputs: list  # what from_link's answer goes to
 
 
-def build(model: gr.Dropdown, weights: gr.Radio) -> AttributionTab:
+def build(state: PageState) -> AttributionTab:
     """The tab's components and its own events (inside the current ``gr.Tab``); returns its refresh."""
+    model, weights = state.model, state.weights
     with gr.Row():
         with gr.Column(scale=1, min_width=280):
-            image = SafeImage(type="filepath", image_mode=None, sources=["upload", "clipboard"], label="Your image",
-                              elem_id="attr-image")
-            gr.Examples([[str(p)] for p in sorted(EXAMPLE_FILES)], inputs=[image], label="Examples")
+            photo = photo_box("Your image", "attr-image")
+            image = photo.box
             method = gr.Radio(METHOD_CHOICES, value="gradcam", label="Method", elem_id="attr-method")
             target = gr.Dropdown([""], value="", label="Class to explain (empty: the top class)", allow_custom_value=True,
                                  filterable=True, elem_id="attr-target", info="Type to search the labels, or a class index.")
@@ -227,6 +261,7 @@ def build(model: gr.Dropdown, weights: gr.Radio) -> AttributionTab:
                 **HEAVY, api_visibility="private")
     go.click(show_projection, [model, image, layer, channel, how, weights], [projected, projected_caption],
              **HEAVY, api_visibility="private")
-    io = dict(inputs=[model, weights, image, method, target, layer, opacity], outputs=[layer, target, *cam_outputs],
-              **HEAVY)
-    return AttributionTab(refresh, io, layer, target)
+    link = gr.State({})  # the tab's part of the page's link, until the first refresh applies it
+    io = dict(inputs=[model, weights, image, method, target, layer, opacity, link],
+              outputs=[layer, target, method, link, *cam_outputs], **HEAVY)
+    return AttributionTab(refresh, io, layer, target, method, photo, [link])

@@ -6,7 +6,6 @@ Here is where user mistakes become :class:`gr.Error` sentences and where the pub
 """
 from __future__ import annotations
 
-import asyncio
 import functools
 import html
 import inspect
@@ -23,14 +22,12 @@ from typing import Callable
 from urllib.parse import unquote, urlsplit
 
 import gradio as gr
-from fastapi import HTTPException
-from gradio import utils as gradio_utils
-from gradio.context import LocalContext
 
-from .. import explore, server
+from .. import cancel, explore, server
 from ..cancel import LISTENERS, UNHEARD_GRACE_S
 from ..errors import CnnvizError, is_allocation_failure, quoted
 from ..explore import WeightsOutcome
+from . import gradio_patches
 
 log = logging.getLogger("cnnviz.ui")
 # an installed package carries the examples inside (cnnviz/examples, see pyproject.toml); a clone beside it
@@ -54,6 +51,50 @@ class Refresh:
 
     fn: Callable
     io: dict
+
+
+@dataclass
+class PageState:
+    """The page's one state, shared by every tab (the shell builds it; each tab's ``build(state)`` reads
+    it): the model and weights chosen at the top, and the photo every tab shows. The address bar mirrors
+    it (``?model=…&weights=…&photo=…``; each tab adds its own part, see its ``from_link``)."""
+
+    model: gr.Dropdown
+    weights: gr.Radio
+    photo: gr.Textbox  # hidden: the shared photo's link name (an example's stem), "" for an upload or none
+
+
+@dataclass
+class Photo:
+    """A tab's photo box and its examples: the shell keeps every tab's box showing the one photo."""
+
+    box: gr.Image
+    examples: gr.Examples
+
+
+def photo_box(label: str, elem_id: str, **kwargs) -> Photo:
+    """A photo box (upload or paste) with the app's examples under it."""
+    box = SafeImage(type="filepath", image_mode=None, sources=["upload", "clipboard"], label=label, elem_id=elem_id,
+                    **kwargs)
+    return Photo(box, gr.Examples([[str(p)] for p in sorted(EXAMPLE_FILES)], inputs=[box], label="Examples"))
+
+
+def layer_dropdown(view: explore.ModelView, value: str) -> gr.Dropdown:
+    """A layer picker's update: the model's layers (with their shapes) and ``value`` chosen."""
+    return gr.Dropdown(choices=[(info.label, info.name) for info in view.layers], value=value)
+
+
+def example_name(path: str | None) -> str:
+    """The link name of a shipped example (its stem, ``coffee``), or "" for anything else (an upload
+    cannot go in a link: only this server holds it, for a while)."""
+    real = Path(os.path.realpath(path)) if path else None
+    return real.stem if real is not None and real in EXAMPLE_FILES else ""
+
+
+def example_path(name: str) -> str | None:
+    """The shipped example a link names (``photo=coffee``, case-insensitive), or None."""
+    wanted = name.strip().lower()
+    return next((str(p) for p in sorted(EXAMPLE_FILES) if wanted and p.stem.lower() == wanted), None)
 
 
 class SafeImage(gr.Image):
@@ -135,16 +176,6 @@ def allowed_upload(path: object, upload_folder: Path, examples: bool = True, wha
     return str(real)
 
 
-class CheckedBlocks(gr.Blocks):
-    """gr.Blocks that checks each call's parameters before Gradio's own processing, so that a raw API
-    call with a wrong count or a wrong type gets a sentence instead of an empty error, and no message
-    repeats more than ~80 characters of what was sent."""
-
-    async def preprocess_data(self, block_fn, inputs, state, explicit_call=False):
-        check_call(block_fn, inputs)
-        return await super().preprocess_data(block_fn, inputs, state, explicit_call)
-
-
 def check_call(block_fn, inputs: list) -> None:
     """Raise a :class:`gr.Error` naming the first parameter of ``inputs`` that cannot be processed."""
     params = list(inspect.signature(block_fn.fn).parameters.values())[: len(block_fn.inputs)]
@@ -216,38 +247,20 @@ MAX_PER_CLIENT = int(os.environ.get("CNNVIZ_MAX_PER_CLIENT", "0" if os.environ.g
 
 def limit_clients(demo: gr.Blocks, per_session: int, per_client: int) -> None:
     """Refuse (HTTP 429, one sentence) a new event when its page or its client address already has
-    that many events queued or running, so one client cannot fill the queue for everyone.
+    that many events queued or running, so one client cannot fill the queue for everyone. The address
+    is the one uvicorn reports (``X-Forwarded-For`` is trusted only from ``FORWARDED_ALLOW_IPS``)."""
 
-    Every queued route (``/queue/join``, ``/call/<name>``) goes through ``Queue.push``; counting and
-    pushing happen under one lock. The address is the one uvicorn reports (``X-Forwarded-For`` is
-    trusted only from ``FORWARDED_ALLOW_IPS``)."""
-    queue = demo._queue
-    push = queue.push
-    lock = asyncio.Lock()
+    def refuse(body, request, events) -> str | None:
+        client = request.client.host if request.client else None
+        same_client = sum(1 for e in events if client and e.request is not None and e.request.client
+                          and e.request.client.host == client)
+        same_page = sum(1 for e in events if body.session_hash and e.session_hash == body.session_hash)
+        if (per_client and same_client >= per_client) or same_page >= per_session:
+            return (f"Too many requests from you at once ({max(same_client, same_page)} queued or running); "
+                    "wait for them to finish, then try again.")
+        return None
 
-    async def limited_push(body, request, username):
-        async with lock:
-            client = request.client.host if request.client else None
-            events = [e for e in list(queue.event_ids_to_events.values()) if e.alive]
-            same_client = sum(1 for e in events if client and e.request is not None and e.request.client
-                              and e.request.client.host == client)
-            same_page = sum(1 for e in events if body.session_hash and e.session_hash == body.session_hash)
-            if (per_client and same_client >= per_client) or same_page >= per_session:
-                raise HTTPException(429, detail=(
-                    f"Too many requests from you at once ({max(same_client, same_page)} queued or running); "
-                    "wait for them to finish, then try again."
-                ))
-            return await push(body, request, username)
-
-    queue.push = limited_push
-
-
-def _event():
-    """The queued event the current thread serves (Gradio's context), or None outside a queued call."""
-    event_id, blocks = LocalContext.event_id.get(None), LocalContext.blocks.get(None)
-    if event_id is None or blocks is None or blocks._queue is None:
-        return None, None
-    return blocks._queue, blocks._queue.event_ids_to_events.get(event_id)
+    gradio_patches.limit_queue(demo, refuse)
 
 
 def stop_reason(started: float | None = None) -> str | None:
@@ -259,7 +272,7 @@ def stop_reason(started: float | None = None) -> str | None:
       been open for :data:`cnnviz.cancel.UNHEARD_GRACE_S` since ``started`` (a ``time.monotonic()``
       reading): a raw ``POST /call`` whose result nobody fetches, or a stream the client closed;
     * ``"superseded"``: a page event whose page has sent a newer call of the same handler."""
-    queue, event = _event()
+    queue, event = gradio_patches.current_event()
     if queue is None:
         return None
     if event is None or not event.alive:
@@ -271,7 +284,7 @@ def stop_reason(started: float | None = None) -> str | None:
         return "gone"
     if event.fn.api_visibility == "public" or not event.session_hash:
         return None  # API callers get every answer they asked for
-    for other in list(queue.event_ids_to_events.values()):  # queued or running
+    for other in gradio_patches.queued_events(queue):  # queued or running
         if (other.alive and other.session_hash == event.session_hash and other.fn.fn is event.fn.fn
                 and other.enqueue_time > event.enqueue_time):
             return "superseded"
@@ -280,7 +293,7 @@ def stop_reason(started: float | None = None) -> str | None:
 
 def past_deadline() -> Refusal:
     """The sentence for a request stopped at its deadline, with how long it waited and ran."""
-    _, event = _event()
+    _, event = gradio_patches.current_event()
     waited = f" ({time.monotonic() - event.enqueue_time:.0f} s since it arrived)" if event is not None else ""
     return Refusal(
         f"This request took longer than the {explore.REQUEST_SECONDS:g} s one request may take{waited} and was "
@@ -330,9 +343,9 @@ def user_errors(fn):
                     raise past_deadline()
                 log.info("%s not started: %s", fn.__name__, reason)
                 return gr.skip()  # a newer call of this view is queued, or nobody waits for this one
-            with explore.stop_when(lambda: stop_reason(started)):
+            with cancel.stop_when(lambda: stop_reason(started)):
                 return fn(*args, **kwargs)
-        except explore.Stopped as e:
+        except cancel.Stopped as e:
             if str(e) == "deadline":
                 raise past_deadline() from None
             log.info("%s stopped mid-pass: %s", fn.__name__, e)
@@ -381,7 +394,7 @@ class OutputFiles:
 
     @property
     def folder(self) -> Path:
-        return Path(self._quota.folder if self._quota else gradio_utils.get_upload_folder()) / "outputs"
+        return Path(self._quota.folder if self._quota else gradio_patches.upload_folder()) / "outputs"
 
     @property
     def quota(self) -> server.DiskQuota | None:
@@ -396,7 +409,7 @@ class OutputFiles:
         path = self.folder / uuid.uuid4().hex / safe  # never reused
         quota = self.quota
         try:
-            reservation = quota.reserve(len(data), _visitor(), "result") if quota else None
+            reservation = quota.reserve(len(data), gradio_patches.current_client_host(), "result") if quota else None
         except server.DiskFull as e:
             raise Refusal(str(e)) from None
         written = False
@@ -410,13 +423,6 @@ class OutputFiles:
             if reservation is not None:
                 quota.release(reservation, [path] if written else [])
         return str(path)
-
-
-def _visitor() -> str | None:
-    """The client address of the request being handled (as uvicorn reports it), or None."""
-    request = LocalContext.request.get(None)
-    client = getattr(request, "client", None) if request is not None else None
-    return getattr(client, "host", None)
 
 
 OUTPUTS = OutputFiles()
@@ -436,3 +442,21 @@ def label_dict(predictions) -> dict[str, float] | None:
     """gr.Label's {label: probability}; a label that repeats (ImageNet has two "crane"s) gets its class index."""
     names = [p.label for p in predictions]
     return {(p.label if names.count(p.label) == 1 else f"{p.label} (class {p.index})"): p.probability for p in predictions} or None
+
+
+PROJECTION_CHOICES = [("guided backpropagation", "guided_backprop"), ("deconvnet", "deconvnet")]
+
+
+def projection_outputs(model, image, layer, channel, method, weights) -> tuple[str, str]:
+    """(picture file, caption) of a Zeiler–Fergus projection: the channel's strongest unit taken back to the
+    pixels, beside the part of the picture it covers (Attribution's /projection and Feature maps' section)."""
+    view = explore.projection(model, image, layer or "", whole(channel, "Channel"), method, weights)
+    row, col = view.position
+    top, left, bottom, right = view.box
+    caption = (
+        f"Channel **{view.channel}** of `{view.layer.name}`, its strongest unit (row {row}, column {col}, activation "
+        f"{view.activation:.4g}) taken back to the pixels by {dict((v, k) for k, v in PROJECTION_CHOICES)[method]}: left, "
+        f"what in the picture drives this unit (grey: no effect); right, the part of the picture it covers "
+        f"(rows {top}–{bottom - 1}, columns {left}–{right - 1}). {view.note}\n\n{weights_used(view.weights)}"
+    )
+    return OUTPUTS.write(f"{model}-{view.layer.name}-{view.channel}-{method}.png", explore.encode(view.image, "png")), caption

@@ -10,8 +10,11 @@ from dataclasses import dataclass
 import gradio as gr
 
 from .. import explore
-from ..errors import CnnvizError
-from .common import EXAMPLE_FILES, HEAVY, OUTPUTS, Refresh, Refusal, SafeFile, SafeImage, label_dict, user_errors, warn, weights_used
+from ..errors import CnnvizError, InvalidImageError
+from .common import (
+    HEAVY, OUTPUTS, PageState, Photo, Refresh, Refusal, SafeFile, SafeImage, label_dict, photo_box, user_errors, warn,
+    weights_used,
+)
 
 TWO_MODELS, TWO_PHOTOS = "two-models", "two-photos"
 MODE_CHOICES = [("Two models (or weights), one photo", TWO_MODELS), ("One model, two photos", TWO_PHOTOS)]
@@ -123,7 +126,10 @@ def show(mode, model_a, weights_a, model_b, weights_b, image, image_b, view):
         model_b = model_a
     else:
         image_b = None
-    found, files = _run(model_a, model_b, image, weights_a, weights_b, view, image_b)
+    try:
+        found, files = _run(model_a, model_b, image, weights_a, weights_b, view, image_b)
+    except InvalidImageError as e:  # the page's one photo: Feature maps says it in a toast; here, in the caption
+        return _nothing(f"⚠️ {e}")
     pairs = [(p.title, files[2 * i][0], files[2 * i + 1][0], p.same_size) for i, p in enumerate(found.pairs)]
     first = pairs[0][0] if pairs else None
     slider, note = _slider(pairs, first)
@@ -167,6 +173,17 @@ def load_for_page(model, checkpoint, labels):
             gr.Radio(value="pretrained"), gr.Button(visible=True))
 
 
+LINK = ("b", "bweights", "view")  # ?tab=compare&b=resnet50&bweights=pretrained&view=stages
+
+
+def from_link(params: dict[str, str], model: str, weights: str) -> tuple[dict[str, str]]:
+    """The tab's part of a page link (side B, its weights, the view; only when the link opens this tab),
+    held in the tab's link state until its first refresh applies it (after the model at the top is set)."""
+    if params.get("tab") != "compare":
+        return ({},)
+    return ({k: params[k] for k in LINK if params.get(k)},)
+
+
 def _linked(link: dict, model_b: str, weights_b: str, view: str) -> tuple[str, str, str]:
     """Side B and the view as a page link names them (``?tab=compare&b=…&bweights=…&view=…``); a link's
     mistake gets a warning and the default stays."""
@@ -206,11 +223,14 @@ class CompareTab(Refresh):
     labels: gr.File
     weights_b: gr.Radio
     view: gr.Radio
-    link: gr.State  # what open_page read of the link for this tab
+    link: gr.State  # what from_link read of the page's link for this tab
+    photo: Photo
+    link_outputs: list  # what from_link's answer goes to
 
 
-def build(model: gr.Dropdown, weights: gr.Radio) -> CompareTab:
+def build(state: PageState) -> CompareTab:
     """The tab's components and its own events (inside the current ``gr.Tab``); returns its refresh."""
+    model, weights = state.model, state.weights
     curated = explore.curated_models()
     gr.Markdown("A and B start from the model chosen at the top, trained against untrained; change either "
                 "side here without changing the other tabs.", elem_id="cmp-intro")
@@ -223,11 +243,11 @@ def build(model: gr.Dropdown, weights: gr.Radio) -> CompareTab:
             model_b = gr.Dropdown(curated, value="", label="B: model", allow_custom_value=True, elem_id="cmp-model-b")
             weights_b = gr.Radio(list(explore.WEIGHT_CHOICES), value="random", label="B: weights", elem_id="cmp-weights-b")
     with gr.Row():
-        image = SafeImage(type="filepath", image_mode=None, sources=["upload", "clipboard"], label="Photo",
-                          elem_id="cmp-image", height=240)
+        with gr.Column():
+            photo = photo_box("Photo", "cmp-image", height=240)
+            image = photo.box
         image_b = SafeImage(type="filepath", image_mode=None, sources=["upload", "clipboard"], label="Second photo (side B)",
                             elem_id="cmp-image-b", height=240, visible=False)
-    gr.Examples([[str(p)] for p in sorted(EXAMPLE_FILES)], inputs=[image], label="Examples")
     view = gr.Radio(VIEW_CHOICES, value="filters", label="View", elem_id="cmp-view")
     caption = gr.Markdown(NO_IMAGE, elem_id="cmp-caption")
     with gr.Row():
@@ -290,4 +310,4 @@ def build(model: gr.Dropdown, weights: gr.Radio) -> CompareTab:
     io = dict(inputs=[model, weights, mode, weights_b, image, image_b, view, link],
               outputs=[model_a, weights_a, model_b, weights_b, arch, view, link, *page_outputs], **HEAVY)
     return CompareTab(refresh, io, use_everywhere, uploaded, (model_a, model_b, arch), checkpoint, labels,
-                      weights_b, view, link)
+                      weights_b, view, link, photo, [link])

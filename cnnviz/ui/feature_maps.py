@@ -12,10 +12,14 @@ import gradio as gr
 import numpy as np
 import pandas as pd
 
+from typing import Callable
+
 from .. import explore
-from ..errors import InvalidImageError, InvalidOptionError
-from . import attribution as attribution_tab, featurevis, webcam
-from .common import EXAMPLE_FILES, HEAVY, OUTPUTS, WORK, Refresh, Refusal, SafeImage, label_dict, user_errors, warn, weights_used, whole
+from ..errors import CnnvizError, InvalidImageError, InvalidOptionError, quoted
+from .common import (
+    HEAVY, OUTPUTS, PROJECTION_CHOICES, WORK, PageState, Photo, Refresh, Refusal, label_dict, layer_dropdown, photo_box,
+    projection_outputs, user_errors, warn, weights_used, whole,
+)
 
 CHANNEL_CHOICES = [
     ("first N", "first"), ("top N by mean", "top"), ("top N by max", "top-max"), ("dead only", "dead"), ("all", "all"),
@@ -59,7 +63,8 @@ def feature_maps(
         colormap: auto (grey, or a diverging map centred on zero for signed layers), gray, viridis, magma, inferno, cividis or coolwarm.
         normalise: "channel" (each map its own range) or "layer" (one range for all).
     """
-    grid, labels, caption, _ = _answer(model, image, layer, weights, channels, n, colormap, normalise)
+    view = explore.feature_maps(model, image, layer or None, weights, channels, whole(n, "N"), colormap, normalise)
+    grid, labels, caption, _ = _maps_outputs(model, view, channels, normalise)
     return grid, labels, caption
 
 
@@ -70,21 +75,25 @@ def show(model, image, layer, weights, channels, n, colormap, normalise, picked,
     top-5 says so; a picked channel the new layer does not have is dropped."""
     if not image:
         return None, None, NO_IMAGE, "", None, None, None, None, None, None, NO_CHANNEL
+    query = explore.MapsQuery(model, image, layer or None, weights, channels, whole(n, "N"), colormap, normalise,
+                              channel=picked, opacity=opacity, channel_colormap=colormap,
+                              keep_channel_if_present=True)  # the previous layer's channel: this one may have fewer
     try:
-        grid, labels, caption, trained = _answer(model, image, layer, weights, channels, n, colormap, normalise)
+        page = explore.maps_page(query)  # one call: the grid, the statistics and the channel from one pass at most
     except InvalidImageError as e:  # one toast and a sentence where the grid goes; no "Error" badge on every output
         warn(str(e))
         return None, None, f"⚠️ {e}", "", None, None, None, None, None, None, NO_CHANNEL
-    stats = _stats(model, image, layer, weights)
-    if picked is not None and not 0 <= picked < len(stats[1]):
-        picked = None  # the previous layer's channel: this one has fewer
-    channel_view = _page_channel(model, image, layer, picked, weights, opacity, colormap)
+    grid, labels, caption, trained = _maps_outputs(model, page.maps, channels, normalise)
+    stats = _stats_outputs(model, page.stats)
+    if page.channel is None:
+        channel_view = (None, None, None, NO_CHANNEL)
+    else:
+        channel_view = (page.channel.channel, *_channel_outputs(model, page.channel))
     return (grid, gr.Label(labels, label=TOP5 if trained else TOP5_UNTRAINED), caption, *stats, *channel_view)
 
 
-def _answer(model, image, layer, weights, channels, n, colormap, normalise):
-    """(grid file, top-5 {label: probability}, caption, whether the weights are trained)."""
-    view = explore.feature_maps(model, image, layer or None, weights, channels, whole(n, "N"), colormap, normalise)
+def _maps_outputs(model, view, channels, normalise):
+    """(grid file, top-5 {label: probability}, caption, whether the weights are trained) of a FeatureMapsView."""
     total, count = view.maps.shape[0], len(view.channels)
     which = WHICH[channels].format(first=0, last=count - 1, count=count, total=total)
     if count == 1:
@@ -197,13 +206,12 @@ def layer_stats(model: str, image: str, layer: str = "", weights: str = "pretrai
         layer: qualified module name (e.g. "layer2.0.conv1"); empty: the first convolution.
         weights: "pretrained" or "random".
     """
-    summary, table, _, csv_path = _stats(model, image, layer, weights)
+    summary, table, _, csv_path = _stats_outputs(model, explore.layer_stats(model, image, layer or None, weights))
     return summary, table, csv_path
 
 
-def _stats(model, image, layer, weights):
-    """(summary, table, bar plot data, CSV file) of the layer's per-channel statistics."""
-    view = explore.layer_stats(model, image, layer or None, weights)
+def _stats_outputs(model, view):
+    """(summary, table, bar plot data, CSV file) of a LayerStatsView."""
     s = view.stats
     dead = s.dead.tolist()
     constant = sorted(set(s.constant.tolist()) - set(dead))
@@ -236,12 +244,12 @@ def activations(model: str, image: str, layer: str = "", weights: str = "pretrai
         layer: qualified module name (e.g. "layer2.0.conv1"); empty: the first convolution.
         weights: "pretrained" or "random".
     """
-    return _npy(model, image, layer, weights)
-
-
-def _npy(model, image, layer, weights) -> tuple[str, str]:
-    """(.npy file, caption) of the layer's activations."""
     info, maps, used = explore.layer_activations(model, image, layer or None, weights)
+    return _npy(model, info, maps, used)
+
+
+def _npy(model, info, maps, used) -> tuple[str, str]:
+    """(.npy file, caption) of a layer's activations ``Tensor[C,H,W]``."""
     buffer = io.BytesIO()
     np.save(buffer, maps.numpy(), allow_pickle=False)
     c, h, w = maps.shape
@@ -254,10 +262,12 @@ def exports_if_image(model, image, layer, weights, channels, n, colormap, normal
     """The page's downloads: the grid as PNG, the activations (.npy), the channel statistics (CSV)."""
     if not image:
         raise Refusal(NO_IMAGE)
-    view = explore.feature_maps(model, image, layer or None, weights, channels, whole(n, "N"), colormap, normalise)
+    query = explore.MapsQuery(model, image, layer or None, weights, channels, whole(n, "N"), colormap, normalise, export=True)
+    page = explore.maps_page(query)  # one call, as the page's update
+    view = page.maps
     grid = OUTPUTS.write(f"{model}-{view.layer.name}-grid.png", explore.encode(view.image, "png"))
-    npy, _ = _npy(model, image, layer, weights)
-    csv_path = _stats(model, image, layer, weights)[3]
+    npy, _ = _npy(model, view.layer, view.maps, view.weights)
+    csv_path = _stats_outputs(model, page.stats)[3]
     return [grid, npy, csv_path]
 
 
@@ -266,7 +276,7 @@ def project_picked(model, image, layer, channel, how, weights):
     """The picked channel's strongest unit taken back to the pixels (the Attribution tab's /projection)."""
     if not image or channel is None:
         return None, NO_CHANNEL
-    return attribution_tab.projection(model, image, layer, channel, how, weights)
+    return projection_outputs(model, image, layer, channel, how, weights)
 
 
 def n_box(channels: str):
@@ -274,27 +284,55 @@ def n_box(channels: str):
     return gr.Slider(interactive=channels != "all")
 
 
+LINK = ("layer", "channel")  # ?model=resnet18&layer=layer3.0.conv1[&tab=feature-maps&channel=12]
+
+
+def from_link(params: dict[str, str], model: str, weights: str) -> tuple:
+    """The tab's part of a page link: (layer picker, channel). ``layer`` is the Feature maps layer whatever
+    the tab (the Architecture table highlights it), except in an Attribution link, where it is the CAM's
+    target layer; ``channel`` only in a Feature maps link. A link's mistake gets a warning, the default stays."""
+    view = explore.select_model(model, weights)
+    layer, channel = view.default_layer, None
+    if params.get("layer") and params.get("tab") != "attribution":
+        try:
+            layer = explore.find_layer(model, weights, params["layer"]).name
+        except CnnvizError as e:
+            warn(f"The link's layer: {e} Showing {layer}.")
+    if params.get("channel") and params.get("tab") == "feature-maps":
+        if params["channel"].isdigit():
+            channel = int(params["channel"])  # one the layer lacks is said by the channel view
+        else:
+            warn(f"The link's channel {quoted(params['channel'])} is not a channel number (0, 1, …).")
+    return layer_dropdown(view, layer), channel
+
+
 @dataclass
 class FeatureMapsTab(Refresh):
     layer: gr.Dropdown  # the shell fills its choices on a model change
+    photo: Photo
+    channel: gr.Number
+    link_outputs: list  # what from_link's answer goes to
 
 
-def build(model: gr.Dropdown, weights: gr.Radio) -> FeatureMapsTab:
-    """The tab's components and its own events (inside the current ``gr.Tab``); returns its refresh."""
+def build(state: PageState, live: Callable | None = None, looks_for: Callable | None = None) -> FeatureMapsTab:
+    """The tab's components and its own events (inside the current ``gr.Tab``); returns its refresh.
+
+    The shell composes the sections other modules own: ``live(layer, channels, n, colormap, normalise)``
+    (the live webcam) is called inside the controls column, ``looks_for(layer, channel, image)`` (what the
+    picked channel looks for) under the channel view."""
+    model, weights = state.model, state.weights
     with gr.Row():
         with gr.Column(scale=1, min_width=280):
-            image = SafeImage(
-                type="filepath", image_mode=None, sources=["upload", "clipboard"], label="Your image",
-                elem_id="input-image",
-            )
-            gr.Examples([[str(p)] for p in sorted(EXAMPLE_FILES)], inputs=[image], label="Examples")
+            photo = photo_box("Your image", "input-image")
+            image = photo.box
             layer = gr.Dropdown([], value="", label="Layer", allow_custom_value=True, elem_id="layer-select")
             channels = gr.Radio(CHANNEL_CHOICES, value="first", label="Channels", elem_id="channels")
             n = gr.Slider(1, 4096, value=64, step=1, label="N", elem_id="n-slider")
             colormap = gr.Dropdown(list(explore.COLORMAPS), value="auto", label="Colormap", elem_id="colormap",
                                    info="auto: grey, or blue–white–red centred on zero when the layer has negative values")
             normalise = gr.Radio([("per channel", "channel"), ("per layer", "layer")], value="channel", label="Normalise")
-            webcam.build(model, weights, layer, channels, n, colormap, normalise)  # live camera: its own accordion and limits
+            if live is not None:
+                live(layer, channels, n, colormap, normalise)  # live camera: its own accordion and limits
         with gr.Column(scale=2, min_width=320):
             caption = gr.Markdown(elem_id="maps-caption")
             grid = gr.Image(  # no floating label: it covered tile 0's channel index (the caption says what it is)
@@ -312,11 +350,12 @@ def build(model: gr.Dropdown, weights: gr.Radio) -> FeatureMapsTab:
             enlarged = gr.Image(label="The channel's map (colour bar: its values)", type="filepath", interactive=False,
                                 height=360, elem_id="channel-map", buttons=["download", "fullscreen"])
         channel_text = gr.Markdown(NO_CHANNEL, elem_id="channel-caption")
-    featurevis.build(model, weights, layer, picked, image)  # what the picked channel looks for: its own section and endpoint
+    if looks_for is not None:
+        looks_for(layer, picked, image)  # what the picked channel looks for: its own section and endpoint
     with gr.Accordion("Zeiler–Fergus projection of this channel (what in the photo drives it)", open=False,
                       elem_id="maps-projection"):
         with gr.Row():
-            how = gr.Radio(attribution_tab.PROJECTION_CHOICES, value="guided_backprop", label="Projection", scale=3)
+            how = gr.Radio(PROJECTION_CHOICES, value="guided_backprop", label="Projection", scale=3)
             go = gr.Button("Project this channel back to the pixels", elem_id="maps-project", scale=1)
         projected = gr.Image(label="Projection (left) beside the part of the picture it covers (right)", type="filepath",
                              interactive=False, height=320, elem_id="maps-projected")
@@ -370,4 +409,4 @@ def build(model: gr.Dropdown, weights: gr.Radio) -> FeatureMapsTab:
         concurrency_id=WORK, trigger_mode="always_last", api_visibility="private",
     )
     export.click(exports_if_image, io_maps["inputs"], files, concurrency_id=WORK, api_visibility="private")
-    return FeatureMapsTab(show, io_page, layer)
+    return FeatureMapsTab(show, io_page, layer, photo, picked, [layer, picked])

@@ -9,7 +9,7 @@ from __future__ import annotations
 import gradio as gr
 
 from .. import explore
-from .common import HEAVY, OUTPUTS, user_errors, warn, weights_used, whole
+from .common import HEAVY, OUTPUTS, PageState, user_errors, warn, weights_used, whole
 
 BUTTON = "What does this channel look for?"
 HINT = (
@@ -83,8 +83,9 @@ def generate_on_page(model, layer, channel, steps, weights, seed, image, progres
     return path, f"{_reached(view)}{comparison}\n\n{weights_used(view.weights)}"
 
 
-def build(model: gr.Dropdown, weights: gr.Radio, layer: gr.Dropdown, channel: gr.Number, image: gr.Image | None = None) -> None:
+def build(state: PageState, layer: gr.Dropdown, channel: gr.Number, image: gr.Image | None = None) -> None:
     """The section's components and events (inside the current layout), under the channel view."""
+    model, weights = state.model, state.weights
     with gr.Accordion("What the channel looks for (feature visualisation)", open=True, elem_id="featurevis-section"):
         gr.Markdown(HINT)
         with gr.Row():

@@ -8,7 +8,8 @@ import gradio as gr
 import pandas as pd
 
 from .. import explore
-from .common import OUTPUTS, WORK, Refresh, user_errors, weights_used, whole
+from ..errors import quoted
+from .common import OUTPUTS, WORK, PageState, Refresh, user_errors, warn, weights_used, whole
 
 ALL = -1  # the input-channel value meaning "all of them": RGB for a layer that sees the image, else their mean
 FLAGGED_SHOWN = 20  # flagged filters listed in the caption (the table lists them all)
@@ -112,13 +113,31 @@ def flagged_frame(view: explore.FiltersView) -> pd.DataFrame:
     })
 
 
+LINK = ("layer",)  # ?tab=filters&layer=layer2.0.conv2
+
+
+def from_link(params: dict[str, str], model: str, weights: str) -> tuple:
+    """The tab's part of a page link: (convolution shown,), only when the link opens this tab. A layer
+    that is no convolution gets a warning and the first convolution is shown."""
+    wanted = params.get("layer", "")
+    if params.get("tab") != "filters" or not wanted:
+        return (gr.skip(),)
+    convs = [conv.name for conv in explore.list_convolutions(model, weights)]
+    if wanted in convs:
+        return (wanted,)
+    warn(f"The link's layer {quoted(wanted)} is not a convolution; Filters shows the first one.")
+    return (gr.skip(),)
+
+
 @dataclass
 class FiltersTab(Refresh):
     layer: gr.Dropdown  # the convolution shown ("" = the first); its choices are filled on a model change
+    link_outputs: list  # what from_link's answer goes to
 
 
-def build(model: gr.Dropdown, weights: gr.Radio) -> FiltersTab:
+def build(state: PageState) -> FiltersTab:
     """The tab's components and its own events (inside the current ``gr.Tab``); returns its refresh."""
+    model, weights = state.model, state.weights
     with gr.Row():
         layer = gr.Dropdown(
             [], value="", label="Convolution", allow_custom_value=True, scale=3, elem_id="filters-layer",
@@ -155,4 +174,4 @@ def build(model: gr.Dropdown, weights: gr.Radio) -> FiltersTab:
         [normalise.change, layer.change, input_channel.input], filters_page, inputs, page,
         concurrency_id=WORK, api_visibility="private",
     )
-    return FiltersTab(refresh, dict(inputs=inputs, outputs=[layer, *page], concurrency_id=WORK), layer)
+    return FiltersTab(refresh, dict(inputs=inputs, outputs=[layer, *page], concurrency_id=WORK), layer, [layer])

@@ -25,7 +25,7 @@ from gradio.data_classes import Base64ImageData
 
 from .. import explore
 from ..errors import CnnvizError
-from .common import Refusal, label_dict, user_errors, weights_used, whole
+from .common import PageState, Refusal, label_dict, user_errors, weights_used, whole
 
 WEBCAM = "webcam"  # the streams' own concurrency group, apart from the shared "work" group
 STREAMS = int(os.environ.get("CNNVIZ_WEBCAM_STREAMS", "1"))  # live streams served at once
@@ -121,8 +121,7 @@ class Webcam:
 
 
 def build(
-    model: gr.Dropdown,
-    weights: gr.Radio,
+    state: PageState,
     layer: gr.Dropdown,
     channels: gr.Radio,
     n: gr.Slider,
@@ -131,6 +130,7 @@ def build(
 ) -> Webcam:
     """A "Live webcam" accordion (inside the current column): the camera, the live maps of the chosen
     layer with the tab's channel, N, colormap and normalisation choices, and the live top-5."""
+    model, weights = state.model, state.weights
     with gr.Accordion("Live webcam", open=False, elem_id="webcam"):
         camera = CameraFrame(
             sources=["webcam"], streaming=True, type="numpy", label="Camera", webcam_options=CAMERA,

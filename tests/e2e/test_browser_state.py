@@ -1,0 +1,82 @@
+"""One page state in Chromium (screenshots: ``test-artifacts/<test name>/``).
+
+* ``test_one_upload_serves_every_tab`` — a photo uploaded once in Feature maps is the photo of Attribution and
+  Compare (each tab draws it without a second upload); an example picked in Compare goes back to Feature maps and
+  into the address bar (``photo=coffee``), an upload does not (it cannot travel in a link). Normal, 390 px, dark.
+* ``test_the_address_bar_holds_the_attribution_view_and_a_link_reproduces_it`` — method, class and layer of
+  Attribution follow into the URL; opening that URL in a new page shows the same map (same class, same layer,
+  same method, the same example photo), and a Feature maps link with a channel opens that channel.
+"""
+from __future__ import annotations
+
+import re
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from .conftest import EXAMPLES
+from .test_browser import error_toasts, open_tab, wait_text
+from .test_browser_shell import open_link, query, wait_query
+
+pytestmark = pytest.mark.e2e
+
+TIMEOUT = 120_000
+
+
+def test_one_upload_serves_every_tab(browser_page: Page, app_url, shot):
+    page = browser_page
+    open_link(page, app_url, model="resnet18", weights="random", tab="feature-maps")
+    page.locator("#input-image input[type=file]").set_input_files(str(EXAMPLES / "cat.png"))
+    wait_text(page, "#maps-caption", startswith="conv1", timeout=TIMEOUT)
+    assert "photo" not in query(page)  # an upload cannot go in a link
+    open_tab(page, "Attribution")  # no second upload: the tab already drew the map of the same photo
+    wait_text(page, "#attr-caption", contains="Grad-CAM", timeout=TIMEOUT)
+    expect(page.locator("#attr-image img")).to_be_visible()
+    open_tab(page, "Compare")
+    wait_text(page, "#cmp-caption", startswith="A:", timeout=TIMEOUT)
+    expect(page.locator("#cmp-a-0 img")).to_be_visible()
+    shot("compare-from-the-feature-maps-upload")
+
+    page.locator(".gallery-item:visible").filter(has=page.locator("img[src*='coffee']")).first.click()  # Compare's example
+    wait_query(page, photo="coffee", tab="compare")
+    open_tab(page, "Feature maps")
+    wait_text(page, "#maps-caption", startswith="conv1", timeout=TIMEOUT)
+    expect(page.locator("#input-image img")).to_have_attribute("src", re.compile("coffee"))
+    wait_query(page, photo="coffee", tab="feature-maps")
+    shot("feature-maps-from-the-compare-example")
+    page.set_viewport_size({"width": 390, "height": 844})
+    shot("feature-maps-390")
+    page.set_viewport_size({"width": 1280, "height": 900})
+    assert not error_toasts(page) and not page.problems.page_errors
+
+
+def test_the_address_bar_holds_the_attribution_view_and_a_link_reproduces_it(browser_page: Page, app_url, shot):
+    page = browser_page
+    open_link(page, app_url, model="resnet18", weights="random", photo="coffee", tab="attribution")
+    caption = wait_text(page, "#attr-caption", contains="Grad-CAM", timeout=TIMEOUT)
+    page.get_by_label("LayerCAM").check()
+    wait_text(page, "#attr-caption", contains="LayerCAM", timeout=TIMEOUT)
+    target = page.locator("#attr-target input[role=combobox]")
+    target.fill("281")
+    target.press("Enter")
+    caption = wait_text(page, "#attr-caption", startswith="LayerCAM for", contains="class 281,", timeout=TIMEOUT)
+    wait_query(page, model="resnet18", weights="random", photo="coffee", tab="attribution", method="layercam",
+               **{"class": "281"})
+    link = query(page)
+    assert link["layer"] == "layer4"  # the default target layer: the last map before pooling
+    shot("attribution-in-the-address-bar")
+
+    fresh = page.context.new_page()  # the recipient
+    fresh.goto(page.url)
+    again = wait_text(fresh, "#attr-caption", startswith="LayerCAM for", contains="class 281,", timeout=TIMEOUT)
+    assert again.split("\n")[0] == caption.split("\n")[0]  # the same method, class, layer and probability
+    expect(fresh.get_by_role("radio", name="LayerCAM")).to_be_checked()
+    expect(fresh.locator("#attr-image img")).to_have_attribute("src", re.compile("coffee"))
+    assert not error_toasts(fresh)
+
+    fresh.close()
+
+    page.emulate_media(color_scheme="dark")
+    page.goto(page.url + "&__theme=dark")
+    wait_text(page, "#attr-caption", contains="class 281,", timeout=TIMEOUT)
+    shot("attribution-dark")
