@@ -345,16 +345,18 @@ def load_model(
     ``weights="pretrained"`` falls back to random weights with a notice when they cannot be had
     (see ``loaded.weights.notice``); ``"random"`` always initialises randomly. For an upload name
     (``"upload/…"``, see :func:`load_checkpoint`) ``"pretrained"`` means the user's checkpoint and
-    ``"random"`` the same architecture and classes with random weights. A module's name (``"module/…"``,
-    or the handle :func:`from_module` returned) gives the module itself, or its seeded random copy; it stays
-    on the device it was given for.
+    ``"random"`` the same architecture and classes with random weights. A module's name (``"module/…"``)
+    gives the module itself, or its seeded random copy, on the device it was given for; so does the handle
+    :func:`from_module` returned (the one loaded model that ``weights`` still applies to).
 
     >>> m = load_model("resnet18", weights="random")
     >>> m.input_size, m.model.training
     ((3, 224, 224), False)
     """
     if isinstance(name, LoadedModel):
-        return name
+        if not (name.spec.key.startswith(MODULE_PREFIX) and name.weights.pretrained and weights == "random"):
+            return name
+        name = name.spec.key  # from_module's handle asked for random weights: its seeded random copy
     spec = get_spec(name)
     weights = vocab.option(vocab.Weights, weights, "weights choice")
     dev = resolve_device(device)
