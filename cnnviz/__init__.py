@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from .activations import capture, run
+from .cli import launch
 from .hooks import forward_hooks
 from .checkpoint import CheckpointReport
 from .errors import (
@@ -22,7 +23,7 @@ from .explore import (
 from .explore import MapsPage, MapsQuery
 from .layers import LayerInfo, get_layer, list_layers, listing_note
 from .preprocess import open_image
-from .loading import LoadedModel, get_spec, load_checkpoint, load_model
+from .loading import LoadedModel, from_module, get_spec, load_checkpoint, load_model
 from .registry import DEFAULT_MODEL, OFFLINE_MODEL, ModelSpec, list_models
 
 __all__ = [
@@ -49,11 +50,13 @@ __all__ = [
     "feature_maps",
     "filter_grid",
     "forward_hooks",
+    "from_module",
     "get_spec",
     "get_layer",
     "guided_gradcam",
     "list_convolutions",
     "layer_activations",
+    "launch",
     "layer_stats",
     "list_layers",
     "listing_note",

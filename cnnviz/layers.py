@@ -3,11 +3,12 @@
 One forward pass on zeros (the model's own square input size) records each module's first output
 and decides how it is laid out. The rule, from the output's shape and what the model says:
 
-* **NCHW** — a 4-D ``[1, C, H, W]`` with ``H == W`` (a square input gives square maps);
-* **NHWC** — a 4-D ``[1, H, W, C]`` with ``H == W`` (ConvNeXt/Swin/MaxViT/EdgeNeXt blocks run on
-  channels-last tensors: ``Permute``, ``LayerNorm``, ``Linear``). A cube (``C == H == W``) takes the
-  layout of its input (the image, or a listed output) or, for a ``Permute``, the layout it produces;
-  a cube whose layout cannot be known is left out;
+* **NCHW** — a 4-D ``[1, C, H, W]`` whose ``H×W`` is a grid of the input's shape (a square input gives
+  square maps, ``H == W``; a 96×128 input 48×64 or 3×4 maps: ``H`` within one of ``W × 96/128``);
+* **NHWC** — a 4-D ``[1, H, W, C]`` whose ``H×W`` is such a grid (ConvNeXt/Swin/MaxViT/EdgeNeXt blocks
+  run on channels-last tensors: ``Permute``, ``LayerNorm``, ``Linear``). A shape that reads both ways
+  (a cube ``C == H == W`` for a square input) takes the layout of its input (the image, or a listed
+  output) or, for a ``Permute``, the layout it produces; one whose layout cannot be known is left out;
 * **tokens** — a 3-D ``[1, T, D]`` whose ``T`` is a patch grid the model declares (timm
   ``patch_embed.grid_size``, or ``img_size // patch_size``; torchvision ViT ``image_size //
   patch_size``), possibly after its prefix tokens (timm ``num_prefix_tokens``, else one per class
@@ -185,7 +186,8 @@ def find_layers(model: torch.nn.Module, input_size: tuple[int, int, int], device
         if calls[name] > 1 or not isinstance(output, torch.Tensor) or output.ndim < 3:
             return
         module = modules[name]
-        decided = _classify(tuple(output.shape), module, _heads_around(name, modules), grids, prefix, input_layout(inputs))
+        decided = _classify(tuple(output.shape), module, _heads_around(name, modules), grids, prefix, input_layout(inputs),
+                            tuple(input_size[1:]))
         if isinstance(decided, str):
             left_out[name] = LeftOut(name, type(module).__name__, tuple(output.shape), decided)
             return
@@ -214,11 +216,13 @@ def _classify(
     grids: frozenset[tuple[int, int]],
     prefix: int,
     input_layout: Layout | None,
+    image: tuple[int, int] = (1, 1),
 ) -> tuple[Layout, tuple[int, int, int], int] | str:
-    """(layout, drawn (C, H, W), prefix set aside) for a raw output ``shape``, or a LeftOut reason."""
+    """(layout, drawn (C, H, W), prefix set aside) for a raw output ``shape``, or a LeftOut reason;
+    ``image``: the input's (height, width)."""
     if shape[0] != 1:
         return "windows"
-    decided = _map_layout(shape, module, grids, prefix, input_layout)
+    decided = _map_layout(shape, module, grids, prefix, input_layout, image)
     if len(shape) == 4 and heads & ({decided[1][0]} if decided else {shape[1]}):
         return "heads"  # [1, heads, T, T] attention weights, [1, heads, T, d] queries/keys, [1, T, T, heads]
     return decided or "no map"
@@ -230,8 +234,9 @@ def _map_layout(
     grids: frozenset[tuple[int, int]],
     prefix: int,
     input_layout: Layout | None,
+    image: tuple[int, int] = (1, 1),
 ) -> tuple[Layout, tuple[int, int, int], int] | None:
-    """The square map a batch-of-one output ``shape`` holds, by the rule in the module docstring."""
+    """The map a batch-of-one output ``shape`` holds, by the rule in the module docstring."""
     if len(shape) == 3:
         for gh, gw in sorted(grids):
             for p in sorted({0, prefix}):
@@ -241,14 +246,28 @@ def _map_layout(
     if len(shape) != 4:
         return None
     _, a, b, c = shape
-    if b == c != a:
+    chw, hwc = _is_grid(b, c, image), _is_grid(a, b, image)
+    if chw and not hwc:
         return "NCHW", (a, b, c), 0
-    if a == b != c:
+    if hwc and not chw:
         return "NHWC", (c, a, b), 0
-    if a == b == c:
+    if chw and hwc:
         layout = _permute_layout(module) or input_layout
-        return (layout, (a, a, a), 0) if layout in ("NCHW", "NHWC") else None
+        if layout == "NCHW":
+            return layout, (a, b, c), 0
+        return (layout, (c, a, b), 0) if layout == "NHWC" else None
     return None
+
+
+def _is_grid(h: int, w: int, image: tuple[int, int]) -> bool:
+    """Whether an ``h×w`` map has the ``image``'s (height, width) shape at some stride, to within rounding:
+    ``|h·width − w·height| < max(height, width)`` (for a square image exactly ``h == w``).
+
+    >>> _is_grid(7, 7, (224, 224)), _is_grid(7, 8, (224, 224)), _is_grid(3, 4, (96, 128)), _is_grid(45, 61, (96, 128))
+    (True, False, True, True)
+    """
+    height, width = image
+    return abs(h * width - w * height) < max(height, width)
 
 
 def _permute_layout(module: torch.nn.Module) -> Layout | None:

@@ -7,11 +7,13 @@ Upload names are never listed and never suggested.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import functools
 import hashlib
 import itertools
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -28,8 +30,9 @@ from .registry import ModelSpec, is_curated
 WEIGHT_CHOICES = vocab.values(vocab.Weights)
 
 
-def get_spec(name: str) -> ModelSpec:
-    """Resolve a model name to a spec: an upload this process holds, else :func:`cnnviz.registry.get_spec`.
+def get_spec(name: str | LoadedModel) -> ModelSpec:
+    """Resolve a model name to a spec: an upload or a module this process holds, else
+    :func:`cnnviz.registry.get_spec`. A :class:`LoadedModel` (:func:`from_module`'s handle) stands for its name.
 
     >>> get_spec("ResNet50").key
     'resnet50'
@@ -37,6 +40,10 @@ def get_spec(name: str) -> ModelSpec:
     Raises:
         UnknownModelError: not a model name, or an upload name this server no longer holds.
     """
+    if isinstance(name, LoadedModel):  # a handle (from_module's, or any loaded model) stands for its name
+        name = name.spec.key
+    if isinstance(name, str) and name.strip().lower().startswith(MODULE_PREFIX):
+        return _module_record(name.strip().lower()).own.spec
     if isinstance(name, str) and name.strip().lower().startswith(checkpoint.UPLOAD_PREFIX):
         lowered = name.strip().lower()
         try:
@@ -209,6 +216,10 @@ class _ModelCache:
     def clear(self) -> None:
         self.store.clear()
 
+    def forget(self, name: str) -> None:
+        """Drop every entry of the model ``name`` (a module given again under a name it had)."""
+        self.store.drop_where(lambda key, _: key[0] == name)
+
 
 _CACHE = _ModelCache(
     int(os.environ.get("CNNVIZ_MODEL_CACHE", "3")),
@@ -334,19 +345,25 @@ def load_model(
     ``weights="pretrained"`` falls back to random weights with a notice when they cannot be had
     (see ``loaded.weights.notice``); ``"random"`` always initialises randomly. For an upload name
     (``"upload/…"``, see :func:`load_checkpoint`) ``"pretrained"`` means the user's checkpoint and
-    ``"random"`` the same architecture and classes with random weights.
+    ``"random"`` the same architecture and classes with random weights. A module's name (``"module/…"``)
+    gives the module itself, or its seeded random copy, on the device it was given for; so does the handle
+    :func:`from_module` returned (the one loaded model that ``weights`` still applies to).
 
     >>> m = load_model("resnet18", weights="random")
     >>> m.input_size, m.model.training
     ((3, 224, 224), False)
     """
     if isinstance(name, LoadedModel):
-        return name
+        if not (name.spec.key.startswith(MODULE_PREFIX) and name.weights.pretrained and weights == "random"):
+            return name
+        name = name.spec.key  # from_module's handle asked for random weights: its seeded random copy
     spec = get_spec(name)
     weights = vocab.option(vocab.Weights, weights, "weights choice")
     dev = resolve_device(device)
     if spec.key.startswith(checkpoint.UPLOAD_PREFIX):
         return _load_upload(spec.key, weights, dev)
+    if spec.key.startswith(MODULE_PREFIX):
+        return _load_module(spec.key, weights, dev)
 
     def build() -> LoadedModel:
         check_size(spec)
@@ -616,6 +633,9 @@ def load_checkpoint(
             server ran out of memory, or the labels do not match its classes.
     """
     base = get_spec(model)
+    if base.key.startswith(MODULE_PREFIX):
+        raise CheckpointError(f"{base.key} is a module given in Python: load a checkpoint into it before giving it "
+                              "(module.load_state_dict, or `cnnviz serve --model ... --checkpoint FILE`).")
     if base.key.startswith(checkpoint.UPLOAD_PREFIX):
         base = _UPLOADS.get(base.key).base
     check_size(base)  # the architecture as a typed name would be: refused before the file is read
@@ -638,3 +658,201 @@ def load_checkpoint(
 def clear_uploads() -> None:
     """Forget every upload name (tests and benchmarks use this; their models stay in the cache until evicted)."""
     _UPLOADS.clear()
+
+
+# --------------------------------------------------------------------------------------------------
+# Modules given in Python (a notebook's from_module, the operator's `cnnviz serve --model`): "module/<name>"
+# --------------------------------------------------------------------------------------------------
+
+MODULE_PREFIX = "module/"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_MODULE_NAME_RE = re.compile(r"[^a-z0-9_.\-]+")
+
+
+@dataclass(frozen=True)
+class _Module:
+    """A module this process was given: its own weights are ``own``; a random copy is built on demand."""
+
+    own: LoadedModel
+
+
+_MODULES: dict[str, _Module] = {}  # key -> record; the caller's own objects, so never evicted
+_MODULES_LOCK = threading.Lock()
+
+
+class _CoverCrop:
+    """Resize a picture so it covers ``(height, width)`` keeping its aspect, then crop the centre: what
+    a square model's resize-then-crop does, for any input size."""
+
+    def __init__(self, size: tuple[int, int]) -> None:
+        self.size = size
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        height, width = self.size
+        scale = max(height / image.height, width / image.width)
+        resized = image.resize((max(width, round(image.width * scale)), max(height, round(image.height * scale))),
+                               Image.Resampling.BILINEAR)
+        left, top = (resized.width - width) // 2, (resized.height - height) // 2
+        return resized.crop((left, top, left + width, top + height))
+
+    def __repr__(self) -> str:
+        return f"CoverCrop(size={self.size})"
+
+
+def module_transform(input_size: Sequence[int], mean: Sequence[float], std: Sequence[float]) -> Callable:
+    """PIL RGB -> ``Tensor[3,H,W]`` float32 for an ``input_size`` of ``(3, H, W)``: cover, centre crop,
+    scale to [0, 1], normalise with ``mean`` / ``std``.
+
+    >>> from PIL import Image
+    >>> module_transform((3, 96, 128), IMAGENET_MEAN, IMAGENET_STD)(Image.new("RGB", (640, 480))).shape
+    torch.Size([3, 96, 128])
+    """
+    import torchvision.transforms as T
+
+    return T.Compose([_CoverCrop((int(input_size[1]), int(input_size[2]))), T.ToTensor(),
+                      T.Normalize([float(v) for v in mean], [float(v) for v in std])])
+
+
+def _module_key(name: str) -> str:
+    """``"module/<name>"`` in the characters every model name may hold (lower case, as names are compared)."""
+    cleaned = _MODULE_NAME_RE.sub("-", name.strip().lower()).strip("-.")
+    if not cleaned:
+        raise InvalidOptionError(f"A module's name needs a letter or a digit; {quoted(name)} has none.")
+    return MODULE_PREFIX + cleaned[:100]
+
+
+def _check_module_input(module: torch.nn.Module, input_size: tuple[int, int, int], labels, key: str, device):
+    """One forward pass on zeros: the module runs at ``input_size``, and its labels count its outputs."""
+    try:
+        with torch.no_grad():
+            out = module(torch.zeros(1, *input_size, device=device))
+    except Exception as e:  # the caller's own code: any error means it does not run at this size
+        raise InvalidOptionError(f"{key} does not run on an input of {tuple(input_size)}: {type(e).__name__}: "
+                                 f"{str(e)[:200]}. Give from_module the input_size it takes.") from e
+    if labels is not None:
+        if not isinstance(out, torch.Tensor) or out.dim() != 2:
+            raise InvalidOptionError(f"{key} has no class outputs (its output is not [batch, classes]), so labels "
+                                     "do not apply to it.")
+        if out.shape[1] != len(labels):
+            raise InvalidOptionError(f"{key} has {out.shape[1]} class outputs but {len(labels)} labels were given.")
+
+
+def from_module(
+    module: torch.nn.Module,
+    *,
+    transform: Callable[[Image.Image], torch.Tensor] | None = None,
+    input_size: Sequence[int] = (3, 224, 224),
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    labels: Sequence[str] | None = None,
+    name: str | None = None,
+    device: str | torch.device | None = None,
+) -> LoadedModel:
+    """Make any ``nn.Module`` (image in, maps or class scores out) a model of this library, named
+    ``"module/<name>"``: every view function takes the handle returned (or that name) wherever it takes a
+    model name, and the app started afterwards in this process lists it (see :func:`cnnviz.launch`).
+
+    ``module`` is put in eval mode and moved to ``device`` (``"auto"``: as :func:`load_model`); it is used
+    as it is, not copied: its own weights are the ``"pretrained"`` choice. ``"random"`` is a copy with
+    every submodule's ``reset_parameters()`` run under a seed made from the name (the same name gives the
+    same random weights; parameters a module does not reset keep their values). ``transform`` maps a PIL RGB
+    picture to ``Tensor[3,H,W]`` float32 (it should end in a ``Normalize`` for pictures to be shown undone);
+    without one: cover ``input_size`` = ``(3, H, W)`` keeping the aspect, crop the centre, normalise with
+    ``mean`` / ``std``. ``labels``: one per class output. ``name`` defaults to the module's class name; giving
+    a name again replaces the module it named.
+
+    >>> import torch.nn as nn
+    >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2))
+    >>> handle = from_module(net, input_size=(3, 64, 96), labels=["cat", "dog"], name="Tiny Net")
+    >>> handle.spec.key, handle.input_size, handle.categories, load_model("module/tiny-net") is handle
+    ('module/tiny-net', (3, 64, 96), ('cat', 'dog'), True)
+    >>> load_model(handle, "random").weights.source
+    'random initialisation (seeded by the name module/tiny-net)'
+
+    Raises:
+        InvalidOptionError: ``module`` is not an ``nn.Module``, ``input_size`` is not ``(3, H, W)``, the module
+            fails on an input of that size, or ``labels`` do not count its class outputs.
+    """
+    if not isinstance(module, torch.nn.Module):
+        raise InvalidOptionError(f"from_module takes a torch.nn.Module, not {type(module).__name__}.")
+    size = tuple(int(v) for v in input_size)
+    if len(size) != 3 or size[0] != 3 or min(size) < 1:
+        raise InvalidOptionError(f"input_size is (3, height, width) for an RGB picture, not {tuple(input_size)}.")
+    key = _module_key(name or type(module).__name__)
+    names = None if labels is None else tuple(str(label) for label in labels)
+    dev = resolve_device(device)
+    module = module.eval().to(dev)
+    _check_module_input(module, size, names, key, dev)
+    display = (name or type(module).__name__).strip()[:80]
+    spec = ModelSpec(key, "module", type(module).__name__, display)
+    outcome = WeightsOutcome(pretrained=True, source=f"the module's own weights ({type(module).__name__})")
+    own = LoadedModel(spec, module, transform or module_transform(size, mean, std), size, names, outcome, dev)
+    with _MODULES_LOCK:
+        _MODULES[key] = _Module(own)
+    _CACHE.forget(key)  # a random copy of a module this name named before
+    return own
+
+
+def _module_record(key: str) -> _Module:
+    with _MODULES_LOCK:
+        record = _MODULES.get(key)
+    if record is None:
+        known = ", ".join(sorted(_MODULES)) or "none"
+        raise UnknownModelError(f"No module is called {quoted(key)} in this process (modules given: {known}). "
+                                "Give it with cnnviz.from_module(...) or `cnnviz serve --model`.")
+    return record
+
+
+def module_specs() -> list[ModelSpec]:
+    """The specs of the modules given to this process, newest first (what a model picker lists first)."""
+    with _MODULES_LOCK:
+        return [record.own.spec for record in reversed(list(_MODULES.values()))]
+
+
+def clear_modules() -> None:
+    """Forget every module given to this process and its random copies (tests use this)."""
+    with _MODULES_LOCK:
+        keys = list(_MODULES)
+        _MODULES.clear()
+    for key in keys:
+        _CACHE.forget(key)
+
+
+def _random_module(record: _Module) -> LoadedModel:
+    """A copy of the module with every ``reset_parameters()`` run under the name's seed (on the CPU, where
+    :func:`seeded` acts, then moved to the module's device)."""
+    own = record.own
+    model = copy.deepcopy(own.model).cpu()
+    with seeded(own.spec.key):
+        for sub in model.modules():
+            reset = getattr(sub, "reset_parameters", None)
+            if callable(reset):
+                reset()
+    outcome = WeightsOutcome(pretrained=False, source=f"{pretrained.RANDOM_SOURCE} (seeded by the name {own.spec.key})")
+    model = model.eval().to(own.device)
+    return LoadedModel(own.spec, model, own.transform, own.input_size, own.categories, outcome, own.device)
+
+
+def _load_module(key: str, choice: str, device: torch.device) -> LoadedModel:
+    """``load_model`` for a module name: the module itself, or its seeded random copy (in the model cache)."""
+    record = _module_record(key)
+    if choice == "pretrained":
+        return record.own
+    return _CACHE.get((key, choice, str(record.own.device)), lambda: _random_module(record))
+
+
+def load_module_weights(module: torch.nn.Module, path: str | os.PathLike) -> tuple[str, ...]:
+    """Load a checkpoint file into ``module`` with the safe reader (:mod:`cnnviz.checkpoint`: safetensors or a
+    PyTorch state dict, never unpickling objects), key for key; returns what was done, in words.
+
+    Raises:
+        CheckpointError: the file cannot be read safely, or does not fit ``module`` (naming the keys).
+    """
+    file = checkpoint.open_checkpoint(path)
+    with checkpoint.allocation_errors(file.filename):
+        state, notes = checkpoint.read_state_dict(file)
+        fit = checkpoint.fit_state_dict(module, state, name=type(module).__name__)
+        checkpoint.check_finite(fit.state, file.filename)
+        _, loaded = checkpoint.load_weights(module, fit.state)
+    return (*notes, *fit.notes, *loaded)

@@ -21,7 +21,7 @@ from typing import Literal
 
 from .errors import UnknownModelError, did_you_mean, quoted
 
-Source = Literal["torchvision", "timm"]
+Source = Literal["torchvision", "timm", "module"]  # "module": given in Python (cnnviz.loading.from_module)
 DEFAULT_MODEL = "alexnet"
 OFFLINE_MODEL = "timm/tf_efficientnet_lite0"
 

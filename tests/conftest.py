@@ -1,13 +1,12 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
+# `python -m pytest` (the README's command) puts the working tree first on sys.path: its cnnviz is tested.
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("CNNVIZ_DEVICE", "cpu")
 EXAMPLES = ROOT / "examples"

@@ -34,8 +34,9 @@ def architecture(model: str, weights: str = "pretrained", depth: int = 3) -> sum
 
 
 def curated_models() -> list[tuple[str, str]]:
-    """(label, key) of every curated model, in registry order, for a model picker."""
-    return [(spec.label, spec.key) for spec in registry.curated_specs()]
+    """(label, key) of the modules given to this process (newest first), then every curated model in
+    registry order, for a model picker."""
+    return [(spec.label, spec.key) for spec in (*loading.module_specs(), *registry.curated_specs())]
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,11 @@ class Startup:
 
 
 def startup_model() -> Startup:
-    """The default model when its pretrained weights can be had, else the bundled offline model."""
+    """The module given to this process last (``cnnviz.launch``, ``cnnviz serve --model``), else the default
+    model when its pretrained weights can be had, else the bundled offline model."""
+    given = loading.module_specs()
+    if given:
+        return Startup(given[0].key, None)
     default = load_model(registry.DEFAULT_MODEL, "pretrained")
     if default.weights.pretrained:
         return Startup(registry.DEFAULT_MODEL, None)

@@ -17,7 +17,6 @@ import os
 from pathlib import Path
 
 import gradio as gr
-from gradio_client import handle_file
 from starlette.middleware import Middleware
 
 from .. import cancel, explore, server
@@ -216,8 +215,10 @@ def open_row(model: str, weights: str, opens: str, evt: gr.SelectData):
 
 def document_example_image(component: gr.Image, path: Path) -> None:
     """The API page's example for an image parameter: one of the app's examples, not a URL to fetch."""
-    local = str(path.relative_to(ROOT))  # the page writes handle_file('<url>') for a payload with a url
-    document_example(component, {**handle_file(local), "url": local}, local)
+    # as a clone names it (an installed package holds it elsewhere, and the server's working folder may be any)
+    local = f"examples/{path.name}"  # the page writes handle_file('<url>') for a payload with a url
+    document_example(component, {"path": local, "meta": {"_type": "gradio.FileData"}, "orig_name": path.name,
+                                 "url": local}, local)
 
 
 def document_example_file(component: gr.File, name: str) -> None:
@@ -249,7 +250,6 @@ LAYER_API = ('A qualified module name as named_modules() gives it ("layer2.0.con
              'empty: the first convolution.')
 TARGET_API = ('The class to explain: a label of the model ("tabby") or a class index ("281"); empty: the '
               "model's top class.")
-ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_IMAGE = next((p for p in sorted(EXAMPLE_FILES) if p.stem == "coffee"), min(EXAMPLE_FILES, default=None))
 
 
@@ -357,11 +357,13 @@ def build_demo() -> gr.Blocks:
     return demo
 
 
-def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, mcp: bool | None = None) -> gr.Blocks:
+def launch(host: str = "127.0.0.1", port: int | None = 7860, share: bool = False, mcp: bool | None = None,
+           **launch_kwargs) -> gr.Blocks:
     """Build the demo and start serving it in background threads; returns the running demo.
 
     ``mcp=True`` also serves the public endpoints as MCP tools (``/gradio_api/mcp/sse``); None leaves
-    it to Gradio's ``GRADIO_MCP_SERVER`` environment variable.
+    it to Gradio's ``GRADIO_MCP_SERVER`` environment variable. ``port=None``: the first free one from 7860.
+    ``launch_kwargs`` go to ``Blocks.launch`` (``inline=``, ``height=``, ``auth=``, ...).
 
     Raises:
         OSError: the port is taken (Gradio's "Cannot find empty port ...")."""
@@ -369,7 +371,7 @@ def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, mcp: 
     demo = build_demo()
     demo.launch(
         server_name=host, server_port=port, share=share, max_file_size=MAX_UPLOAD, css=CSS,
-        prevent_thread_lock=True, mcp_server=mcp,
+        prevent_thread_lock=True, mcp_server=mcp, **launch_kwargs,
         app_kwargs={"middleware": [
             Middleware(server.BodyLimit, upload_limit=int((explore.CHECKPOINT_LIMIT_MB + 1) * 2**20)),
             Middleware(server.UploadGuard, quota=server.disk_quota(folder, UPLOAD_QUOTA)),

@@ -30,7 +30,8 @@ from ..explore import WeightsOutcome
 from . import gradio_patches
 
 log = logging.getLogger("cnnviz.ui")
-EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples"
+# an installed package carries the examples inside (cnnviz/examples, see pyproject.toml); a clone beside it
+EXAMPLES_DIR = next(d for d in (Path(__file__).resolve().parents[n] / "examples" for n in (1, 2)) if d.is_dir())
 EXAMPLE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 EXAMPLE_FILES = frozenset(p.resolve() for p in EXAMPLES_DIR.iterdir() if p.suffix.lower() in EXAMPLE_EXTENSIONS)
 MAX_UPLOAD = f"{max(20, math.ceil(explore.CHECKPOINT_LIMIT_MB))}mb"  # checkpoints; images are held to 20 MB when read

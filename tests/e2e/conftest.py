@@ -269,7 +269,8 @@ class App:
     """``python app.py`` of a test's own, with its own environment (a test that stops it, fills its
     queue, reads its log or sets its limits); ``start`` below makes them and kills them after the test."""
 
-    def __init__(self, tmp_path: Path, port: int | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(self, tmp_path: Path, port: int | None = None, env: dict[str, str] | None = None,
+                 entry: tuple[str, ...] = ("app.py",)) -> None:
         self.parent = tmp_path / "temp-parent"
         self.parent.mkdir(exist_ok=True)
         self.port = port or _free_port()
@@ -278,7 +279,7 @@ class App:
         env = dict(os.environ, CNNVIZ_OFFLINE="1", CNNVIZ_DEVICE="cpu", GRADIO_ANALYTICS_ENABLED="False",
                    GRADIO_TEMP_DIR=str(self.parent), PYTHONUNBUFFERED="1", **(env or {}))
         with self.log.open("w") as out:
-            self.proc = subprocess.Popen([sys.executable, "app.py", "--port", str(self.port)], cwd=ROOT, env=env,
+            self.proc = subprocess.Popen([sys.executable, *entry, "--port", str(self.port)], cwd=ROOT, env=env,
                                          stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
     def serving(self) -> App:
@@ -304,8 +305,9 @@ class App:
 def start(tmp_path):
     apps: list[App] = []
 
-    def make(port: int | None = None, env: dict[str, str] | None = None) -> App:
-        apps.append(App(tmp_path, port, env))
+    def make(port: int | None = None, env: dict[str, str] | None = None, entry: tuple[str, ...] = ("app.py",)) -> App:
+        """``entry``: what follows the interpreter, e.g. ``("-m", "cnnviz", "serve", "--model", ...)``."""
+        apps.append(App(tmp_path, port, env, entry))
         return apps[-1]
 
     yield make
