@@ -140,12 +140,15 @@ class CheckedBlocks(gr.Blocks):
     repeats more than ~80 characters of what was sent."""
 
     async def preprocess_data(self, block_fn, inputs, state, explicit_call=False):
-        check_call(block_fn, inputs)
+        check_call(block_fn, inputs, state)
         return await super().preprocess_data(block_fn, inputs, state, explicit_call)
 
 
-def check_call(block_fn, inputs: list) -> None:
-    """Raise a :class:`gr.Error` naming the first parameter of ``inputs`` that cannot be processed."""
+def check_call(block_fn, inputs: list, state=None) -> None:
+    """Raise a :class:`gr.Error` naming the first parameter of ``inputs`` that cannot be processed.
+
+    ``state``: the page's session state, which holds each component as the page's updates left it (a
+    dropdown's choices set by an event); without it, the components as built."""
     params = list(inspect.signature(block_fn.fn).parameters.values())[: len(block_fn.inputs)]
     names = [p.name for p in params] + [f"#{i + 1}" for i in range(len(params), len(block_fn.inputs))]  # every input is checked
     if isinstance(inputs, list) and block_fn.api_name and len(params) == len(block_fn.inputs) > len(inputs):
@@ -160,6 +163,8 @@ def check_call(block_fn, inputs: list) -> None:
             f"{sent} {'was' if sent == 1 else 'were'} sent."
         )
     for name, component, value in zip(names, block_fn.inputs, inputs):
+        if state is not None and not component.stateful and component._id in state:
+            component = state[component._id]  # this page's copy, as Gradio's own preprocessing reads it
         if hasattr(component, "check_payload") and isinstance(value, dict):
             checked = component.check_payload(value)  # before Gradio's own file handling, which has gaps
             if isinstance(component, (SafeImage, SafeFile)):  # Gradio reads the path checked above, never a URL
@@ -187,7 +192,7 @@ def parameter_problem(component, value) -> str | None:
             return "must be text"
         valid = [choice[1] for choice in component.choices]
         if not getattr(component, "allow_custom_value", False) and value not in valid:
-            return f"must be one of {', '.join(map(repr, valid))}"
+            return f"must be one of {', '.join(map(repr, valid))}" if valid else "has no choices yet"
     return None
 
 

@@ -281,7 +281,7 @@ def build(model: gr.Dropdown, weights: gr.Radio) -> CompareTab:
     gr.on([mode.change, model_a.input, weights_a.input, model_b.input, weights_b.input, image.change, image_b.change,
            view.change], show, page_inputs, page_outputs, **HEAVY, trigger_mode="always_last",
           api_visibility="private")
-    picker.input(slide, [pairs, picker], [slider, slider_note], api_visibility="private", queue=False)
+    picker.input(slide, [pairs, picker], [slider, slider_note], api_visibility="private")  # queued: a refusal comes with its sentence
     load.click(load_for_page, [arch, checkpoint, labels],
                [uploaded, report, model_a, model_b, weights_b, use_everywhere], **HEAVY,
                api_visibility="private").success(show, page_inputs, page_outputs, **HEAVY,

@@ -1,0 +1,39 @@
+"""Issue 17 §7: what a new user met in Chromium and a hostile client met over HTTP, one test each.
+
+Each test drives the real app (the session's server) and says what the page must show instead."""
+from __future__ import annotations
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from .conftest import EXAMPLES
+from .test_browser import dropdown_options, error_toasts, open_tab, wait_text
+from .test_browser_shell import open_link, wait_query
+
+pytestmark = pytest.mark.e2e
+
+
+def error_badges(page: Page) -> int:
+    """Gradio's "Error" badges over outputs (a status tracker in its error state)."""
+    return page.get_by_text("Error", exact=True).count()
+
+
+def test_every_row_of_lay_one_over_the_other_opens_its_slider(browser_page: Page, app_url, shot):
+    """The picker's choices are set by the comparison: every row, not only the first, is a valid pick
+    (the parameter check reads the page's own copy of the dropdown, not the empty one it was built as)."""
+    page = browser_page
+    open_link(page, app_url, model="resnet18", weights="random", tab="compare", view="stages")
+    page.locator("#cmp-image input[type=file]").set_input_files(str(EXAMPLES / "cat.png"))
+    expect(page.locator("#cmp-title-4")).to_contain_text("stride 32", timeout=60_000)
+    picker = page.locator("#cmp-pair input[role=combobox]")
+    titles = dropdown_options(page, "#cmp-pair")
+    assert len(titles) == 5
+    for title in titles[1:]:
+        picker.click()
+        picker.press("Control+a")
+        picker.press_sequentially(title, delay=5)  # the list narrows to this row; Enter picks it
+        picker.press("Enter")
+        expect(page.locator("#cmp-slider")).to_contain_text(title, timeout=30_000)
+        expect(page.locator("#cmp-slider img")).to_have_count(2, timeout=30_000)
+    shot("lay-one-over-the-other-last-row")
+    assert not error_toasts(page) and error_badges(page) == 0
