@@ -2,7 +2,7 @@
 
     python app.py                      # http://127.0.0.1:7860
     python app.py --host 0.0.0.0 --port 8080 --share --device cpu
-    python app.py --mcp                # also an MCP server: http://127.0.0.1:7860/gradio_api/mcp/sse
+    python app.py --mcp                # also an MCP server: http://127.0.0.1:7860/gradio_api/mcp/
 
 GRADIO_SERVER_NAME / GRADIO_SERVER_PORT are respected when the flags are not given; CNNVIZ_MCP=1 (or
 Gradio's own GRADIO_MCP_SERVER=True) turns on the MCP server, e.g. in a Space's settings.
@@ -41,7 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default=os.environ.get("CNNVIZ_DEVICE", "auto"))
     parser.add_argument(
         "--mcp", action="store_true", default=env_flag("CNNVIZ_MCP"),
-        help="also serve the public endpoints as MCP tools at /gradio_api/mcp/sse (or set CNNVIZ_MCP=1)",
+        help="also serve the public endpoints as MCP tools at /gradio_api/mcp/ (Streamable HTTP; or set CNNVIZ_MCP=1)",
     )
     return parser.parse_args(argv)
 

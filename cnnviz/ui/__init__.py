@@ -86,7 +86,8 @@ def link_params(request: gr.Request | None) -> dict[str, str]:
     """The view named in the page's URL: model, layer, tab, weights, and Compare's b, bweights, view (each
     text, at most LINK_LIMIT characters)."""
     params = dict(request.query_params) if request is not None else {}
-    return {k: str(params.get(k, "")).strip()[:LINK_LIMIT] for k in ("model", "layer", "tab", "weights", *COMPARE_LINK)}
+    link = {k: str(params.get(k, "")).strip()[:LINK_LIMIT] for k in ("model", "layer", "tab", "weights", *COMPARE_LINK)}
+    return {**link, "tab": link["tab"].lower()}  # tab ids, like model names, in any case
 
 
 def _layer_choices(view: explore.ModelView):
@@ -353,7 +354,7 @@ def build_demo() -> gr.Blocks:
 def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, mcp: bool | None = None) -> gr.Blocks:
     """Build the demo and start serving it in background threads; returns the running demo.
 
-    ``mcp=True`` also serves the public endpoints as MCP tools (``/gradio_api/mcp/sse``); None leaves
+    ``mcp=True`` also serves the public endpoints as MCP tools (``/gradio_api/mcp/``, Streamable HTTP); None leaves
     it to Gradio's ``GRADIO_MCP_SERVER`` environment variable.
 
     Raises:
@@ -362,11 +363,16 @@ def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, mcp: 
     demo = build_demo()
     demo.launch(
         server_name=host, server_port=port, share=share, max_file_size=MAX_UPLOAD, css=CSS,
-        prevent_thread_lock=True, mcp_server=mcp,
+        prevent_thread_lock=True, mcp_server=mcp, quiet=True,  # Gradio's hints name launch()'s arguments, not ours
         app_kwargs={"middleware": [
             Middleware(server.BodyLimit, upload_limit=int((explore.CHECKPOINT_LIMIT_MB + 1) * 2**20)),
             Middleware(server.UploadGuard, quota=server.disk_quota(folder, UPLOAD_QUOTA)),
             Middleware(cancel.StreamWatch),  # who still reads a result: work nobody waits for stops
         ]},
     )
+    if demo.mcp_error:
+        print(demo.mcp_error)
+    print(f"* Running on local URL:  {demo.local_url}")
+    if not share:
+        print("* To create a public link, start the app with --share (python app.py --share).")
     return demo

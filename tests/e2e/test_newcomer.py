@@ -37,3 +37,26 @@ def test_every_row_of_lay_one_over_the_other_opens_its_slider(browser_page: Page
         expect(page.locator("#cmp-slider img")).to_have_count(2, timeout=30_000)
     shot("lay-one-over-the-other-last-row")
     assert not error_toasts(page) and error_badges(page) == 0
+
+
+def test_a_link_names_its_tab_in_any_case(browser_page: Page, app_url):
+    """Model names ignore case; so do tab names (``?tab=Architecture``, ``?tab=Feature-Maps``)."""
+    from .test_browser_shell import warnings_shown
+
+    page = browser_page
+    open_link(page, app_url, model="resnet18", weights="random", tab="Feature-Maps")
+    expect(page.get_by_role("tab", name="Feature maps", exact=True)).to_have_attribute("aria-selected", "true")
+    wait_query(page, tab="feature-maps")
+    open_link(page, app_url, model="resnet18", weights="random", tab="Architecture")
+    expect(page.get_by_role("tab", name="Architecture", exact=True)).to_have_attribute("aria-selected", "true")
+    page.wait_for_timeout(500)  # a warning would be on its way by now
+    assert not warnings_shown(page) and not error_toasts(page)
+
+
+def test_the_console_names_the_apps_own_share_switch(server):
+    """Gradio's hint says ``share=True`` (an argument of launch() nobody here calls); the app says --share."""
+    said = server.log_text()
+    if server.log is None:
+        pytest.skip("CNNVIZ_E2E_URL: the server's console is not ours to read")
+    assert "Running on local URL" in said and "--share" in said
+    assert "share=True" not in said
