@@ -28,3 +28,15 @@ def test_help_and_readme_name_the_same_mcp_url():
     assert "http://127.0.0.1:7860/gradio_api/mcp/" in readme and "/gradio_api/mcp/sse" not in readme
     doc = (ROOT / "app.py").read_text(encoding="utf-8").split('"""')[1]
     assert "/gradio_api/mcp/sse" not in doc and "gradio_api/mcp/" in doc
+
+
+def test_the_weights_radio_says_random_after_a_fallback():
+    """Offline, pretrained ResNet-18 falls back to random weights: the radio's choice says so (its value,
+    the user's choice, stays "pretrained"); with weights that did load it says "pretrained" again."""
+    from cnnviz import ui
+
+    *_, radio = ui.model_picked("resnet18", "pretrained", "", "")
+    labels = dict((value, label) for label, value in radio.choices)
+    assert radio.value == "pretrained" and "random weights" in labels["pretrained"] and labels["random"] == "random"
+    *_, radio = ui.model_picked("timm/tf_efficientnet_lite0", "pretrained", "", "")  # bundled: really pretrained
+    assert dict((value, label) for label, value in radio.choices)["pretrained"] == "pretrained"

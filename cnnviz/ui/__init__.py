@@ -56,6 +56,14 @@ def model_notice(view: explore.ModelView) -> str:
     return line + (f"\n\nℹ️ {view.note}" if view.note else "")
 
 
+def weights_radio(view: explore.ModelView, weights: str) -> gr.Radio:
+    """The Weights radio with ``weights`` chosen, its "pretrained" choice naming what was loaded: after a
+    fallback it says random weights were used (the value, the user's choice, stays "pretrained" for links)."""
+    fell_back = "pretrained (not available: random weights)" if view.weights.notice else None
+    return gr.Radio(choices=[(fell_back or choice, choice) if choice == "pretrained" else (choice, choice)
+                             for choice in explore.WEIGHT_CHOICES], value=weights)
+
+
 # --- deep links: ?model=resnet50&layer=layer3.0.conv1&tab=feature-maps[&weights=random]; Compare adds b, bweights, view
 
 TABS = {"architecture": "Architecture", "filters": "Filters", "feature-maps": "Feature maps", "attribution": "Attribution",
@@ -126,7 +134,7 @@ def open_page(request: gr.Request, progress=gr.Progress(track_tqdm=True)):
         else:
             warn(f"The link's layer {quoted(layer)} is not a convolution; Filters shows the first one.")
     compare = {k: link[k] for k in COMPARE_LINK if link[k]} if tab == "compare" else {}
-    return (view.spec.key, weights, gr.Tabs(selected=tab), tab, banner, model_notice(view),
+    return (view.spec.key, weights_radio(view, weights), gr.Tabs(selected=tab), tab, banner, model_notice(view),
             gr.Dropdown(choices=_layer_choices(view), value=layer), filters_layer, view.spec.key, True, compare)
 
 
@@ -137,9 +145,10 @@ def _select(model: str, weights: str, layer: str, shown: str):
         view = explore.select_model(model, weights)
     except CnnvizError as e:
         warn(str(e))
-        return shown or gr.skip(), gr.skip(), gr.skip(), gr.skip(), False
+        return shown or gr.skip(), gr.skip(), gr.skip(), gr.skip(), False, gr.skip()
     keep = layer if any(info.name == layer for info in view.layers) else view.default_layer
-    return view.spec.key, model_notice(view), gr.Dropdown(choices=_layer_choices(view), value=keep), view.spec.key, True
+    return (view.spec.key, model_notice(view), gr.Dropdown(choices=_layer_choices(view), value=keep), view.spec.key, True,
+            weights_radio(view, weights))
 
 
 @user_errors
@@ -307,12 +316,12 @@ def build_demo() -> gr.Blocks:
         )
         starts = [chain]
         model.input(lambda: "", None, banner, api_visibility="private", queue=False)  # the user chose: banner done
-        starts.append(model.input(model_picked, [model, weights, maps.layer, shown], [model, notice, maps.layer, shown, refresh_all],
+        starts.append(model.input(model_picked, [model, weights, maps.layer, shown], [model, notice, maps.layer, shown, refresh_all, weights],
                                   api_visibility="private", concurrency_id=WORK))
-        starts.append(weights.input(weights_switched, [model, weights, maps.layer, shown], [model, notice, maps.layer, shown, refresh_all],
+        starts.append(weights.input(weights_switched, [model, weights, maps.layer, shown], [model, notice, maps.layer, shown, refresh_all, weights],
                                     api_visibility="private", concurrency_id=WORK))
         starts.append(cmp.use_everywhere.click(model_picked, [cmp.uploaded, weights, maps.layer, shown],
-                                               [model, notice, maps.layer, shown, refresh_all],
+                                               [model, notice, maps.layer, shown, refresh_all, weights],
                                                api_visibility="private", concurrency_id=WORK))
         for chain in starts:
             for tab in (arch, kernels, maps, attr, cmp):  # a model or weights change refreshes every tab, one after the other

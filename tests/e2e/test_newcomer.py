@@ -60,3 +60,12 @@ def test_the_console_names_the_apps_own_share_switch(server):
         pytest.skip("CNNVIZ_E2E_URL: the server's console is not ours to read")
     assert "Running on local URL" in said and "--share" in said
     assert "share=True" not in said
+
+
+def test_the_weights_radio_says_random_weights_after_a_fallback(browser_page: Page, app_url):
+    page = browser_page
+    open_link(page, app_url, model="resnet18", weights="pretrained")  # offline: no download, random weights
+    expect(page.locator("#weights-notice")).to_contain_text("random weights")
+    fell_back = page.get_by_role("radio", name="pretrained (not available: random weights)", exact=True)
+    expect(fell_back).to_be_checked()
+    assert page.get_by_role("radio", name="pretrained", exact=True).count() == 0
