@@ -40,3 +40,49 @@ def test_the_weights_radio_says_random_after_a_fallback():
     assert radio.value == "pretrained" and "random weights" in labels["pretrained"] and labels["random"] == "random"
     *_, radio = ui.model_picked("timm/tf_efficientnet_lite0", "pretrained", "", "")  # bundled: really pretrained
     assert dict((value, label) for label, value in radio.choices)["pretrained"] == "pretrained"
+
+
+def _skipped(value) -> bool:
+    return isinstance(value, dict) and value.get("__type__") == "update" and len(value) == 1
+
+
+def test_a_typed_input_channel_the_layer_lacks_is_refused_where_the_caption_is(caplog):
+    """Filters' Input channel 9999: the sentence in the caption, the last grid kept, one log line, no reset to -1."""
+    import importlib
+    import logging
+
+    filters_tab = importlib.import_module("cnnviz.ui.filters")
+    caplog.set_level(logging.INFO, logger="cnnviz")
+    out = filters_tab.channel_typed("resnet18", "random", "layer", "layer1.0.conv1", 9999)
+    assert out[1].startswith("⚠️") and "9999" in out[1] and "0 to 63" in out[1]
+    assert all(_skipped(v) for i, v in enumerate(out) if i != 1)  # grid, plots and the box itself unchanged
+    said = [r for r in caplog.records if r.name.startswith("cnnviz")]
+    assert len(said) == 1 and said[0].levelno == logging.INFO and not said[0].exc_info
+    good = filters_tab.channel_typed("resnet18", "random", "layer", "layer1.0.conv1", 5)
+    assert not good[1].startswith("⚠️") and good[5].value == 5
+
+
+def test_a_checkpoint_that_fails_clears_the_previous_report(tmp_path):
+    """A failed load says why where the report was; the previous upload's name and its button go."""
+    import importlib
+
+    compare_tab = importlib.import_module("cnnviz.ui.compare")
+    bogus = tmp_path / "notes.pt"
+    bogus.write_bytes(b"not a checkpoint at all")
+    out = compare_tab.load_for_page("resnet18", str(bogus), None)
+    uploaded, report, *_, use_everywhere = out
+    assert uploaded == "" and report.startswith("⚠️") and use_everywhere.visible is False
+    assert all(_skipped(v) for v in out[2:5])  # the sides keep their models
+
+
+def test_an_unknown_layer_keeps_the_feature_maps_shown(caplog):
+    import importlib
+    import logging
+
+    maps_tab = importlib.import_module("cnnviz.ui.feature_maps")
+    caplog.set_level(logging.INFO, logger="cnnviz")
+    image = str(ROOT / "examples" / "cat.png")
+    out = maps_tab.show("resnet18", image, "layer9", "random", "top", 16, "auto", "channel", None, 0.5)
+    assert out[2].startswith("⚠️") and "layer9" in out[2]
+    assert all(_skipped(v) for i, v in enumerate(out) if i != 2)
+    assert len([r for r in caplog.records if r.name.startswith("cnnviz")]) == 1

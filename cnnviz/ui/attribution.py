@@ -13,7 +13,7 @@ import gradio as gr
 import numpy as np
 
 from .. import explore
-from .common import EXAMPLE_FILES, HEAVY, OUTPUTS, Refresh, SafeImage, markdown_text, user_errors, weights_used, whole
+from .common import EXAMPLE_FILES, HEAVY, OUTPUTS, Refresh, SafeImage, in_page, markdown_text, user_errors, weights_used, whole
 
 METHOD_CHOICES = [
     ("Grad-CAM", "gradcam"), ("Grad-CAM++", "gradcampp"), ("LayerCAM", "layercam"), ("Score-CAM (slow)", "scorecam"),
@@ -126,7 +126,7 @@ def show_guided(model, image, target, layer, weights):
     return guided_gradcam(model, image, target, layer, weights)
 
 
-@user_errors
+@in_page(outputs=4, caption=3)
 def show(model, image, method, target, layer, weights, opacity):
     """The page's class activation map (a hint before there is an image)."""
     if not image:

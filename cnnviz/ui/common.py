@@ -299,7 +299,8 @@ class Refusal(gr.Error):
 
     def __init__(self, message: str, **kwargs) -> None:
         log.info("refused: %s", " ".join(str(message).split())[:300])
-        super().__init__(html.escape(str(message), quote=False), print_exception=False, **kwargs)
+        self.text = str(message)  # as written, for a caption (the toast's message is escaped)
+        super().__init__(html.escape(self.text, quote=False), print_exception=False, **kwargs)
 
 
 def warn(message: str) -> None:
@@ -354,6 +355,34 @@ def user_errors(fn):
                            "details. Try another layer or model.", print_exception=False) from e
 
     return wrapper
+
+
+def in_page(outputs: int, caption: int, cleared: dict[int, object] | None = None):
+    """:func:`user_errors` for a page's handler (never an endpoint's: an API caller gets the error): a
+    user's mistake (an unknown layer, class or channel, a bad image, a checkpoint that does not fit) keeps
+    the last good result. One warning toast, the sentence in output ``caption`` (of ``outputs``) where the
+    result is described, every other output unchanged except ``cleared`` ({index: value}: stale text that
+    described what failed), one log line and no "Error" badge. A failure that is not the user's (a bug)
+    still raises, with its sentence."""
+
+    def decorate(fn):
+        checked = user_errors(fn)
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            try:
+                return checked(*args, **kwargs)
+            except Refusal as e:  # logged once, when it was made
+                gr.Warning(e.message)  # already escaped
+                shown = [gr.skip()] * outputs
+                for index, value in (cleared or {}).items():
+                    shown[index] = value
+                shown[caption] = f"⚠️ {markdown_text(e.text)}"
+                return tuple(shown)
+
+        return wrapper
+
+    return decorate
 
 
 OUT_OF_MEMORY = ("The server ran out of memory for this request and stopped it. Try a smaller model, an earlier "

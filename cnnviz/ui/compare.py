@@ -11,7 +11,7 @@ import gradio as gr
 
 from .. import explore
 from ..errors import CnnvizError
-from .common import EXAMPLE_FILES, HEAVY, OUTPUTS, Refresh, Refusal, SafeFile, SafeImage, label_dict, user_errors, warn, weights_used
+from .common import EXAMPLE_FILES, HEAVY, OUTPUTS, Refresh, Refusal, SafeFile, SafeImage, in_page, label_dict, user_errors, warn, weights_used
 
 TWO_MODELS, TWO_PHOTOS = "two-models", "two-photos"
 MODE_CHOICES = [("Two models (or weights), one photo", TWO_MODELS), ("One model, two photos", TWO_PHOTOS)]
@@ -108,7 +108,7 @@ def _nothing(message: str) -> tuple:
             gr.Group(visible=False), *_rows(None, []))
 
 
-@user_errors
+@in_page(outputs=8 + 4 * ROWS, caption=2)
 def show(mode, model_a, weights_a, model_b, weights_b, image, image_b, view):
     """The page's comparison: both top-5s, the caption, the slider on the first pair, and the rows."""
     if not image:
@@ -137,6 +137,11 @@ def slide(pairs, title):
     return _slider(pairs or [], title)
 
 
+def show_loaded(uploaded, *page_inputs):
+    """The comparison after a checkpoint load: drawn again when the load gave a name, else left as it is."""
+    return show(*page_inputs) if uploaded else tuple(gr.skip() for _ in range(8 + 4 * ROWS))
+
+
 def mode_changed(mode, weights_a):
     """Two photos: B is A's model with A's weights, and the second photo box appears."""
     photos = mode == TWO_PHOTOS
@@ -158,9 +163,10 @@ def load_checkpoint(model: str, checkpoint: str, labels: str | None = None):
     return report.name, report.describe().replace("\n", "\n\n")  # one paragraph per line in Markdown
 
 
-@user_errors
+@in_page(outputs=6, caption=1, cleared={0: "", 5: gr.Button(visible=False)})
 def load_for_page(model, checkpoint, labels):
-    """The page's version: also puts the upload in both sides' lists (this page only) and on side B."""
+    """The page's version: also puts the upload in both sides' lists (this page only) and on side B. A
+    failed load says why where the report was, and the previous upload's name and button go."""
     name, text = load_checkpoint(model, checkpoint, labels)
     choices = [(f"{explore.select_model(name).spec.display} ({name[:15]}…)", name), *explore.curated_models()]
     return (name, text, gr.Dropdown(choices=choices), gr.Dropdown(choices=choices, value=name),
@@ -284,7 +290,7 @@ def build(model: gr.Dropdown, weights: gr.Radio) -> CompareTab:
     picker.input(slide, [pairs, picker], [slider, slider_note], api_visibility="private")  # queued: a refusal comes with its sentence
     load.click(load_for_page, [arch, checkpoint, labels],
                [uploaded, report, model_a, model_b, weights_b, use_everywhere], **HEAVY,
-               api_visibility="private").success(show, page_inputs, page_outputs, **HEAVY,
+               api_visibility="private").success(show_loaded, [uploaded, *page_inputs], page_outputs, **HEAVY,
                                                  api_visibility="private")
     link = gr.State({})  # Compare's part of the page's link, until the first refresh applies it
     io = dict(inputs=[model, weights, mode, weights_b, image, image_b, view, link],

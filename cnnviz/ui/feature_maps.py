@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 
 from .. import explore
-from ..errors import InvalidImageError, InvalidOptionError
+from ..errors import InvalidOptionError
 from . import attribution as attribution_tab, featurevis, webcam
-from .common import EXAMPLE_FILES, HEAVY, OUTPUTS, WORK, Refresh, Refusal, SafeImage, label_dict, user_errors, warn, weights_used, whole
+from .common import EXAMPLE_FILES, HEAVY, OUTPUTS, WORK, Refresh, Refusal, SafeImage, in_page, label_dict, user_errors, warn, weights_used, whole
 
 CHANNEL_CHOICES = [
     ("first N", "first"), ("top N by mean", "top"), ("top N by max", "top-max"), ("dead only", "dead"), ("all", "all"),
@@ -63,18 +63,14 @@ def feature_maps(
     return grid, labels, caption
 
 
-@user_errors
+@in_page(outputs=11, caption=2)
 def show(model, image, layer, weights, channels, n, colormap, normalise, picked, opacity):
     """The page's view after any change: the grid, the top-5, the channel statistics and the picked
     channel on the picture. Before there is an image: hints, not errors; an untrained network's
     top-5 says so; a picked channel the new layer does not have is dropped."""
     if not image:
         return None, None, NO_IMAGE, "", None, None, None, None, None, None, NO_CHANNEL
-    try:
-        grid, labels, caption, trained = _answer(model, image, layer, weights, channels, n, colormap, normalise)
-    except InvalidImageError as e:  # one toast and a sentence where the grid goes; no "Error" badge on every output
-        warn(str(e))
-        return None, None, f"⚠️ {e}", "", None, None, None, None, None, None, NO_CHANNEL
+    grid, labels, caption, trained = _answer(model, image, layer, weights, channels, n, colormap, normalise)
     stats = _stats(model, image, layer, weights)
     if picked is not None and not 0 <= picked < len(stats[1]):
         picked = None  # the previous layer's channel: this one has fewer

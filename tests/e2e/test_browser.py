@@ -498,6 +498,9 @@ def test_a_layer_typed_and_entered_opens_it_and_a_bogus_one_gets_a_sentence(brow
     box.press("Control+a")
     box.press_sequentially("blocks.99", delay=10)
     box.press("Enter")
-    toast = page.locator(".toast-body.error [data-testid=toast-text]").first
+    toast = page.locator(".toast-body.warning [data-testid=toast-text]").first  # one way: a warning, the view kept
     expect(toast).to_contain_text("has no layer 'blocks.99'")
+    caption = wait_text(page, "#maps-caption", contains="has no layer 'blocks.99'")  # where the result is described
+    assert caption.startswith("⚠️") and page.get_by_text("Error", exact=True).count() == 0 and not error_toasts(page)
+    expect(page.locator("#maps-image img")).to_be_visible()  # the last good grid stays
     shot("bogus-layer-sentence")
