@@ -40,6 +40,10 @@ CSS = (
     # a phone: the grids as tall as they are wide, not centred in a 640 px box
     " @media (max-width: 640px) { #maps-image, #filters-image { height: auto !important; }"
     " #maps-image img, #filters-image img { height: auto; } }"
+    # Gradio floats a picture's label (top left) and its buttons (top right) over the picture: room above
+    # it for them, so they never cover the top row of tiles, nor each other on a phone
+    " #maps-image .image-container > button, #filters-image .image-container > button,"
+    " .cmp-picture .image-container > button, #webcam-maps .image-container > button { padding-top: 34px; }"
 )
 
 

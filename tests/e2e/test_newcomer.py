@@ -69,3 +69,28 @@ def test_the_weights_radio_says_random_weights_after_a_fallback(browser_page: Pa
     fell_back = page.get_by_role("radio", name="pretrained (not available: random weights)", exact=True)
     expect(fell_back).to_be_checked()
     assert page.get_by_role("radio", name="pretrained", exact=True).count() == 0
+
+
+def _box(page: Page, selector: str) -> dict:
+    box = page.locator(selector).first.bounding_box()
+    assert box, f"{selector} is not shown"
+    return box
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+def test_picture_labels_and_buttons_sit_above_the_tiles(browser_page: Page, app_url, width, shot):
+    """Gradio floats a picture's label and buttons over it: the page leaves room above the picture, so
+    the top row of tiles (and its numbers) stays visible, and on a phone the label and buttons do not meet."""
+    page = browser_page
+    page.set_viewport_size({"width": width, "height": 900})
+    open_link(page, app_url, model="resnet18", weights="random", tab="filters")
+    page.wait_for_function("() => { const i = document.querySelector('#filters-image img'); return i && i.naturalWidth > 0; }")
+    page.wait_for_timeout(300)  # the picture settles in its box
+    label, buttons = _box(page, "#filters-image label[data-testid=block-label]"), _box(page, "#filters-image .icon-button-wrapper")
+    picture = page.locator("#filters-image img").evaluate(
+        """img => { const r = img.getBoundingClientRect(), k = Math.min(r.width / img.naturalWidth, r.height / img.naturalHeight);
+                    const h = img.naturalHeight * k, w = img.naturalWidth * k;  // object-fit: contain
+                    return {x: r.x + (r.width - w) / 2, y: r.y + (r.height - h) / 2, width: w, height: h}; }""")
+    shot(f"filters-{width}")
+    assert label["y"] + label["height"] <= picture["y"] + 1 and buttons["y"] + buttons["height"] <= picture["y"] + 1
+    assert label["x"] + label["width"] <= buttons["x"]
