@@ -86,3 +86,16 @@ def test_an_unknown_layer_keeps_the_feature_maps_shown(caplog):
     assert out[2].startswith("⚠️") and "layer9" in out[2]
     assert all(_skipped(v) for i, v in enumerate(out) if i != 2)
     assert len([r for r in caplog.records if r.name.startswith("cnnviz")]) == 1
+
+
+def test_dead_only_with_no_dead_channel_is_a_sentence_not_an_empty_picture():
+    import importlib
+
+    maps_tab = importlib.import_module("cnnviz.ui.feature_maps")
+    image = str(ROOT / "examples" / "cat.png")
+    out = maps_tab.show("resnet18", image, "conv1", "random", "dead", 16, "auto", "channel", None, 0.5)
+    grid, _, caption = out[:3]
+    assert grid.visible is False and grid.value is None  # no big empty rectangle
+    assert "no dead channels: every one of the 64 channels has a non-zero value" in caption
+    out = maps_tab.show("resnet18", image, "conv1", "random", "top", 16, "auto", "channel", None, 0.5)
+    assert out[0].visible is True and out[0].value  # the grid comes back with channels to show

@@ -69,8 +69,9 @@ def show(model, image, layer, weights, channels, n, colormap, normalise, picked,
     channel on the picture. Before there is an image: hints, not errors; an untrained network's
     top-5 says so; a picked channel the new layer does not have is dropped."""
     if not image:
-        return None, None, NO_IMAGE, "", None, None, None, None, None, None, NO_CHANNEL
+        return gr.Image(None, visible=True), None, NO_IMAGE, "", None, None, None, None, None, None, NO_CHANNEL
     grid, labels, caption, trained = _answer(model, image, layer, weights, channels, n, colormap, normalise)
+    grid = gr.Image(grid, visible=grid is not None)  # nothing to draw (no dead channel): the caption's sentence only
     stats = _stats(model, image, layer, weights)
     if picked is not None and not 0 <= picked < len(stats[1]):
         picked = None  # the previous layer's channel: this one has fewer
@@ -87,6 +88,7 @@ def _answer(model, image, layer, weights, channels, n, colormap, normalise):
         which = which.replace(" channels of", " channel of")
     if channels == "dead" and not count:
         which = f"no dead channels: every one of the {total} channels has a non-zero value"
+        return None, label_dict(view.predictions), f"`{view.layer.name}`: {which} here.\n\n{weights_used(view.weights)}", view.weights.pretrained
     scale = "each map scaled to its own range" if normalise == "channel" else "one scale for the whole layer"
     colours = "diverging colours centred on zero (blue negative, red positive)" if view.colormap == "coolwarm" else f"{view.colormap} colours"
     described = view.layer.label[len(view.layer.name):]  # " · type · C×H×W[, layout][, calls]"
