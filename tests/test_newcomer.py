@@ -99,3 +99,19 @@ def test_dead_only_with_no_dead_channel_is_a_sentence_not_an_empty_picture():
     assert "no dead channels: every one of the 64 channels has a non-zero value" in caption
     out = maps_tab.show("resnet18", image, "conv1", "random", "top", 16, "auto", "channel", None, 0.5)
     assert out[0].visible is True and out[0].value  # the grid comes back with channels to show
+
+
+def test_the_upload_name_says_where_a_link_with_it_works(tmp_path):
+    """The name goes into the address bar ("Explore it in every tab"): the report says plainly that a link
+    with it works on this server only, while the upload is held."""
+    import importlib
+
+    import torch
+    from torchvision.models import resnet18
+
+    compare_tab = importlib.import_module("cnnviz.ui.compare")
+    path = tmp_path / "mine.pt"
+    torch.save(resnet18(num_classes=1000).state_dict(), path)
+    name, report, *_ = compare_tab.load_for_page("resnet18", str(path), None)
+    assert name.startswith("upload/") and "on this server only, while the server holds the upload" in report
+    assert "only this page knows" not in report

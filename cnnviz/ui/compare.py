@@ -25,6 +25,9 @@ VIEW_WORDS = {
     "cam": ("Grad-CAM at each model's last map before pooling, each picture scaled to its own maximum (its colour "
             "bar says it); on one photo with the same labels on both sides, B explains A's top class, on two photos each its own"),
 }
+UPLOAD_LINKS = ("The name is not listed anywhere, but it is not secret either: \"Explore it in every tab\" puts it in "
+                "the address bar, and a link with it works for anyone, on this server only, while the server holds "
+                "the upload (until it restarts or needs the room); elsewhere or later the link says the model is unknown.")
 CHECKPOINT_TYPES = [".safetensors", ".pt", ".pth", ".bin", ".ckpt"]
 
 
@@ -168,6 +171,7 @@ def load_for_page(model, checkpoint, labels):
     """The page's version: also puts the upload in both sides' lists (this page only) and on side B. A
     failed load says why where the report was, and the previous upload's name and button go."""
     name, text = load_checkpoint(model, checkpoint, labels)
+    text += f"\n\n🔗 {UPLOAD_LINKS}"
     choices = [(f"{explore.select_model(name).spec.display} ({name[:15]}…)", name), *explore.curated_models()]
     return (name, text, gr.Dropdown(choices=choices), gr.Dropdown(choices=choices, value=name),
             gr.Radio(value="pretrained"), gr.Button(visible=True))
@@ -262,8 +266,8 @@ def build(model: gr.Dropdown, weights: gr.Radio) -> CompareTab:
             f"dict ({', '.join(CHECKPOINT_TYPES[1:])}, read with `torch.load(weights_only=True)`: files holding pickled "
             f"objects are refused, never unpickled). Up to {explore.CHECKPOINT_LIMIT_MB:g} MB. Nested `state_dict` / `model` keys, "
             "`module.` prefixes and timm EMA weights are understood; a checkpoint with its own classes keeps its "
-            "head (give a labels file, one per line, to see its predictions). The upload gets a name only this page "
-            "knows; it goes on side B."
+            "head (give a labels file, one per line, to see its predictions). The upload gets a name (`upload/…`) and "
+            "goes on side B. " + UPLOAD_LINKS
         )
         with gr.Row():
             arch = gr.Dropdown(curated, value="", label="Architecture", allow_custom_value=True, elem_id="cmp-arch")
