@@ -14,9 +14,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import median_ms  # noqa: E402  (bench/bench.py: this script's folder is on sys.path)
-from cnnviz import explore  # noqa: E402
+from cnnviz import explore, preprocess  # noqa: E402
 from cnnviz.attribution import class_activation_map, default_layer, project  # noqa: E402
-from cnnviz.registry import load_model  # noqa: E402
+from cnnviz.loading import load_model  # noqa: E402
 
 IMAGE = "examples/coffee.png"
 
@@ -29,7 +29,7 @@ def best(fn, repeat: int = 7) -> float:
 def main() -> None:
     for name, weights in (("resnet18", "random"), ("timm/tf_efficientnet_lite0", "pretrained")):
         loaded = load_model(name, weights)
-        x, _, _ = explore._model_input(loaded, IMAGE)
+        x = preprocess.model_input(loaded, IMAGE).x
         layer = default_layer(loaded)
 
         def forward():

@@ -71,7 +71,7 @@ def rows(name: str):
 
     from cnnviz import budget, explore, layers
     from cnnviz.attribution import class_activation_map, default_layer, project
-    from cnnviz.registry import load_model
+    from cnnviz.loading import load_model
 
     loaded = load_model(name, "random")
     found = layers.list_layers(loaded)
@@ -98,7 +98,7 @@ def rows(name: str):
     def featurevis():
         explore.channel_visualization(name, middle.name, 0, FEATUREVIS_STEPS, "random", seed=next(seeds))
 
-    size = explore._featurevis_size(loaded, middle, None)
+    size = featurevis.working_size(loaded, middle, None)
     requests = [
         ("forward", budget.forward_cost(loaded), forward),
         (f"Grad-CAM @{target.name}", budget.cam_cost(loaded, target, "gradcam"),

@@ -46,7 +46,7 @@ import torch  # noqa: E402
 import torchvision  # noqa: E402
 
 from bench import median_ms  # noqa: E402  (bench/bench.py: this script's folder is on sys.path)
-from cnnviz import checkpoint, registry  # noqa: E402
+from cnnviz import checkpoint, loading, registry  # noqa: E402
 from cnnviz.errors import CnnvizError  # noqa: E402
 from tests.fixtures.memory import peak_growth  # noqa: E402  (the measure the tests use)
 
@@ -61,15 +61,15 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if not args.hostile:
-        loading(args.model, args.repeats)
+        load_times(args.model, args.repeats)
     refusals(args.repeats)
 
 
-def loading(model: str, repeats: int) -> None:
+def load_times(model: str, repeats: int) -> None:
     """The load of an ordinary checkpoint, step by step."""
     spec = registry.get_spec(model)
-    state = registry.load_model(spec.key, "random").model.state_dict()
-    registry.clear_cache()
+    state = loading.load_model(spec.key, "random").model.state_dict()
+    loading.clear_cache()
     folder = tempfile.mkdtemp(prefix="cnnviz-bench-")
     path = os.path.join(folder, "checkpoint.safetensors")
     safetensors.torch.save_file({k: v.contiguous() for k, v in state.items()}, path)
@@ -83,20 +83,20 @@ def loading(model: str, repeats: int) -> None:
 
     def cold() -> None:
         if names:
-            kept.append(registry.load_model(names[-1]))
-        registry.clear_cache()
-        registry.clear_uploads()
-        names.append(registry.load_checkpoint(spec.key, path).name)
+            kept.append(loading.load_model(names[-1]))
+        loading.clear_cache()
+        loading.clear_uploads()
+        names.append(loading.load_checkpoint(spec.key, path).name)
 
     file = checkpoint.open_checkpoint(path)
     parsed, _ = checkpoint.read_state_dict(file)
 
     def obvious() -> None:
-        model = registry._construct(spec)  # the library's builder with its random initialisation
+        model = loading._construct(spec)  # the library's builder with its random initialisation
         model.load_state_dict(materialised(), strict=True)
 
     def skeleton() -> torch.nn.Module:
-        return registry._architecture(spec, None, False, skeleton=True)
+        return loading._architecture(spec, None, False, skeleton=True)
 
     rows = [
         ("safetensors.torch.load_file (lazy: maps the file)", median_ms(lambda: safetensors.torch.load_file(path), repeats)),
@@ -108,7 +108,7 @@ def loading(model: str, repeats: int) -> None:
         ("· build the architecture, parameters on meta", median_ms(skeleton, repeats)),
         ("· build on meta + assign the tensors", median_ms(lambda: checkpoint.load_weights(skeleton(), parsed), repeats)),
         ("the obvious way: build with random init + load_state_dict", median_ms(obvious, repeats)),
-        ("load_checkpoint again, model cached (the name only)", median_ms(lambda: registry.load_checkpoint(spec.key, path), repeats)),
+        ("load_checkpoint again, model cached (the name only)", median_ms(lambda: loading.load_checkpoint(spec.key, path), repeats)),
     ]
     lazy, eager, ours = rows[0][1], rows[1][1], rows[2][1]
     print(f"## Loading a {size_mb:.1f} MB safetensors checkpoint of {spec.key} "
@@ -181,9 +181,9 @@ def _hostile(folder: str) -> list[tuple[str, str, str, str]]:
 
 def _refusal(model: str, path: str) -> str:
     """The sentence load_checkpoint refuses ``path`` with ("LOADED" if it does not), the model cache cleared first."""
-    registry.clear_cache()
+    loading.clear_cache()
     try:
-        registry.load_checkpoint(model, path)
+        loading.load_checkpoint(model, path)
     except CnnvizError as e:
         return str(e)
     return "LOADED"
@@ -197,7 +197,7 @@ def refusals(repeats: int) -> None:
     folder = tempfile.mkdtemp(prefix="cnnviz-hostile-")
     ordinary = os.path.join(folder, "ordinary.safetensors")
     safetensors.torch.save_file(torchvision.models.resnet18().state_dict(), ordinary)
-    registry.load_checkpoint("resnet18", ordinary)  # imports and first builds are not part of a refusal
+    loading.load_checkpoint("resnet18", ordinary)  # imports and first builds are not part of a refusal
     print(f"\n## Refusing hostile checkpoints (median of {repeats}; peak resident growth per refusal)\n")
     print("| file | size | refused in ms | peak RSS growth | before | refused with |\n|---|---:|---:|---:|---|---|")
     for what, model, path, before in _hostile(folder):
@@ -207,8 +207,8 @@ def refusals(repeats: int) -> None:
         size = os.path.getsize(path)
         print(f"| {what} | {size / 1e3:,.0f} KB | {ms:.1f} | {growth / 2**20:.1f} MB | {before} | {refuse()[:90]}… |")
         os.remove(path)
-    registry.clear_cache()
-    registry.clear_uploads()
+    loading.clear_cache()
+    loading.clear_uploads()
     os.remove(ordinary)
     os.rmdir(folder)
 

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import Photos, median_ms  # noqa: E402  (bench/bench.py: this script's folder is on sys.path)
 from cnnviz import explore, receptive  # noqa: E402
 from cnnviz.layers import get_layer, list_layers  # noqa: E402
-from cnnviz.registry import load_model  # noqa: E402
+from cnnviz.loading import load_model  # noqa: E402
 
 REPEATS = 7
 PAIRS = (  # (A, weights A, B, weights B)

@@ -29,7 +29,7 @@ import torch  # noqa: E402
 
 from bench import median_ms  # noqa: E402  (bench/bench.py: this script's folder is on sys.path)
 from cnnviz import explore, featurevis, layers, preprocess  # noqa: E402
-from cnnviz.registry import load_model  # noqa: E402
+from cnnviz.loading import load_model  # noqa: E402
 
 PHOTOS = sorted(p for p in (ROOT / "examples").iterdir() if p.suffix in (".png", ".jpg"))
 
@@ -53,7 +53,7 @@ def forward_backward(model, x, info=None):
 def speed(args) -> None:
     loaded = load_model("resnet18", "random")
     mean_std = preprocess.normalisation(loaded.transform)
-    size = explore.FEATUREVIS_SIZE
+    size = featurevis.WORKING_SIZE
     x = torch.rand(1, 3, size, size)
     print(f"## Time per step vs forward + backward, ResNet-18, {size}×{size}, {torch.get_num_threads()} threads\n")
     print("| layer | step (ms) | fwd+bwd to the layer (ms) | fwd+bwd whole network (ms) | step / to the layer | step / whole |")

@@ -68,7 +68,7 @@ def bench_model(model: str, repeats: int) -> dict:
     from gradio.data_classes import ImageData
 
     from cnnviz import activations, explore, layers, preprocess, render
-    from cnnviz.registry import load_model
+    from cnnviz.loading import load_model
     from cnnviz.ui import webcam
 
     loaded = load_model(model, "random")

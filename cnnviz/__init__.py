@@ -21,9 +21,8 @@ from .explore import (
 )
 from .layers import LayerInfo, get_layer, list_layers, listing_note
 from .preprocess import open_image
-from .registry import (
-    DEFAULT_MODEL, OFFLINE_MODEL, LoadedModel, ModelSpec, get_spec, list_models, load_checkpoint, load_model,
-)
+from .loading import LoadedModel, get_spec, load_checkpoint, load_model
+from .registry import DEFAULT_MODEL, OFFLINE_MODEL, ModelSpec, list_models
 
 __all__ = [
     "DEFAULT_MODEL",

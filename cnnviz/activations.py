@@ -10,6 +10,8 @@ sharing a model never see each other's activations.
 from __future__ import annotations
 
 import io
+import os
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator, Sequence
@@ -17,12 +19,13 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 import numpy as np
 import torch
 
+from . import cache, vocab
 from .errors import InvalidOptionError
-from .hooks import forward_hooks
+from .hooks import forward_hooks, interruptible
+from .layers import LayerInfo, list_layers
 
 if TYPE_CHECKING:
-    from .layers import LayerInfo
-    from .registry import LoadedModel
+    from .loading import LoadedModel
 
 class _StopForward(Exception):
     """Raised from a hook once everything asked for is captured, to skip the rest of the network."""
@@ -144,7 +147,7 @@ def top_k(logits: torch.Tensor, categories: Sequence[str] | None, k: int = 5) ->
     return [Prediction(categories[i], float(v), i) for v, i in zip(values.tolist(), indices.tolist())]
 
 
-CHANNEL_MODES = ("first", "top", "top-max", "dead", "all")  # see select_channels
+CHANNEL_MODES = vocab.values(vocab.Channels)  # see select_channels
 
 
 @dataclass(frozen=True)
@@ -218,13 +221,10 @@ def select_channels(maps: torch.Tensor, mode: str = "first", n: int = 64) -> tor
     [0, 1, 2]
     """
     channels = maps.shape[0]
-    if mode not in CHANNEL_MODES:
-        raise InvalidOptionError(f"Unknown channel selection {mode!r}; use one of {', '.join(CHANNEL_MODES)}.")
+    mode = vocab.option(vocab.Channels, mode, "channel selection")
     if mode == "all":
         return torch.arange(channels)
-    if not 1 <= int(n) <= 4096:
-        raise InvalidOptionError(f"The number of channels must be between 1 and 4096, not {n}.")
-    n = min(int(n), channels)
+    n = min(vocab.whole(n, 1, 4096, "The number of channels"), channels)
     if mode == "first":
         return torch.arange(n)
     flat = maps.reshape(channels, -1)
@@ -232,3 +232,113 @@ def select_channels(maps: torch.Tensor, mode: str = "first", n: int = 64) -> tor
         return torch.nonzero(~flat.any(dim=1)).flatten()[:n]
     score = flat.mean(dim=1) if mode == "top" else flat.amax(dim=1)
     return torch.sort(score, descending=True, stable=True).indices[:n]
+
+
+# --------------------------------------------------------------------------------------------------
+# The kept pass: layer outputs of recent images, so a layer switch needs no forward pass
+# --------------------------------------------------------------------------------------------------
+
+
+class KeptMaps:
+    """Layer outputs of recent images, bounded by bytes (not by images: one image of a 600 px
+    EfficientNet is several GB of maps).
+
+    Entries are ``Tensor[C,H,W]`` float32 per (model, image digest, layer), evicted least recently used
+    first until their total is within ``budget`` bytes (a :class:`cnnviz.cache.Store`). One pass keeps the
+    layer asked for and as many neighbours as fit in ``budget // 4`` bytes (:meth:`window`), so a few
+    users' windows fit at once; a single layer larger than the whole budget is returned but not kept.
+    Entries of a model the model cache dropped go at the next :meth:`put`.
+    """
+
+    def __init__(self, budget: int) -> None:
+        self.store: cache.Store[tuple[weakref.ref, torch.Tensor]] = cache.Store("kept maps", budget, keep_oversized=False)
+
+    @property
+    def budget(self) -> int:
+        return self.store.budget
+
+    @property
+    def nbytes(self) -> int:
+        return self.store.nbytes
+
+    def get(self, loaded: LoadedModel, digest: bytes, layer: str, copy: bool = True) -> torch.Tensor | None:
+        """A copy of the kept maps (``copy=False``: the kept tensor, to be read only), or None."""
+        item = self.store.get((id(loaded), digest, layer))
+        if item is None or item[0]() is not loaded:
+            return None
+        return item[1].clone() if copy else item[1]
+
+    def window(self, found: tuple[LayerInfo, ...], info: LayerInfo) -> list[LayerInfo]:
+        """``info`` and its neighbours (one after, one before, …) while their maps fit in a quarter of
+        the budget, in forward order."""
+        share, total = self.budget // 4, info.nbytes
+        lo = hi = found.index(info)
+        grew = True
+        while grew:  # once a side does not fit it never will (the total only grows): the window is contiguous
+            grew = False
+            for j in (hi + 1, lo - 1):
+                if 0 <= j < len(found) and total + found[j].nbytes <= share:
+                    total += found[j].nbytes
+                    lo, hi, grew = min(lo, j), max(hi, j), True
+        return list(found[lo : hi + 1])
+
+    def put(self, loaded: LoadedModel, digest: bytes, maps: dict[str, torch.Tensor]) -> None:
+        """Keep ``maps`` (name -> Tensor[C,H,W]); evict the oldest entries beyond the budget."""
+        self.store.drop_where(lambda _key, item: item[0]() is None)  # models gone from the model cache
+        for name, tensor in maps.items():
+            self.store.put((id(loaded), digest, name), (weakref.ref(loaded), tensor), cache.nbytes_of(tensor))
+
+    def clear(self) -> None:
+        self.store.clear()
+
+
+KEPT = KeptMaps(cache.megabytes(os.environ.get("CNNVIZ_KEPT_MB"), 1024))
+PREDICTIONS_BYTES = 256 * 2**10  # per model: ~1 KB a top-5, so a few hundred images
+
+
+def _predictions(loaded: LoadedModel) -> cache.Store[tuple[Prediction, ...]]:
+    """The model's recent top-5s, image digest -> predictions (kept with the model)."""
+    return loaded.memo("activations.predictions", lambda: cache.Store("predictions", PREDICTIONS_BYTES))
+
+
+def capture_kept(
+    loaded: LoadedModel, x: torch.Tensor, digest: bytes, wanted: Sequence[LayerInfo],
+    known: tuple[Prediction, ...] | None = None,
+) -> tuple[dict[str, torch.Tensor], tuple[Prediction, ...]]:
+    """One pass of ``x`` (``Tensor[1,3,H,W]``, whose digest is ``digest``) capturing ``wanted`` (kept in
+    :data:`KEPT`) and, when the top-5 is not ``known`` yet, the logits for it (remembered per digest);
+    the pass stops after the last wanted layer when the top-5 is known. Holds the model's lock."""
+    with loaded.lock, interruptible(loaded.model):
+        store, logits = capture_layers(loaded, wanted, x, with_logits=known is None)
+    if known is None:
+        known = _predictions(loaded).put(digest, tuple(top_k(logits, loaded.categories)))
+    KEPT.put(loaded, digest, store)
+    return store, known
+
+
+def kept_predictions(loaded: LoadedModel, digest: bytes) -> tuple[Prediction, ...] | None:
+    """The top-5 remembered for the image of ``digest``, or None."""
+    return _predictions(loaded).get(digest)
+
+
+def top5(loaded: LoadedModel, x: torch.Tensor, digest: bytes) -> tuple[Prediction, ...]:
+    """The model's top-5 for its input ``x`` (remembered per image digest; one full pass otherwise)."""
+    known = kept_predictions(loaded, digest)
+    return known if known is not None else capture_kept(loaded, x, digest, [], None)[1]
+
+
+def layer_maps(
+    loaded: LoadedModel, x: torch.Tensor, digest: bytes, info: LayerInfo, copy: bool = True
+) -> tuple[torch.Tensor, tuple[Prediction, ...]]:
+    """The layer's maps ``Tensor[C,H,W]`` and the top-5 for an image, with as few passes as the byte
+    budget allows. ``copy=False``: the kept tensor itself, for callers that only read it.
+
+    A new image costs one pass, which gives the predictions and keeps the layers around the one asked
+    for (as many as :data:`KEPT` allows per pass); a switch to a kept layer costs no pass, a switch
+    beyond them one pass that stops right after the new window."""
+    known = kept_predictions(loaded, digest)
+    maps = KEPT.get(loaded, digest, info.name, copy)
+    if maps is not None and known is not None:
+        return maps, known
+    store, known = capture_kept(loaded, x, digest, KEPT.window(list_layers(loaded), info), known)
+    return (store[info.name].clone() if copy else store[info.name]), known

@@ -18,36 +18,24 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import vocab
 from .errors import CnnvizError, InvalidOptionError, did_you_mean, quoted
 from .hooks import eval_mode, forward_hooks, interruptible
 from .layers import LayerInfo, get_layer, list_layers
 
 if TYPE_CHECKING:
-    from .registry import LoadedModel
+    from .loading import LoadedModel
 
-CAM_METHODS = ("gradcam", "gradcampp", "layercam", "scorecam")
-CAM_NAMES = {"gradcam": "Grad-CAM", "gradcampp": "Grad-CAM++", "layercam": "LayerCAM", "scorecam": "Score-CAM"}
-PROJECTIONS = ("guided_backprop", "deconvnet")
-PROJECTION_NAMES = {"guided_backprop": "guided backpropagation", "deconvnet": "deconvnet"}
+CAM_METHODS = vocab.values(vocab.CamMethod)
+CAM_NAMES = {m.value: m.label for m in vocab.CamMethod}
+PROJECTIONS = vocab.values(vocab.Projection)
+PROJECTION_NAMES = {m.value: m.label for m in vocab.Projection}
 SCORECAM_BATCH = 32  # masked copies of the input per forward pass, at most (cnnviz.budget may choose fewer)
 MAX_SCORECAM_CHANNELS = 4096  # Score-CAM runs one masked input per channel: more is minutes of CPU
-
-
-def check_method(method: str, valid: tuple[str, ...], names: dict[str, str]) -> str:
-    """``method`` when it is one of ``valid``, else :class:`InvalidOptionError` with the valid ones.
-
-    >>> check_method("GradCAM", CAM_METHODS, CAM_NAMES)
-    Traceback (most recent call last):
-    ...
-    cnnviz.errors.InvalidOptionError: Unknown method 'GradCAM'. Valid: gradcam (Grad-CAM), gradcampp (Grad-CAM++), layercam (LayerCAM), scorecam (Score-CAM). Did you mean: gradcam, gradcampp?
-    """
-    if method in valid:
-        return method
-    listed = ", ".join(f"{m} ({names[m]})" for m in valid)
-    raise InvalidOptionError(f"Unknown method {quoted(method)}. Valid: {listed}.{did_you_mean(str(method), valid)}")
 
 
 def _outside_inference_mode(fn):
@@ -142,7 +130,7 @@ def default_layer(loaded: LoadedModel) -> LayerInfo:
     """The default target layer: the last map of the image before the network pools it away — the
     listed layer (run once per pass, more than one position, not a pooling) whose output is made last. Found with one pass on zeros, once per loaded model.
 
-    >>> from cnnviz.registry import load_model
+    >>> from cnnviz.loading import load_model
     >>> default_layer(load_model("resnet18", "random")).name
     'layer4'
     """
@@ -226,13 +214,13 @@ def class_activation_map(
             on a layer with more channels than it can mask in reasonable time.
         UnknownLayerError: no listed layer of that name.
 
-    >>> from cnnviz.registry import load_model
+    >>> from cnnviz.loading import load_model
     >>> loaded = load_model("resnet18", "random")
     >>> found = class_activation_map(loaded, torch.rand(1, 3, 224, 224), "gradcam", 3)
     >>> tuple(found.map.shape), found.class_index, found.layer.name
     ((7, 7), 3, 'layer4')
     """
-    check_method(method, CAM_METHODS, CAM_NAMES)
+    method = vocab.option(vocab.CamMethod, method, "method")
     info = resolve_layer(loaded, layer)
     if method == "scorecam" and info.shape[0] > MAX_SCORECAM_CHANNELS:
         raise InvalidOptionError(
@@ -317,7 +305,7 @@ def project(
         InvalidOptionError: unknown method, channel or position outside the layer.
         UnknownLayerError: no listed layer of that name.
 
-    >>> from cnnviz.registry import load_model
+    >>> from cnnviz.loading import load_model
     >>> loaded = load_model("resnet18", "random")
     >>> found = project(loaded, torch.rand(1, 3, 224, 224), "layer2", 5)
     >>> tuple(found.image.shape), found.channel
@@ -325,7 +313,7 @@ def project(
     """
     from captum.attr import NeuronDeconvolution, NeuronGuidedBackprop
 
-    check_method(method, PROJECTIONS, PROJECTION_NAMES)
+    method = vocab.option(vocab.Projection, method, "method")
     info = resolve_layer(loaded, layer)
     c, h, w = info.shape
     if not isinstance(channel, int) or isinstance(channel, bool) or not 0 <= channel < c:
@@ -400,7 +388,7 @@ def class_index(loaded: LoadedModel, target: str | int | None) -> int | None:
         InvalidOptionError: an unknown label (with close matches), or an index for a model without labels
             that is not a whole number.
 
-    >>> from cnnviz.registry import load_model
+    >>> from cnnviz.loading import load_model
     >>> class_index(load_model("resnet18", "random"), "Tabby"), class_index(load_model("resnet18", "random"), " 7 ")
     (281, 7)
     """
@@ -420,3 +408,23 @@ def class_index(loaded: LoadedModel, target: str | int | None) -> int | None:
     hint = did_you_mean(text, labels) or " Give a label from the list or a class index."
     raise InvalidOptionError(f"{loaded.spec.display} has no class {quoted(text)}.{hint}")
 
+
+def label_of(loaded: LoadedModel, index: int) -> str:
+    """Class ``index``'s label, or ``"class N"`` for a model without labels.
+
+    >>> from cnnviz.loading import load_model
+    >>> label_of(load_model("resnet18", "random"), 967), label_of(load_model("resnet18", "random"), 5000)
+    ('espresso', 'class 5000')
+    """
+    labels = loaded.categories or ()
+    return labels[index] if 0 <= index < len(labels) else f"class {index}"
+
+
+def check_finite(signal: np.ndarray, loaded: LoadedModel, what: str) -> np.ndarray:
+    """``signal`` when every value is finite; else the sentence (weights so large that float32 overflows)."""
+    if not np.isfinite(signal).all():
+        raise CnnvizError(
+            f"The {what} overflowed: {loaded.spec.display}'s weights make values too large for 32-bit floats on "
+            "the way back to the pixels, so there is nothing to draw. Pick an earlier layer, or check the weights."
+        )
+    return signal

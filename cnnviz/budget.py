@@ -34,10 +34,10 @@ from .attribution import CAM_NAMES, SCORECAM_BATCH, default_layer, graph_from_la
 from .errors import InvalidOptionError
 from .hooks import forward_hooks, interruptible
 from .layers import LayerInfo, list_layers
-from .registry import model_nbytes
+from .loading import model_nbytes
 
 if TYPE_CHECKING:
-    from .registry import LoadedModel
+    from .loading import LoadedModel
 
 REQUEST_BYTES = int(float(os.environ.get("CNNVIZ_REQUEST_MB", "3072")) * 2**20)  # one request's allocations at most
 REQUEST_SECONDS = float(os.environ.get("CNNVIZ_REQUEST_S", "120"))  # one request's deadline, queue wait included
@@ -134,7 +134,7 @@ def forward_profile(loaded: LoadedModel) -> ForwardProfile:
     """The model's forward pass, timed on first use and kept with the model (:meth:`LoadedModel.memo`);
     see :func:`retime` for when it is timed again.
 
-    >>> from cnnviz.registry import load_model
+    >>> from cnnviz.loading import load_model
     >>> found = forward_profile(load_model("resnet18", "random"))
     >>> found.seconds > found.reached["layer1"] > 0
     True
@@ -196,7 +196,7 @@ def map_bytes(loaded: LoadedModel, before: LayerInfo | None = None, after: Layer
     model's input size: all of them, those made up to ``before``'s output (included), or those made
     after ``after``'s output.
 
-    >>> from cnnviz.registry import load_model
+    >>> from cnnviz.loading import load_model
     >>> from cnnviz.layers import get_layer
     >>> loaded = load_model("resnet18", "random")
     >>> layer2 = get_layer(loaded, "layer2")

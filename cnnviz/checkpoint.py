@@ -1,6 +1,6 @@
 """The user's own checkpoint: reading a weight file safely, finding the state dict in it, and fitting it
-to an architecture. Building the model and naming the upload live in :mod:`cnnviz.registry`
-(:func:`cnnviz.registry.load_checkpoint`).
+to an architecture. Building the model and naming the upload live in :mod:`cnnviz.loading`
+(:func:`cnnviz.loading.load_checkpoint`).
 
 What is read, and how:
 

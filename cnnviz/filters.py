@@ -19,6 +19,7 @@ describe the layer's weights (dead / near-zero filters flagged).
 from __future__ import annotations
 
 import copy
+import os
 from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -28,11 +29,12 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from . import cache
 from .errors import InvalidOptionError, UnknownLayerError, did_you_mean, quoted
 from .layers import first_conv_name
 
 if TYPE_CHECKING:
-    from .registry import LoadedModel
+    from .loading import LoadedModel
 
 
 class _Conv2dWeightRecorder(TorchFunctionMode):
@@ -215,7 +217,7 @@ def first_layer_filters(loaded: LoadedModel) -> Filters:
     """The filters of the model's first convolution (found generically, not ``features[0]``), fused
     with its parallel branches where the stem is re-parameterisable (see :func:`conv_filters`).
 
-    >>> from cnnviz.registry import load_model
+    >>> from cnnviz.loading import load_model
     >>> first_layer_filters(load_model("alexnet", weights="random")).weight.shape
     torch.Size([64, 3, 11, 11])
     """
@@ -444,3 +446,34 @@ def filter_norms(weight: torch.Tensor, ratio: float = DEAD_RATIO) -> FilterNorms
     threshold = ratio * median
     flagged = np.flatnonzero((norms == 0) | (norms < threshold))
     return FilterNorms(norms, median, threshold, flagged)
+
+
+# --------------------------------------------------------------------------------------------------
+# Per model: its convolutions, and each layer's filters, histogram and norms, computed once
+# --------------------------------------------------------------------------------------------------
+
+FILTERS_CACHE_BYTES = cache.megabytes(os.environ.get("CNNVIZ_FILTERS_MB"), 64)  # per model
+
+
+def convolutions(loaded: LoadedModel) -> tuple[ConvInfo, ...]:
+    """:func:`list_convolutions` of a loaded model, computed once (kept with the model)."""
+    return loaded.memo("filters.convolutions", lambda: list_convolutions(loaded.model))
+
+
+def filter_cache(loaded: LoadedModel) -> cache.Store:
+    """The model's cache of analysed layers and drawn grids, :data:`FILTERS_CACHE_BYTES` at most (weights
+    ``4·O·I·kh·kw`` bytes, grids ``H·W·3``). Filters of a loaded model never change (it is read-only), so
+    entries need no invalidation; the whole cache goes with the model."""
+    return loaded.memo("filters.cache", lambda: cache.Store("filters", FILTERS_CACHE_BYTES))
+
+
+def analysed(loaded: LoadedModel, name: str) -> tuple[Filters, Histogram, FilterNorms]:
+    """The filters of convolution ``name`` with their weight histogram and per-filter norms (cached)."""
+    store = filter_cache(loaded)
+    found = store.get(("layer", name))
+    if found is None:
+        with loaded.lock:  # may run the convolution once: keep it out of another request's hooked pass
+            filters = conv_filters(loaded.model, name)
+        found = store.put(("layer", name), (filters, weight_histogram(filters.weight), filter_norms(filters.weight)),
+                          filters.weight.nbytes)
+    return found

@@ -2,7 +2,7 @@
 context manager that removes it (``try … finally``) and restores each module's own training flag.
 
 Hooks act only for the thread that registered them, so two requests sharing a model never see each
-other's passes (every hooked pass also holds the model's lock, see :class:`cnnviz.registry.LoadedModel`).
+other's passes (every hooked pass also holds the model's lock, see :class:`cnnviz.loading.LoadedModel`).
 """
 from __future__ import annotations
 

@@ -31,7 +31,7 @@ from .errors import CnnvizError, UnknownLayerError, did_you_mean, quoted
 from .hooks import forward_hooks
 
 if TYPE_CHECKING:
-    from .registry import LoadedModel
+    from .loading import LoadedModel
 
 Layout = Literal["NCHW", "NHWC", "tokens"]
 
@@ -325,7 +325,7 @@ def listing_note(loaded: LoadedModel) -> str | None:
     """A sentence for the layer picker saying what was left out and how tokens are drawn, or None
     when every output with an image-like shape is listed (plain CNNs).
 
-    >>> from cnnviz.registry import load_model
+    >>> from cnnviz.loading import load_model
     >>> listing_note(load_model("timm/vit_tiny_patch16_224", "random"))
     'Listed: outputs that are maps of the image. Left out: 24 per-head tensors inside attention ...'
     """

@@ -1,22 +1,23 @@
-"""From a user's file to the model's input, with the model's own preprocessing and labels.
-
-Nothing here hard-codes mean/std, sizes or labels: torchvision models use ``weights.transforms()`` and
-``weights.meta["categories"]``; timm models use their pretrained config (``resolve_model_data_config``,
-``create_transform``) and ``ImageNetInfo``.
+"""From a user's file to the model's input: safe decoding (allow-listed formats, sizes checked before any
+pixel is decoded), then the model's own transform (``LoadedModel.transform``, from :mod:`cnnviz.pretrained`).
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import os
-from typing import TYPE_CHECKING, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import InvalidImageError
+from . import cache
+from .errors import InvalidImageError, quoted
 
 if TYPE_CHECKING:
-    from .registry import LoadedModel
+    from .loading import LoadedModel
 
 MAX_PIXELS = 40_000_000  # larger images are refused before decoding (decompression bombs)
 MAX_BYTES = 20 * 2**20  # larger files are refused before they are opened (the upload limit, for every source)
@@ -27,40 +28,6 @@ FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 ACCEPTED = "PNG, JPEG, WebP, GIF, BMP or TIFF"
 NOT_AN_IMAGE = f"That file is not an image this app can read. Upload a {ACCEPTED} image."
 TOO_BIG = f"The image is larger than the {MAX_PIXELS // 1_000_000} megapixels this app accepts. Upload a smaller image."
-
-Transform = Callable[[Image.Image], torch.Tensor]
-
-
-def torchvision_transform(weights_enum) -> tuple[Transform, tuple[int, int, int]]:
-    """The transform torchvision ships with the weights, and the input size it produces."""
-    transform = weights_enum.transforms()
-    crop = int(transform.crop_size[0])
-    return transform, (3, crop, crop)
-
-
-def torchvision_categories(weights_enum) -> tuple[str, ...] | None:
-    cats = weights_enum.meta.get("categories")
-    return tuple(cats) if cats else None
-
-
-def timm_transform(model: torch.nn.Module) -> tuple[Transform, tuple[int, int, int]]:
-    """timm's eval transform from the model's own data config."""
-    from timm.data import create_transform, resolve_model_data_config
-
-    cfg = resolve_model_data_config(model)
-    return create_transform(**cfg, is_training=False), tuple(cfg["input_size"])
-
-
-def timm_categories(model: torch.nn.Module) -> tuple[str, ...] | None:
-    """Class names for timm classifiers trained on an ImageNet subset; None otherwise."""
-    from timm.data import ImageNetInfo, infer_imagenet_subset
-
-    subset = infer_imagenet_subset(model)
-    if not subset:
-        return None
-    info = ImageNetInfo(subset)
-    return tuple(info.index_to_description(i).split(",")[0] for i in range(info.num_classes()))
-
 
 def open_image(source: str | os.PathLike | Image.Image | np.ndarray) -> Image.Image:
     """Decode an image safely into an upright RGB PIL image.
@@ -150,7 +117,7 @@ def seen_image(loaded: LoadedModel, x: torch.Tensor) -> np.ndarray:
     model's resize, crop and normalisation) with the normalisation undone. A transform without a
     ``Normalize`` step is shown stretched to [0, 255] per channel.
 
-    >>> from cnnviz.registry import load_model
+    >>> from cnnviz.loading import load_model
     >>> loaded = load_model("resnet18", "random")
     >>> seen_image(loaded, to_input(loaded, open_image("examples/coffee.png"))).shape
     (224, 224, 3)
@@ -165,3 +132,111 @@ def seen_image(loaded: LoadedModel, x: torch.Tensor) -> np.ndarray:
         mean, std = (np.asarray(v, dtype=np.float32).reshape(-1, 1, 1) for v in found)
         unit = pixels * std + mean
     return np.rint(np.clip(unit, 0.0, 1.0) * 255.0).astype(np.uint8).transpose(1, 2, 0).copy()
+
+
+# --------------------------------------------------------------------------------------------------
+# The model's input for a file, remembered per model: a layer switch on the same upload decodes nothing
+# --------------------------------------------------------------------------------------------------
+
+INPUTS_BYTES = 32 * 2**20  # per model: a 224 px input is 0.6 MB, a 600 px one 4.3 MB
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    x: torch.Tensor  # Tensor[1,3,H,W]: the model's input, after its own transform
+    digest: bytes  # of x's values: the key of everything computed from this image
+    source_size: tuple[int, int] | None  # (width, height) of the image before the model's resize and crop
+
+
+def model_input(loaded: LoadedModel, image) -> ModelInput:
+    """The model's input for ``image`` (a path, PIL image or array), its digest and the image's size before
+    the model's resize and crop. A file already seen (same path, size and modification time) is not decoded
+    and transformed again.
+
+    >>> from cnnviz.loading import load_model
+    >>> model_input(load_model("resnet18", "random"), "examples/coffee.png").x.shape
+    torch.Size([1, 3, 224, 224])
+    """
+    key = None
+    inputs = loaded.memo("preprocess.inputs", lambda: cache.Store("inputs", INPUTS_BYTES))
+    if isinstance(image, (str, os.PathLike)) and os.path.isfile(image):
+        stat = os.stat(image)
+        key = (os.fspath(image), stat.st_size, stat.st_mtime_ns)
+        hit = inputs.get(key)
+        if hit is not None:
+            return hit
+    picture = open_image(image)
+    x = to_input(loaded, picture)
+    found = ModelInput(x, hashlib.blake2b(x.cpu().numpy().tobytes(), digest_size=16).digest(), picture.size)
+    return found if key is None else inputs.put(key, found, cache.nbytes_of(x))
+
+
+# --------------------------------------------------------------------------------------------------
+# Live frames (the webcam): checked and decoded in memory, nothing written to disk
+# --------------------------------------------------------------------------------------------------
+
+MIN_FRAME_SIDE = 16  # pixels; smaller frames carry nothing a model can see
+MAX_FRAME_SIDE = 4096
+MAX_FRAME_PIXELS = 3840 * 2160  # a 4K camera; anything larger is not a webcam frame
+# An encoded frame: it arrives as base64 inside a request of at most 1 MB (the server's body limit), so
+# 704 KB at most (a VGA JPEG, what the page asks the camera for, is ~50 KB; 1080p ~300 KB).
+MAX_FRAME_BYTES = 704 * 2**10
+FRAME_FORMATS = ("JPEG", "PNG", "WEBP")  # what browsers' canvas.toDataURL / toBlob produce
+
+
+def _check_frame_size(width: int, height: int) -> None:
+    if min(width, height) < MIN_FRAME_SIDE:
+        raise InvalidImageError(
+            f"The camera frame is {width}×{height} pixels; a frame needs at least {MIN_FRAME_SIDE} pixels "
+            "on each side. Check that the camera is on and sending pictures."
+        )
+    if max(width, height) > MAX_FRAME_SIDE or width * height > MAX_FRAME_PIXELS:
+        raise InvalidImageError(
+            f"The camera frame is {width}×{height} pixels, larger than this app accepts "
+            f"({MAX_FRAME_SIDE} px a side, {MAX_FRAME_PIXELS / 1e6:.1f} megapixels). Use a lower camera resolution."
+        )
+
+
+def check_frame(frame: object) -> np.ndarray:
+    """``frame`` if it is a camera frame the live view can use: ``uint8[H,W,3]`` (or ``[H,W]`` grey,
+    ``[H,W,4]`` RGBA), each side from 16 to 4096 pixels, at most 8.3 megapixels; else
+    :class:`InvalidImageError` saying what was wrong.
+
+    >>> check_frame(np.zeros((480, 640, 3), np.uint8)).shape
+    (480, 640, 3)
+    """
+    if not isinstance(frame, np.ndarray):
+        raise InvalidImageError(f"A camera frame must be an image array (uint8, height×width×3), not {type(frame).__name__}.")
+    if frame.ndim not in (2, 3) or (frame.ndim == 3 and frame.shape[2] not in (3, 4)):
+        raise InvalidImageError(
+            f"A camera frame must be height×width×3 (RGB), not an array of shape {quoted(tuple(frame.shape))}."
+        )
+    if frame.dtype != np.uint8:
+        raise InvalidImageError(f"A camera frame must hold 8-bit values (uint8), not {frame.dtype}.")
+    _check_frame_size(frame.shape[1], frame.shape[0])
+    return frame
+
+
+def decode_frame(data: bytes) -> np.ndarray:
+    """A camera frame as a browser encodes it (JPEG, PNG or WebP bytes) -> ``uint8[H,W,3]``, decoded in
+    memory. Only those three decoders are used, and the size is checked before any pixel is decoded.
+
+    >>> jpeg = io.BytesIO(); Image.new("RGB", (48, 32)).save(jpeg, "JPEG")
+    >>> decode_frame(jpeg.getvalue()).shape
+    (32, 48, 3)
+    """
+    if not data:
+        raise InvalidImageError("The camera sent an empty frame. Check that the camera is on.")
+    if len(data) > MAX_FRAME_BYTES:
+        raise InvalidImageError(
+            f"The camera frame is {len(data) // 1024:,} KB; this app accepts frames up to "
+            f"{MAX_FRAME_BYTES // 1024:,} KB. Use a lower camera resolution."
+        )
+    try:
+        with Image.open(io.BytesIO(data), formats=FRAME_FORMATS) as image:
+            _check_frame_size(*image.size)
+            return np.asarray(image.convert("RGB"))
+    except InvalidImageError:
+        raise
+    except (Image.DecompressionBombError, OSError, ValueError, SyntaxError) as e:
+        raise InvalidImageError("The camera frame is not a JPEG, PNG or WebP picture this app can read.") from e

@@ -33,7 +33,7 @@ from .hooks import forward_hooks
 
 if TYPE_CHECKING:
     from .layers import LayerInfo
-    from .registry import LoadedModel
+    from .loading import LoadedModel
 
 
 @dataclass(frozen=True)
@@ -237,7 +237,7 @@ def list_stages(loaded: LoadedModel, layers: tuple[LayerInfo, ...], declared: bo
     traced stages; its declared ones are used. ``declared=False`` ignores declarations (to check the
     trace against them).
 
-    >>> from cnnviz.registry import load_model
+    >>> from cnnviz.loading import load_model
     >>> from cnnviz.layers import list_layers
     >>> loaded = load_model("resnet18", "random")
     >>> [(s.stride, s.layer) for s in list_stages(loaded, list_layers(loaded))]

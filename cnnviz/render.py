@@ -14,11 +14,13 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from . import vocab
+
 EPS = 1e-8
-COLORMAPS = ("auto", "gray", "viridis", "magma", "inferno", "cividis", "coolwarm")
+COLORMAPS = vocab.values(vocab.Colormap)
 DIVERGING = frozenset({"coolwarm"})  # drawn centred on zero: white is 0, red positive, blue negative
-NORMALISATIONS = ("channel", "layer")  # feature maps: per channel or over the whole layer
-FILTER_NORMALISATIONS = ("layer", "filter")  # filters: over the whole layer (the seed's) or per filter
+NORMALISATIONS = vocab.values(vocab.MapScale)  # feature maps: per channel or over the whole layer
+FILTER_NORMALISATIONS = vocab.values(vocab.FilterScale)  # filters: over the whole layer (the seed's) or per filter
 MAX_GRID_SIDE = 2048  # longest side of any grid sent to the browser, in pixels
 MAPS_TARGET = 512  # feature-map grids: native resolution, enlarged by whole factors only below ~512 px
 FILTERS_TARGET = 1024  # filter grids: kernels are tiny, so each weight becomes a visible square
@@ -76,8 +78,8 @@ def minmax(a: np.ndarray, axes: tuple[int, ...] | None = None) -> np.ndarray:
 @functools.cache
 def lut(name: str) -> np.ndarray:
     """A 256-entry colour lookup table ``uint8[256,3]`` for a matplotlib colormap name (computed once)."""
-    if name not in COLORMAPS or name == "auto":
-        raise ValueError(f"Unknown colormap {name!r}; use one of {', '.join(COLORMAPS)}.")
+    if vocab.option(vocab.Colormap, name, "colormap") == "auto":
+        raise ValueError("'auto' is resolved by resolve_colormap() before a lookup table is made.")
     if name == "gray":
         ramp = np.arange(256, dtype=np.uint8)
         return np.stack([ramp, ramp, ramp], axis=1)
@@ -150,9 +152,7 @@ def resolve_colormap(colormap: str, signed: bool) -> str:
     >>> resolve_colormap("auto", signed=True), resolve_colormap("auto", signed=False)
     ('coolwarm', 'gray')
     """
-    if colormap not in COLORMAPS:
-        raise ValueError(f"Unknown colormap {colormap!r}; use one of {', '.join(COLORMAPS)}.")
-    if colormap == "auto":
+    if vocab.option(vocab.Colormap, colormap, "colormap") == "auto":
         return "coolwarm" if signed else "gray"
     return colormap
 
@@ -172,8 +172,7 @@ def scale_maps(
     >>> scale_maps(np.array([[[-1.0, 2.0]]]), "channel", centred=True).tolist()
     [[[0.25, 1.0]]]
     """
-    if normalise not in NORMALISATIONS:
-        raise ValueError(f"Unknown normalisation {normalise!r}; use one of {', '.join(NORMALISATIONS)}.")
+    vocab.option(vocab.MapScale, normalise, "normalisation")
     a = np.asarray(maps, dtype=np.float32)
     axes = (1, 2) if normalise == "channel" else None
     if normalise == "layer" and value_range is not None and np.isfinite(value_range).all():
@@ -431,8 +430,7 @@ def upsample(values: np.ndarray, height: int, width: int) -> np.ndarray:
 def overlay(picture: np.ndarray, heat: np.ndarray, opacity: float) -> np.ndarray:
     """Blend ``heat`` (uint8[H,W,3]) over ``picture`` (uint8[H,W,3]): ``opacity`` 0 shows only the
     picture, 1 only the heat map."""
-    if not 0.0 <= opacity <= 1.0:
-        raise ValueError(f"opacity must be between 0 and 1, not {opacity!r}")
+    opacity = vocab.unit_interval(opacity, "Opacity")
     blended = picture.astype(np.float32) * (1.0 - opacity) + heat.astype(np.float32) * opacity
     return np.rint(blended).astype(np.uint8)
 
@@ -460,8 +458,7 @@ def render_filters(weight: np.ndarray, normalise: str = "layer", target: int = F
     others as grey, averaged over their input channels. ``normalise="layer"`` uses one range for the
     whole layer (the seed's choice), ``"filter"`` stretches each filter to its own range.
     """
-    if normalise not in FILTER_NORMALISATIONS:
-        raise ValueError(f"Unknown normalisation {normalise!r}; use one of {', '.join(FILTER_NORMALISATIONS)}.")
+    vocab.option(vocab.FilterScale, normalise, "normalisation")
     w = np.asarray(weight, dtype=np.float32)
     # [O,kh,kw,c]; means summed in float64, where huge finite weights do not overflow
     w = np.moveaxis(w, 1, -1) if w.shape[1] == 3 else w.mean(axis=1, dtype=np.float64).astype(np.float32)[..., None]
@@ -486,3 +483,81 @@ def encode(image: np.ndarray, fmt: str) -> bytes:
     else:
         raise ValueError(f"Unknown image format {fmt!r}; use 'png' or 'jpeg'.")
     return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------------------------------
+# Composed pictures: what the views put beside or over the picture the model saw
+# --------------------------------------------------------------------------------------------------
+
+GAP = 8  # px of gutter between two pictures side by side
+
+
+def empty_grid() -> np.ndarray:
+    """What an empty selection (no dead channel to show) draws: one gutter-coloured square ``uint8[64,64,3]``."""
+    return np.full((64, 64, 3), GUTTER, np.uint8)
+
+
+def draw_feature_grid(
+    maps: np.ndarray, chosen: Sequence[int], colormap: str, normalise: str, value_range: tuple[float, float],
+) -> tuple[np.ndarray, GridLayout | None, str]:
+    """The grid of channels ``chosen`` of ``maps`` (``float32[C,H,W]``, the whole layer, whose min and max
+    are ``value_range``), each tile labelled with its index, a colour bar below; its layout; the colormap it
+    was drawn with (``auto`` resolved). No channel chosen: :func:`empty_grid` and no layout.
+
+    >>> grid, layout, name = draw_feature_grid(np.ones((4, 8, 8), np.float32), [2, 0], "auto", "channel", (1.0, 1.0))
+    >>> grid.dtype, layout.cols, name
+    (dtype('uint8'), 2, 'gray')
+    """
+    lo, hi = value_range
+    signed = lo < 0
+    name = resolve_colormap(colormap, signed)
+    if not len(chosen):
+        return empty_grid(), None, name
+    whole = (lo, hi) if normalise == "layer" else None  # all channels, not just those shown
+    chosen = list(chosen)
+    drawn = maps[: len(chosen)] if chosen == list(range(len(chosen))) else np.asarray(maps)[chosen]  # "first": a view
+    grid = render_feature_maps(drawn, colormap, normalise, value_range=whole,
+                               labels=chosen, signed=signed, colour_bar=True)
+    return grid, feature_grid_layout(len(chosen), maps.shape[1], maps.shape[2], labelled=True), name
+
+
+def cam_picture(picture: np.ndarray, raw: np.ndarray, opacity: float) -> np.ndarray:
+    """A class activation map ``float32[h,w]`` upsampled over ``picture`` (``uint8[H,W,3]``, the picture the
+    model saw) in inferno with ``opacity``, a colour bar below (0 … its maximum). A map with no positive
+    value draws as zero (nothing explains the class there).
+
+    >>> cam_picture(np.zeros((32, 32, 3), np.uint8), np.ones((4, 4), np.float32), 0.5).shape[1]
+    32
+    """
+    h, w = picture.shape[:2]
+    unit = scale_maps(upsample(raw, h, w)[None], "channel", centred=False)[0]
+    if float(raw.max()) <= 0:
+        unit = np.zeros_like(unit)
+    heat = colorize(unit, "inferno")
+    return add_colour_bar(overlay(picture, heat, opacity), "inferno", ("0", "", f"max {float(raw.max()):.3g}"))
+
+
+def signed_picture(signal: np.ndarray) -> np.ndarray:
+    """A signed signal at the input (``float32[3,H,W]``) as a picture ``uint8[H,W,3]``: grey is zero,
+    brighter or darker colours the signal's sign, scaled by its largest magnitude (Zeiler & Fergus's way).
+
+    >>> signed_picture(np.array([[[-1.0, 0.0, 1.0]]] * 3, np.float32))[0, :, 0].tolist()
+    [0, 128, 255]
+    """
+    half = max(float(np.abs(signal).max()), EPS)
+    return np.rint(np.clip(0.5 + signal / (2 * half), 0, 1) * 255).astype(np.uint8).transpose(1, 2, 0)
+
+
+def side_by_side(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """Two pictures of the same height ``uint8[H,W,3]`` with a gutter of :data:`GAP` px between them."""
+    gap = np.empty((left.shape[0], GAP, 3), np.uint8)
+    gap[...] = GUTTER
+    return np.concatenate([left, gap, right], axis=1)
+
+
+def crop_box(picture: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """``picture`` with everything outside ``box`` (top, left, bottom, right) painted gutter colour."""
+    crop = np.full_like(picture, GUTTER)
+    top, left, bottom, right = box
+    crop[top:bottom, left:right] = picture[top:bottom, left:right]
+    return crop

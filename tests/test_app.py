@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import app
-from cnnviz import registry
+from cnnviz import loading
 from cnnviz.errors import InvalidOptionError
 
 
@@ -29,8 +29,8 @@ def test_cuda_requested_without_cuda_is_refused_plainly():
     with pytest.raises(SystemExit, match="no CUDA device"):
         app.main(["--device", "cuda"])
     with pytest.raises(InvalidOptionError, match="no CUDA device"):
-        registry.resolve_device("cuda")
-    assert registry.resolve_device("auto") == torch.device("cpu")
+        loading.resolve_device("cuda")
+    assert loading.resolve_device("auto") == torch.device("cpu")
 
 
 def test_mcp_from_the_flag_or_the_environment(monkeypatch):

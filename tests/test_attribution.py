@@ -11,12 +11,12 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 import cnnviz
-from cnnviz import explore
+from cnnviz import explore, loading, preprocess
 from cnnviz.attribution import (
     CAM_METHODS, PROJECTIONS, class_activation_map, class_index, guided_gradcam, project, upsampled,
 )
 from cnnviz.errors import InvalidOptionError, UnknownLayerError
-from cnnviz.registry import load_model
+from cnnviz.loading import load_model
 
 LITE0 = "timm/tf_efficientnet_lite0"
 
@@ -166,7 +166,7 @@ def test_class_by_label_index_and_errors():
         class_index(loaded, "tabbby")
     with pytest.raises(InvalidOptionError, match="out of range"):
         cnnviz.attribution("resnet18", "examples/coffee.png", target=1000, weights="random")
-    with pytest.raises(InvalidOptionError, match="Valid: gradcam"):
+    with pytest.raises(InvalidOptionError, match=r"use one of: gradcam \(Grad-CAM\)"):
         cnnviz.attribution("resnet18", "examples/coffee.png", method="cam", weights="random")
     with pytest.raises(UnknownLayerError):
         cnnviz.attribution("resnet18", "examples/coffee.png", layer="layer9", weights="random")
@@ -223,7 +223,7 @@ def test_guided_gradcam_is_guided_backprop_kept_where_the_class_map_is_on():
     off = (weight <= 0).numpy()
     assert np.isfinite(view.signal).all() and (view.signal[:, off] == 0).all()
     # guided backprop by hand: every ReLU passes back only positive gradients where its input was positive
-    x = explore._model_input(loaded, "examples/cat.png")[0].clone().requires_grad_(True)
+    x = preprocess.model_input(loaded, "examples/cat.png").x.clone().requires_grad_(True)
     relus = [m for m in loaded.model.modules() if isinstance(m, torch.nn.ReLU)]
     saved = [m.inplace for m in relus]
     # the ReLU's own gradient (already masked to where its input was positive), negatives dropped
@@ -300,14 +300,14 @@ def test_a_stop_lands_inside_scorecam_batches(monkeypatch):
 def test_weights_too_large_for_float32_get_a_sentence_not_a_crash(coffee):
     """Huge finite weights (a diverged run; NaN/inf files are refused when loaded) overflow on the way
     back to the pixels: the projection says so instead of raising from numpy."""
-    from cnnviz import errors, explore, registry
+    from cnnviz import errors, explore
 
-    registry.clear_cache()
-    loaded = registry.load_model("resnet18", "random")
+    loading.clear_cache()
+    loaded = loading.load_model("resnet18", "random")
     with torch.no_grad():
         loaded.model.conv1.weight.fill_(3e38)
     try:
         with pytest.raises(errors.CnnvizError, match="overflowed: ResNet-18's weights make values too large"):
             explore.projection("resnet18", coffee, "layer1", 0, weights="random")
     finally:
-        registry.clear_cache()
+        loading.clear_cache()

@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnnviz import budget, explore, layers
+from cnnviz import attribution as attribution_room
+from cnnviz import budget, explore, layers, preprocess
 from cnnviz.attribution import SCORECAM_BATCH, class_activation_map, default_layer
 from cnnviz.errors import InvalidOptionError
-from cnnviz.registry import load_model
+from cnnviz.loading import load_model
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE = "examples/coffee.png"
@@ -92,11 +93,11 @@ def test_gradient_cams_keep_the_graph_from_the_layer_on(loaded):
 def test_scorecam_in_smaller_batches_gives_the_same_map(monkeypatch, no_time_limit):
     small = load_model("mobilenet_v3_small", "random")
     info = layers.get_layer(small, "features.0")  # 16 channels: 18 passes (hard-swish, squeeze-excitation after)
-    x = explore._model_input(small, IMAGE)[0]
+    x = preprocess.model_input(small, IMAGE).x
     expected = class_activation_map(small, x, "scorecam", None, info)  # the library's default batch (all 16 at once)
     monkeypatch.setattr(budget, "REQUEST_BYTES", budget.cam_cost(small, info, "scorecam", 3).nbytes)
     assert budget.scorecam_batch(small, info) == 3
-    calls = _spy(monkeypatch, explore.attribution_mod, "class_activation_map")
+    calls = _spy(monkeypatch, attribution_room, "class_activation_map")
     view = explore.attribution("mobilenet_v3_small", IMAGE, "scorecam", "", "features.0", "random")
     assert calls[0][0][-1] == 3  # the batch it ran with
     assert view.class_index == expected.class_index
@@ -111,7 +112,7 @@ def test_scorecam_never_goes_below_one_copy_per_pass(loaded, monkeypatch):
 def test_scorecam_over_the_time_budget_is_refused_with_what_fits(loaded, monkeypatch):
     per_pass = budget.forward_cost(loaded).seconds
     monkeypatch.setattr(budget, "REQUEST_SECONDS", (2 + budget.COPY_TIME_FACTOR * 130.5) * per_pass)  # 2 passes + 130 copies
-    calls = _spy(monkeypatch, explore.attribution_mod, "class_activation_map")
+    calls = _spy(monkeypatch, attribution_room, "class_activation_map")
     with pytest.raises(InvalidOptionError) as e:
         explore.attribution("resnet18", IMAGE, "scorecam", "", "layer4", "random")
     message = str(e.value)

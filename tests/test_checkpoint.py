@@ -22,7 +22,7 @@ import torchvision
 
 import cnnviz
 from tests.fixtures.memory import peak_growth
-from cnnviz import checkpoint, preprocess, registry
+from cnnviz import checkpoint, loading, preprocess, registry
 from cnnviz.checkpoint import PICKLED_OBJECTS
 from cnnviz.errors import CheckpointError, InvalidOptionError, UnknownModelError
 from cnnviz.explore import feature_maps, filter_grid, predict
@@ -33,11 +33,11 @@ NAME = re.compile(r"^upload/[0-9a-f]{32}$")
 @pytest.fixture(autouse=True)
 def fresh():
     """Every test starts and ends with no uploads and no cached models."""
-    registry.clear_cache()
-    registry.clear_uploads()
+    loading.clear_cache()
+    loading.clear_uploads()
     yield
-    registry.clear_cache()
-    registry.clear_uploads()
+    loading.clear_cache()
+    loading.clear_uploads()
 
 
 def _distinct_state(num_classes: int = 1000, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -73,7 +73,7 @@ def _reference(state, num_classes: int = 1000) -> torch.nn.Module:
 
 
 def _assert_holds(name: str, state: dict[str, torch.Tensor]) -> None:
-    loaded = registry.load_model(name)
+    loaded = loading.load_model(name)
     got = loaded.model.state_dict()
     assert set(got) == set(state)
     for key, tensor in state.items():
@@ -99,9 +99,9 @@ def test_a_safetensors_checkpoint_is_loaded_tensor_for_tensor(tmp_path, state, c
     assert view.weights.source == "your checkpoint mine.safetensors (122 tensors)" and view.weights.pretrained
     _assert_holds(report.name, state)
 
-    loaded = registry.load_model(report.name)
+    loaded = loading.load_model(report.name)
     assert not loaded.model.training and loaded.spec.key == report.name
-    assert loaded.categories == registry.load_model("resnet18", "random").categories  # ImageNet's, 1000 of them
+    assert loaded.categories == loading.load_model("resnet18", "random").categories  # ImageNet's, 1000 of them
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         assert torch.allclose(loaded.model(x), _reference(state)(x), atol=1e-5)
@@ -109,9 +109,9 @@ def test_a_safetensors_checkpoint_is_loaded_tensor_for_tensor(tmp_path, state, c
 
 
 def test_the_model_counts_in_the_model_cache(tmp_path, state):
-    before = registry.cache_info()
+    before = loading.cache_info()
     cnnviz.load_checkpoint("resnet18", _save_safetensors(state, tmp_path / "mine.safetensors"))
-    after = registry.cache_info()
+    after = loading.cache_info()
     assert after.count == before.count + 1
     assert after.nbytes - before.nbytes == sum(t.nbytes for t in state.values())
 
@@ -173,7 +173,7 @@ def test_missing_batchnorm_counters_are_tolerated(tmp_path, state):
     report = cnnviz.load_checkpoint("resnet18", _save_safetensors(old, tmp_path / "old.safetensors"))
     assert report.tensors == 102
     assert "set 20 missing BatchNorm counters (num_batches_tracked) to the model's own" in report.notes
-    loaded = registry.load_model(report.name)
+    loaded = loading.load_model(report.name)
     for key, tensor in old.items():
         assert torch.equal(loaded.model.state_dict()[key], tensor)
 
@@ -345,7 +345,7 @@ def test_a_ten_class_checkpoint_rebuilds_the_classifier_and_its_views_work(tmp_p
     assert "its classifier has 10 classes, not 1000, so resnet18 was built with 10" in report.notes
     assert "predictions are hidden" in report.describe()
     _assert_holds(report.name, ten)
-    loaded = registry.load_model(report.name)
+    loaded = loading.load_model(report.name)
     assert loaded.categories is None and predict(report.name, coffee) == []
 
     reference = _reference(ten, 10)
@@ -364,7 +364,7 @@ def test_labels_name_the_predictions(tmp_path, ten, coffee):
     (tmp_path / "labels.txt").write_text("\ufeff" + "\n".join(f"  {n} " for n in names) + "\n\n\n", encoding="utf-8")
     report = cnnviz.load_checkpoint("resnet18", _save_safetensors(ten, tmp_path / "ten.safetensors"), labels=tmp_path / "labels.txt")
     assert report.labels == "yours" and "labelled from your file" in report.describe()
-    loaded = registry.load_model(report.name)
+    loaded = loading.load_model(report.name)
     assert loaded.categories == tuple(names)
     with torch.no_grad():
         probs = torch.softmax(_reference(ten, 10)(preprocess.to_input(loaded, cnnviz.open_image(coffee)))[0], 0)
@@ -400,7 +400,7 @@ def test_a_timm_architecture_with_other_classes(tmp_path):
     state = model.state_dict()
     report = cnnviz.load_checkpoint("timm/resnet10t", _save_safetensors(state, tmp_path / "t.safetensors"), labels=list("abcde"))
     assert (report.model, report.num_classes, report.labels) == ("timm/resnet10t", 5, "yours")
-    loaded = registry.load_model(report.name)
+    loaded = loading.load_model(report.name)
     _assert_holds(report.name, state)
     x = torch.randn(1, *loaded.input_size)
     with torch.no_grad():
@@ -412,7 +412,7 @@ def test_non_persistent_buffers_are_the_architectures_own(tmp_path):
     torch.manual_seed(4)
     model = timm.create_model("resnetblur18").eval()
     report = cnnviz.load_checkpoint("timm/resnetblur18", _save_safetensors(model.state_dict(), tmp_path / "blur.safetensors"))
-    loaded = registry.load_model(report.name)
+    loaded = loading.load_model(report.name)
     buffers = dict(loaded.model.named_buffers())
     assert "maxpool.1.filt" not in loaded.model.state_dict()
     assert torch.equal(buffers["maxpool.1.filt"], dict(model.named_buffers())["maxpool.1.filt"])
@@ -426,7 +426,7 @@ def test_loading_leaves_initialisation_alone(tmp_path, state):
     originals = {name: getattr(torch.nn.init, name) for name in ("kaiming_normal_", "uniform_", "trunc_normal_")}
     cnnviz.load_checkpoint("resnet18", _save_safetensors(state, tmp_path / "a.safetensors"))
     assert {name: getattr(torch.nn.init, name) for name in originals} == originals
-    random = registry.load_model("resnet18", "random").model
+    random = loading.load_model("resnet18", "random").model
     with torch.no_grad():
         assert 0.01 < float(random.conv1.weight.std()) < 1 and float(random.layer1[0].conv1.weight.std()) > 0.01
 
@@ -436,7 +436,7 @@ def test_googlenet_checkpoints_with_or_without_auxiliary_heads(tmp_path, aux):
     torch.manual_seed(3)
     model = torchvision.models.googlenet(weights=None, aux_logits=aux, init_weights=True)
     report = cnnviz.load_checkpoint("googlenet", _save_safetensors(model.state_dict(), tmp_path / "g.safetensors"))
-    loaded = registry.load_model(report.name)
+    loaded = loading.load_model(report.name)
     assert loaded.model.aux1 is None  # dropped after loading, as torchvision does
     for key, tensor in loaded.model.state_dict().items():
         assert torch.equal(tensor, model.state_dict()[key]), key
@@ -481,33 +481,33 @@ def test_an_unknown_upload_name_gets_the_sentence():
 def test_an_evicted_upload_is_rebuilt_from_its_file_until_the_file_goes(tmp_path, state):
     path = _save_safetensors(state, tmp_path / "a.safetensors")
     name = cnnviz.load_checkpoint("resnet18", path).name
-    registry.clear_cache()
+    loading.clear_cache()
     _assert_holds(name, state)  # rebuilt from the file
-    registry.clear_cache()
+    loading.clear_cache()
     path.unlink()
     with pytest.raises(UnknownModelError, match="Upload the file again"):
-        registry.load_model(name)
+        loading.load_model(name)
 
 
 def test_another_file_at_the_recorded_path_is_not_taken_for_the_upload(tmp_path, state):
     path = _save_safetensors(state, tmp_path / "a.safetensors")
     name = cnnviz.load_checkpoint("resnet18", path).name
-    registry.clear_cache()
+    loading.clear_cache()
     _save_safetensors({**state, "fc.bias": state["fc.bias"] * 0}, path)
     with pytest.raises(UnknownModelError, match="Upload the file again"):
-        registry.load_model(name)
+        loading.load_model(name)
 
 
 def test_forgotten_names_are_refused(tmp_path, state):
     name = cnnviz.load_checkpoint("resnet18", _save_safetensors(state, tmp_path / "a.safetensors")).name
-    registry.clear_uploads()
+    loading.clear_uploads()
     with pytest.raises(UnknownModelError, match="Upload the file again"):
-        registry.load_model(name)
+        loading.load_model(name)
 
 
 def test_random_weights_for_an_upload_keep_its_classes_and_labels(tmp_path, ten):
     report = cnnviz.load_checkpoint("resnet18", _save_safetensors(ten, tmp_path / "ten.safetensors"), labels=[str(i) for i in range(10)])
-    random = registry.load_model(report.name, "random")
+    random = loading.load_model(report.name, "random")
     assert not random.weights.pretrained and random.weights.source == "random initialisation"
     assert random.model.fc.out_features == 10 and random.categories == tuple(str(i) for i in range(10))
     assert random.spec.key == report.name
@@ -549,8 +549,8 @@ def warm(tmp_path_factory, state):
     """One ordinary upload first, so the measured refusals do not count imports and first builds."""
     path = _save_safetensors(state, tmp_path_factory.mktemp("warm") / "warm.safetensors")
     cnnviz.load_checkpoint("resnet18", path)
-    registry.clear_cache()
-    registry.clear_uploads()
+    loading.clear_cache()
+    loading.clear_uploads()
 
 
 def _refused(path, model: str = "resnet18", error=CheckpointError) -> str:
@@ -560,7 +560,7 @@ def _refused(path, model: str = "resnet18", error=CheckpointError) -> str:
     size = path.stat().st_size
     assert isinstance(raised, error), f"not refused with {error.__name__}: {raised!r}"
     assert growth < 10 * size + SLACK, f"{growth / 2**20:.0f} MB grew refusing a {size / 1e3:.0f} KB file"
-    assert registry.cache_info().count == 0
+    assert loading.cache_info().count == 0
     message = str(raised)
     assert "alloc_cpu" not in message and "Traceback" not in message
     return message
@@ -605,7 +605,7 @@ def test_a_tiny_file_claiming_vit_h_14_is_refused_like_the_typed_name(tmp_path, 
     monkeypatch.setattr(checkpoint, "read_state_dict", lambda *a: read.append(a) or pytest.fail("the file was read"))
     message = _refused(tmp_path / "vit.pt", "vit_h_14", error=InvalidOptionError)
     with pytest.raises(InvalidOptionError) as typed:
-        registry.load_model("vit_h_14", "random")
+        loading.load_model("vit_h_14", "random")
     assert message == str(typed.value) == (
         "vit_h_14 has 632 M parameters; this app loads models up to 350 M (set CNNVIZ_MAX_PARAMS to change that).")
     assert not read
@@ -668,7 +668,7 @@ def test_a_classifier_of_more_than_100_000_classes_is_refused_before_it_is_built
 
 def test_the_parameter_cap_applies_to_the_model_a_checkpoint_builds(tmp_path, warm, monkeypatch):
     """resnet18 (11.7 M) is under any cap; with the file's 100,000 classes it has 62.5 M parameters."""
-    monkeypatch.setattr(registry, "MAX_PARAMS", 50_000_000)
+    monkeypatch.setattr(loading, "MAX_PARAMS", 50_000_000)
     torch.save(_with_classes(100_000, torch.int8), tmp_path / "wide.pt")
     assert _refused(tmp_path / "wide.pt") == (
         "This checkpoint builds resnet18 with 100,000 classes, which has 62 M parameters; this app loads models "
@@ -705,7 +705,7 @@ def test_a_checkpoint_holding_nan_or_infinity_is_refused_naming_its_tensors(tmp_
         "'fc.bias'): the training run that saved it had diverged, and a model with them computes nothing but "
         "NaN. Upload a checkpoint saved before that."
     )
-    assert registry.cache_info().count == 0
+    assert loading.cache_info().count == 0
 
 
 def test_huge_finite_weights_load_and_their_filters_are_drawn(tmp_path, state):

@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 import cnnviz
-from cnnviz import registry
+from cnnviz import loading
 from tests.conftest import EXAMPLES
 
 PHOTOS = [EXAMPLES / "cat.png", EXAMPLES / "coffee.png", EXAMPLES / "rocket.jpg", EXAMPLES / "astronaut.png"]
@@ -26,12 +26,12 @@ def test_parallel_requests_get_their_own_maps_and_predictions():
 
 def test_summary_while_others_run_forward_passes():
     reference = cnnviz.architecture("resnet18", "random", depth=2)
-    registry.load_model("resnet18", "random")
+    loading.load_model("resnet18", "random")
 
     def summary_again(_):
         from cnnviz import summary
 
-        loaded = registry.load_model("resnet18", "random")
+        loaded = loading.load_model("resnet18", "random")
         with loaded.lock:
             return summary.summarize(loaded.model, loaded.input_size, depth=2).total_macs
 
@@ -43,9 +43,9 @@ def test_summary_while_others_run_forward_passes():
 
 
 def test_weights_choices_are_separate_models():
-    trained = registry.load_model("timm/tf_efficientnet_lite0", "pretrained")
+    trained = loading.load_model("timm/tf_efficientnet_lite0", "pretrained")
     before = trained.model.conv_stem.weight.clone()
-    untrained = registry.load_model("timm/tf_efficientnet_lite0", "random")
+    untrained = loading.load_model("timm/tf_efficientnet_lite0", "random")
     assert untrained.model is not trained.model
     assert trained.weights.pretrained and not untrained.weights.pretrained
     torch.testing.assert_close(trained.model.conv_stem.weight, before)

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torchvision
 
-from cnnviz import registry, ui, weights
+from cnnviz import loading, pretrained, ui
 
 
 class _FakeResponse:
@@ -41,7 +41,7 @@ class _FakeResponse:
 def online_hub(tmp_path, monkeypatch):
     """A torch hub cache in tmp_path and a 'network' that serves one resnet18 file, cut or whole."""
     monkeypatch.delenv("CNNVIZ_OFFLINE", raising=False)
-    monkeypatch.setattr(weights, "_offline_reason", lambda host: None)
+    monkeypatch.setattr(pretrained, "_offline_reason", lambda host: None)
     monkeypatch.setattr(torch.hub, "HASH_REGEX", re.compile(r"(?!x)x"))  # our file cannot match the real hash
     monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path))  # torch.hub.get_dir() -> tmp_path
     saved = torchvision.models.resnet18().state_dict()
@@ -55,19 +55,19 @@ def online_hub(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch.hub, "urlopen", fake_urlopen)
     yield tmp_path / "checkpoints", saved, state
-    weights.clear_network_cache()
+    pretrained.clear_network_cache()
 
 
 def test_cut_download_leaves_no_file_and_retry_works(online_hub):
     checkpoints, saved, state = online_hub
-    model, _, outcome = weights.load_torchvision("resnet18", pretrained=True)
+    model, _, outcome = pretrained.load_torchvision("resnet18", pretrained=True)
     assert state["calls"] == 1 and not outcome.pretrained
     assert "resnet18" in outcome.notice and "random weights" in outcome.notice
     assert list(checkpoints.iterdir()) == []  # no partial or corrupt file in the cache
 
     state["cut"] = False  # the network is back
-    weights.clear_network_cache()
-    model, _, outcome = weights.load_torchvision("resnet18", pretrained=True)
+    pretrained.clear_network_cache()
+    model, _, outcome = pretrained.load_torchvision("resnet18", pretrained=True)
     assert outcome.pretrained and state["calls"] == 2
     assert [p.name for p in checkpoints.iterdir()] == ["resnet18-f37072fd.pth"]
     torch.testing.assert_close(model.state_dict()["conv1.weight"], saved["conv1.weight"])
@@ -83,19 +83,19 @@ class _Unrunnable(torch.nn.Module):
 
 
 def test_model_that_cannot_run_gives_a_sentence_and_others_still_work(monkeypatch, coffee):
-    real_build = registry._build
+    real_build = loading._build
 
     def build(spec, pretrained, device):
         loaded = real_build(spec, pretrained, device)
         if spec.key == "squeezenet1_1":
-            return registry.LoadedModel(spec, _Unrunnable().eval(), loaded.transform, loaded.input_size,
+            return loading.LoadedModel(spec, _Unrunnable().eval(), loaded.transform, loaded.input_size,
                                         loaded.categories, loaded.weights, device)
         return loaded
 
-    monkeypatch.setattr(registry, "_build", build)
-    registry.clear_cache()
+    monkeypatch.setattr(loading, "_build", build)
+    loading.clear_cache()
     with pytest.raises(gr.Error, match=r"Feature maps failed on this model and input \(RuntimeError\); the server logged the details\."):
         ui.feature_maps("squeezenet1_1", str(coffee), "", "random")
     image, labels, caption = ui.feature_maps("resnet18", str(coffee), "layer1", "random")
     assert caption.startswith("`layer1`") and len(labels) == 5
-    registry.clear_cache()
+    loading.clear_cache()

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from cnnviz import explore, featurevis, layers, preprocess
+from cnnviz import explore, featurevis, layers, loading, preprocess
 from cnnviz.errors import InvalidOptionError, UnknownLayerError
 from cnnviz.hooks import Stopped, stop_when
-from cnnviz.registry import load_model
+from cnnviz.loading import load_model
 
 EXAMPLES = sorted(p for p in (Path(__file__).resolve().parent.parent / "examples").iterdir() if p.suffix in (".png", ".jpg"))
 LITE0 = "timm/tf_efficientnet_lite0"  # bundled ImageNet weights: the same numbers in every process
@@ -37,7 +37,7 @@ def _assert_unchanged(model, before):
 
 def test_same_seed_same_image_other_seed_other_image():
     a = explore.channel_visualization("resnet18", "layer1", 3, steps=3, weights="random", seed=11)
-    explore.load_model("resnet18", "random").derived.pop("featurevis.cache")  # really compute it again
+    loading.load_model("resnet18", "random").derived.pop("featurevis.cache")  # really compute it again
     b = explore.channel_visualization("resnet18", "layer1", 3, steps=3, weights="random", seed=11)
     c = explore.channel_visualization("resnet18", "layer1", 3, steps=3, weights="random", seed=12)
     assert a is not b and np.array_equal(a.image, b.image) and a.activation == b.activation

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cnnviz import explore, filters, layers, registry, render
+from cnnviz import explore, filters, layers, loading, render
 
 
 @pytest.mark.parametrize(
@@ -15,13 +15,13 @@ from cnnviz import explore, filters, layers, registry, render
     [("alexnet", "features.0"), ("resnet18", "conv1"), ("mobilenet_v2", "features.0.0"), ("timm/efficientnet_b0.ra_in1k", "conv_stem"), ("timm/cspdarknet53.ra_in1k", "stem.conv1.conv")],
 )
 def test_first_conv_found_generically(model, first):
-    loaded = registry.load_model(model, "random")
+    loaded = loading.load_model(model, "random")
     assert layers.first_conv_name(loaded.model) == first
     assert filters.first_layer_filters(loaded).layer == first
 
 
 def test_plain_conv_weight_is_the_parameter():
-    loaded = registry.load_model("alexnet", "random")
+    loaded = loading.load_model("alexnet", "random")
     found = filters.first_layer_filters(loaded)
     torch.testing.assert_close(found.weight, loaded.model.features[0].weight.detach())
     assert found.weight.shape == (64, 3, 11, 11)
@@ -114,14 +114,14 @@ def test_fused_kernel_reproduces_the_block(model_name, conv, block_name, kinds):
 
 
 def test_first_layer_filters_of_a_reparameterisable_model_are_fused():
-    loaded = registry.load_model("timm/repvgg_a0", "random")
+    loaded = loading.load_model("timm/repvgg_a0", "random")
     found = filters.first_layer_filters(loaded)
     assert (found.layer, found.fused, found.weight.shape) == ("stem", True, (48, 3, 3, 3))
     assert found.description == (
         "RepVggBlock · 48 filters of 3×3×3, stride 2×2 · fused from 3×3 + 1×1 branches "
         "(re-parameterised, BatchNorm folded with its running statistics)"
     )
-    registry.clear_cache()
+    loading.clear_cache()
 
 
 def test_an_already_reparameterised_stem_is_a_plain_convolution():
@@ -160,7 +160,7 @@ from cnnviz import errors  # noqa: E402
 
 
 def test_every_conv2d_is_listed_in_definition_order():
-    loaded = registry.load_model("resnet50", "random")
+    loaded = loading.load_model("resnet50", "random")
     expected = [n for n, m in loaded.model.named_modules() if isinstance(m, torch.nn.Conv2d)]
     convs = explore.list_convolutions("resnet50", "random")
     assert [c.name for c in convs] == expected and len(expected) == 53
@@ -172,14 +172,14 @@ def test_every_conv2d_is_listed_in_definition_order():
 
 @pytest.mark.parametrize(("model", "conv"), [("mobilenet_v2", "features.2.conv.1.0"), ("timm/efficientnet_b0", "blocks.1.0.conv_dw")])
 def test_depthwise_convolutions_are_named_depthwise(model, conv):
-    module = registry.load_model(model, "random").model.get_submodule(conv)
+    module = loading.load_model(model, "random").model.get_submodule(conv)
     assert module.groups == module.in_channels == module.out_channels > 1  # what depthwise means, checked independently
     view = explore.filter_grid(model, "random", layer=conv)
     assert view.conv.kind == "depthwise 3×3" and view.conv.depthwise
     assert view.filters.weight.shape == (module.out_channels, 1, 3, 3)
     assert "depthwise, each filter has one input channel" in view.drawn
     depthwise = [c for c in explore.list_convolutions(model, "random") if c.depthwise]
-    truth = [n for n, m in registry.load_model(model, "random").model.named_modules()
+    truth = [n for n, m in loading.load_model(model, "random").model.named_modules()
              if isinstance(m, torch.nn.Conv2d) and m.groups == m.in_channels > 1]
     assert [c.name for c in depthwise] == truth
 
@@ -187,7 +187,7 @@ def test_depthwise_convolutions_are_named_depthwise(model, conv):
 def test_grouped_convolution_named_with_its_groups_and_sliced_within_its_group():
     view = explore.filter_grid("resnext50_32x4d", "random", layer="layer1.0.conv2", input_channel=3)
     assert view.conv.kind == "grouped 3×3, 32 groups" and not view.conv.depthwise
-    weight = registry.load_model("resnext50_32x4d", "random").model.layer1[0].conv2.weight.detach()
+    weight = loading.load_model("resnext50_32x4d", "random").model.layer1[0].conv2.weight.detach()
     assert weight.shape == (128, 4, 3, 3)
     assert view.drawn == "in grey: input channel 3 of each filter's 4 (grouped: 32 groups of 4 input channels)"
     expected = render.render_filters(weight[:, 3:4].numpy(), "layer")
@@ -195,7 +195,7 @@ def test_grouped_convolution_named_with_its_groups_and_sliced_within_its_group()
 
 
 def test_chosen_convolution_filters_are_its_weight_and_tiles_its_mean_or_slice():
-    model = registry.load_model("resnet50", "random").model
+    model = loading.load_model("resnet50", "random").model
     weight = model.get_submodule("layer4.2.conv2").weight.detach()
     mean = explore.filter_grid("resnet50", "random", "filter", layer="layer4.2.conv2")
     torch.testing.assert_close(mean.filters.weight, weight, rtol=0, atol=0)
@@ -234,7 +234,7 @@ def test_first_layer_stays_the_default_and_is_rgb():
 
 def test_histogram_counts_every_weight_like_numpy():
     view = explore.filter_grid("resnet50", "random", layer="layer3.1.conv2")
-    values = registry.load_model("resnet50", "random").model.layer3[1].conv2.weight.detach().numpy().ravel()
+    values = loading.load_model("resnet50", "random").model.layer3[1].conv2.weight.detach().numpy().ravel()
     counts, edges = np.histogram(values, bins=filters.HISTOGRAM_BINS)
     np.testing.assert_array_equal(view.histogram.counts, counts)
     np.testing.assert_allclose(view.histogram.edges, edges)
@@ -257,13 +257,12 @@ def test_norms_flag_a_zeroed_and_a_near_zero_filter():
     assert norms.flagged.tolist() == [4, 9] and norms.zero.tolist() == [4]
 
 
-def test_a_model_with_a_dead_filter_says_so(monkeypatch):
-    loaded = registry.load_model("resnet18", "random")
-    registry.clear_cache()  # this test's model is edited: keep it out of the shared cache afterwards
-    monkeypatch.setattr(explore, "load_model", lambda model, weights: loaded)
+def test_a_model_with_a_dead_filter_says_so():
+    loaded = loading.load_model("resnet18", "random")
+    loading.clear_cache()  # this test's model is edited: keep it out of the shared cache afterwards
     with torch.no_grad():
         loaded.model.layer2[0].conv1.weight[11] = 0
-    view = explore.filter_grid("resnet18", "random", layer="layer2.0.conv1")
+    view = explore.filter_grid(loaded, layer="layer2.0.conv1")
     assert view.norms.flagged.tolist() == [11] and view.norms.zero.tolist() == [11]
 
 
@@ -297,13 +296,12 @@ def test_views_are_cached_per_model():
     assert other is not first and other.filters.weight.shape == (512, 512, 3, 3)
 
 
-def test_cache_stays_within_its_byte_budget(monkeypatch):
-    cache = explore._FilterCache(budget=100)
-    cache.put(("a",), "A", 60)
-    cache.put(("b",), "B", 30)
-    assert cache.get(("a",)) == "A"  # a is now the most recent
-    cache.put(("c",), "C", 30)  # 120 > 100: the least recent (b) goes
-    assert cache.get(("b",)) is None and cache.get(("a",)) == "A" and cache.nbytes == 90
+def test_each_models_filter_cache_states_its_byte_budget_and_keeps_within_it():
+    loaded = loading.load_model("resnet50", "random")
+    for conv in explore.list_convolutions(loaded)[:30]:
+        explore.filter_grid(loaded, layer=conv.name)
+    store = filters.filter_cache(loaded)
+    assert store.budget == filters.FILTERS_CACHE_BYTES and 0 < store.nbytes <= store.budget
 
 
 def test_reparameterisable_stem_branches_see_the_image_and_stay_fused():
@@ -311,7 +309,7 @@ def test_reparameterisable_stem_branches_see_the_image_and_stay_fused():
     assert [c.name for c in convs if c.sees_image] == ["stem.conv_kxk.conv", "stem.conv_1x1.conv"]
     view = explore.filter_grid("timm/repvgg_a0", "random", layer="stem.conv_1x1.conv")
     assert view.filters.fused and view.filters.layer == "stem" and view.colour
-    registry.clear_cache()
+    loading.clear_cache()
 
 
 # --- Weights of any finite size, and non-finite ones: described, never a ValueError ---

@@ -40,8 +40,8 @@ def test_import_rules(path):
     if in_ui:
         library = {n.split(".")[1] for n in names if n.startswith("cnnviz.") and not n.startswith("cnnviz.ui")}
         # besides explore: the process (server), who still waits for an answer (cancel: an ASGI middleware and
-        # the open streams it counts), the error family, and the weights outcome every answer carries
-        assert library <= {"explore", "server", "cancel", "errors", "weights"}, f"ui/{path.name} reaches into {library}"
+        # the open streams it counts) and the error family
+        assert library <= {"explore", "server", "cancel", "errors"}, f"ui/{path.name} reaches into {library}"
     if path.name == "render.py":
         assert not {n for n in names if n.split(".")[0] in ("torch", "torchvision", "timm")}, names
 
@@ -65,18 +65,18 @@ def test_a_models_derived_data_goes_with_it(coffee):
     import weakref
 
     import cnnviz
-    from cnnviz import registry
+    from cnnviz import loading
 
-    registry.clear_cache()
+    loading.clear_cache()
     loaded = cnnviz.load_model("resnet18", "random")
     cnnviz.feature_maps("resnet18", coffee, "layer1", "random")
     cnnviz.architecture("resnet18", "random", 2)
     cnnviz.filter_grid("resnet18", "random", layer="layer1.0.conv1")
-    assert {"layers.listing", "receptive.geometry", "summary.depth2", "filters.cache", "explore.inputs",
-            "explore.predictions"} <= set(loaded.derived)
+    assert {"layers.listing", "receptive.geometry", "summary.depth2", "filters.cache", "preprocess.inputs",
+            "activations.predictions"} <= set(loaded.derived)
     listing = weakref.ref(loaded.derived["layers.listing"])
     gone = weakref.ref(loaded)
     del loaded
-    registry.clear_cache()
+    loading.clear_cache()
     gc.collect()
     assert gone() is None and listing() is None  # nothing else held the model or what was computed from it

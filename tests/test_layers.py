@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import cnnviz
-from cnnviz import activations, layers, registry, render
+from cnnviz import activations, layers, loading, render
 from tests.fixtures.tiny import TinyResNet
 
 
@@ -180,7 +180,7 @@ class _Loaded:
         self.model, self.input_size, self.device, self.lock = model, input_size, "cpu", threading.RLock()
         self.derived: dict = {}
 
-    memo = registry.LoadedModel.memo  # where per-model results are kept
+    memo = loading.LoadedModel.memo  # where per-model results are kept
 
 
 def test_listing_note_explains_what_a_transformer_leaves_out():
@@ -334,7 +334,7 @@ def test_timm_family_layers_draw_truthfully(arch):
         torch.testing.assert_close(store[name], reference(loaded.model, raw[name]), msg=name)
     for name, reason in expected_left_out.items():
         assert name not in listed and left[name].reason == reason, name
-    registry.clear_cache()
+    loading.clear_cache()
 
 
 # --- order and pass-through modules ----------------------------------------------------------------------------
@@ -374,9 +374,9 @@ def test_listing_and_capture_work_inside_a_callers_inference_mode(coffee):
     """A notebook that wraps everything in torch.inference_mode() must still list layers and capture maps
     (both need version counters, which inference tensors do not have)."""
     import cnnviz
-    from cnnviz import preprocess, registry
+    from cnnviz import preprocess
 
-    registry.clear_cache()
+    loading.clear_cache()
     with torch.inference_mode():
         loaded = cnnviz.load_model("resnet18", "random")
         assert cnnviz.list_layers(loaded)[0].name == "conv1"

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import cnnviz
-from cnnviz import preprocess, registry
+from cnnviz import loading, preprocess, registry
 
 
 @pytest.mark.slow
@@ -36,4 +36,4 @@ def test_curated_model_through_every_view(name, coffee):
     with cnnviz.capture(loaded.model, [middle]) as one:
         cnnviz.run(loaded.model, x)
     torch.testing.assert_close(kept.maps, one[middle.name])
-    registry.clear_cache()
+    loading.clear_cache()

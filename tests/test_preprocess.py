@@ -8,14 +8,14 @@ import pytest
 import torch
 from PIL import Image
 
-from cnnviz import preprocess, registry
+from cnnviz import loading, preprocess
 from cnnviz.errors import InvalidImageError
 
 
 def test_torchvision_transform_is_the_weights_own(coffee):
     from torchvision.models import get_model_weights
 
-    loaded = registry.load_model("efficientnet_b0", "random")
+    loaded = loading.load_model("efficientnet_b0", "random")
     reference = get_model_weights("efficientnet_b0").DEFAULT.transforms()
     image = preprocess.open_image(coffee)
     torch.testing.assert_close(preprocess.to_input(loaded, image)[0], reference(image))
@@ -27,7 +27,7 @@ def test_timm_transform_is_the_data_config(coffee):
     import timm
     from timm.data import create_transform, resolve_model_data_config
 
-    loaded = registry.load_model("timm/convnext_tiny.fb_in1k", "random")
+    loaded = loading.load_model("timm/convnext_tiny.fb_in1k", "random")
     cfg = resolve_model_data_config(timm.create_model("convnext_tiny.fb_in1k", pretrained=False))
     image = preprocess.open_image(coffee)
     torch.testing.assert_close(preprocess.to_input(loaded, image)[0], create_transform(**cfg)(image))

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torchvision
 
-from cnnviz import registry
+from cnnviz import loading, registry
 from cnnviz.errors import InvalidOptionError, UnknownModelError
 
 
@@ -60,7 +60,7 @@ def test_unknown_name_suggests_close_matches():
 
 def test_load_validates_weights_choice():
     with pytest.raises(InvalidOptionError, match="pretrained"):
-        registry.load_model("alexnet", weights="imagenet")
+        loading.load_model("alexnet", weights="imagenet")
 
 
 def _fake_builds(monkeypatch, capacity: int, max_bytes: int) -> list[str]:
@@ -72,8 +72,8 @@ def _fake_builds(monkeypatch, capacity: int, max_bytes: int) -> list[str]:
         builds.append(spec.key)
         return types.SimpleNamespace(model=torch.nn.Linear(sizes[spec.key], sizes[spec.key]), weights=None)
 
-    monkeypatch.setattr(registry, "_build", fake_build)
-    monkeypatch.setattr(registry, "_CACHE", registry._ModelCache(capacity, max_bytes))
+    monkeypatch.setattr(loading, "_build", fake_build)
+    monkeypatch.setattr(loading, "_CACHE", loading._ModelCache(capacity, max_bytes))
     return builds
 
 
@@ -83,50 +83,50 @@ def _bytes(model: torch.nn.Module) -> int:
 
 def test_cache_is_bounded_and_loads_once(monkeypatch):
     builds = _fake_builds(monkeypatch, capacity=2, max_bytes=2**30)
-    threads = [threading.Thread(target=registry.load_model, args=("resnet18", "random")) for _ in range(4)]
+    threads = [threading.Thread(target=loading.load_model, args=("resnet18", "random")) for _ in range(4)]
     [t.start() for t in threads]
     [t.join() for t in threads]
     assert builds == ["resnet18"]  # four concurrent requests, one load
-    first = registry.load_model("resnet18", "random")
-    registry.load_model("vgg16", "random")
-    registry.load_model("alexnet", "random")  # evicts resnet18 (least recently used)
-    assert registry.load_model("resnet18", "random") is not first
+    first = loading.load_model("resnet18", "random")
+    loading.load_model("vgg16", "random")
+    loading.load_model("alexnet", "random")  # evicts resnet18 (least recently used)
+    assert loading.load_model("resnet18", "random") is not first
     assert builds == ["resnet18", "vgg16", "alexnet", "resnet18"]
-    assert registry.cache_info().count == 2
+    assert loading.cache_info().count == 2
 
 
 def test_cache_is_bounded_by_bytes_too(monkeypatch):
     builds = _fake_builds(monkeypatch, capacity=3, max_bytes=0)
-    a = registry.load_model("resnet18", "random")
-    b = registry.load_model("vgg16", "random")
+    a = loading.load_model("resnet18", "random")
+    b = loading.load_model("vgg16", "random")
     budget = _bytes(a.model) + _bytes(b.model)
-    monkeypatch.setattr(registry._CACHE, "max_bytes", budget)  # exactly these two fit
-    a = registry.load_model("resnet18", "random")  # evicted by b (alone over a 0-byte budget): rebuilt
-    b = registry.load_model("vgg16", "random")  # b stays: it was the newest
+    monkeypatch.setattr(loading._CACHE, "max_bytes", budget)  # exactly these two fit
+    a = loading.load_model("resnet18", "random")  # evicted by b (alone over a 0-byte budget): rebuilt
+    b = loading.load_model("vgg16", "random")  # b stays: it was the newest
     assert builds == ["resnet18", "vgg16", "resnet18"]
-    info = registry.cache_info()
+    info = loading.cache_info()
     assert (info.count, info.nbytes, info.capacity, info.max_bytes) == (2, budget, 3, budget)
-    assert registry.load_model("resnet18", "random") is a  # now the most recently used
-    registry.load_model("googlenet", "random")  # three models would fit the count, not the bytes
-    assert registry.cache_info().count == 2
-    assert registry.load_model("resnet18", "random") is a
-    assert registry.load_model("vgg16", "random") is not b  # the least recently used one went
-    assert registry.cache_info().nbytes <= budget
+    assert loading.load_model("resnet18", "random") is a  # now the most recently used
+    loading.load_model("googlenet", "random")  # three models would fit the count, not the bytes
+    assert loading.cache_info().count == 2
+    assert loading.load_model("resnet18", "random") is a
+    assert loading.load_model("vgg16", "random") is not b  # the least recently used one went
+    assert loading.cache_info().nbytes <= budget
 
 
 def test_the_newest_model_stays_even_when_alone_it_exceeds_the_budget(monkeypatch):
     builds = _fake_builds(monkeypatch, capacity=3, max_bytes=1)
-    first = registry.load_model("alexnet", "random")
-    assert registry.load_model("alexnet", "random") is first
-    assert registry.cache_info().count == 1 and registry.cache_info().nbytes == _bytes(first.model)
-    registry.load_model("vgg16", "random")
-    assert registry.load_model("alexnet", "random") is not first
+    first = loading.load_model("alexnet", "random")
+    assert loading.load_model("alexnet", "random") is first
+    assert loading.cache_info().count == 1 and loading.cache_info().nbytes == _bytes(first.model)
+    loading.load_model("vgg16", "random")
+    assert loading.load_model("alexnet", "random") is not first
     assert builds == ["alexnet", "vgg16", "alexnet"]
 
 
 def test_typed_models_too_large_for_a_shared_server_are_refused():
     with pytest.raises(InvalidOptionError, match=r"vit_h_14 has 632 M parameters; this app loads models up to 350 M"):
-        registry.load_model("vit_h_14", "random")
+        loading.load_model("vit_h_14", "random")
 
 
 def _published_params(name: str) -> int:
@@ -138,14 +138,14 @@ REGNETS = torchvision.models.list_models(module=torchvision.models, include="reg
 
 @pytest.mark.parametrize("name", [n for n in REGNETS if n != "regnet_y_128gf"])
 def test_every_torchvision_regnet_passes_the_size_check(name):
-    registry.check_size(registry.get_spec(name))  # RegNet builders cannot run on the meta device
+    loading.check_size(registry.get_spec(name))  # RegNet builders cannot run on the meta device
 
 
 def test_the_largest_regnet_gets_the_refusal_sentence():
     assert len(REGNETS) == 15
     millions = f"{_published_params('regnet_y_128gf') / 1e6:,.0f}"
     with pytest.raises(InvalidOptionError, match=rf"^regnet_y_128gf has {millions} M parameters; this app loads models up to 350 M"):
-        registry.load_model("regnet_y_128gf", "random")
+        loading.load_model("regnet_y_128gf", "random")
 
 
 # Published counts describe the model built *with* those weights; two builders make another one without.
@@ -154,20 +154,20 @@ WEIGHTS_CHANGE_THE_MODEL = ("googlenet", "vit_h_14")
 
 def test_every_torchvision_model_is_counted_as_published():
     names = torchvision.models.list_models(module=torchvision.models)
-    counted = {name: registry.count_parameters(registry.get_spec(f"torchvision/{name}")) for name in names}
+    counted = {name: loading.count_parameters(registry.get_spec(f"torchvision/{name}")) for name in names}
     published = {name: _published_params(name) for name in names if name not in WEIGHTS_CHANGE_THE_MODEL}
     assert {name: counted[name] for name in published} == published
     assert len(published) == len(names) - 2 == 78
 
 
 def test_counts_that_differ_from_the_published_ones_differ_by_the_weights_own_configuration():
-    counted = registry.count_parameters(registry.get_spec("googlenet"))
+    counted = loading.count_parameters(registry.get_spec("googlenet"))
     with torch.device("meta"):
         googlenet = torchvision.models.googlenet(weights=None)  # aux_logits=True without weights
     aux = sum(p.numel() for head in (googlenet.aux1, googlenet.aux2) for p in head.parameters())
     assert counted == _published_params("googlenet") + aux  # the weights load without the aux heads
 
-    counted = registry.count_parameters(registry.get_spec("vit_h_14"))
+    counted = loading.count_parameters(registry.get_spec("vit_h_14"))
     weights = torchvision.models.get_model_weights("vit_h_14").DEFAULT  # SWAG, fine-tuned at 518 px
     side = weights.meta["min_size"][0] // 14
     assert counted == _published_params("vit_h_14") - (side * side - 16 * 16) * 1280  # position embeddings at 224 px
@@ -178,7 +178,7 @@ def test_counting_leaves_other_threads_and_later_builds_alone():
 
     def count():
         for name in ("regnet_x_400mf", "regnet_y_32gf"):  # the fallback path (not buildable on meta)
-            registry.count_parameters(registry.get_spec(name))
+            loading.count_parameters(registry.get_spec(name))
         done.set()
 
     worker = threading.Thread(target=count)
@@ -192,15 +192,15 @@ def test_counting_leaves_other_threads_and_later_builds_alone():
 
 
 def test_fallback_to_random_weights_is_retried_after_the_offline_verdict_expires(monkeypatch):
-    from cnnviz import weights
+    from cnnviz import pretrained
 
-    first = registry.load_model("resnet18", "pretrained")  # offline in tests: random weights + notice
+    first = loading.load_model("resnet18", "pretrained")  # offline in tests: random weights + notice
     assert first.weights.notice
-    assert registry.load_model("resnet18", "pretrained") is first  # remembered for a while
-    monkeypatch.setattr(weights, "PROBE_TTL_S", 0.0)
-    assert registry.load_model("resnet18", "pretrained") is not first  # then tried again
-    trained = registry.load_model("timm/tf_efficientnet_lite0", "pretrained")
-    assert registry.load_model("timm/tf_efficientnet_lite0", "pretrained") is trained  # real weights stay
+    assert loading.load_model("resnet18", "pretrained") is first  # remembered for a while
+    monkeypatch.setattr(pretrained, "PROBE_TTL_S", 0.0)
+    assert loading.load_model("resnet18", "pretrained") is not first  # then tried again
+    trained = loading.load_model("timm/tf_efficientnet_lite0", "pretrained")
+    assert loading.load_model("timm/tf_efficientnet_lite0", "pretrained") is trained  # real weights stay
 
 
 def test_suggestions_are_distinct_and_ignore_case():

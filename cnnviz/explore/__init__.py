@@ -1,0 +1,52 @@
+"""The facade: one function per view, the one thing the UI, the HTTP API, MCP and the Python API call.
+
+Each function checks its query (:mod:`cnnviz.vocab`), loads the model (:func:`cnnviz.loading.load_model`:
+a name, an upload name or a :class:`~cnnviz.loading.LoadedModel`), calls the library room that does the
+work and returns a frozen view that says which weights it used. One module per view family:
+
+- :mod:`.models`: the architecture table, the picker's lists, the startup model, checkpoints;
+- :mod:`.filters`: a convolution's filters;
+- :mod:`.maps`: feature maps, a channel, layer statistics, top-5, and :func:`maps_page` (one page update);
+- :mod:`.attributions`: class activation maps, projections, Guided Grad-CAM, feature visualisation;
+- :mod:`.comparison`: two models side by side;
+- :mod:`.live`: webcam frames.
+"""
+from __future__ import annotations
+
+from ..activations import KEPT, Prediction
+from ..hooks import Stopped, stop_when
+from ..pretrained import WeightsOutcome
+from ..preprocess import MAX_FRAME_BYTES, check_frame, decode_frame
+from ..render import COLORMAPS, encode
+from ..summary import readable_macs
+from .attributions import (
+    CAM_METHODS, CAM_NAMES, FEATUREVIS_MAX_STEPS, PROJECTIONS, REQUEST_SECONDS, AttributionChoices, AttributionView,
+    ChannelVisualizationView, GuidedGradCamView, ProjectionView, attribution, attribution_choices,
+    channel_visualization, guided_gradcam, projection,
+)
+from .comparison import (
+    COMPARE_TILES, COMPARE_VIEWS, COMPARE_WORDS, STAGE_STRIDES, ComparePair, CompareSide, CompareView, compare,
+)
+from .filters import FiltersView, filter_grid, list_convolutions
+from .live import LiveView, live_maps
+from .maps import (
+    ChannelView, FeatureMapsView, LayerStatsView, MapsPage, MapsQuery, channel, channel_at, feature_maps,
+    layer_activations, layer_place, layer_stats, maps_page, predict,
+)
+from .models import (
+    CHECKPOINT_LIMIT_MB, MAX_DEPTH, WEIGHT_CHOICES, ModelView, Startup, architecture, curated_models, find_layer,
+    load_checkpoint, select_model, startup_model, weights_used,
+)
+
+__all__ = [
+    "CAM_METHODS", "CAM_NAMES", "CHECKPOINT_LIMIT_MB", "COLORMAPS", "COMPARE_TILES", "COMPARE_VIEWS",
+    "COMPARE_WORDS", "FEATUREVIS_MAX_STEPS", "KEPT", "MAX_DEPTH", "MAX_FRAME_BYTES", "PROJECTIONS", "REQUEST_SECONDS", "STAGE_STRIDES",
+    "WEIGHT_CHOICES", "AttributionChoices", "AttributionView", "ChannelView", "ChannelVisualizationView",
+    "ComparePair", "CompareSide", "CompareView", "FeatureMapsView", "FiltersView", "GuidedGradCamView",
+    "LayerStatsView", "LiveView", "MapsPage", "MapsQuery", "ModelView", "Prediction", "ProjectionView", "Startup",
+    "Stopped", "WeightsOutcome", "architecture", "attribution", "attribution_choices", "channel", "channel_at",
+    "channel_visualization", "check_frame", "compare", "curated_models", "decode_frame", "encode", "feature_maps",
+    "filter_grid", "find_layer", "guided_gradcam", "layer_activations", "layer_place", "layer_stats",
+    "list_convolutions", "live_maps", "load_checkpoint", "maps_page", "predict", "projection", "readable_macs",
+    "select_model", "startup_model", "stop_when", "weights_used",
+]
