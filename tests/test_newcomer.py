@@ -115,3 +115,17 @@ def test_the_upload_name_says_where_a_link_with_it_works(tmp_path):
     name, report, *_ = compare_tab.load_for_page("resnet18", str(path), None)
     assert name.startswith("upload/") and "on this server only, while the server holds the upload" in report
     assert "only this page knows" not in report
+
+
+def test_compare_across_timm_and_torchvision_explains_the_same_class(coffee):
+    """timm and torchvision spell 2 of ImageNet's 1,000 labels differently; on one photo B still explains
+    A's top class, matched by index."""
+    from cnnviz import loading
+    from cnnviz.explore.comparison import same_classes
+
+    a, b = loading.load_model("resnet18", "random"), loading.load_model("timm/resnet18", "random")
+    assert a.categories != b.categories and same_classes(a.categories, b.categories)
+    view = explore.compare("resnet18", "timm/resnet18", str(coffee), "random", "random", "cam")
+    pair = view.pairs[0]
+    class_a = re.search(r"\(class (\d+),", pair.caption_a).group(1)
+    assert re.search(r"\(class (\d+),", pair.caption_b).group(1) == class_a

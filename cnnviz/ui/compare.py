@@ -23,7 +23,8 @@ VIEW_WORDS = {
     "stages": ("the first convolution and the output of each stage, matched by stride (1/4, 1/8, 1/16, 1/32 of "
                f"the input); the {explore.COMPARE_TILES} channels with the highest mean on each side, their indices on the tiles"),
     "cam": ("Grad-CAM at each model's last map before pooling, each picture scaled to its own maximum (its colour "
-            "bar says it); on one photo with the same labels on both sides, B explains A's top class, on two photos each its own"),
+            "bar says it); on one photo with the same classes on both sides (ImageNet's, as timm or torchvision spells "
+            "them), B explains A's top class, on two photos each its own"),
 }
 UPLOAD_LINKS = ("The name is not listed anywhere, but it is not secret either: \"Explore it in every tab\" puts it in "
                 "the address bar, and a link with it works for anyone, on this server only, while the server holds "
