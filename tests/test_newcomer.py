@@ -129,3 +129,27 @@ def test_compare_across_timm_and_torchvision_explains_the_same_class(coffee):
     pair = view.pairs[0]
     class_a = re.search(r"\(class (\d+),", pair.caption_a).group(1)
     assert re.search(r"\(class (\d+),", pair.caption_b).group(1) == class_a
+
+
+def test_a_silent_channel_is_said_to_be_silent_not_projected_from_row_0(coffee):
+    """A channel zero everywhere on this photo has no strongest unit: the answer says it is silent here."""
+    import importlib
+
+    attribution_tab = importlib.import_module("cnnviz.ui.attribution")
+    from test_drilldown import alexnet_filter_zeroed
+
+    silent = 7
+    with alexnet_filter_zeroed(silent):  # its filter and bias zero: the channel is zero after the ReLU
+        view = explore.projection("alexnet", str(coffee), "features.1", silent, weights="random")
+        assert view.silent and f"Channel {silent} is silent here" in view.note
+        _, caption = attribution_tab.projection("alexnet", str(coffee), "features.1", silent, "guided_backprop", "random")
+        assert "is silent here" in caption and "strongest unit" not in caption
+    active = explore.projection("alexnet", str(coffee), "features.1", silent, weights="random")
+    assert not active.silent and active.activation > 0 and "silent" not in active.note
+
+
+def test_a_model_without_nn_relu_names_the_activation_it_uses(coffee):
+    """MobileNetV2 uses ReLU6: the projection's note names it instead of saying the model has no ReLU."""
+    view = explore.projection("mobilenet_v2", str(coffee), "features.2", 0, weights="random")
+    assert "ReLU6" in view.note and "no ReLU modules" not in view.note
+    assert "plain gradient" in view.note

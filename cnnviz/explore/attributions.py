@@ -74,8 +74,9 @@ class ProjectionView:
     position: tuple[int, int]  # (row, column) of the projected unit in the layer's map
     activation: float
     method: str
-    note: str  # "" or why the projection is only the plain gradient
+    note: str  # "" or why the projection is not a unit's usual one (a silent channel, the plain gradient)
     weights: WeightsOutcome
+    silent: bool = False  # the channel is zero everywhere on this photo: nothing was projected
 
 
 def projection(
@@ -102,7 +103,7 @@ def projection(
     box = (int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1)
     side = render.side_by_side(render.signed_picture(signal), render.crop_box(picture, box))
     return ProjectionView(side, signal, box, found.layer, found.channel, found.position, found.activation,
-                          str(method), methods.projection_note(found), loaded.weights)
+                          str(method), methods.projection_note(found), loaded.weights, found.silent)
 
 
 @dataclass(frozen=True)

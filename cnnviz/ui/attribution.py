@@ -89,6 +89,9 @@ def projection(model: str, image: str, layer: str, channel: float, method: str =
     view = explore.projection(model, image, layer or "", whole(channel, "Channel"), method, weights)
     row, col = view.position
     top, left, bottom, right = view.box
+    if view.silent:  # no strongest unit to speak of: say so, not "row 0, column 0, activation 0"
+        caption = f"`{view.layer.name}`: {view.note}\n\n{weights_used(view.weights)}"
+        return OUTPUTS.write(f"{model}-{view.layer.name}-{view.channel}-{method}.png", explore.encode(view.image, "png")), caption
     caption = (
         f"Channel **{view.channel}** of `{view.layer.name}`, its strongest unit (row {row}, column {col}, activation "
         f"{view.activation:.4g}) taken back to the pixels by {dict((v, k) for k, v in PROJECTION_CHOICES)[method]}: left, "
