@@ -153,3 +153,29 @@ def test_a_model_without_nn_relu_names_the_activation_it_uses(coffee):
     view = explore.projection("mobilenet_v2", str(coffee), "features.2", 0, weights="random")
     assert "ReLU6" in view.note and "no ReLU modules" not in view.note
     assert "plain gradient" in view.note
+
+
+def test_capture_takes_layer_names_as_well_as_layer_infos(coffee):
+    """``cnnviz.capture(model, ["layer1"])``, as torchvision's feature extraction takes names: on a bare
+    module and on a loaded model, the same maps as an independent hook on the module."""
+    import cnnviz
+    import pytest
+    import torch
+
+    loaded = cnnviz.load_model("resnet18", "random")
+    x = cnnviz.preprocess.to_input(loaded, cnnviz.open_image(str(coffee)))
+    seen = []
+    handle = loaded.model.layer1.register_forward_hook(lambda _m, _i, out: seen.append(out[0].detach().clone()))
+    try:
+        with torch.no_grad():
+            loaded.model(x)
+    finally:
+        handle.remove()
+    for model in (loaded.model, loaded):
+        with cnnviz.capture(model, ["layer1", cnnviz.get_layer(loaded, "layer2")]) as out:
+            cnnviz.run(loaded.model, x)
+        torch.testing.assert_close(out["layer1"], seen[0])
+        assert out["layer2"].shape == (128, 28, 28)
+    with pytest.raises(cnnviz.UnknownLayerError, match="layer9"):
+        with cnnviz.capture(loaded.model, ["layer9"]):
+            pass
