@@ -39,14 +39,29 @@ def stop_when(check: Callable[[], str | None]) -> Iterator[None]:
         _STOP_CHECK.reset(token)
 
 
+_ON_PASS: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar("on_pass", default=None)
+
+
+@contextmanager
+def on_each_pass(callback: Callable[[], None]) -> Iterator[None]:
+    """Within the block, ``callback()`` is called as each forward pass that :func:`interruptible` watches
+    starts in this thread (a progress count for long runs of passes, such as Score-CAM's)."""
+    token = _ON_PASS.set(callback)
+    try:
+        yield
+    finally:
+        _ON_PASS.reset(token)
+
+
 @contextmanager
 def interruptible(model: torch.nn.Module) -> Iterator[None]:
-    """Forward pre-hooks that raise :class:`Stopped` when this thread's stop check fires; removed on exit."""
-    check = _STOP_CHECK.get()
-    if check is None:
+    """Forward pre-hooks that raise :class:`Stopped` when this thread's stop check fires, and that count
+    this thread's passes of ``model`` for :func:`on_each_pass`; removed on exit."""
+    check, on_pass = _STOP_CHECK.get(), _ON_PASS.get()
+    if check is None and on_pass is None:
         yield
         return
-    if reason := check():
+    if check is not None and (reason := check()):
         raise Stopped(reason)
     owner, last = threading.get_ident(), [time.monotonic()]
 
@@ -57,7 +72,13 @@ def interruptible(model: torch.nn.Module) -> Iterator[None]:
             if reason := check():
                 raise Stopped(reason)
 
-    handles = [m.register_forward_pre_hook(hook) for m in model.modules()]
+    def counted(_module, _inputs):
+        if threading.get_ident() == owner:
+            on_pass()
+
+    handles = [m.register_forward_pre_hook(hook) for m in model.modules()] if check is not None else []
+    if on_pass is not None:
+        handles.append(model.register_forward_pre_hook(counted))
     try:
         yield
     finally:

@@ -14,14 +14,14 @@ work and returns a frozen view that says which weights it used. One module per v
 from __future__ import annotations
 
 from ..activations import KEPT, Prediction
-from ..hooks import Stopped, stop_when
+from ..hooks import Stopped, on_each_pass, stop_when
 from ..pretrained import WeightsOutcome
 from ..preprocess import MAX_FRAME_BYTES, check_frame, decode_frame
 from ..render import COLORMAPS, encode
 from ..summary import readable_macs
 from .attributions import (
     CAM_METHODS, CAM_NAMES, FEATUREVIS_MAX_STEPS, PROJECTIONS, REQUEST_SECONDS, AttributionChoices, AttributionView,
-    ChannelVisualizationView, GuidedGradCamView, ProjectionView, attribution, attribution_choices,
+    CamCost, ChannelVisualizationView, GuidedGradCamView, ProjectionView, attribution, attribution_choices, attribution_cost,
     channel_visualization, guided_gradcam, projection,
 )
 from .comparison import (
@@ -41,12 +41,12 @@ from .models import (
 __all__ = [
     "CAM_METHODS", "CAM_NAMES", "CHECKPOINT_LIMIT_MB", "COLORMAPS", "COMPARE_TILES", "COMPARE_VIEWS",
     "COMPARE_WORDS", "FEATUREVIS_MAX_STEPS", "KEPT", "MAX_DEPTH", "MAX_FRAME_BYTES", "PROJECTIONS", "REQUEST_SECONDS", "STAGE_STRIDES",
-    "WEIGHT_CHOICES", "AttributionChoices", "AttributionView", "ChannelView", "ChannelVisualizationView",
+    "WEIGHT_CHOICES", "AttributionChoices", "AttributionView", "CamCost", "ChannelView", "ChannelVisualizationView",
     "ComparePair", "CompareSide", "CompareView", "FeatureMapsView", "FiltersView", "GuidedGradCamView",
     "LayerStatsView", "LiveView", "MapsPage", "MapsQuery", "ModelView", "Prediction", "ProjectionView", "Startup",
-    "Stopped", "WeightsOutcome", "architecture", "attribution", "attribution_choices", "channel", "channel_at",
+    "Stopped", "WeightsOutcome", "architecture", "attribution", "attribution_choices", "attribution_cost", "channel", "channel_at",
     "channel_visualization", "check_frame", "compare", "curated_models", "decode_frame", "encode", "feature_maps",
     "filter_grid", "find_layer", "guided_gradcam", "layer_activations", "layer_place", "layer_stats",
     "list_convolutions", "live_maps", "load_checkpoint", "maps_page", "predict", "projection", "readable_macs",
-    "select_model", "startup_model", "stop_when", "weights_used",
+    "on_each_pass", "select_model", "startup_model", "stop_when", "weights_used",
 ]

@@ -254,6 +254,12 @@ def _event():
     return blocks._queue, blocks._queue.event_ids_to_events.get(event_id)
 
 
+def enqueued_at() -> float | None:
+    """When the current queued event arrived (``time.monotonic()``), or None outside a queued call."""
+    _, event = _event()
+    return event.enqueue_time if event is not None else None
+
+
 def stop_reason(started: float | None = None) -> str | None:
     """Why the current queued event need not finish, or None (always None outside a queued call):
 

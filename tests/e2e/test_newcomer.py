@@ -3,6 +3,9 @@
 Each test drives the real app (the session's server) and says what the page must show instead."""
 from __future__ import annotations
 
+import re
+import time
+
 import pytest
 from playwright.sync_api import Page, expect
 
@@ -94,3 +97,34 @@ def test_picture_labels_and_buttons_sit_above_the_tiles(browser_page: Page, app_
     shot(f"filters-{width}")
     assert label["y"] + label["height"] <= picture["y"] + 1 and buttons["y"] + buttons["height"] <= picture["y"] + 1
     assert label["x"] + label["width"] <= buttons["x"]
+
+
+def test_score_cam_says_its_cost_first_shows_its_passes_and_a_newer_choice_stops_it(browser_page: Page, app_url, server, shot):
+    """Score-CAM at a layer of 128 channels: the caption gives the estimate before the map, the picture
+    counts real passes ("pass N of M"), and Grad-CAM chosen meanwhile stops it (the server says
+    "superseded") and is drawn without waiting for it."""
+    page = browser_page
+    open_link(page, app_url, model="resnet18", weights="random", tab="attribution")
+    page.locator("#attr-image input[type=file]").set_input_files(str(EXAMPLES / "cat.png"))
+    wait_text(page, "#attr-caption", contains="Grad-CAM for")
+    box = page.locator("#attr-layer input[role=combobox]")
+    box.click()
+    box.press("Control+a")
+    box.press_sequentially("layer2", delay=5)
+    box.press("Enter")
+    wait_text(page, "#attr-caption", contains="at layer2 (")
+    page.get_by_role("radio", name="Score-CAM (slow)").check()
+    said = wait_text(page, "#attr-caption", contains="Score-CAM at layer2: 128 channels")
+    assert "passes" in said and "≈" in said and "MB" in said
+    expect(page.locator("#attr-overlay").get_by_text(re.compile(r"Score-CAM: pass \d+ of \d+"))).to_be_visible(timeout=60_000)
+    assert "Score-CAM at layer2: 128 channels" in page.inner_text("#attr-caption")  # the estimate stays in view meanwhile
+    shot("score-cam-cost-and-progress")
+    page.get_by_role("radio", name="Grad-CAM", exact=True).check()
+    caption = wait_text(page, "#attr-caption", startswith="Grad-CAM for")
+    assert "layer2" in caption
+    if server.log is not None:
+        deadline = time.monotonic() + 30
+        while "superseded" not in server.log_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert "show stopped mid-pass: superseded" in server.log_text()
+    assert not error_toasts(page) and error_badges(page) == 0
