@@ -177,14 +177,17 @@ def fetch_image(page: Page, src: str) -> np.ndarray:
 
 
 def grid_shape(image: np.ndarray) -> tuple[int, int]:
-    """Rows and columns of tiles, counted from the gutters (render.GUTTER) between them."""
-    from cnnviz.render import GUTTER
+    """Rows and columns of tiles, counted from the gutters (render.GUTTER) between them; the tile numbers
+    written on the gutter above each tile (blends of GUTTER and LABEL_INK) count as gutter."""
+    from cnnviz.render import GUTTER, LABEL_INK
 
     def runs(mask: np.ndarray) -> int:
         return int(mask[0]) + int(np.count_nonzero(mask[1:] & ~mask[:-1]))
 
-    gutter = (np.abs(image.astype(int) - np.asarray(GUTTER)) <= 2).all(axis=2)  # PNG: exact; a margin for safety
-    return runs(~gutter.all(axis=1)), runs(~gutter.all(axis=0))
+    pixels, gutter, ink = image.astype(float), np.asarray(GUTTER, float), np.asarray(LABEL_INK, float)
+    t = np.clip(((pixels - gutter) @ (ink - gutter)) / ((ink - gutter) @ (ink - gutter)), 0, 1)
+    blank = (np.abs(pixels - (gutter + t[..., None] * (ink - gutter))) <= 3).all(axis=2)  # gutter or text on it
+    return runs(~blank.all(axis=1)), runs(~blank.all(axis=0))
 
 
 def expected_grid(n: int) -> tuple[int, int]:

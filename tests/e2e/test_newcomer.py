@@ -10,7 +10,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from .conftest import EXAMPLES
-from .test_browser import dropdown_options, error_toasts, open_tab, wait_text
+from .test_browser import dropdown_options, error_toasts, wait_text
 from .test_browser_shell import open_link, wait_query
 
 pytestmark = pytest.mark.e2e
