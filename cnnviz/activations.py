@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from . import cache, vocab
-from .errors import InvalidOptionError
+from .errors import InvalidOptionError, UnknownLayerError, did_you_mean, quoted
 from .hooks import forward_hooks, interruptible
-from .layers import LayerInfo, list_layers
+from .layers import LayerInfo, find_layers, get_layer, list_layers
 
 if TYPE_CHECKING:
     from .loading import LoadedModel
@@ -40,10 +40,39 @@ def _by_name(layers: Sequence[LayerInfo]) -> dict[str, LayerInfo]:
     return {layer.name: layer for layer in layers}
 
 
+DEFAULT_INPUT = (3, 224, 224)  # the input size a bare module's layers are found at, unless timm's config says
+
+
+def _resolve(model, layers: Sequence[LayerInfo | str]) -> list[LayerInfo]:
+    """``layers`` as :class:`LayerInfo`: names looked up in the model's listing (a :class:`LoadedModel`'s,
+    or for a bare module one found at its timm ``input_size``, else 3×224×224)."""
+    if all(isinstance(layer, LayerInfo) for layer in layers):
+        return list(layers)
+    if isinstance(model, torch.nn.Module):
+        size = tuple(getattr(model, "pretrained_cfg", {}).get("input_size", DEFAULT_INPUT))
+        listed = {info.name: info for info in find_layers(model, size).layers}
+        found = []
+        for layer in layers:
+            if isinstance(layer, LayerInfo):
+                found.append(layer)
+            elif layer in listed:
+                found.append(listed[layer])
+            else:
+                hint = did_you_mean(str(layer), list(listed), cutoff=0.5)
+                raise UnknownLayerError(f"The model has no layer {quoted(layer)} with a feature-map output.{hint}")
+        return found
+    return [layer if isinstance(layer, LayerInfo) else get_layer(model, layer) for layer in layers]
+
+
 @contextmanager
-def capture(model: torch.nn.Module, layers: Sequence[LayerInfo], stop_early: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+def capture(model: torch.nn.Module | LoadedModel, layers: Sequence[LayerInfo | str],
+            stop_early: bool = False) -> Iterator[dict[str, torch.Tensor]]:
     """Record the first output of each layer as ``Tensor[C,H,W]`` float32 on the CPU (a copy, batch
     item 0, converted from the layer's layout).
+
+    ``model``: a module, or a :class:`LoadedModel` (its module is hooked). ``layers``: :class:`LayerInfo`
+    or qualified names (``"layer1"``, as torchvision's feature extraction takes them), looked up in the
+    model's listing; an unknown name raises :class:`UnknownLayerError` with close matches.
 
     With ``stop_early=True`` the forward pass is cut short once all layers are captured (call the
     model through :func:`run`, which swallows the internal stop signal).
@@ -55,8 +84,13 @@ def capture(model: torch.nn.Module, layers: Sequence[LayerInfo], stop_early: boo
     ...     _ = run(loaded.model, x)
     >>> out["layer1"].shape
     torch.Size([64, 56, 56])
+    >>> with capture(loaded, ["layer1"]) as out:
+    ...     _ = run(loaded.model, x)
+    >>> out["layer1"].shape
+    torch.Size([64, 56, 56])
     """
-    wanted = _by_name(layers)
+    wanted = _by_name(_resolve(model, layers))
+    model = model if isinstance(model, torch.nn.Module) else model.model
     store: dict[str, torch.Tensor] = {}
 
     def on_output(name: str, _inputs: tuple, output) -> None:

@@ -269,6 +269,8 @@ class Projection:
     activation: float  # the unit's activation
     method: str  # one of PROJECTIONS
     relu_modules: int  # how many nn.ReLU modules the method could change (0: it is the plain gradient)
+    silent: bool = False  # the channel is zero everywhere for this input: no unit of it fires
+    activations: tuple[str, ...] = ()  # the activation modules the model does use (e.g. ("ReLU6",)), by class name
 
 
 def _unit_index(info: LayerInfo, channel: int, row: int, col: int) -> tuple[int, ...]:
@@ -321,6 +323,7 @@ def project(
     model = loaded.model
     module = dict(model.named_modules())[info.name]
     relus = sum(isinstance(m, torch.nn.ReLU) for m in model.modules())
+    used = tuple(sorted({type(m).__name__ for m in model.modules() if _is_activation(m)}))
     with loaded.lock, eval_mode(model), interruptible(model):
         maps = _channel_map(loaded, x, info)
         if position is None:
@@ -336,15 +339,33 @@ def project(
                 warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")
                 signal = kind(model, module).attribute(inputs, _unit_index(info, channel, row, col))
     return Projection(signal[0].detach().float().cpu(), info, channel, (row, col),
-                      float(maps[channel, row, col]), method, relus)
+                      float(maps[channel, row, col]), method, relus, not bool(maps[channel].any()), used)
+
+
+_NOT_ACTIVATIONS = frozenset({"Softmax", "Softmax2d", "LogSoftmax", "Softmin", "MultiheadAttention"})
+
+
+def _is_activation(module: torch.nn.Module) -> bool:
+    """Whether ``module`` is an element-wise activation (torch's ``nn.ReLU6``, ``nn.SiLU``, … or timm's own)."""
+    where = type(module).__module__
+    return (where == "torch.nn.modules.activation" or where.startswith("timm.layers.activations")) and \
+        type(module).__name__ not in _NOT_ACTIVATIONS
 
 
 def projection_note(found: Projection) -> str:
-    """A sentence on what the projection is, and when it is only the plain gradient."""
+    """A sentence on what the projection shows when it is not a unit's usual projection: a channel
+    silent on this input (nothing to take back), or a model without ``nn.ReLU`` modules (then it is the
+    plain gradient; the sentence names the activation the model does use)."""
     name = PROJECTION_NAMES[found.method]
+    if found.silent:
+        return (f"Channel {found.channel} is silent here: it is zero everywhere on this photo, so none of its units "
+                "fires and there is nothing to take back to the pixels (the pictures are flat). Pick a channel that is "
+                "active on this photo (Feature maps' statistics give each channel's maximum), or another photo.")
     if not found.relu_modules:
-        return (f"This model has no ReLU modules, which {name} changes on the way back; what is shown is the "
-                "plain gradient of the unit with respect to the pixels.")
+        uses = (f"its activations are {', '.join(found.activations)}, not nn.ReLU" if found.activations
+                else "it has no activation modules")
+        return (f"{name.capitalize()} changes the model's nn.ReLU modules on the way back, and {uses}; what is shown "
+                "is the plain gradient of the unit with respect to the pixels.")
     return ""
 
 

@@ -50,6 +50,25 @@ def current_stop_check() -> Callable[[], str | None] | None:
     return _STOP_CHECK.get()
 
 
+_ON_PASS: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar("on_pass", default=None)
+
+
+@contextmanager
+def on_each_pass(callback: Callable[[], None]) -> Iterator[None]:
+    """Within the block, ``callback()`` is called as each forward pass that :func:`cnnviz.hooks.interruptible`
+    watches starts in this thread (a progress count for long runs of passes, such as Score-CAM's)."""
+    token = _ON_PASS.set(callback)
+    try:
+        yield
+    finally:
+        _ON_PASS.reset(token)
+
+
+def current_pass_counter() -> Callable[[], None] | None:
+    """This thread's (context's) pass callback, set by :func:`on_each_pass`, or None."""
+    return _ON_PASS.get()
+
+
 UNHEARD_GRACE_S = 10.0  # a client may open its stream a moment after its call starts, or reconnect
 _STREAM_PREFIXES = ("/gradio_api/call/", "/gradio_api/queue/data")
 

@@ -2,7 +2,7 @@
 
     cnnviz serve                       # http://127.0.0.1:7860
     cnnviz serve --host 0.0.0.0 --port 8080 --share --device cpu
-    cnnviz serve --mcp                 # also an MCP server: http://127.0.0.1:7860/gradio_api/mcp/sse
+    cnnviz serve --mcp                 # also an MCP server: http://127.0.0.1:7860/gradio_api/mcp/
     python -m cnnviz serve ...         # the same, without the console script
 
 GRADIO_SERVER_NAME / GRADIO_SERVER_PORT are respected when the flags are not given; CNNVIZ_MCP=1 (or
@@ -48,7 +48,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default=os.environ.get("CNNVIZ_DEVICE", "auto"))
     parser.add_argument(
         "--mcp", action="store_true", default=env_flag("CNNVIZ_MCP"),
-        help="also serve the public endpoints as MCP tools at /gradio_api/mcp/sse (or set CNNVIZ_MCP=1)",
+        help="also serve the public endpoints as MCP tools at /gradio_api/mcp/ (Streamable HTTP; or set CNNVIZ_MCP=1)",
     )
     parser.add_argument(
         "--model", metavar="PACKAGE.MODULE:FACTORY",

@@ -14,7 +14,7 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from .cancel import STOP_CHECK_EVERY_S, Stopped, current_stop_check
+from .cancel import STOP_CHECK_EVERY_S, Stopped, current_pass_counter, current_stop_check
 from .errors import UnknownLayerError, did_you_mean, quoted
 
 InputFn = Callable[[str, tuple], None]  # (module name, positional inputs)
@@ -23,12 +23,13 @@ OutputFn = Callable[[str, tuple, object], None]  # (module name, positional inpu
 
 @contextmanager
 def interruptible(model: torch.nn.Module) -> Iterator[None]:
-    """Forward pre-hooks that raise :class:`Stopped` when this thread's stop check fires; removed on exit."""
-    check = current_stop_check()
-    if check is None:
+    """Forward pre-hooks that raise :class:`~cnnviz.cancel.Stopped` when this thread's stop check fires, and
+    that count this thread's passes of ``model`` for :func:`cnnviz.cancel.on_each_pass`; removed on exit."""
+    check, on_pass = current_stop_check(), current_pass_counter()
+    if check is None and on_pass is None:
         yield
         return
-    if reason := check():
+    if check is not None and (reason := check()):
         raise Stopped(reason)
     owner, last = threading.get_ident(), [time.monotonic()]
 
@@ -39,7 +40,13 @@ def interruptible(model: torch.nn.Module) -> Iterator[None]:
             if reason := check():
                 raise Stopped(reason)
 
-    handles = [m.register_forward_pre_hook(hook) for m in model.modules()]
+    def counted(_module, _inputs):
+        if threading.get_ident() == owner:
+            on_pass()
+
+    handles = [m.register_forward_pre_hook(hook) for m in model.modules()] if check is not None else []
+    if on_pass is not None:
+        handles.append(model.register_forward_pre_hook(counted))
     try:
         yield
     finally:

@@ -27,7 +27,10 @@ FILTERS_TARGET = 1024  # filter grids: kernels are tiny, so each weight becomes 
 GUTTER = (40, 44, 56)  # between tiles: dark slate, no glare in dark mode, not a value of any colormap's ramp
 LABEL_INK = (214, 218, 228)  # channel indices and colour-bar text
 DEAD_STRIPES = ((40, 44, 56), (150, 60, 60))  # an all-zero channel: diagonal stripes, never a plain colour
-BAND = 11  # pixels above each tile for its channel index
+TEXT_PX = 12  # the smallest font size for text on a picture (tile numbers, colour-bar words)
+# The page shows a picture about 560–800 px wide whatever its own width (a 2048 px grid is shrunk ~3×),
+# so text grows with the picture: TEXT_PX on a picture up to TEXT_WIDTH px wide, in proportion beyond.
+TEXT_WIDTH = 480
 
 
 def finite_range(a: np.ndarray, axes: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -235,8 +238,31 @@ def feature_grid_layout(n: int, h: int, w: int, target: int = MAPS_TARGET, label
     """
     size = tile_size(n, max(h, w), target)
     th, tw = _resized_shape(h, w, size)
-    band = BAND if labelled and tw >= _label_width(n - 1) + 2 else 0
-    return GridLayout(n, math.ceil(math.sqrt(n)), th, tw, 2, band)
+    return _labelled_layout(n, th, tw, 2, labelled)
+
+
+def _labelled_layout(n: int, th: int, tw: int, pad: int, labelled: bool) -> GridLayout:
+    """A near-square layout of ``n`` tiles, with a band above each for its number (``0 … n-1``) when
+    ``labelled`` and the longest number fits the tile at :func:`label_px` (or, failing that, TEXT_PX)."""
+    layout = GridLayout(n, math.ceil(math.sqrt(n)), th, tw, pad)
+    if not labelled:
+        return layout
+    for px in dict.fromkeys((label_px(layout), TEXT_PX)):
+        if tw >= _text_width(str(n - 1), px) + 2:
+            return GridLayout(n, layout.cols, th, tw, pad, _text_height(px) + 2)
+    return layout
+
+
+def text_px(width: int) -> int:
+    """The font size for text on a picture ``width`` px wide, so that it reads at ~12 px in the page."""
+    return max(TEXT_PX, round(width * TEXT_PX / TEXT_WIDTH))
+
+
+def label_px(layout: GridLayout) -> int:
+    """The font size of tile numbers in ``layout`` (its band, when it has one, is this text's height + 2)."""
+    if layout.band:
+        return next(px for px in range(TEXT_PX, 8 * TEXT_PX) if _text_height(px) + 2 >= layout.band)
+    return text_px(layout.shape[1])
 
 
 def _resized_shape(h: int, w: int, size: int) -> tuple[int, int]:
@@ -288,13 +314,20 @@ def render_feature_maps(
         tiles = tiles.copy() if not tiles.flags.writeable else tiles
         tiles[dead] = dead_tile(tiles.shape[1], tiles.shape[2])
     grid = tile(tiles, layout.cols, layout.pad, GUTTER, layout.band)
-    if labels is not None and layout.band:
-        for i, label in enumerate(labels):
-            y, x = layout.origin(i)
-            _write(grid, str(label), y - layout.band + 1, x + 1)
+    _number(grid, layout, labels)
     if colour_bar:
         grid = add_colour_bar(grid, name, _bar_words(name in DIVERGING, normalise, value_range, maps))
     return grid
+
+
+def _number(grid: np.ndarray, layout: GridLayout, labels: Sequence[int] | None) -> None:
+    """Write ``labels`` into the bands above the tiles of ``grid`` (in place), when the layout has bands."""
+    if labels is None or not layout.band:
+        return
+    px = label_px(layout)
+    for i, label in enumerate(labels):
+        y, x = layout.origin(i)
+        _write(grid, str(label), y - layout.band + 1, x + 1, px=px)
 
 
 def _bar_words(centred: bool, normalise: str, value_range, maps: np.ndarray) -> tuple[str, str, str]:
@@ -316,61 +349,72 @@ def dead_tile(h: int, w: int) -> np.ndarray:
     return np.asarray(DEAD_STRIPES, np.uint8)[((yy + xx) // 4) % 2]
 
 
-@functools.cache
-def _glyphs() -> dict[str, np.ndarray]:
+GLYPHS = "0123456789-+.,|e×'abcdefghijklmnopqrstuvwxyz "
+
+
+@functools.lru_cache(maxsize=32)
+def _glyphs(px: int = TEXT_PX) -> dict[str, np.ndarray]:
     """Bitmaps ``uint8[h,w]`` (0–255 coverage) of the characters labels and colour bars use, drawn
-    once with Pillow's built-in font."""
+    once per font size ``px`` with Pillow's built-in font, all cropped to the rows any of them covers
+    (one height per size), each followed by a one-pixel gap so that letters never touch."""
     from PIL import ImageDraw, ImageFont
 
-    font = ImageFont.load_default(size=10)
-    out = {}
-    for ch in "0123456789-+.,|e×'abcdefghijklmnopqrstuvwxyz ":
-        canvas = Image.new("L", (12, 14))
+    font = ImageFont.load_default(size=px)
+    drawn = {}
+    for ch in GLYPHS:
+        canvas = Image.new("L", (2 * px + 2, 2 * px + 2))
         ImageDraw.Draw(canvas).text((0, 0), ch, font=font, fill=255)
-        a = np.asarray(canvas)
-        width = math.ceil(font.getlength(ch)) or 3
-        out[ch] = a[2:11, :max(width, 1)]
-    return out
+        width = max(math.ceil(font.getlength(ch)), 3)
+        drawn[ch] = np.asarray(canvas)[:, :width]
+    rows = np.flatnonzero(np.any(np.concatenate(list(drawn.values()), axis=1), axis=1))
+    top, bottom = int(rows[0]), int(rows[-1]) + 1
+    gap = max(1, px // 12)
+    return {ch: np.pad(a[top:bottom], ((0, 0), (0, gap))) for ch, a in drawn.items()}
 
 
-def _label_width(value: int) -> int:
-    return _text_width(str(value))
+def _text_height(px: int = TEXT_PX) -> int:
+    return _glyphs(px)["0"].shape[0]
 
 
 @functools.lru_cache(maxsize=8192)
-def _text_mask(text: str) -> np.ndarray:
+def _text_mask(text: str, px: int = TEXT_PX) -> np.ndarray:
     """Coverage ``float32[h,w,1]`` in [0, 1] of ``text`` set in the glyphs of :func:`_glyphs`."""
-    glyphs = _glyphs()
+    glyphs = _glyphs(px)
     return (np.concatenate([glyphs.get(c.lower(), glyphs[" "]) for c in text], axis=1).astype(np.float32) / 255.0)[..., None]
 
 
-def _write(image: np.ndarray, text: str, y: int, x: int, ink: tuple[int, int, int] = LABEL_INK) -> None:
-    """Write ``text`` into ``image`` (uint8[H,W,3], changed in place) with its top-left at (y, x),
-    clipped at the image's edges."""
+def _write(image: np.ndarray, text: str, y: int, x: int, ink: tuple[int, int, int] = LABEL_INK, px: int = TEXT_PX) -> None:
+    """Write ``text`` into ``image`` (uint8[H,W,3], changed in place) with its top-left at (y, x) in
+    font size ``px``, clipped at the image's edges."""
     if not text:
         return
-    cov = _text_mask(text)
+    cov = _text_mask(text, px)
     region = image[y : y + cov.shape[0], x : x + cov.shape[1]]
     cov = cov[: region.shape[0], : region.shape[1]]
     region[...] = (region * (1 - cov) + np.asarray(ink, np.float32) * cov).astype(np.uint8)
 
 
-def _text_width(text: str) -> int:
-    return _text_mask(text).shape[1] if text else 0
+def _text_width(text: str, px: int = TEXT_PX) -> int:
+    return _text_mask(text, px).shape[1] if text else 0
 
 
-def add_colour_bar(image: np.ndarray, colormap: str, words: tuple[str, str, str], height: int = 10) -> np.ndarray:
+def add_colour_bar(image: np.ndarray, colormap: str, words: tuple[str, str, str]) -> np.ndarray:
     """``image`` with a colour bar under it: the colormap's ramp across the width, ``words``
-    (left, middle, right) written under its ends and its middle. Returns a new ``uint8[H',W,3]``."""
+    (left, middle, right) written under its ends and its middle, in a font that grows with the width
+    (:func:`text_px`) so they read in the page. Returns a new ``uint8[H',W,3]``."""
     w = image.shape[1]
+    px = text_px(w)
+    while px > TEXT_PX and sum(_text_width(word, px) for word in words) + 4 * px > w:
+        px -= 1  # a narrow picture: smaller words rather than words run together
+    height = px
     bar = colorize(np.broadcast_to(np.linspace(0.0, 1.0, w, dtype=np.float32), (height, w)), colormap)
-    text = np.empty((13, w, 3), np.uint8)
+    text = np.empty((_text_height(px) + 4, w, 3), np.uint8)
     text[...] = GUTTER
     left, middle, right = words
-    _write(text, left, 2, 1)
+    _write(text, left, 2, 1, px=px)
     if middle:
-        _write(text, middle, 2, max(0, w // 2 - _text_width(middle) // 2))
-    _write(text, right, 2, max(0, w - _text_width(right) - 1))
+        _write(text, middle, 2, max(0, w // 2 - _text_width(middle, px) // 2), px=px)
+    _write(text, right, 2, max(0, w - _text_width(right, px) - 1), px=px)
     gap = np.empty((3, w, 3), np.uint8)
     gap[...] = GUTTER
     return np.concatenate([image, gap, bar, text], axis=0)
@@ -391,9 +435,24 @@ def overlay(picture: np.ndarray, heat: np.ndarray, opacity: float) -> np.ndarray
     return np.rint(blended).astype(np.uint8)
 
 
-def render_filters(weight: np.ndarray, normalise: str = "layer", target: int = FILTERS_TARGET) -> np.ndarray:
+def filter_grid_layout(n: int, kh: int, kw: int, target: int = FILTERS_TARGET, labelled: bool = True) -> GridLayout:
+    """The layout :func:`render_filters` uses for ``n`` kernels of ``kh×kw``: each kernel enlarged to
+    about ``target`` px for the grid, and (``labelled``) a band above each tile for its filter number
+    when the number fits.
+
+    >>> filter_grid_layout(64, 7, 7).band > 0
+    True
+    """
+    size = tile_size(n, max(kh, kw), target)
+    th, tw = _resized_shape(kh, kw, size)
+    return _labelled_layout(n, th, tw, max(2, size // 16), labelled)
+
+
+def render_filters(weight: np.ndarray, normalise: str = "layer", target: int = FILTERS_TARGET,
+                   labelled: bool = True) -> np.ndarray:
     """Draw conv kernels ``float32[O,I,kh,kw]`` as a grid, ``uint8[H,W,3]``, each kernel upscaled with
-    nearest-neighbour so every weight is a visible square.
+    nearest-neighbour so every weight is a visible square, each numbered (``labelled``, when the number
+    fits above the tile) so a flagged filter can be found. Tiles sit where :func:`filter_grid_layout` says.
 
     Kernels that see 3 channels are drawn in colour (input channel order, RGB for an image model);
     others as grey, averaged over their input channels. ``normalise="layer"`` uses one range for the
@@ -405,8 +464,11 @@ def render_filters(weight: np.ndarray, normalise: str = "layer", target: int = F
     w = np.moveaxis(w, 1, -1) if w.shape[1] == 3 else w.mean(axis=1, dtype=np.float64).astype(np.float32)[..., None]
     unit = minmax(w, (1, 2, 3) if normalise == "filter" else None)
     rgb = np.rint(np.broadcast_to(unit, unit.shape[:3] + (3,)) * 255).astype(np.uint8)
-    size = tile_size(len(w), max(w.shape[1:3]), target)
-    return tile(resize_tiles(rgb, size), pad=max(2, size // 16), pad_value=GUTTER)  # dark gutters: no glare in dark mode
+    layout = filter_grid_layout(len(w), w.shape[1], w.shape[2], target, labelled)
+    tiles = resize_tiles(rgb, tile_size(len(w), max(w.shape[1:3]), target))
+    grid = tile(tiles, layout.cols, layout.pad, GUTTER, layout.band)  # dark gutters: no glare in dark mode
+    _number(grid, layout, range(len(w)))
+    return grid
 
 
 def encode(image: np.ndarray, fmt: str) -> bytes:

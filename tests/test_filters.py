@@ -46,10 +46,11 @@ def test_filter_tiles_are_the_weights():
     w = view.filters.weight[5].numpy()  # filter 5: row 0, column 5 of the 8×8 grid
     size = render.tile_size(64, 11)
     factor, pad = size // 11, max(2, size // 16)
-    y, x = 3 * factor, 5 * (factor * 11 + pad) + 7 * factor  # pixel of kernel cell (3, 7)
+    layout = render.filter_grid_layout(64, 11, 11)  # its number in a band above each tile
+    y, x = layout.band + 3 * factor, 5 * (factor * 11 + pad) + 7 * factor  # pixel of kernel cell (3, 7)
     expected = np.rint((w[:, 3, 7] - w.min()) / (w.max() - w.min()) * 255)
     np.testing.assert_allclose(view.image[y, x], expected, atol=1)
-    assert view.image.shape[0] == view.image.shape[1]  # 64 filters: 8 × 8
+    assert view.image.shape == (*layout.shape, 3) and layout.cols == layout.rows == 8  # 64 filters: 8 × 8
 
 
 def _random_eval_model(name: str) -> torch.nn.Module:
@@ -205,7 +206,8 @@ def test_chosen_convolution_filters_are_its_weight_and_tiles_its_mean_or_slice()
     size = render.tile_size(512, 3)
     factor, pad = size // 3, max(2, size // 16)
     cols = 23  # ceil(sqrt(512))
-    y, x = 1 * factor, 5 * (factor * 3 + pad) + 2 * factor  # kernel cell (1, 2) of tile 5 (row 0)
+    band = render.filter_grid_layout(512, 3, 3).band  # the filter numbers above each tile
+    y, x = band + 1 * factor, 5 * (factor * 3 + pad) + 2 * factor  # kernel cell (1, 2) of tile 5 (row 0)
     expected = np.rint((w[1, 2] - w.min()) / (w.max() - w.min()) * 255)
     assert view_pixel(mean.image, y, x) == pytest.approx(expected, abs=1)
     assert mean.image.shape[1] == cols * (factor * 3 + pad) - pad

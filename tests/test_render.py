@@ -71,9 +71,10 @@ def test_render_filters_colour_and_layer_normalisation():
     w[0, 0] = 1.0  # filter 0: pure red
     w[1, 2] = -1.0  # filter 1: no blue at all
     img = render.render_filters(w, "layer")
-    size = render.tile_size(2, 3)
-    assert tuple(img[1, 1]) == (255, 127, 127) or tuple(img[1, 1]) == (255, 128, 128)
-    second = img[1, size + max(2, size // 16) + 1]
+    layout = render.filter_grid_layout(2, 3, 3)
+    (y0, x0), (y1, x1) = layout.origin(0), layout.origin(1)
+    assert tuple(img[y0 + 1, x0 + 1]) == (255, 127, 127) or tuple(img[y0 + 1, x0 + 1]) == (255, 128, 128)
+    second = img[y1 + 1, x1 + 1]
     assert second[2] == 0 and second[0] == second[1]
     assert render.render_filters(w, "filter").shape == img.shape
 
@@ -157,6 +158,24 @@ def test_huge_filters_are_drawn_in_order():
     w = np.zeros((3, 2, 1, 1), np.float32)  # grey tiles: the mean over 2 input channels
     w[0], w[1], w[2] = -HUGE, 0.0, HUGE  # their float32 sum overflows, their mean does not
     img = render.render_filters(w, "layer")
-    size = render.tile_size(3, 1)
-    layout = render.GridLayout(3, 2, size, size, max(2, size // 16))  # render_filters' near-square grid
+    layout = render.filter_grid_layout(3, 1, 1)
     assert [int(img[layout.origin(i)][0]) for i in range(3)] == [0, 128, 255]
+
+
+def test_filters_carry_their_numbers_and_text_grows_with_the_picture():
+    """Each filter tile is numbered in the band above it (ink there, none without labels); colour-bar words
+    on a 2048 px grid are set in a font about 4× the one on a 512 px grid, so both read at ~12 px in the page."""
+    w = np.random.default_rng(0).normal(size=(64, 3, 7, 7)).astype(np.float32)
+    layout = render.filter_grid_layout(64, 7, 7)
+    img = render.render_filters(w)
+    assert layout.band > 0 and img.shape[:2] == layout.shape
+    for i in (0, 9, 63):
+        y, x = layout.origin(i)
+        band = img[y - layout.band : y, x : x + layout.tile_w]
+        assert (band != render.GUTTER).any(axis=-1).sum() > 20, f"filter {i} has no number"
+    plain = render.render_filters(w, labelled=False)
+    assert plain.shape[0] < img.shape[0]
+    small = render.add_colour_bar(np.zeros((10, 512, 3), np.uint8), "gray", ("-|max| of each map", "0", "+|max| of each map"))
+    large = render.add_colour_bar(np.zeros((10, 2048, 3), np.uint8), "gray", ("-|max| of each map", "0", "+|max| of each map"))
+    assert render.text_px(512) >= render.TEXT_PX and render.text_px(2048) >= 4 * render.TEXT_PX
+    assert large.shape[0] - 10 >= 3 * (small.shape[0] - 10)

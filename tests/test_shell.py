@@ -51,7 +51,7 @@ def skipped(value) -> bool:
 
 def test_deep_link_opens_model_layer_and_tab_without_the_default_model(warnings, no_default_model):
     out = opened(ui.open_page(link(model="ResNet18", layer="layer3.0.conv1", tab="feature-maps", weights="random")))
-    assert (out.key, out.weights, out.tab, out.shown, out.refresh, out.compare) == ("resnet18", "random", "feature-maps", "resnet18", True, {})
+    assert (out.key, out.weights.value, out.tab, out.shown, out.refresh, out.compare) == ("resnet18", "random", "feature-maps", "resnet18", True, {})
     assert out.tabs.selected == "feature-maps" and out.banner == ""
     assert "ResNet-18" in out.notice and "Random weights, as chosen" in out.notice
     expected = [(l.label, l.name) for l in cnnviz.list_layers(cnnviz.load_model("resnet18", "random"))]
@@ -124,14 +124,14 @@ def test_link_parameters_are_bounded_text():
 
 
 def test_a_model_typo_puts_the_shown_model_back_and_refreshes_nothing(warnings):
-    box, notice, layer, shown, refresh = ui.model_picked("resnet5O", "random", "", "resnet18")
+    box, notice, layer, shown, refresh, _ = ui.model_picked("resnet5O", "random", "", "resnet18")
     assert box == "resnet18" and refresh is False  # the box shows the model the page shows
     assert warnings and "Did you mean: resnet50" in warnings[0]
-    box, notice, layer, shown, refresh = ui.model_picked("ResNet18", "random", "features.3", "alexnet")
+    box, notice, layer, shown, refresh, _ = ui.model_picked("ResNet18", "random", "features.3", "alexnet")
     assert (box, shown, refresh, layer.value) == ("resnet18", "resnet18", True, "conv1")  # AlexNet's layer: not in ResNet
-    box, notice, layer, shown, refresh = ui.model_picked("resnet34", "random", "layer3.0.conv1", "resnet18")
+    box, notice, layer, shown, refresh, _ = ui.model_picked("resnet34", "random", "layer3.0.conv1", "resnet18")
     assert layer.value == "layer3.0.conv1"  # the new model has it: the same layer, to compare the two
-    box, notice, layer, shown, refresh = ui.weights_switched("resnet18", "random", "layer2.0.conv1", "resnet18")
+    box, notice, layer, shown, refresh, _ = ui.weights_switched("resnet18", "random", "layer2.0.conv1", "resnet18")
     assert layer.value == "layer2.0.conv1"  # a weights switch keeps the layer
 
 

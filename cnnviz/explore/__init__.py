@@ -20,7 +20,7 @@ from ..render import COLORMAPS, encode
 from ..summary import readable_macs
 from .attributions import (
     CAM_METHODS, CAM_NAMES, FEATUREVIS_MAX_STEPS, PROJECTIONS, REQUEST_SECONDS, AttributionChoices, AttributionView,
-    ChannelVisualizationView, GuidedGradCamView, ProjectionView, attribution, attribution_choices,
+    CamCost, ChannelVisualizationView, GuidedGradCamView, ProjectionView, attribution, attribution_choices, attribution_cost,
     channel_visualization, guided_gradcam, projection,
 )
 from .comparison import (
@@ -40,12 +40,12 @@ from .models import (
 __all__ = [
     "CAM_METHODS", "CAM_NAMES", "CHECKPOINT_LIMIT_MB", "CHECKPOINT_SUFFIXES", "COLORMAPS", "COMPARE_TILES", "COMPARE_VIEWS",
     "COMPARE_WORDS", "FEATUREVIS_MAX_STEPS", "KEPT", "MAX_DEPTH", "MAX_FRAME_BYTES", "PROJECTIONS", "REQUEST_SECONDS", "STAGE_STRIDES",
-    "WEIGHT_CHOICES", "AttributionChoices", "AttributionView", "ChannelView", "ChannelVisualizationView",
+    "WEIGHT_CHOICES", "AttributionChoices", "AttributionView", "CamCost", "ChannelView", "ChannelVisualizationView",
     "ComparePair", "CompareSide", "CompareView", "FeatureMapsView", "FiltersView", "GuidedGradCamView",
     "LayerStatsView", "LiveView", "MapsPage", "MapsQuery", "ModelView", "Prediction", "ProjectionView", "Startup",
-    "WeightsOutcome", "architecture", "attribution", "attribution_choices", "channel", "channel_at",
-    "channel_visualization", "check_frame", "compare", "curated_models", "decode_frame", "encode", "feature_maps",
-    "filter_grid", "find_layer", "guided_gradcam", "layer_activations", "layer_place", "layer_stats",
-    "list_convolutions", "live_maps", "load_checkpoint", "maps_page", "predict", "projection", "readable_macs",
-    "select_model", "startup_model", "weights_used",
+    "WeightsOutcome", "architecture", "attribution", "attribution_choices", "attribution_cost", "channel",
+    "channel_at", "channel_visualization", "check_frame", "compare", "curated_models", "decode_frame", "encode",
+    "feature_maps", "filter_grid", "find_layer", "guided_gradcam", "layer_activations", "layer_place",
+    "layer_stats", "list_convolutions", "live_maps", "load_checkpoint", "maps_page", "predict", "projection",
+    "readable_macs", "select_model", "startup_model", "weights_used",
 ]

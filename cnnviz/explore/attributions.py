@@ -20,6 +20,39 @@ FEATUREVIS_MAX_STEPS = featurevis.MAX_STEPS
 
 
 @dataclass(frozen=True)
+class CamCost:
+    """What a class activation map will take before it starts: ``passes`` forward passes (Score-CAM: two,
+    then one per batch of masked copies), and the budget's estimate of its time and memory."""
+
+    method: str
+    layer: layers.LayerInfo
+    passes: int
+    cost: budget.Cost
+
+    def describe(self) -> str:
+        """``"Score-CAM at `bn2`: 1280 channels, 42 passes — ≈ 41 s, ≈ 310 MB on this server"``."""
+        what = f"{self.layer.shape[0]} channels, one masked copy of the photo each, in {self.passes} passes" \
+            if self.method == "scorecam" else f"{self.passes} pass{'es' if self.passes != 1 else ''}"
+        return f"{CAM_NAMES[self.method]} at `{self.layer.name}`: {what} — {budget.describe(self.cost)} on this server"
+
+
+def attribution_cost(model: str | LoadedModel, method: str = "gradcam", layer: str = "",
+                     weights: str = "pretrained") -> CamCost:
+    """What :func:`attribution` would take for ``method`` at ``layer`` (the photo does not change it),
+    refused as :func:`attribution` refuses it when it would not fit the request's budget.
+
+    >>> attribution_cost("resnet18", "scorecam", "layer1.0.conv1", "random").passes  # 2, then 64 channels 32 at a time
+    4
+    """
+    method = vocab.option(vocab.CamMethod, method, "method")
+    loaded = load_model(model, weights)
+    info = methods.resolve_layer(loaded, layer or None)
+    batch = budget.check_cam(loaded, info, method)
+    passes = 2 + -(-info.shape[0] // batch) if method == "scorecam" else 1
+    return CamCost(str(method), info, passes, budget.cam_cost(loaded, info, method, batch))
+
+
+@dataclass(frozen=True)
 class AttributionView:
     overlay: np.ndarray  # uint8[H,W,3]: the map over the picture the model saw, a colour bar below
     map: np.ndarray  # float32[h,w]: the raw class activation map at the target layer's resolution
@@ -74,8 +107,9 @@ class ProjectionView:
     position: tuple[int, int]  # (row, column) of the projected unit in the layer's map
     activation: float
     method: str
-    note: str  # "" or why the projection is only the plain gradient
+    note: str  # "" or why the projection is not a unit's usual one (a silent channel, the plain gradient)
     weights: WeightsOutcome
+    silent: bool = False  # the channel is zero everywhere on this photo: nothing was projected
 
 
 def projection(
@@ -102,7 +136,7 @@ def projection(
     box = (int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1)
     side = render.side_by_side(render.signed_picture(signal), render.crop_box(picture, box))
     return ProjectionView(side, signal, box, found.layer, found.channel, found.position, found.activation,
-                          str(method), methods.projection_note(found), loaded.weights)
+                          str(method), methods.projection_note(found), loaded.weights, found.silent)
 
 
 @dataclass(frozen=True)

@@ -71,8 +71,9 @@ def compare(
     ``view``: ``filters`` (each first convolution's filters), ``stages`` (the first convolution and the
     output of each stage, matched by stride: 1/4, 1/8, 1/16, 1/32 of the input, see
     :func:`cnnviz.receptive.list_stages`; the 16 strongest channels of each), or ``cam`` (Grad-CAM at
-    each model's default layer; on one photo, when both models have the same labels, B explains A's top
-    class, so both answer the same question; on two photos, each its own). Each side also gets its top-5.
+    each model's default layer; on one photo, when both models have the same classes (ImageNet's 1,000
+    in timm's or torchvision's spelling alike), B explains A's top class, so both answer the same
+    question; on two photos, each its own). Each side also gets its top-5.
     Both sides' costs together must fit one request's budget (:func:`cnnviz.budget.check_pair`).
 
     >>> view = compare("resnet18", "timm/resnet18", "examples/coffee.png", "random", "random", "stages")
@@ -130,11 +131,29 @@ def _pair_rows(rows_a: dict[str, stages.StageRow], rows_b: dict[str, stages.Stag
     return pairs
 
 
+IMAGENET_CLASSES = 1000
+SPELLINGS_APART = 10  # of ImageNet's 1,000 labels, timm's and torchvision's spell 2 differently (crane / crane bird)
+
+
+def same_classes(a, b) -> bool:
+    """Whether two heads' label lists name the same classes index by index: the same lists, or two
+    spellings of ImageNet-1k's 1,000 classes (lists that agree on all but a few of their labels).
+
+    >>> imagenet = [f"class {i}" for i in range(1000)]
+    >>> same_classes(imagenet, ["crane bird", *imagenet[1:]]), same_classes(imagenet, imagenet[::-1]), same_classes(None, None)
+    (True, False, False)
+    """
+    if a is None or b is None or len(a) != len(b):
+        return False
+    apart = sum(x != y for x, y in zip(a, b))
+    return apart == 0 or (len(a) == IMAGENET_CLASSES and apart <= SPELLINGS_APART)
+
+
 def _compare_cams(loaded_a: LoadedModel, loaded_b: LoadedModel, x_a: torch.Tensor, x_b: torch.Tensor, one_photo: bool):
-    """Each side's Grad-CAM; on one photo with the same labels on both sides, B explains A's top class
-    (one question, two models); on two photos each side explains its own top class."""
+    """Each side's Grad-CAM; on one photo with the same classes on both sides (:func:`same_classes`), B
+    explains A's top class (one question, two models); on two photos each side explains its own top class."""
     found_a = attribution.class_activation_map(loaded_a, x_a, "gradcam")
-    same_question = one_photo and loaded_a.categories is not None and loaded_a.categories == loaded_b.categories
+    same_question = one_photo and same_classes(loaded_a.categories, loaded_b.categories)
     found_b = attribution.class_activation_map(loaded_b, x_b, "gradcam", found_a.class_index if same_question else None)
     pictures, tops = [], []
     for loaded, x, found in ((loaded_a, x_a, found_a), (loaded_b, x_b, found_b)):

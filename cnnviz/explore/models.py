@@ -84,7 +84,7 @@ def startup_model() -> Startup:
         return Startup(registry.DEFAULT_MODEL, None)
     offline = loading.get_spec(registry.OFFLINE_MODEL)
     return Startup(registry.OFFLINE_MODEL, (
-        f"{default.weights.notice} So the app opened on **{offline.display}**, whose ImageNet weights ship "
+        f"{default.weights.notice} The app opened on **{offline.display}** instead: its ImageNet weights ship "
         f"with the app. {default.spec.display} is still in the list, with random weights."
     ))
 

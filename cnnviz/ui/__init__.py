@@ -42,6 +42,10 @@ CSS = (
     # a phone: the grids as tall as they are wide, not centred in a 640 px box
     " @media (max-width: 640px) { #maps-image, #filters-image { height: auto !important; }"
     " #maps-image img, #filters-image img { height: auto; } }"
+    # Gradio floats a picture's label (top left) and its buttons (top right) over the picture: room above
+    # it for them, so they never cover the top row of tiles, nor each other on a phone
+    " #maps-image .image-container > button, #filters-image .image-container > button,"
+    " .cmp-picture .image-container > button, #webcam-maps .image-container > button { padding-top: 34px; }"
 )
 
 
@@ -50,6 +54,14 @@ def model_notice(view: explore.ModelView) -> str:
     spec = view.spec
     line = f"**{spec.display}** · {spec.source} · `{spec.key}` · on {view.device} — {weights_used(view.weights)}"
     return line + (f"\n\nℹ️ {view.note}" if view.note else "")
+
+
+def weights_radio(view: explore.ModelView, weights: str) -> gr.Radio:
+    """The Weights radio with ``weights`` chosen, its "pretrained" choice naming what was loaded: after a
+    fallback it says random weights were used (the value, the user's choice, stays "pretrained" for links)."""
+    fell_back = "pretrained (not available: random weights)" if view.weights.notice else None
+    return gr.Radio(choices=[(fell_back or choice, choice) if choice == "pretrained" else (choice, choice)
+                             for choice in explore.WEIGHT_CHOICES], value=weights)
 
 
 # --- deep links: the page's state in its address. The shell reads model, weights, tab and photo; each tab
@@ -89,7 +101,8 @@ def link_params(request: gr.Request | None) -> dict[str, str]:
     """The view named in the page's URL: every parameter the shell or a tab reads (:data:`LINK_KEYS`),
     each text, at most LINK_LIMIT characters ("" when absent)."""
     params = dict(request.query_params) if request is not None else {}
-    return {k: str(params.get(k, "")).strip()[:LINK_LIMIT] for k in LINK_KEYS}
+    link = {k: str(params.get(k, "")).strip()[:LINK_LIMIT] for k in LINK_KEYS}
+    return {**link, "tab": link["tab"].lower()}  # tab ids, like model names, in any case
 
 
 @user_errors
@@ -123,7 +136,7 @@ def open_page(request: gr.Request, progress=gr.Progress(track_tqdm=True)):
     key, parts = view.spec.key, {**link, "tab": tab}
     tabs_linked = [value for module in TAB_MODULES for value in module.from_link(parts, key, weights)]
     boxes = (photo if photo else gr.skip(),) * len(PHOTO_TABS)
-    return (key, weights, gr.Tabs(selected=tab), tab, banner, model_notice(view), key, True,
+    return (key, weights_radio(view, weights), gr.Tabs(selected=tab), tab, banner, model_notice(view), key, True,
             example_name(photo) if photo else gr.skip(), *boxes, *tabs_linked)
 
 
@@ -145,9 +158,9 @@ def _select(model: str, weights: str, layer: str, shown: str):
         view = explore.select_model(model, weights)
     except CnnvizError as e:
         warn(str(e))
-        return shown or gr.skip(), gr.skip(), gr.skip(), gr.skip(), False
+        return shown or gr.skip(), gr.skip(), gr.skip(), gr.skip(), False, gr.skip()
     keep = layer if any(info.name == layer for info in view.layers) else view.default_layer
-    return view.spec.key, model_notice(view), layer_dropdown(view, keep), view.spec.key, True
+    return view.spec.key, model_notice(view), layer_dropdown(view, keep), view.spec.key, True, weights_radio(view, weights)
 
 
 @user_errors
@@ -313,12 +326,12 @@ def build_demo() -> gr.Blocks:
         )
         starts = [chain]
         model.input(lambda: "", None, banner, api_visibility="private", queue=False)  # the user chose: banner done
-        starts.append(model.input(model_picked, [model, weights, maps.layer, shown], [model, notice, maps.layer, shown, refresh_all],
+        starts.append(model.input(model_picked, [model, weights, maps.layer, shown], [model, notice, maps.layer, shown, refresh_all, weights],
                                   api_visibility="private", concurrency_id=WORK))
-        starts.append(weights.input(weights_switched, [model, weights, maps.layer, shown], [model, notice, maps.layer, shown, refresh_all],
+        starts.append(weights.input(weights_switched, [model, weights, maps.layer, shown], [model, notice, maps.layer, shown, refresh_all, weights],
                                     api_visibility="private", concurrency_id=WORK))
         use = cmp.use_everywhere.click(  # the upload in every tab, starting with Feature maps (the photo is there too)
-            model_picked, [cmp.uploaded, weights, maps.layer, shown], [model, notice, maps.layer, shown, refresh_all],
+            model_picked, [cmp.uploaded, weights, maps.layer, shown], [model, notice, maps.layer, shown, refresh_all, weights],
             api_visibility="private", concurrency_id=WORK)
         use.success(lambda go: (gr.Tabs(selected="feature-maps"), "feature-maps") if go else (gr.skip(), gr.skip()),
                     refresh_all, [tabs, view_tab], api_visibility="private", queue=False)
@@ -361,8 +374,8 @@ def launch(host: str = "127.0.0.1", port: int | None = 7860, share: bool = False
            **launch_kwargs) -> gr.Blocks:
     """Build the demo and start serving it in background threads; returns the running demo.
 
-    ``mcp=True`` also serves the public endpoints as MCP tools (``/gradio_api/mcp/sse``); None leaves
-    it to Gradio's ``GRADIO_MCP_SERVER`` environment variable. ``port=None``: the first free one from 7860.
+    ``mcp=True`` also serves the public endpoints as MCP tools (``/gradio_api/mcp/``, Streamable HTTP); None
+    leaves it to Gradio's ``GRADIO_MCP_SERVER`` environment variable. ``port=None``: the first free one from 7860.
     ``launch_kwargs`` go to ``Blocks.launch`` (``inline=``, ``height=``, ``auth=``, ...).
 
     Raises:
@@ -371,11 +384,17 @@ def launch(host: str = "127.0.0.1", port: int | None = 7860, share: bool = False
     demo = build_demo()
     demo.launch(
         server_name=host, server_port=port, share=share, max_file_size=MAX_UPLOAD, css=CSS,
-        prevent_thread_lock=True, mcp_server=mcp, **launch_kwargs,
+        prevent_thread_lock=True, mcp_server=mcp, quiet=True,  # Gradio's hints name launch()'s arguments, not ours
+        **launch_kwargs,
         app_kwargs={"middleware": [
             Middleware(server.BodyLimit, upload_limit=int((explore.CHECKPOINT_LIMIT_MB + 1) * 2**20)),
             Middleware(server.UploadGuard, quota=server.disk_quota(folder, UPLOAD_QUOTA)),
             Middleware(cancel.StreamWatch),  # who still reads a result: work nobody waits for stops
         ]},
     )
+    if demo.mcp_error:
+        print(demo.mcp_error)
+    print(f"* Running on local URL:  {demo.local_url}")
+    if not share:
+        print("* To create a public link, start the app with --share (python app.py --share).")
     return demo

@@ -7,16 +7,18 @@ Public endpoints: ``/attribution``, ``/projection``, ``/guided_gradcam``.
 from __future__ import annotations
 
 import io
+import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import gradio as gr
 import numpy as np
 
-from .. import explore
-from ..errors import InvalidImageError, quoted
+from .. import cancel, explore
+from ..errors import CnnvizError, InvalidImageError, quoted
 from .common import (
-    HEAVY, OUTPUTS, PROJECTION_CHOICES, PageState, Photo, Refresh, markdown_text, photo_box, projection_outputs, user_errors,
-    warn, weights_used,
+    HEAVY, OUTPUTS, PROJECTION_CHOICES, WORK, PageState, Photo, Refresh, enqueued_at, in_page,
+    markdown_text, photo_box, projection_outputs, stop_reason, user_errors, warn, weights_used,
 )
 
 METHOD_CHOICES = [
@@ -120,13 +122,65 @@ def show_guided(model, image, target, layer, weights):
     return guided_gradcam(model, image, target, layer, weights)
 
 
+# What each page (by session) asked of its class activation map last, and when: a run for an older
+# question stops at its next module (a Score-CAM at bn2 is minutes of passes; a newer choice should not wait).
+ASKED: dict[str, tuple[tuple, float]] = {}
+ASKED_PAGES = 10_000  # pages remembered; the oldest go first (a forgotten page only loses this early stop)
+
+
+def _question(image, method, target, layer) -> tuple:
+    return (image, method, str(target or ""), layer or "")
+
+
 @user_errors
-def show(model, image, method, target, layer, weights, opacity):
-    """The page's class activation map (a hint before there is an image)."""
+def cam_asked(model, image, method, target, layer, weights, request: gr.Request = None):
+    """Runs at once in the light lane whenever the page asks for a new map: remembers the question, so
+    that a Score-CAM still running for an older one stops, and for Score-CAM says what it will take
+    before it starts (a refusal is left to the map's own event, which says it once)."""
+    session = getattr(request, "session_hash", None)
+    if session:
+        ASKED.pop(session, None)
+        ASKED[session] = (_question(image, method, target, layer), time.monotonic())
+        while len(ASKED) > ASKED_PAGES:
+            ASKED.pop(next(iter(ASKED)))
+    if not image or method != "scorecam":
+        return gr.skip()
+    try:
+        cost = explore.attribution_cost(model, method, layer or "", weights)
+    except CnnvizError:
+        return gr.skip()
+    return f"⏳ {cost.describe()}. Running now: the progress shows on the picture; any other choice stops it."
+
+
+def _counting(model, method, layer, weights, progress):
+    """Score-CAM's real progress: each forward pass counted against the passes it will make."""
+    if method != "scorecam" or progress is None:
+        return nullcontext()
+    total, done = explore.attribution_cost(model, method, layer or "", weights).passes, [0]
+
+    def tick():
+        done[0] += 1
+        progress((min(done[0], total), total), desc=f"Score-CAM: pass {min(done[0], total)} of {total}", unit="passes")
+
+    return cancel.on_each_pass(tick)
+
+
+@in_page(outputs=4, caption=3)
+def show(model, image, method, target, layer, weights, opacity, request: gr.Request = None, progress=gr.Progress()):
+    """The page's class activation map (a hint before there is an image). It stops when the page has
+    asked a newer question (:func:`cam_asked`); Score-CAM reports its passes as it makes them."""
     if not image:
         return None, None, None, NO_IMAGE
+    session, asked, started = getattr(request, "session_hash", None), _question(image, method, target, layer), time.monotonic()
+    arrived = enqueued_at() or started
+
+    def stop() -> str | None:
+        question, when = ASKED.get(session, (asked, 0.0)) if session else (asked, 0.0)
+        return "superseded" if question != asked and when > arrived else stop_reason(started)
+
     try:
-        return _cam(model, image, method, target, layer, weights, opacity)
+        with cancel.stop_when(stop), _counting(model, method, layer, weights, progress):
+            return _cam(model, image, method, target, layer, weights, opacity)
     except InvalidImageError as e:  # the page's one photo: Feature maps says it in a toast; here, where the map goes
         return None, None, None, f"⚠️ {e}"
 
@@ -255,8 +309,11 @@ def build(state: PageState) -> AttributionTab:
                    **HEAVY, api_name="guided_gradcam")
     guided_go.click(show_guided, [model, image, target, layer, weights], [guided, guided_caption],
                     **HEAVY, api_visibility="private")
+    gr.on([image.change, method.change, target.change, layer.input], cam_asked, cam_inputs[:-1], caption,
+          concurrency_id=WORK, api_visibility="private")  # at once, beside the map's own (heavy) event
     gr.on([image.change, method.change, target.change, layer.input, opacity.change], show, cam_inputs, cam_outputs,
-          **HEAVY, trigger_mode="always_last", api_visibility="private")
+          **HEAVY, trigger_mode="always_last", api_visibility="private",
+          show_progress_on=[overlay])  # the caption stays readable meanwhile: it says what the run will take
     check.click(sanity, [model, image, method, target, layer, opacity, weights], [random_overlay, random_caption],
                 **HEAVY, api_visibility="private")
     go.click(show_projection, [model, image, layer, channel, how, weights], [projected, projected_caption],

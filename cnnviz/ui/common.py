@@ -176,8 +176,11 @@ def allowed_upload(path: object, upload_folder: Path, examples: bool = True, wha
     return str(real)
 
 
-def check_call(block_fn, inputs: list) -> None:
-    """Raise a :class:`gr.Error` naming the first parameter of ``inputs`` that cannot be processed."""
+def check_call(block_fn, inputs: list, state=None) -> None:
+    """Raise a :class:`gr.Error` naming the first parameter of ``inputs`` that cannot be processed.
+
+    ``state``: the page's session state, which holds each component as the page's updates left it (a
+    dropdown's choices set by an event); without it, the components as built."""
     params = list(inspect.signature(block_fn.fn).parameters.values())[: len(block_fn.inputs)]
     names = [p.name for p in params] + [f"#{i + 1}" for i in range(len(params), len(block_fn.inputs))]  # every input is checked
     if isinstance(inputs, list) and block_fn.api_name and len(params) == len(block_fn.inputs) > len(inputs):
@@ -192,6 +195,8 @@ def check_call(block_fn, inputs: list) -> None:
             f"{sent} {'was' if sent == 1 else 'were'} sent."
         )
     for name, component, value in zip(names, block_fn.inputs, inputs):
+        if state is not None and not component.stateful and component._id in state:
+            component = state[component._id]  # this page's copy, as Gradio's own preprocessing reads it
         if hasattr(component, "check_payload") and isinstance(value, dict):
             checked = component.check_payload(value)  # before Gradio's own file handling, which has gaps
             if isinstance(component, (SafeImage, SafeFile)):  # Gradio reads the path checked above, never a URL
@@ -219,7 +224,7 @@ def parameter_problem(component, value) -> str | None:
             return "must be text"
         valid = [choice[1] for choice in component.choices]
         if not getattr(component, "allow_custom_value", False) and value not in valid:
-            return f"must be one of {', '.join(map(repr, valid))}"
+            return f"must be one of {', '.join(map(repr, valid))}" if valid else "has no choices yet"
     return None
 
 
@@ -261,6 +266,12 @@ def limit_clients(demo: gr.Blocks, per_session: int, per_client: int) -> None:
         return None
 
     gradio_patches.limit_queue(demo, refuse)
+
+
+def enqueued_at() -> float | None:
+    """When the current queued event arrived (``time.monotonic()``), or None outside a queued call."""
+    _, event = gradio_patches.current_event()
+    return event.enqueue_time if event is not None else None
 
 
 def stop_reason(started: float | None = None) -> str | None:
@@ -308,7 +319,8 @@ class Refusal(gr.Error):
 
     def __init__(self, message: str, **kwargs) -> None:
         log.info("refused: %s", " ".join(str(message).split())[:300])
-        super().__init__(html.escape(str(message), quote=False), print_exception=False, **kwargs)
+        self.text = str(message)  # as written, for a caption (the toast's message is escaped)
+        super().__init__(html.escape(self.text, quote=False), print_exception=False, **kwargs)
 
 
 def warn(message: str) -> None:
@@ -363,6 +375,34 @@ def user_errors(fn):
                            "details. Try another layer or model.", print_exception=False) from e
 
     return wrapper
+
+
+def in_page(outputs: int, caption: int, cleared: dict[int, object] | None = None):
+    """:func:`user_errors` for a page's handler (never an endpoint's: an API caller gets the error): a
+    user's mistake (an unknown layer, class or channel, a bad image, a checkpoint that does not fit) keeps
+    the last good result. One warning toast, the sentence in output ``caption`` (of ``outputs``) where the
+    result is described, every other output unchanged except ``cleared`` ({index: value}: stale text that
+    described what failed), one log line and no "Error" badge. A failure that is not the user's (a bug)
+    still raises, with its sentence."""
+
+    def decorate(fn):
+        checked = user_errors(fn)
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            try:
+                return checked(*args, **kwargs)
+            except Refusal as e:  # logged once, when it was made
+                gr.Warning(e.message)  # already escaped
+                shown = [gr.skip()] * outputs
+                for index, value in (cleared or {}).items():
+                    shown[index] = value
+                shown[caption] = f"⚠️ {markdown_text(e.text)}"
+                return tuple(shown)
+
+        return wrapper
+
+    return decorate
 
 
 OUT_OF_MEMORY = ("The server ran out of memory for this request and stopped it. Try a smaller model, an earlier "
@@ -457,6 +497,9 @@ def projection_outputs(model, image, layer, channel, method, weights) -> tuple[s
     view = explore.projection(model, image, layer or "", whole(channel, "Channel"), method, weights)
     row, col = view.position
     top, left, bottom, right = view.box
+    if view.silent:  # no strongest unit to speak of: say so, not "row 0, column 0, activation 0"
+        caption = f"`{view.layer.name}`: {view.note}\n\n{weights_used(view.weights)}"
+        return OUTPUTS.write(f"{model}-{view.layer.name}-{view.channel}-{method}.png", explore.encode(view.image, "png")), caption
     caption = (
         f"Channel **{view.channel}** of `{view.layer.name}`, its strongest unit (row {row}, column {col}, activation "
         f"{view.activation:.4g}) taken back to the pixels by {dict((v, k) for k, v in PROJECTION_CHOICES)[method]}: left, "

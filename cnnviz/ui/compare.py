@@ -12,8 +12,8 @@ import gradio as gr
 from .. import explore
 from ..errors import CnnvizError, InvalidImageError
 from .common import (
-    HEAVY, OUTPUTS, PageState, Photo, Refresh, Refusal, SafeFile, SafeImage, label_dict, photo_box, user_errors, warn,
-    weights_used,
+    HEAVY, OUTPUTS, PageState, Photo, Refresh, Refusal, SafeFile, SafeImage, in_page, label_dict, photo_box,
+    user_errors, warn, weights_used,
 )
 
 TWO_MODELS, TWO_PHOTOS = "two-models", "two-photos"
@@ -26,8 +26,12 @@ VIEW_WORDS = {
     "stages": ("the first convolution and the output of each stage, matched by stride (1/4, 1/8, 1/16, 1/32 of "
                f"the input); the {explore.COMPARE_TILES} channels with the highest mean on each side, their indices on the tiles"),
     "cam": ("Grad-CAM at each model's last map before pooling, each picture scaled to its own maximum (its colour "
-            "bar says it); on one photo with the same labels on both sides, B explains A's top class, on two photos each its own"),
+            "bar says it); on one photo with the same classes on both sides (ImageNet's, as timm or torchvision spells "
+            "them), B explains A's top class, on two photos each its own"),
 }
+UPLOAD_LINKS = ("The name is not listed anywhere, but it is not secret either: \"Explore it in every tab\" puts it in "
+                "the address bar, and a link with it works for anyone, on this server only, while the server holds "
+                "the upload (until it restarts or needs the room); elsewhere or later the link says the model is unknown.")
 CHECKPOINT_TYPES = list(explore.CHECKPOINT_SUFFIXES)  # what the checkpoint reader accepts
 
 
@@ -111,7 +115,7 @@ def _nothing(message: str) -> tuple:
             gr.Group(visible=False), *_rows(None, []))
 
 
-@user_errors
+@in_page(outputs=8 + 4 * ROWS, caption=2)
 def show(mode, model_a, weights_a, model_b, weights_b, image, image_b, view):
     """The page's comparison: both top-5s, the caption, the slider on the first pair, and the rows."""
     if not image:
@@ -143,6 +147,11 @@ def slide(pairs, title):
     return _slider(pairs or [], title)
 
 
+def show_loaded(uploaded, *page_inputs):
+    """The comparison after a checkpoint load: drawn again when the load gave a name, else left as it is."""
+    return show(*page_inputs) if uploaded else tuple(gr.skip() for _ in range(8 + 4 * ROWS))
+
+
 def mode_changed(mode, weights_a):
     """Two photos: B is A's model with A's weights, and the second photo box appears."""
     photos = mode == TWO_PHOTOS
@@ -164,10 +173,12 @@ def load_checkpoint(model: str, checkpoint: str, labels: str | None = None):
     return report.name, report.describe().replace("\n", "\n\n")  # one paragraph per line in Markdown
 
 
-@user_errors
+@in_page(outputs=6, caption=1, cleared={0: "", 5: gr.Button(visible=False)})
 def load_for_page(model, checkpoint, labels):
-    """The page's version: also puts the upload in both sides' lists (this page only) and on side B."""
+    """The page's version: also puts the upload in both sides' lists (this page only) and on side B. A
+    failed load says why where the report was, and the previous upload's name and button go."""
     name, text = load_checkpoint(model, checkpoint, labels)
+    text += f"\n\n🔗 {UPLOAD_LINKS}"
     choices = [(f"{explore.select_model(name).spec.display} ({name[:15]}…)", name), *explore.curated_models()]
     return (name, text, gr.Dropdown(choices=choices), gr.Dropdown(choices=choices, value=name),
             gr.Radio(value="pretrained"), gr.Button(visible=True))
@@ -276,8 +287,8 @@ def build(state: PageState) -> CompareTab:
             f"dict ({', '.join(CHECKPOINT_TYPES[1:])}, read with `torch.load(weights_only=True)`: files holding pickled "
             f"objects are refused, never unpickled). Up to {explore.CHECKPOINT_LIMIT_MB:g} MB. Nested `state_dict` / `model` keys, "
             "`module.` prefixes and timm EMA weights are understood; a checkpoint with its own classes keeps its "
-            "head (give a labels file, one per line, to see its predictions). The upload gets a name only this page "
-            "knows; it goes on side B."
+            "head (give a labels file, one per line, to see its predictions). The upload gets a name (`upload/…`) and "
+            "goes on side B. " + UPLOAD_LINKS
         )
         with gr.Row():
             arch = gr.Dropdown(curated, value="", label="Architecture", allow_custom_value=True, elem_id="cmp-arch")
@@ -301,10 +312,10 @@ def build(state: PageState) -> CompareTab:
     gr.on([mode.change, model_a.input, weights_a.input, model_b.input, weights_b.input, image.change, image_b.change,
            view.change], show, page_inputs, page_outputs, **HEAVY, trigger_mode="always_last",
           api_visibility="private")
-    picker.input(slide, [pairs, picker], [slider, slider_note], api_visibility="private", queue=False)
+    picker.input(slide, [pairs, picker], [slider, slider_note], api_visibility="private")  # queued: a refusal comes with its sentence
     load.click(load_for_page, [arch, checkpoint, labels],
                [uploaded, report, model_a, model_b, weights_b, use_everywhere], **HEAVY,
-               api_visibility="private").success(show, page_inputs, page_outputs, **HEAVY,
+               api_visibility="private").success(show_loaded, [uploaded, *page_inputs], page_outputs, **HEAVY,
                                                  api_visibility="private")
     link = gr.State({})  # Compare's part of the page's link, until the first refresh applies it
     io = dict(inputs=[model, weights, mode, weights_b, image, image_b, view, link],

@@ -17,8 +17,8 @@ from typing import Callable
 from .. import explore
 from ..errors import CnnvizError, InvalidImageError, InvalidOptionError, quoted
 from .common import (
-    HEAVY, OUTPUTS, PROJECTION_CHOICES, WORK, PageState, Photo, Refresh, Refusal, label_dict, layer_dropdown, photo_box,
-    projection_outputs, user_errors, warn, weights_used, whole,
+    HEAVY, OUTPUTS, PROJECTION_CHOICES, WORK, PageState, Photo, Refresh, Refusal, in_page, label_dict, layer_dropdown,
+    photo_box, projection_outputs, user_errors, warn, weights_used, whole,
 )
 
 CHANNEL_CHOICES = [
@@ -68,13 +68,13 @@ def feature_maps(
     return grid, labels, caption
 
 
-@user_errors
+@in_page(outputs=11, caption=2)
 def show(model, image, layer, weights, channels, n, colormap, normalise, picked, opacity):
     """The page's view after any change: the grid, the top-5, the channel statistics and the picked
     channel on the picture. Before there is an image: hints, not errors; an untrained network's
     top-5 says so; a picked channel the new layer does not have is dropped."""
     if not image:
-        return None, None, NO_IMAGE, "", None, None, None, None, None, None, NO_CHANNEL
+        return gr.Image(None, visible=True), None, NO_IMAGE, "", None, None, None, None, None, None, NO_CHANNEL
     query = explore.MapsQuery(model, image, layer or None, weights, channels, whole(n, "N"), colormap, normalise,
                               channel=picked, opacity=opacity, channel_colormap=colormap,
                               keep_channel_if_present=True)  # the previous layer's channel: this one may have fewer
@@ -84,6 +84,7 @@ def show(model, image, layer, weights, channels, n, colormap, normalise, picked,
         warn(str(e))
         return None, None, f"⚠️ {e}", "", None, None, None, None, None, None, NO_CHANNEL
     grid, labels, caption, trained = _maps_outputs(model, page.maps, channels, normalise)
+    grid = gr.Image(grid, visible=grid is not None)  # nothing to draw (no dead channel): the caption's sentence only
     stats = _stats_outputs(model, page.stats)
     if page.channel is None:
         channel_view = (None, None, None, NO_CHANNEL)
@@ -100,6 +101,7 @@ def _maps_outputs(model, view, channels, normalise):
         which = which.replace(" channels of", " channel of")
     if channels == "dead" and not count:
         which = f"no dead channels: every one of the {total} channels has a non-zero value"
+        return None, label_dict(view.predictions), f"`{view.layer.name}`: {which} here.\n\n{weights_used(view.weights)}", view.weights.pretrained
     scale = "each map scaled to its own range" if normalise == "channel" else "one scale for the whole layer"
     colours = "diverging colours centred on zero (blue negative, red positive)" if view.colormap == "coolwarm" else f"{view.colormap} colours"
     described = view.layer.label[len(view.layer.name):]  # " · type · C×H×W[, layout][, calls]"

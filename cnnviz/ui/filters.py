@@ -9,7 +9,7 @@ import pandas as pd
 
 from .. import explore
 from ..errors import quoted
-from .common import OUTPUTS, WORK, PageState, Refresh, user_errors, warn, weights_used, whole
+from .common import OUTPUTS, WORK, PageState, Refresh, in_page, user_errors, warn, weights_used, whole
 
 ALL = -1  # the input-channel value meaning "all of them": RGB for a layer that sees the image, else their mean
 FLAGGED_SHOWN = 20  # flagged filters listed in the caption (the table lists them all)
@@ -32,11 +32,18 @@ def filters(model: str, weights: str = "pretrained", normalise: str = "layer", l
     return _grid_file(model, view), caption(view, normalise)
 
 
-@user_errors
+@in_page(outputs=6, caption=1)
 def filters_page(model: str, weights: str, normalise: str, layer: str, input_channel: float):
     """The page's version: the grid, caption, histogram, norms and flagged table; an input channel the
     newly chosen layer does not have falls back to all of them (-1) instead of an error."""
     return _page(model, weights, normalise, layer, input_channel)[1]
+
+
+@in_page(outputs=6, caption=1)
+def channel_typed(model: str, weights: str, normalise: str, layer: str, input_channel: float):
+    """The page after the Input channel box changed: a channel the layer does not have is refused with
+    its sentence (the last grid stays), never quietly replaced by -1."""
+    return _page(model, weights, normalise, layer, input_channel, keep_channel=True)[1]
 
 
 @user_errors
@@ -49,10 +56,12 @@ def refresh(model: str, weights: str, normalise: str, layer: str, input_channel:
     return (gr.Dropdown(choices=[(conv.label, conv.name) for conv in convs], value=view.conv.name), *outputs)
 
 
-def _page(model, weights, normalise, layer, input_channel) -> tuple[explore.FiltersView, tuple]:
-    """The view and the page's outputs (grid, caption, histogram, norms, flagged, input-channel box)."""
+def _page(model, weights, normalise, layer, input_channel, keep_channel: bool = False) -> tuple[explore.FiltersView, tuple]:
+    """The view and the page's outputs (grid, caption, histogram, norms, flagged, input-channel box).
+    ``keep_channel``: the channel was typed for this layer, so one it lacks is an error, not the previous
+    layer's channel to drop."""
     channel = _channel(input_channel)
-    if channel is not None:
+    if channel is not None and not keep_channel:
         conv = next((c for c in explore.list_convolutions(model, weights) if c.name == layer), None)
         if conv is not None and channel >= conv.inputs_per_filter:
             channel = None  # the previous layer's channel: this one has fewer
@@ -171,7 +180,7 @@ def build(state: PageState) -> FiltersTab:
     api_only = gr.Button(visible=False)  # /filters answers (image, caption); the page also gets the plots
     api_only.click(filters, inputs, [image, caption_md], concurrency_id=WORK, api_name="filters")
     gr.on(
-        [normalise.change, layer.change, input_channel.input], filters_page, inputs, page,
-        concurrency_id=WORK, api_visibility="private",
+        [normalise.change, layer.change], filters_page, inputs, page, concurrency_id=WORK, api_visibility="private",
     )
+    input_channel.input(channel_typed, inputs, page, concurrency_id=WORK, api_visibility="private")
     return FiltersTab(refresh, dict(inputs=inputs, outputs=[layer, *page], concurrency_id=WORK), layer, [layer])

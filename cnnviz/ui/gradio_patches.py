@@ -28,16 +28,16 @@ EVENT_FIELDS = ("alive", "enqueue_time", "_id", "session_hash", "fn", "request")
 
 
 class CheckedBlocks(gr.Blocks):
-    """gr.Blocks that runs ``check_call(block_fn, inputs)`` on each call before Gradio's own processing
+    """gr.Blocks that runs ``check_call(block_fn, inputs, state)`` on each call before Gradio's own processing
     (``Blocks.preprocess_data``, private), so that a raw API call with a wrong count or a wrong type gets
     the checker's sentence instead of an empty error."""
 
-    def __init__(self, *args, check_call: Callable[[Any, list], None], **kwargs) -> None:
+    def __init__(self, *args, check_call: Callable[[Any, list, Any], None], **kwargs) -> None:
         self._check_call = check_call
         super().__init__(*args, **kwargs)
 
     async def preprocess_data(self, block_fn, inputs, state, explicit_call=False):
-        self._check_call(block_fn, inputs)
+        self._check_call(block_fn, inputs, state)
         return await super().preprocess_data(block_fn, inputs, state, explicit_call)
 
 
