@@ -72,9 +72,10 @@ def feature_maps(
 def show(model, image, layer, weights, channels, n, colormap, normalise, picked, opacity):
     """The page's view after any change: the grid, the top-5, the channel statistics and the picked
     channel on the picture. Before there is an image: hints, not errors; an untrained network's
-    top-5 says so; a picked channel the new layer does not have is dropped."""
+    top-5 says so; a picked channel the new layer does not have is dropped. With no photo yet, a picked
+    channel (a link's) is kept for when the photo comes."""
     if not image:
-        return gr.Image(None, visible=True), None, NO_IMAGE, "", None, None, None, None, None, None, NO_CHANNEL
+        return gr.Image(None, visible=True), None, NO_IMAGE, "", None, None, None, picked, None, None, NO_CHANNEL
     query = explore.MapsQuery(model, image, layer or None, weights, channels, whole(n, "N"), colormap, normalise,
                               channel=picked, opacity=opacity, channel_colormap=colormap,
                               keep_channel_if_present=True)  # the previous layer's channel: this one may have fewer

@@ -80,3 +80,16 @@ def test_the_address_bar_holds_the_attribution_view_and_a_link_reproduces_it(bro
     page.goto(page.url + "&__theme=dark")
     wait_text(page, "#attr-caption", contains="class 281,", timeout=TIMEOUT)
     shot("attribution-dark")
+
+
+def test_a_feature_maps_link_with_a_channel_opens_that_channel(browser_page: Page, app_url, shot):
+    """The link's channel waits for the photo (the first refresh runs before the photo box is filled)."""
+    page = browser_page
+    open_link(page, app_url, model="resnet18", weights="random", photo="coffee", tab="feature-maps",
+              layer="layer2.0.conv1", channel="5")
+    caption = wait_text(page, "#channel-caption", startswith="Channel 5 ", timeout=TIMEOUT)
+    assert "layer2.0.conv1" in caption
+    expect(page.locator("#channel-number input")).to_have_value("5")
+    wait_query(page, model="resnet18", tab="feature-maps", channel="5", photo="coffee")
+    assert not error_toasts(page)
+    shot("channel-from-link")
