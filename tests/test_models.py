@@ -33,7 +33,7 @@ def test_curated_model_through_every_view(name, coffee):
     middle = found[len(found) // 2]  # served from the pass kept by the switch above
     kept = cnnviz.feature_maps(name, coffee, middle.name, "random")
     x = preprocess.to_input(loaded, preprocess.open_image(coffee))
-    with cnnviz.capture(loaded.model, [middle]) as one:
+    with cnnviz.capture(loaded.model, [middle], stop_early=True) as one:  # the pass need not go past it
         cnnviz.run(loaded.model, x)
     torch.testing.assert_close(kept.maps, one[middle.name])
     registry.clear_cache()

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import EXAMPLES, Raw, Server
+from .conftest import EXAMPLES, App, Raw, Server
 from .test_public_link import maps_args
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -90,6 +90,13 @@ def _dependency(config: dict, api_name: str | None = None, trigger: tuple[str, s
     raise AssertionError(f"no dependency {api_name or trigger}")
 
 
+def _wait_for_any_log(app: App | LogSince, texts: list[str], timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while not any(text in app.output() for text in texts):
+        assert time.monotonic() < deadline, f"none of {texts} logged:\n{app.output()[-2000:]}"
+        time.sleep(0.2)
+
+
 class LogSince:
     """What the shared server logs from now on (earlier tests' lines are not this test's)."""
 
@@ -99,14 +106,8 @@ class LogSince:
         self.server = server
         self.start = len(server.log_text())
 
-    def text(self) -> str:
+    def output(self) -> str:
         return self.server.log_text()[self.start:]
-
-    def wait_for_any(self, texts: list[str], timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
-        while not any(text in self.text() for text in texts):
-            assert time.monotonic() < deadline, f"none of {texts} logged:\n{self.text()[-2000:]}"
-            time.sleep(0.2)
 
 
 def test_work_whose_client_is_gone_stops(server):
@@ -122,7 +123,7 @@ def test_work_whose_client_is_gone_stops(server):
             for line in stream.iter_lines():  # hang up as soon as the work has started
                 if "process_starts" in line:
                     break
-    log.wait_for_any(["architecture stopped mid-pass: gone", "architecture not started: gone"])
+    _wait_for_any_log(log, ["architecture stopped mid-pass: gone", "architecture not started: gone"])
 
 
 def test_a_newer_page_request_of_the_same_view_supersedes_the_older(server):
@@ -150,4 +151,4 @@ def test_a_newer_page_request_of_the_same_view_supersedes_the_older(server):
                     if len(done) == 2:
                         break
     assert second is not None and done[second]["success"], done
-    log.wait_for_any(["superseded"])
+    _wait_for_any_log(log, ["superseded"])
