@@ -8,8 +8,10 @@ import cnnviz
 from cnnviz import preprocess, registry
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", registry.list_models())
+@pytest.mark.parametrize(
+    "name",  # the inner loop (-m "not slow") keeps one: the app's smallest everyday model
+    [pytest.param(n, marks=() if n == "resnet18" else pytest.mark.slow) for n in registry.list_models()],
+)
 def test_curated_model_through_every_view(name, coffee):
     loaded = cnnviz.load_model(name, "random")
     assert not loaded.model.training

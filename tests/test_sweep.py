@@ -75,7 +75,14 @@ def _family(model: torch.nn.Module) -> frozenset[str]:
     return frozenset(type(m).__name__ for m in model.modules())
 
 
-@pytest.mark.parametrize("name", TORCHVISION_MODELS)
+# The inner loop (-m "not slow") keeps one model per layout: NCHW, tokens, channels-last, a RegNet (built
+# off meta); the 80 together take about a minute.
+INNER_LOOP = {"resnet18", "vit_b_32", "swin_t", "regnet_x_400mf"}
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=() if n in INNER_LOOP else pytest.mark.slow) for n in TORCHVISION_MODELS]
+)
 def test_torchvision_model_lists_square_maps_of_its_listed_shapes(name, coffee):
     if _over_the_cap(name):
         with pytest.raises(cnnviz.InvalidOptionError, match="parameters"):
