@@ -454,7 +454,12 @@ def test_model_on_cuda_gets_cuda_input() -> None:
     [("torchvision", n) for n in TORCHVISION_MODELS] + [("timm", n) for n in TIMM_MODELS],
 )
 def test_summarize_every_registry_model(source: str, name: str) -> None:
-    model = torchvision_model(name) if source == "torchvision" else timm_model(name)
+    build = torchvision_model if source == "torchvision" else timm_model
+    try:
+        with torch.device("meta"):  # only structure is checked: shapes, counts and MACs need no values
+            model = build(name)
+    except NotImplementedError:  # torchvision's RegNet builder reads numbers (.tolist()) as it builds
+        model = build(name)
     modules = dict(model.named_modules())
     summary = summarize(model, (3, 224, 224))
     assert summary.rows and all(row.name in modules for row in summary.rows)
