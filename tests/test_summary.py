@@ -301,6 +301,7 @@ def test_timm_vit_macs_match_textbook_formula() -> None:
     assert summarize(model, (3, 224, 224), depth=1).total_macs == expected
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name",
     ["alexnet", "resnet50", "efficientnet_b0", "convnext_tiny", "swin_t", "maxvit_t", "vit_b_16"],
@@ -311,6 +312,7 @@ def test_torchvision_macs_match_weights_meta(name: str) -> None:
     assert total / 1e9 == pytest.approx(published, rel=0.03)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "published_gmacs"),
     [  # timm's own benchmark table (results/benchmark-infer-amp-nchw-pt291-cu128-4090.csv, infer_gmacs)
