@@ -85,6 +85,7 @@ def test_compare_a_vit_leaves_the_strides_it_lacks_empty(coffee):
     assert not by_title["stride 4 (1/4 of the input)"].same_size
 
 
+@pytest.mark.slow
 def test_compare_cam_explains_one_class_on_both_sides():
     lite0 = cnnviz.OFFLINE_MODEL
     view = explore.compare(lite0, lite0, "examples/coffee.png", "pretrained", "random", "cam")

@@ -152,6 +152,7 @@ def test_exported_activations_are_the_hooked_output(resnet, coffee):
     assert maps.dtype == torch.float32 and info.shape == tuple(maps.shape) and not used.pretrained
 
 
+@pytest.mark.slow
 def test_channels_last_activations_are_exported_as_chw(coffee):
     loaded = cnnviz.load_model("timm/convnext_tiny", "random")
     x = preprocess.to_input(loaded, preprocess.open_image(coffee))
@@ -160,6 +161,7 @@ def test_channels_last_activations_are_exported_as_chw(coffee):
     torch.testing.assert_close(maps, raw.permute(2, 0, 1))
 
 
+@pytest.mark.slow
 def test_receptive_fields_match_published_and_hand_computed_figures():
     zeros = torch.zeros(1, 3, 224, 224)
     alex = receptive.trace_geometry(torchvision.models.alexnet(), ["features.10", "features.12"], zeros)

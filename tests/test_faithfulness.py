@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 import cnnviz
@@ -67,6 +68,7 @@ def test_top_channels_are_the_strongest(coffee):
     assert view.channels.tolist() == means.topk(8).indices.tolist()
 
 
+@pytest.mark.slow
 def test_layer_switches_show_every_layer_exactly(coffee):
     """After the first switch every layer comes from one kept pass; each must equal its own capture."""
     from cnnviz import activations, explore

@@ -78,6 +78,7 @@ def test_works_under_inference_mode_and_no_grad():
     assert np.isfinite(view.activation)
 
 
+@pytest.mark.slow
 def test_the_generated_image_excites_its_channel_far_more_than_the_photos():
     loaded = load_model(LITE0, "pretrained")
     layer, channel = "blocks.3.1.bn1", 7  # a middle layer (after BatchNorm + ReLU6)

@@ -312,6 +312,7 @@ FAMILIES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", list(FAMILIES))
 def test_timm_family_layers_draw_truthfully(arch):
     references, expected_left_out = FAMILIES[arch]

@@ -192,6 +192,7 @@ def test_torchvision_loads_cached_file_offline(isolated):
     assert isolated.hosts == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("arch", "size"),
     [("googlenet", 224), ("inception_v3", 299)],

@@ -156,6 +156,7 @@ def test_the_largest_regnet_gets_the_refusal_sentence():
 WEIGHTS_CHANGE_THE_MODEL = ("googlenet", "vit_h_14")
 
 
+@pytest.mark.slow
 def test_every_torchvision_model_is_counted_as_published():
     names = torchvision.models.list_models(module=torchvision.models)
     counted = {name: loading.count_parameters(registry.get_spec(f"torchvision/{name}")) for name in names}

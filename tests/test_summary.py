@@ -301,6 +301,7 @@ def test_timm_vit_macs_match_textbook_formula() -> None:
     assert summarize(model, (3, 224, 224), depth=1).total_macs == expected
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name",
     ["alexnet", "resnet50", "efficientnet_b0", "convnext_tiny", "swin_t", "maxvit_t", "vit_b_16"],
@@ -311,6 +312,7 @@ def test_torchvision_macs_match_weights_meta(name: str) -> None:
     assert total / 1e9 == pytest.approx(published, rel=0.03)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "published_gmacs"),
     [  # timm's own benchmark table (results/benchmark-infer-amp-nchw-pt291-cu128-4090.csv, infer_gmacs)
@@ -454,7 +456,12 @@ def test_model_on_cuda_gets_cuda_input() -> None:
     [("torchvision", n) for n in TORCHVISION_MODELS] + [("timm", n) for n in TIMM_MODELS],
 )
 def test_summarize_every_registry_model(source: str, name: str) -> None:
-    model = torchvision_model(name) if source == "torchvision" else timm_model(name)
+    build = torchvision_model if source == "torchvision" else timm_model
+    try:
+        with torch.device("meta"):  # only structure is checked: shapes, counts and MACs need no values
+            model = build(name)
+    except NotImplementedError:  # torchvision's RegNet builder reads numbers (.tolist()) as it builds
+        model = build(name)
     modules = dict(model.named_modules())
     summary = summarize(model, (3, 224, 224))
     assert summary.rows and all(row.name in modules for row in summary.rows)

@@ -12,6 +12,10 @@
 * ``raw``: a ``Raw`` client speaking Gradio's HTTP protocol by hand (call, result, upload, download), what
   a script or a hostile client sends.
 * ``library``: what the cnnviz library itself says about a model (the truth the app is compared with).
+
+Every test here is marked ``slow`` (left out of the inner loop, ``python -m pytest -m "not slow"``) except
+those marked ``inner_loop``: one at a time most take a few seconds, but together, with the server they
+start and Chromium, they take minutes on 2 cores. The inner loop keeps one browser test and one API test.
 """
 from __future__ import annotations
 
@@ -48,6 +52,15 @@ UI_TIMEOUT_MS = 60_000  # a model load plus a forward pass on 2 CPU cores, with 
 os.environ["CNNVIZ_OFFLINE"] = "1"
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ.setdefault("CNNVIZ_DEVICE", "cpu")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """``slow`` on every end-to-end test not marked ``inner_loop`` (see above), before ``-m`` selects."""
+    here = Path(__file__).parent
+    for item in items:
+        if item.path.is_relative_to(here) and not item.get_closest_marker("inner_loop"):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

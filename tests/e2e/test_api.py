@@ -168,6 +168,7 @@ def test_text_file_renamed_png_is_a_readable_error_and_server_keeps_serving(clie
     assert_still_serving(client)
 
 
+@pytest.mark.inner_loop  # the inner loop's one API test
 def test_feature_maps_layer_is_optional(client):
     """``layer`` is documented as optional (empty: the first convolution), so a caller may leave it out."""
     from gradio_client import handle_file

@@ -249,6 +249,7 @@ def assert_close(served: np.ndarray, truth: np.ndarray, what: str) -> None:
 # -------------------------------------------------------------------------------------------- tests
 
 
+@pytest.mark.inner_loop  # the inner loop's one browser test
 def test_opens_on_offline_model_with_banner_and_architecture(browser_page: Page, app_url, library, shot):
     page = browser_page
     open_app(page, app_url)
