@@ -87,8 +87,8 @@ def show(model, image, layer, weights, channels, n, colormap, normalise, picked,
     grid, labels, caption, trained = _maps_outputs(model, page.maps, channels, normalise)
     grid = gr.Image(grid, visible=grid is not None)  # nothing to draw (no dead channel): the caption's sentence only
     stats = _stats_outputs(model, page.stats)
-    if page.channel is None:
-        channel_view = (None, None, None, NO_CHANNEL)
+    if page.channel is None:  # none asked (leave the box: a newer answer may have filled it), or dropped: clear it
+        channel_view = (gr.skip() if picked is None else None, None, None, NO_CHANNEL)
     else:
         channel_view = (page.channel.channel, *_channel_outputs(model, page.channel))
     return (grid, gr.Label(labels, label=TOP5 if trained else TOP5_UNTRAINED), caption, *stats, *channel_view)
