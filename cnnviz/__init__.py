@@ -10,20 +10,38 @@
 from __future__ import annotations
 
 from .activations import capture, run
-from .cli import launch
-from .hooks import forward_hooks
 from .checkpoint import CheckpointReport
+from .cli import launch
 from .errors import (
-    CheckpointError, CnnvizError, InvalidImageError, InvalidOptionError, UnknownLayerError, UnknownModelError,
+    CheckpointError,
+    CnnvizError,
+    InvalidImageError,
+    InvalidOptionError,
+    UnknownLayerError,
+    UnknownModelError,
 )
 from .explore import (
-    architecture, attribution, channel, channel_visualization, compare, feature_maps, filter_grid, guided_gradcam,
-    layer_activations, layer_stats, list_convolutions, maps_page, predict, projection,
+    MapsPage,
+    MapsQuery,
+    architecture,
+    attribution,
+    channel,
+    channel_visualization,
+    compare,
+    feature_maps,
+    filter_grid,
+    guided_gradcam,
+    layer_activations,
+    layer_stats,
+    list_convolutions,
+    maps_page,
+    predict,
+    projection,
 )
-from .explore import MapsPage, MapsQuery
+from .hooks import forward_hooks
 from .layers import LayerInfo, get_layer, list_layers, listing_note
-from .preprocess import open_image
 from .loading import LoadedModel, from_module, get_spec, load_checkpoint, load_model
+from .preprocess import open_image
 from .registry import DEFAULT_MODEL, OFFLINE_MODEL, ModelSpec, list_models
 
 __all__ = [

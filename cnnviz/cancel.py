@@ -17,10 +17,9 @@ from __future__ import annotations
 import contextvars
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 from urllib.parse import parse_qs
-
 
 # --------------------------------------------------------------------------------------------------
 # Stopping a pass: the request's check, asked before each module runs (cnnviz.hooks.interruptible)

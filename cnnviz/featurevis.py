@@ -26,9 +26,10 @@ been released.
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, ContextManager, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -156,7 +157,7 @@ def _layer_output(model: torch.nn.Module, layer: LayerInfo, x: torch.Tensor) -> 
 
 
 def channel_activation(
-    model: torch.nn.Module, layer: LayerInfo, channel: int, x: torch.Tensor, lock: ContextManager | None = None
+    model: torch.nn.Module, layer: LayerInfo, channel: int, x: torch.Tensor, lock: AbstractContextManager | None = None
 ) -> float:
     """The mean of ``channel`` of ``layer``'s output for ``x`` (``Tensor[1,3,H,W]``, already normalised):
     one eval pass without gradients, stopped after the layer.
@@ -191,7 +192,7 @@ def visualize_channel(
     steps: int = 256,
     seed: int = 0,
     progress: Progress | None = None,
-    lock: ContextManager | None = None,
+    lock: AbstractContextManager | None = None,
     lr: float = LEARNING_RATE,
 ) -> Visualization:
     """Generate an image of ``size`` (h, w) that maximises the mean of ``channel`` of ``layer``.

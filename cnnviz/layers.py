@@ -373,12 +373,12 @@ def get_layer(loaded: LoadedModel, name: str | None) -> LayerInfo:
         raise UnknownLayerError(f"{loaded.spec.display} has no layer whose output is a map of the image.")
     if not name:
         first = first_conv_name(loaded.model)
-        return next((l for l in layers if l.name == first), layers[0])
+        return next((info for info in layers if info.name == first), layers[0])
     for layer in layers:
         if layer.name == name:
             return layer
-    hint = did_you_mean(str(name), [l.name for l in layers], cutoff=0.5)
-    hint = hint or f" Valid layers start with: {', '.join(l.name for l in layers[:5])}."
+    hint = did_you_mean(str(name), [info.name for info in layers], cutoff=0.5)
+    hint = hint or f" Valid layers start with: {', '.join(info.name for info in layers[:5])}."
     raise UnknownLayerError(f"{loaded.spec.display} has no layer {quoted(name)} with a feature-map output.{hint}")
 
 

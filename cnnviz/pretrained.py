@@ -27,15 +27,15 @@ import pickle
 import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlparse
 
 import torch
 import torchvision
-from PIL import Image
 from huggingface_hub.errors import EntryNotFoundError
+from PIL import Image
 from torch import nn
 from torchvision.models import WeightsEnum
 

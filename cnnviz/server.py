@@ -22,7 +22,6 @@ from pathlib import Path
 
 import anyio
 
-
 _PRIVATE: Path | None = None
 
 
@@ -132,7 +131,7 @@ class DiskQuota:
     >>> quota.reserve(200, "10.0.0.1")
     Traceback (most recent call last):
     ...
-    cnnviz.server.DiskFull: Your uploads and results take 500 B of the 600 B this server keeps per visitor, and this file needs 200 B more. Files are removed an hour after they were made; try again later, or with fewer or smaller files.
+    cnnviz.server.DiskFull: Your uploads and results take 500 B of the 600 B this server keeps per visitor, and this file needs 200 B more. ...
     >>> quota.release(first); quota.usage()
     0
     """

@@ -34,8 +34,8 @@ from torch.utils.hooks import RemovableHandle
 from torchinfo.torchinfo import clear_cached_forward_pass
 
 from .cancel import Stopped
-from .hooks import eval_mode
 from .errors import InvalidOptionError, shape_text
+from .hooks import eval_mode
 
 __all__ = ["LayerRow", "Summary", "summarize"]
 

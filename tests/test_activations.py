@@ -106,13 +106,13 @@ def test_select_channels_modes():
 
 def test_find_layers_forward_order_shapes_and_calls(tiny):
     found = layers.find_layers(tiny, (3, 16, 16)).layers
-    assert [(l.name, l.shape, l.calls) for l in found] == [
+    assert [(info.name, info.shape, info.calls) for info in found] == [
         ("conv1", (8, 8, 8), 1),
         ("relu", (8, 8, 8), 2),
         ("conv2", (8, 8, 8), 1),
         ("pool", (8, 1, 1), 1),
     ]
-    assert [l.overwritten for l in found] == [True, False, False, False]  # conv1's output is ReLU'd in place
+    assert [info.overwritten for info in found] == [True, False, False, False]  # conv1's output is ReLU'd in place
     assert found[1].label == "relu · ReLU · 8×8×8 · called 2×, first call"
     assert _hook_count(tiny) == 0
     assert layers.first_conv_name(tiny) == "conv1"
@@ -122,7 +122,7 @@ def test_capture_layers_equals_one_layer_captures(tiny):
     x = torch.randn(1, 3, 16, 16)
     found = layers.find_layers(tiny, (3, 16, 16)).layers
     store, logits = activations.capture_layers(_loaded(tiny), found, x, with_logits=True)
-    assert set(store) == {l.name for l in found}
+    assert set(store) == {info.name for info in found}
     for layer in found:
         with activations.capture(tiny, [layer]) as one:
             activations.run(tiny, x)

@@ -21,11 +21,11 @@ import torch
 import torchvision
 
 import cnnviz
-from tests.fixtures.memory import peak_growth
 from cnnviz import checkpoint, loading, preprocess, registry
 from cnnviz.checkpoint import PICKLED_OBJECTS
 from cnnviz.errors import CheckpointError, InvalidOptionError, UnknownModelError
 from cnnviz.explore import feature_maps, filter_grid, predict
+from tests.fixtures.memory import peak_growth
 
 NAME = re.compile(r"^upload/[0-9a-f]{32}$")
 

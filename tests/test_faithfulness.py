@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import cnnviz
-from cnnviz import preprocess, render
+from cnnviz import preprocess
 
 
 def _input(name: str, path) -> tuple[cnnviz.LoadedModel, torch.Tensor]:

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from cnnviz import explore, featurevis, layers, loading, preprocess
-from cnnviz.errors import InvalidOptionError, UnknownLayerError
 from cnnviz.cancel import Stopped, stop_when
+from cnnviz.errors import InvalidOptionError, UnknownLayerError
 from cnnviz.loading import load_model
 
 EXAMPLES = sorted(p for p in (Path(__file__).resolve().parent.parent / "examples").iterdir() if p.suffix in (".png", ".jpg"))

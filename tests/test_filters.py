@@ -12,7 +12,8 @@ from cnnviz import explore, filters, layers, loading, render
 
 @pytest.mark.parametrize(
     ("model", "first"),
-    [("alexnet", "features.0"), ("resnet18", "conv1"), ("mobilenet_v2", "features.0.0"), ("timm/efficientnet_b0.ra_in1k", "conv_stem"), ("timm/cspdarknet53.ra_in1k", "stem.conv1.conv")],
+    [("alexnet", "features.0"), ("resnet18", "conv1"), ("mobilenet_v2", "features.0.0"), ("timm/efficientnet_b0.ra_in1k", "conv_stem"),
+     ("timm/cspdarknet53.ra_in1k", "stem.conv1.conv")],
 )
 def test_first_conv_found_generically(model, first):
     loaded = loading.load_model(model, "random")

@@ -117,14 +117,14 @@ def _raw_outputs(model: nn.Module, x: torch.Tensor, names) -> dict[str, torch.Te
 
 
 def _by_name(listing: layers.Listing) -> tuple[dict[str, layers.LayerInfo], dict[str, layers.LeftOut]]:
-    return {l.name: l for l in listing.layers}, {l.name: l for l in listing.left_out}
+    return {info.name: info for info in listing.layers}, {info.name: info for info in listing.left_out}
 
 
 def test_channels_last_layers_are_drawn_channel_by_channel():
     torch.manual_seed(0)
     model = ChannelsLastBlock().eval()
     listed, left = _by_name(layers.find_layers(model, (3, 8, 8)))
-    assert {n: (l.layout, l.shape) for n, l in listed.items()} == {
+    assert {n: (info.layout, info.shape) for n, info in listed.items()} == {
         "conv_dw": ("NCHW", (6, 8, 8)),
         "norm": ("NHWC", (6, 8, 8)),
         "fc1": ("NHWC", (12, 8, 8)),
@@ -169,7 +169,7 @@ def test_tokens_form_the_declared_grid_and_attention_internals_are_left_out():
 
 def test_cubes_take_their_layout_from_input_or_module_or_are_left_out():
     listed, left = _by_name(layers.find_layers(Cubes().eval(), (3, 16, 16)))
-    assert {n: l.layout for n, l in listed.items()} == {"conv": "NCHW", "act": "NCHW", "to_last": "NHWC", "norm": "NHWC"}
+    assert {n: info.layout for n, info in listed.items()} == {"conv": "NCHW", "act": "NCHW", "to_last": "NHWC", "norm": "NHWC"}
     assert left["loose"].reason == "no map"
 
 
@@ -213,7 +213,7 @@ def test_listing_does_not_keep_outputs_alive():
     probes = [_Probe(refs) for _ in range(5)]
     model = nn.Sequential(*probes).eval()
     listed = layers.find_layers(model, (4, 6, 6)).layers
-    assert len(listed) == 2 * 5 and all(l.shape == (4, 6, 6) for l in listed)
+    assert len(listed) == 2 * 5 and all(info.shape == (4, 6, 6) for info in listed)
     assert all(all(p.freed_in_time) for p in probes[2:])  # an earlier map was gone while the pass went on
 
 
@@ -235,7 +235,7 @@ class _LateInPlace(nn.Module):
 
 def test_outputs_changed_in_place_later_are_marked_overwritten():
     listed, _ = _by_name(layers.find_layers(_LateInPlace().eval(), (3, 4, 4)))
-    assert {n: l.overwritten for n, l in listed.items()} == {"a": True, "b": False, "c": False}
+    assert {n: info.overwritten for n, info in listed.items()} == {"a": True, "b": False, "c": False}
 
 
 def test_get_layer_default_is_the_first_conv_and_unknown_names_suggest():
@@ -319,7 +319,7 @@ def test_timm_family_layers_draw_truthfully(arch):
     loaded = cnnviz.load_model(f"timm/{arch}", "random")
     found = cnnviz.list_layers(loaded)
     _, left = _by_name(layers._listing(loaded))
-    listed = {l.name: l for l in found}
+    listed = {info.name: info for info in found}
     torch.manual_seed(0)
     x = torch.randn(1, *loaded.input_size)
     with loaded.lock:
@@ -359,13 +359,13 @@ def test_layers_are_listed_parents_first_and_pass_through_modules_left_out():
     model = nn.Sequential(nn.Conv2d(3, 3, 1), _ConvBnAct(), nn.Identity(), nn.Conv2d(4, 2, 1)).eval()
     listing = layers.find_layers(model, (3, 8, 8))
     # forward order by start: the block "1" before its children; Identity/Dropout give their input back
-    assert [l.name for l in listing.layers] == ["0", "1", "1.conv", "1.act", "3"]
+    assert [info.name for info in listing.layers] == ["0", "1", "1.conv", "1.act", "3"]
     assert not listing.left_out  # not "left out" either: nothing to explain in the note
     assert listing.layers[2].overwritten  # the in-place ReLU changed conv's output
 
 
 def test_timm_batchnorm_act_lists_the_block_before_its_activation():
-    names = [l.name for l in cnnviz.list_layers(cnnviz.load_model("timm/efficientnet_b0", "random"))]
+    names = [info.name for info in cnnviz.list_layers(cnnviz.load_model("timm/efficientnet_b0", "random"))]
     assert names[:3] == ["conv_stem", "bn1", "bn1.act"]  # BatchNormAct2d finishes after its act, starts before
     assert names.index("blocks.1") < names.index("blocks.1.0") < names.index("blocks.1.0.conv_pw")
     assert not any(n.endswith((".drop", ".drop_path", ".drop_block")) for n in names)

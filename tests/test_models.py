@@ -25,7 +25,7 @@ def test_curated_model_through_every_view(name, coffee):
     assert grid.filters.weight.ndim == 4 and grid.image.ndim == 3
 
     found = cnnviz.list_layers(loaded)
-    assert found and all(len(l.shape) == 3 for l in found)
+    assert found and all(len(info.shape) == 3 for info in found)
     first = cnnviz.feature_maps(name, coffee, None, "random")
     assert first.layer.name == grid.filters.layer  # default layer: the first convolution
     assert tuple(first.maps.shape) == first.layer.shape

@@ -158,9 +158,10 @@ def test_a_model_without_nn_relu_names_the_activation_it_uses(coffee):
 def test_capture_takes_layer_names_as_well_as_layer_infos(coffee):
     """``cnnviz.capture(model, ["layer1"])``, as torchvision's feature extraction takes names: on a bare
     module and on a loaded model, the same maps as an independent hook on the module."""
-    import cnnviz
     import pytest
     import torch
+
+    import cnnviz
 
     loaded = cnnviz.load_model("resnet18", "random")
     x = cnnviz.preprocess.to_input(loaded, cnnviz.open_image(str(coffee)))

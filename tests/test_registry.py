@@ -21,7 +21,7 @@ def test_curated_list_covers_both_libraries():
     assert registry.list_models()[0] == registry.DEFAULT_MODEL == "alexnet"
     assert registry.list_models(include="timm/*", exclude="*lite0*")[0] == "timm/resnet50.a1_in1k"
     labels = [s.label for s in registry.curated_specs()]
-    assert "AlexNet · torchvision" in labels and any(l.endswith("· timm") for l in labels)
+    assert "AlexNet · torchvision" in labels and any(text.endswith("· timm") for text in labels)
 
 
 def test_duplicate_registration_raises():

@@ -7,7 +7,6 @@ import inspect
 from types import SimpleNamespace
 
 import gradio as gr
-import pandas as pd
 import pytest
 
 import cnnviz
@@ -54,7 +53,7 @@ def test_deep_link_opens_model_layer_and_tab_without_the_default_model(warnings,
     assert (out.key, out.weights.value, out.tab, out.shown, out.refresh, out.compare) == ("resnet18", "random", "feature-maps", "resnet18", True, {})
     assert out.tabs.selected == "feature-maps" and out.banner == ""
     assert "ResNet-18" in out.notice and "Random weights, as chosen" in out.notice
-    expected = [(l.label, l.name) for l in cnnviz.list_layers(cnnviz.load_model("resnet18", "random"))]
+    expected = [(info.label, info.name) for info in cnnviz.list_layers(cnnviz.load_model("resnet18", "random"))]
     assert out.layer.value == "layer3.0.conv1" and [tuple(c) for c in out.layer.choices] == expected
     assert out.channel is None and out.attr_link == {} and all(map(skipped, (out.photo, out.maps_photo, out.cmp_photo)))
     assert not warnings

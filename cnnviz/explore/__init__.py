@@ -14,27 +14,70 @@ work and returns a frozen view that says which weights it used. One module per v
 from __future__ import annotations
 
 from ..activations import KEPT, Prediction
-from ..pretrained import WeightsOutcome
 from ..preprocess import MAX_FRAME_BYTES, check_frame, decode_frame
+from ..pretrained import WeightsOutcome
 from ..render import COLORMAPS, encode
 from ..summary import readable_macs
 from .attributions import (
-    CAM_METHODS, CAM_NAMES, FEATUREVIS_MAX_STEPS, PROJECTIONS, REQUEST_SECONDS, AttributionChoices, AttributionView,
-    CamCost, ChannelVisualizationView, GuidedGradCamView, ProjectionView, attribution, attribution_choices, attribution_cost,
-    channel_visualization, guided_gradcam, projection,
+    CAM_METHODS,
+    CAM_NAMES,
+    FEATUREVIS_MAX_STEPS,
+    PROJECTIONS,
+    REQUEST_SECONDS,
+    AttributionChoices,
+    AttributionView,
+    CamCost,
+    ChannelVisualizationView,
+    GuidedGradCamView,
+    ProjectionView,
+    attribution,
+    attribution_choices,
+    attribution_cost,
+    channel_visualization,
+    guided_gradcam,
+    projection,
 )
 from .comparison import (
-    COMPARE_TILES, COMPARE_VIEWS, COMPARE_WORDS, STAGE_STRIDES, ComparePair, CompareSide, CompareView, compare,
+    COMPARE_TILES,
+    COMPARE_VIEWS,
+    COMPARE_WORDS,
+    STAGE_STRIDES,
+    ComparePair,
+    CompareSide,
+    CompareView,
+    compare,
 )
 from .filters import FiltersView, filter_grid, list_convolutions
 from .live import LiveView, live_maps
 from .maps import (
-    ChannelView, FeatureMapsView, LayerStatsView, MapsPage, MapsQuery, channel, channel_at, feature_maps,
-    layer_activations, layer_place, layer_stats, maps_page, predict,
+    ChannelView,
+    FeatureMapsView,
+    LayerStatsView,
+    MapsPage,
+    MapsQuery,
+    channel,
+    channel_at,
+    feature_maps,
+    layer_activations,
+    layer_place,
+    layer_stats,
+    maps_page,
+    predict,
 )
 from .models import (
-    CHECKPOINT_LIMIT_MB, CHECKPOINT_SUFFIXES, MAX_DEPTH, WEIGHT_CHOICES, ModelView, Startup, architecture, curated_models, find_layer,
-    load_checkpoint, select_model, startup_model, weights_used,
+    CHECKPOINT_LIMIT_MB,
+    CHECKPOINT_SUFFIXES,
+    MAX_DEPTH,
+    WEIGHT_CHOICES,
+    ModelView,
+    Startup,
+    architecture,
+    curated_models,
+    find_layer,
+    load_checkpoint,
+    select_model,
+    startup_model,
+    weights_used,
 )
 
 __all__ = [

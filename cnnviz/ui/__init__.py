@@ -21,16 +21,34 @@ from starlette.middleware import Middleware
 
 from .. import cancel, explore, server
 from ..errors import CnnvizError, quoted
-from . import architecture as architecture_tab, attribution as attribution_tab, compare as compare_tab, feature_maps as feature_maps_tab, filters as filters_tab
-from .architecture import architecture
+from . import architecture as architecture_tab
+from . import attribution as attribution_tab
+from . import compare as compare_tab
+from . import feature_maps as feature_maps_tab
 from . import featurevis, webcam
+from . import filters as filters_tab
+from .architecture import architecture
 from .common import (
-    EXAMPLE_FILES, MAX_PER_CLIENT, MAX_PER_SESSION, MAX_UPLOAD, UPLOAD_QUOTA, WORK, PageState, Refresh, check_call,
-    example_name, example_path, layer_dropdown, limit_clients, user_errors, warn, weights_used,
+    EXAMPLE_FILES,
+    MAX_PER_CLIENT,
+    MAX_PER_SESSION,
+    MAX_UPLOAD,
+    UPLOAD_QUOTA,
+    WORK,
+    PageState,
+    Refresh,
+    check_call,
+    example_name,
+    example_path,
+    layer_dropdown,
+    limit_clients,
+    user_errors,
+    warn,
+    weights_used,
 )
-from .gradio_patches import CheckedBlocks, document_as_text, document_example
 from .feature_maps import feature_maps
 from .filters import filters
+from .gradio_patches import CheckedBlocks, document_as_text, document_example
 
 __all__ = ["CSS", "architecture", "build_demo", "feature_maps", "filters", "launch"]
 

@@ -17,8 +17,22 @@ import numpy as np
 from .. import cancel, explore
 from ..errors import CnnvizError, InvalidImageError, quoted
 from .common import (
-    HEAVY, OUTPUTS, PROJECTION_CHOICES, WORK, PageState, Photo, Refresh, enqueued_at, in_page,
-    markdown_text, photo_box, projection_outputs, stop_reason, user_errors, warn, weights_used,
+    HEAVY,
+    OUTPUTS,
+    PROJECTION_CHOICES,
+    WORK,
+    PageState,
+    Photo,
+    Refresh,
+    enqueued_at,
+    in_page,
+    markdown_text,
+    photo_box,
+    projection_outputs,
+    stop_reason,
+    user_errors,
+    warn,
+    weights_used,
 )
 
 METHOD_CHOICES = [
@@ -26,10 +40,14 @@ METHOD_CHOICES = [
 ]
 NO_IMAGE = "Upload a photo, paste one, or pick an example to see which parts of it the model's decision rests on."
 EXPLAINED = {
-    "gradcam": "Grad-CAM weights each map of the layer by how much the class score rises when that map rises (its average gradient) and keeps the positive sum.",
-    "gradcampp": "Grad-CAM++ weights each map like Grad-CAM but counts only the places where a rise helps the class, so several objects of one class all light up.",
-    "layercam": "LayerCAM weights every position of every map by its own positive gradient, which keeps finer detail, especially at earlier layers.",
-    "scorecam": "Score-CAM uses no gradients: it masks the picture with each map in turn and weights the map by how much that masked picture alone raises the class score.",
+    "gradcam": ("Grad-CAM weights each map of the layer by how much the class score rises when that map rises "
+                "(its average gradient) and keeps the positive sum."),
+    "gradcampp": ("Grad-CAM++ weights each map like Grad-CAM but counts only the places where a rise helps the class, "
+                  "so several objects of one class all light up."),
+    "layercam": ("LayerCAM weights every position of every map by its own positive gradient, which keeps finer detail, "
+                 "especially at earlier layers."),
+    "scorecam": ("Score-CAM uses no gradients: it masks the picture with each map in turn and weights the map by how much "
+                 "that masked picture alone raises the class score."),
 }
 SANITY = (
     "**Sanity check (Adebayo et al., 2018):** the same method on the same picture with *random* weights. A map "

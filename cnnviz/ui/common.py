@@ -16,9 +16,9 @@ import re
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 from urllib.parse import unquote, urlsplit
 
 import gradio as gr
@@ -236,7 +236,10 @@ def _range_problem(component: gr.Slider | gr.Number, value: float) -> str | None
     whole_only = getattr(component, "precision", None) == 0 or (
         isinstance(component, gr.Slider) and float(component.step).is_integer() and float(lo or 0).is_integer()
     )
-    span = f"from {lo:g} to {hi:g}" if lo is not None and hi is not None else f"at least {lo:g}" if lo is not None else f"at most {hi:g}" if hi is not None else ""
+    if lo is not None and hi is not None:
+        span = f"from {lo:g} to {hi:g}"
+    else:
+        span = f"at least {lo:g}" if lo is not None else f"at most {hi:g}" if hi is not None else ""
     if (lo is not None and value < lo) or (hi is not None and value > hi):
         return f"must be {'a whole number ' if whole_only else ''}{span}"
     if whole_only and not float(value).is_integer():

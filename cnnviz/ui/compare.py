@@ -12,8 +12,20 @@ import gradio as gr
 from .. import explore
 from ..errors import CnnvizError, InvalidImageError
 from .common import (
-    HEAVY, OUTPUTS, PageState, Photo, Refresh, Refusal, SafeFile, SafeImage, in_page, label_dict, photo_box,
-    user_errors, warn, weights_used,
+    HEAVY,
+    OUTPUTS,
+    PageState,
+    Photo,
+    Refresh,
+    Refusal,
+    SafeFile,
+    SafeImage,
+    in_page,
+    label_dict,
+    photo_box,
+    user_errors,
+    warn,
+    weights_used,
 )
 
 TWO_MODELS, TWO_PHOTOS = "two-models", "two-photos"
@@ -70,7 +82,7 @@ def compare(model_a: str, model_b: str, image: str, weights_a: str = "pretrained
 
     Args:
         model_a: side A's model: a curated key, a torchvision name, timm/<name>, or upload/<digest> from /load_checkpoint.
-        model_b: side B's model, any name model_a takes (a torchvision name, timm/<name>, upload/<digest>); the same as model_a to compare weights or two photos.
+        model_b: side B's model, any name model_a takes; the same as model_a to compare weights or two photos.
         image: an image uploaded to this app, as for /feature_maps (both sides see it, unless image_b is given).
         weights_a: "pretrained" or "random".
         weights_b: "pretrained" or "random".
@@ -164,7 +176,7 @@ def load_checkpoint(model: str, checkpoint: str, labels: str | None = None):
 
     Args:
         model: the architecture: a curated key, a torchvision name or timm/<name> (e.g. resnet18).
-        checkpoint: a file uploaded to this app (as images are): a .safetensors file, or a PyTorch state dict (.pt, .pth, .bin, .ckpt; read with torch.load(weights_only=True), never unpickled).
+        checkpoint: an uploaded .safetensors file, or a PyTorch state dict (.pt, .pth, .bin, .ckpt), never unpickled.
         labels: optional uploaded text file with one class label per line, for a checkpoint with its own classes.
     """
     if not checkpoint:

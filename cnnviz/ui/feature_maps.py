@@ -6,19 +6,33 @@ Public endpoints: ``/feature_maps``, ``/channel``, ``/layer_stats``, ``/activati
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import gradio as gr
 import numpy as np
 import pandas as pd
 
-from typing import Callable
-
 from .. import explore
 from ..errors import CnnvizError, InvalidImageError, InvalidOptionError, quoted
 from .common import (
-    HEAVY, OUTPUTS, PROJECTION_CHOICES, WORK, PageState, Photo, Refresh, Refusal, in_page, label_dict, layer_dropdown,
-    photo_box, projection_outputs, user_errors, warn, weights_used, whole,
+    HEAVY,
+    OUTPUTS,
+    PROJECTION_CHOICES,
+    WORK,
+    PageState,
+    Photo,
+    Refresh,
+    Refusal,
+    in_page,
+    label_dict,
+    layer_dropdown,
+    photo_box,
+    projection_outputs,
+    user_errors,
+    warn,
+    weights_used,
+    whole,
 )
 
 CHANNEL_CHOICES = [

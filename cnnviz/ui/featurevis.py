@@ -54,7 +54,9 @@ def channel_visualization(
     model: str, layer: str, channel: float, steps: float = 256, weights: str = "pretrained", seed: float = 0,
     progress=gr.Progress(),
 ):
-    """An image generated from noise to make one channel of a layer respond as strongly as it can (activation maximisation in Fourier space with colour decorrelation and random jitter, scale and rotation), and the mean activation it reaches.
+    """An image generated from noise to make one channel of a layer respond as strongly as it can (activation
+    maximisation in Fourier space with colour decorrelation and random jitter, scale and rotation), and the mean
+    activation it reaches.
 
     Args:
         model: a curated key (alexnet, resnet50, ...), any torchvision classifier name, or timm/<name>.

@@ -16,7 +16,8 @@ moves one fails there, loudly, instead of silently dropping a guard:
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import gradio as gr
 from fastapi import HTTPException

@@ -22,7 +22,8 @@ from .conftest import EXAMPLES
 
 pytestmark = pytest.mark.e2e
 
-DOCUMENTED = {"/architecture", "/filters", "/feature_maps", "/channel", "/layer_stats", "/activations", "/channel_visualization", "/attribution", "/projection", "/guided_gradcam", "/compare", "/load_checkpoint"}
+DOCUMENTED = {"/architecture", "/filters", "/feature_maps", "/channel", "/layer_stats", "/activations", "/channel_visualization",
+              "/attribution", "/projection", "/guided_gradcam", "/compare", "/load_checkpoint"}
 
 
 def _named_endpoints(client) -> list[str]:

@@ -45,8 +45,9 @@ def test_projection_endpoint(raw):
 
 
 def test_guided_gradcam_endpoint_serves_the_librarys_picture(raw):
-    import cnnviz.explore as explore
     from PIL import Image
+
+    import cnnviz.explore as explore
 
     status, (image, caption) = raw.call("guided_gradcam", [MODEL, {"path": COFFEE}, "", "", "pretrained"])
     assert status == "complete", image

@@ -450,7 +450,7 @@ def test_feature_maps_controls_before_any_image_give_no_error(browser_page: Page
     open_app(page, app_url)
     open_tab(page, "Feature maps")
     wait_text(page, "#maps-caption", startswith="Upload a photo")
-    layer = next(l for l in library.layers(OFFLINE_MODEL, "pretrained") if l.name == "blocks.2.0.conv_dw")
+    layer = next(info for info in library.layers(OFFLINE_MODEL, "pretrained") if info.name == "blocks.2.0.conv_dw")
     choose_layer(page, layer.name, layer.label)
     page.locator("#maps-caption").click()  # leave the dropdown, as a user does
     page.wait_for_timeout(2000)  # asserting that something does NOT appear: give the event time to finish

@@ -18,8 +18,17 @@ from playwright.sync_api import Page
 import cnnviz
 
 from .test_browser import (
-    OFFLINE_MODEL, dropdown_options, error_toasts, expected_grid, fetch_image, grid_shape, open_app, open_tab, set_weights,
-    wait_image, wait_text,
+    OFFLINE_MODEL,
+    dropdown_options,
+    error_toasts,
+    expected_grid,
+    fetch_image,
+    grid_shape,
+    open_app,
+    open_tab,
+    set_weights,
+    wait_image,
+    wait_text,
 )
 
 pytestmark = pytest.mark.e2e

@@ -77,7 +77,8 @@ def test_bad_channels_get_a_sentence(raw, channel, hint):
 @pytest.mark.parametrize("name, data, hint", [
     ("channel", [MODEL, {"path": COFFEE}, LAYER, 3, "pretrained", 7], "Parameter 'opacity' (Opacity of the map over the picture) must be from 0 to 1"),
     ("channel", [MODEL, {"path": COFFEE}, LAYER, 3.5, "pretrained", 0.5], "Parameter 'channel' (Channel) must be a whole number"),
-    ("feature_maps", [MODEL, {"path": COFFEE}, LAYER, "pretrained", "first", 10**9, "auto", "channel"], "Parameter 'n' (N) must be a whole number from 1 to 4096"),
+    ("feature_maps", [MODEL, {"path": COFFEE}, LAYER, "pretrained", "first", 10**9, "auto", "channel"],
+     "Parameter 'n' (N) must be a whole number from 1 to 4096"),
     ("filters", [MODEL, "pretrained", "layer", "blocks.1.0.conv_dw", -5], "Input channel"),
     ("channel", [MODEL, None, LAYER, 3, "pretrained", 0.5], "No image"),
     ("layer_stats", [MODEL, {"path": "/etc/passwd"}, LAYER, "pretrained"], "uploaded to this app"),

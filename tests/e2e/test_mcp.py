@@ -3,12 +3,12 @@ their docstrings' Args, and a client can call one (offline, random weights)."""
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
 import json
 import os
 import subprocess
 import sys
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -16,7 +16,8 @@ from .conftest import ARTIFACTS, ROOT, _free_port, _wait_until_serving, stop_pro
 
 pytestmark = pytest.mark.e2e
 
-PUBLIC = {"architecture", "filters", "feature_maps", "channel", "layer_stats", "activations", "channel_visualization", "attribution", "projection", "guided_gradcam", "compare", "load_checkpoint"}
+PUBLIC = {"architecture", "filters", "feature_maps", "channel", "layer_stats", "activations", "channel_visualization", "attribution",
+          "projection", "guided_gradcam", "compare", "load_checkpoint"}
 
 
 @pytest.fixture(scope="module")
