@@ -70,6 +70,7 @@ def rows(name: str):
     import torch
 
     from cnnviz import budget, explore, layers
+    from cnnviz import featurevis as featurevis_room
     from cnnviz.attribution import class_activation_map, default_layer, project
     from cnnviz.loading import load_model
 
@@ -98,7 +99,7 @@ def rows(name: str):
     def featurevis():
         explore.channel_visualization(name, middle.name, 0, FEATUREVIS_STEPS, "random", seed=next(seeds))
 
-    size = featurevis.working_size(loaded, middle, None)
+    size = featurevis_room.working_size(loaded, middle, None)
     requests = [
         ("forward", budget.forward_cost(loaded), forward),
         (f"Grad-CAM @{target.name}", budget.cam_cost(loaded, target, "gradcam"),

@@ -181,7 +181,7 @@ class RawCall:
         self.http, self.url, self.name, self.data = http, url, name, data
         self.outcome, self.message, self.seconds = None, "", None
 
-    def send(self, fetch: bool = True) -> "RawCall":
+    def send(self, fetch: bool = True) -> RawCall:
         import json
 
         start = time.perf_counter()

@@ -5,7 +5,7 @@
 ['alexnet', 'vgg16', 'resnet18']
 >>> view = cnnviz.feature_maps("resnet18", "examples/coffee.png", layer="layer1.0.conv1", weights="random")
 >>> view.maps.shape, view.image.shape      # Tensor[C,H,W] float32, uint8[H,W,3] grid
-(torch.Size([64, 56, 56]), (576, 462, 3))
+(torch.Size([64, 56, 56]), (614, 462, 3))
 """
 from __future__ import annotations
 

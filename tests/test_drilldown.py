@@ -123,17 +123,19 @@ def test_the_picture_the_model_saw_is_its_resize_and_centre_crop(resnet):
 
 def test_the_channel_overlay_is_the_upsampled_map_blended_over_the_picture(resnet, coffee):
     loaded, x = resnet
-    reference = _hooked(loaded, "layer1.0.bn1", x)[5]  # BatchNorm output: signed
-    view = explore.channel("resnet18", coffee, "layer1.0.bn1", 5, "random", opacity=0.0)
+    maps = _hooked(loaded, "layer1.0.bn1", x)  # BatchNorm output: most channels signed
+    c = next(i for i in range(len(maps)) if maps[i].min() < 0 < maps[i].max())
+    reference = maps[c]
+    view = explore.channel("resnet18", coffee, "layer1.0.bn1", c, "random", opacity=0.0)
     torch.testing.assert_close(view.values, reference)
     np.testing.assert_array_equal(view.overlay, view.picture)  # opacity 0: the picture alone
-    full = explore.channel("resnet18", coffee, "layer1.0.bn1", 5, "random", opacity=1.0)
+    full = explore.channel("resnet18", coffee, "layer1.0.bn1", c, "random", opacity=1.0)
     assert full.colormap == "coolwarm"
     half = reference.abs().max()
     unit = F.interpolate((0.5 + reference / (2 * half))[None, None], size=(224, 224), mode="bilinear", align_corners=False)[0, 0]
     expected = colormaps["coolwarm"](unit.clamp(0, 1).numpy())[..., :3] * 255
     assert np.abs(full.overlay.astype(float) - expected).mean() < 2.0
-    mid = explore.channel("resnet18", coffee, "layer1.0.bn1", 5, "random", opacity=0.5)
+    mid = explore.channel("resnet18", coffee, "layer1.0.bn1", c, "random", opacity=0.5)
     np.testing.assert_allclose(mid.overlay, (full.overlay.astype(float) + view.picture) / 2, atol=1)
     assert view.value_range == (-float(half), float(half))
     assert view.stats["max"] == pytest.approx(float(reference.max())) and view.stats["zeros"] == float((reference == 0).float().mean())

@@ -34,7 +34,7 @@ def test_blocks_preprocess_data_is_the_method_checked_blocks_overrides():
     assert inspect.iscoroutinefunction(gr.Blocks.preprocess_data)
     seen = []
 
-    def check(block_fn, inputs):
+    def check(block_fn, inputs, state):
         seen.append((block_fn.api_name, list(inputs)))
         raise gr.Error("checked first")
 
