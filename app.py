@@ -15,19 +15,6 @@ import os
 import shutil
 import sys
 
-# glibc keeps freed activation memory in its heap (a server that once held a 600 px EfficientNet stays
-# at several GB); with every allocation of 128 kB or more served by mmap it goes back to the system.
-# The variable only acts when set before the process starts, so the app re-executes itself once.
-ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
-
-
-def use_returning_allocator() -> None:
-    """Re-execute once with ALLOCATOR_ENV set (Linux; a value the operator set is kept as it is)."""
-    missing = {k: v for k, v in ALLOCATOR_ENV.items() if k not in os.environ}
-    if missing and sys.platform.startswith("linux"):
-        os.execve(sys.executable, sys.orig_argv, {**os.environ, **missing})  # interpreter flags kept
-
-
 def env_flag(name: str) -> bool:
     """An on/off environment variable: 1, true, yes, on (any case) mean on."""
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
@@ -72,5 +59,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    use_returning_allocator()
     main()
