@@ -103,9 +103,13 @@ def bench_model(name: str, rounds: int, path: BrowserPath, script: BrowserPath, 
     out: dict[str, list[float]] = {}
     for _ in range(rounds):
         out.setdefault("forward", []).append(statistics.median(timed(lambda: activations.run(loaded.model, x)) for _ in range(3)))
-        fresh = photos()  # written before timing starts
+        cpu = time.process_time()
+        activations.run(loaded.model, x)
+        out.setdefault("forward, CPU time", []).append((time.process_time() - cpu) * 1000)
+        fresh, cpu = photos(), time.process_time()  # written before timing starts
         out.setdefault("library feature_maps (new photo)", []).append(
             timed(lambda: explore.feature_maps(name, fresh, None, "random")))
+        out.setdefault("library feature_maps, CPU time", []).append((time.process_time() - cpu) * 1000)
         fresh, before = photos(), server.cpu_times()
         for stage, ms in path(name, fresh).items():
             out.setdefault(f"HTTP {stage}" if stage != "round trip" else "HTTP round trip (new photo)", []).append(ms)
@@ -127,6 +131,10 @@ def report(name: str, out: dict[str, list[float]]) -> str:
     trip, library = statistics.median(out["HTTP round trip (new photo)"]), statistics.median(out["library feature_maps (new photo)"])
     # the same ratio per round (forward and round trip measured side by side): its range says how steady it is
     per_round = [t / f for t, f in zip(out["HTTP round trip (new photo)"], out["forward"])]
+    cpu = statistics.median(out["forward, CPU time"])
+    lines.append(f"\nCPU time ÷ forward's CPU time (steadier on a busy machine): server round trip "
+                 f"{statistics.median(out['server CPU time for the round trip']) / cpu:.2f}, library call "
+                 f"{statistics.median(out['library feature_maps, CPU time']) / cpu:.2f}")
     lines.append(f"\nround trip budget 1.5 × forward + 50 ms = {1.5 * forward + 50:.0f} ms: "
                  f"{'within' if trip <= 1.5 * forward + 50 else 'OVER'} ({trip:.0f} ms; per-round ratio "
                  f"{min(per_round):.2f}–{max(per_round):.2f}); library budget 1.3 × forward = {1.3 * forward:.0f} ms: "
@@ -140,8 +148,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--server-env", nargs="*", default=[], metavar="NAME=VALUE",
                         help="environment for the server, e.g. MALLOC_MMAP_THRESHOLD_=131072 (the allocator before issue 17)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads here and in the server (OMP_NUM_THREADS); default: torch's own choice")
     args = parser.parse_args()
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the server inherits it
     import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads here, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f}, server environment {args.server_env or 'as app.py sets it'}")
