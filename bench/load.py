@@ -31,6 +31,8 @@ from gradio_client import Client, handle_file
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("CNNVIZ_OFFLINE", "1")
+from cnnviz.server import IDLE_TRIM_S  # noqa: E402
+
 MODELS = ["resnet18", "timm/efficientnet_lite0", "mobilenet_v3_large"]
 PHOTOS = sorted(p for p in (ROOT / "examples").iterdir() if p.suffix in (".png", ".jpg"))
 
@@ -161,7 +163,7 @@ def memory_scenarios() -> None:
             with ThreadPoolExecutor(len(users)) as pool:
                 for future in [pool.submit(u, f"http://127.0.0.1:{port}/") for u in users]:
                     future.result()
-            time.sleep(3 if kind == "idle" else 0)
+            time.sleep(IDLE_TRIM_S + 3 if kind == "idle" else 0)  # the server gives freed memory back once quiet
             figure = watch.now if kind == "idle" else watch.peak
             wall = time.perf_counter() - start
         finally:

@@ -19,25 +19,11 @@ import shutil
 import sys
 from collections.abc import Sequence
 
+from .vocab import env_flag
+
 PROG = "cnnviz"
 DESCRIPTION = "CNN Explorer: filters, feature maps and architecture of CNNs."
 
-# glibc keeps freed activation memory in its heap (a server that once held a 600 px EfficientNet stays
-# at several GB); with every allocation of 128 kB or more served by mmap it goes back to the system.
-# The variable only acts when set before the process starts, so the server re-executes itself once.
-ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
-
-
-def use_returning_allocator() -> None:
-    """Re-execute once with ALLOCATOR_ENV set (Linux; a value the operator set is kept as it is)."""
-    missing = {k: v for k, v in ALLOCATOR_ENV.items() if k not in os.environ}
-    if missing and sys.platform.startswith("linux"):
-        os.execve(sys.executable, sys.orig_argv, {**os.environ, **missing})  # interpreter flags kept
-
-
-def env_flag(name: str) -> bool:
-    """An on/off environment variable: 1, true, yes, on (any case) mean on."""
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -168,21 +154,14 @@ def serve_command(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """The ``cnnviz`` console script (and ``python -m cnnviz``). ``argv=None`` reads the process's own
-    command line, which ``serve`` re-executes once with the allocator setting; a list given by a caller
-    (a test) is parsed and run in this process as it is."""
+    """The ``cnnviz`` console script (and ``python -m cnnviz``); ``argv=None`` reads the process's own command line."""
     args = build_parser().parse_args(argv)
-    if argv is None and args.command == "serve":
-        use_returning_allocator()  # before torch or gradio is imported
     args.run(args)
 
 
 def serve_main(argv: Sequence[str] | None = None) -> None:
     """``python app.py [flags]``: the serve command, with app.py's own name in ``--help``."""
-    args = parse_serve_args(argv)
-    if argv is None:
-        use_returning_allocator()
-    serve_command(args)
+    serve_command(parse_serve_args(argv))
 
 
 def launch(

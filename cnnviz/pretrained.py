@@ -41,6 +41,7 @@ from torchvision.models import WeightsEnum
 
 from . import lite0
 from .errors import UnknownModelError
+from .vocab import env_flag
 
 __all__ = [
     "WeightsOutcome",
@@ -107,15 +108,9 @@ HF_HOST = "huggingface.co"
 WEIGHT_HOSTS = (TORCHVISION_HOST, HF_HOST)
 PROBE_PORT = 443
 PROBE_TTL_S = 300.0
-_TRUE_VALUES = frozenset({"1", "true", "yes", "on"})
 
 _probe_lock = threading.Lock()
 _probe_cache: dict[str, tuple[bool, float]] = {}  # host -> (reachable, time.monotonic() of the probe)
-
-
-def env_flag(name: str) -> bool:
-    """Whether environment variable ``name`` is set to a true value (1/true/yes/on, any case)."""
-    return os.environ.get(name, "").strip().lower() in _TRUE_VALUES
 
 
 def _forced_offline_reason(host: str) -> str | None:

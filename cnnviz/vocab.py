@@ -12,6 +12,7 @@ cnnviz.errors.InvalidOptionError: Unknown colormap 'jet'; use one of: auto, gray
 from __future__ import annotations
 
 import math
+import os
 from enum import StrEnum
 from typing import TypeVar
 
@@ -141,6 +142,15 @@ def whole(value: object, lo: int, hi: int, what: str, extra: str = "") -> int:
             or int(value) != value or not lo <= value <= hi):
         raise InvalidOptionError(f"{what} must be a whole number from {lo} to {hi}{extra}, not {quoted(value)}.")
     return int(value)
+
+
+def env_flag(name: str) -> bool:
+    """Whether environment variable ``name`` is on: 1, true, yes, on (any case).
+
+    >>> import os; os.environ["CNNVIZ_EXAMPLE_FLAG"] = "Yes"; env_flag("CNNVIZ_EXAMPLE_FLAG")
+    True
+    """
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def unit_interval(value: object, what: str) -> float:

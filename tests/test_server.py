@@ -337,3 +337,51 @@ def test_output_files_are_refused_when_full_and_nothing_is_deleted(tmp_path, mon
     with pytest.raises(gr.Error, match="The server's disk space for uploads and results is full"):
         files.write("d.npy", b"\0" * (MB // 3))
     assert all(Path(p).exists() for p in paths) and len(list((tmp_path / "outputs").iterdir())) == 72
+
+
+def test_freed_memory_goes_back_once_per_quiet_spell_never_while_requests_come():
+    trims: list[float] = []
+    seen: list[str] = []
+
+    async def app(scope, receive, send):
+        seen.append(scope["type"])
+
+    giver = server.ReturnFreedMemory(app, idle_s=1.0, trim=lambda: trims.append(time.monotonic()))
+    time.sleep(1.3)
+    assert trims == []  # no request yet: nothing was freed by one
+    for _ in range(6):  # requests 0.2 s apart: never a quiet second
+        asyncio.run(giver({"type": "http"}, None, None))
+        time.sleep(0.2)
+    assert trims == [] and seen == ["http"] * 6
+    last = giver.last  # when the last request ended
+    time.sleep(1.8)
+    assert len(trims) == 1 and trims[0] - last >= 1.0  # once, a quiet second after the last request
+    time.sleep(1.3)
+    assert len(trims) == 1  # once per spell, not every second
+    asyncio.run(giver({"type": "lifespan"}, None, None))  # not a request: starts no spell
+    time.sleep(1.3)
+    assert len(trims) == 1 and seen[-1] == "lifespan"
+    asyncio.run(giver({"type": "http"}, None, None))
+    time.sleep(2.0)
+    assert len(trims) == 2
+
+
+def test_freed_memory_is_given_back_by_glibc():
+    trim = server._malloc_trim()
+    if trim is None:
+        pytest.skip("not glibc: there is nothing to trim")
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    rss = lambda: int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")  # noqa: E731
+    blocks = [libc.malloc(64 * 2**10) for _ in range(2048)]  # 128 MB of small blocks: the heap, not mmap
+    for b in blocks:
+        ctypes.memset(b, 1, 64 * 2**10)
+    held = rss()
+    for b in blocks:
+        libc.free(b)
+    kept = rss()
+    trim()
+    assert held - rss() > 100 * 2**20, (held, kept, rss())  # what glibc kept after the frees went back

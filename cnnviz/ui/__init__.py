@@ -408,6 +408,7 @@ def launch(host: str = "127.0.0.1", port: int | None = 7860, share: bool = False
             Middleware(server.BodyLimit, upload_limit=int((explore.CHECKPOINT_LIMIT_MB + 1) * 2**20)),
             Middleware(server.UploadGuard, quota=server.disk_quota(folder, UPLOAD_QUOTA)),
             Middleware(cancel.StreamWatch),  # who still reads a result: work nobody waits for stops
+            Middleware(server.ReturnFreedMemory),  # kept while requests come (no page faults), returned when quiet
         ]},
     )
     if demo.mcp_error:

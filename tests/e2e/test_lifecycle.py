@@ -10,7 +10,6 @@ import shutil
 import signal
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -25,8 +24,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 def test_a_signal_mid_request_exits_cleanly_and_tidies_up(start, signum):
     app = start().serving()
     folder = app.folder
-    environ = Path(f"/proc/{app.proc.pid}/environ").read_bytes().split(b"\0")
-    assert b"MALLOC_MMAP_THRESHOLD_=131072" in environ  # the allocator setting reached the app process itself
     raw = Raw(app.url)
     raw.upload(EXAMPLES / "cat.png")
     assert any(folder.rglob("*")), "the upload should be in the server's own folder"
