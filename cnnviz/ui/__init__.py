@@ -70,7 +70,8 @@ CSS = (
 def model_notice(view: explore.ModelView) -> str:
     """The line under the model picker: which model, where, with which weights."""
     spec = view.spec
-    line = f"**{spec.display}** · {spec.source} · `{spec.key}` · on {view.device} — {weights_used(view.weights)}"
+    icon, _, weights = weights_used(view.weights).partition(" ")  # "✅ Pretrained weights: …", the answers' line
+    line = f"{icon} **{spec.display}** · {spec.source} · `{spec.key}` · on {view.device} — {weights}"
     return line + (f"\n\nℹ️ {view.note}" if view.note else "")
 
 
@@ -402,8 +403,8 @@ def launch(host: str = "127.0.0.1", port: int | None = 7860, share: bool = False
     demo = build_demo()
     demo.launch(
         server_name=host, server_port=port, share=share, max_file_size=MAX_UPLOAD, css=CSS,
-        prevent_thread_lock=True, mcp_server=mcp, quiet=True,  # Gradio's hints name launch()'s arguments, not ours
-        **launch_kwargs,
+        prevent_thread_lock=True, mcp_server=mcp,
+        **{"quiet": True, **launch_kwargs},  # quiet: Gradio's hints name launch()'s arguments, not the app's flags
         app_kwargs={"middleware": [
             Middleware(server.BodyLimit, upload_limit=int((explore.CHECKPOINT_LIMIT_MB + 1) * 2**20)),
             Middleware(server.UploadGuard, quota=server.disk_quota(folder, UPLOAD_QUOTA)),

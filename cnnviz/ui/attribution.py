@@ -262,11 +262,13 @@ def refresh(model, weights, image, method, target, layer, opacity, link):
     names = {info.name for info in choices.layers}
     keep = layer if layer in names else choices.default_layer
     target = target if target in choices.labels else ""
+    chosen = gr.skip()  # the method radio is the user's: only a link sets it (a late refresh never undoes a click)
     if link:
         method, target, keep = _linked(link, choices, method, target, keep)
+        chosen = method
     labels = gr.Dropdown(choices=[""] + list(choices.labels), value=target)
     layers = gr.Dropdown(choices=[(info.label, info.name) for info in choices.layers], value=keep)
-    return (layers, labels, method, {}, *show(model, image, method, target, keep, weights, opacity))
+    return (layers, labels, chosen, {}, *show(model, image, method, target, keep, weights, opacity))
 
 
 @dataclass

@@ -82,7 +82,7 @@ def compare(model_a: str, model_b: str, image: str, weights_a: str = "pretrained
 
     Args:
         model_a: side A's model: a curated key, a torchvision name, timm/<name>, or upload/<digest> from /load_checkpoint.
-        model_b: side B's model, any name model_a takes; the same as model_a to compare weights or two photos.
+        model_b: side B's model, any name model_a takes (timm/<name>, upload/<digest>, ...); the same as model_a for weights or two photos.
         image: an image uploaded to this app, as for /feature_maps (both sides see it, unless image_b is given).
         weights_a: "pretrained" or "random".
         weights_b: "pretrained" or "random".

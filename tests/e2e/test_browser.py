@@ -259,7 +259,7 @@ def test_opens_on_offline_model_with_banner_and_architecture(browser_page: Page,
     expect(banner).to_contain_text("EfficientNet-Lite0")
     expect(page.get_by_label("Model", exact=True)).to_have_value(OFFLINE_LABEL)
     notice = wait_text(page, "#weights-notice", startswith="✅")
-    assert "timm/tf_efficientnet_lite0" in notice and "pretrained weights" in notice
+    assert "timm/tf_efficientnet_lite0" in notice and "Pretrained weights" in notice
 
     truth = library.architecture(OFFLINE_MODEL, "pretrained", 3)
     wait_table_rows(page, len(page_rows(truth)))
