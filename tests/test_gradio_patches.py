@@ -4,7 +4,6 @@ fails here, by name, instead of silently dropping a guard (parameter checks, per
 the API page's documentation)."""
 from __future__ import annotations
 
-import asyncio
 import inspect
 from types import SimpleNamespace
 
@@ -15,6 +14,7 @@ from gradio.context import LocalContext
 from gradio.queueing import Event
 
 from cnnviz.ui import gradio_patches
+from tests.fixtures.loop import run_coroutine
 
 
 def _demo(blocks_class=gr.Blocks, document=None, **kwargs):
@@ -41,7 +41,7 @@ def test_blocks_preprocess_data_is_the_method_checked_blocks_overrides():
     demo, _ = _demo(gradio_patches.CheckedBlocks, check_call=check)
     block_fn = next(fn for fn in demo.fns.values() if fn.api_name == "echo")
     with pytest.raises(gr.Error, match="checked first"):
-        asyncio.run(demo.preprocess_data(block_fn, ["x"], None))
+        run_coroutine(demo.preprocess_data(block_fn, ["x"], None))
     assert seen == [("echo", ["x"])]
 
 
@@ -60,7 +60,7 @@ def test_queue_push_is_wrapped_and_refuses_with_the_sentence():
     gradio_patches.limit_queue(demo, refuse)
     assert demo._queue.push != original and demo._queue.push.__wrapped__ == original
     with pytest.raises(HTTPException) as refused:
-        asyncio.run(demo._queue.push(SimpleNamespace(session_hash="page"), SimpleNamespace(client=None), None))
+        run_coroutine(demo._queue.push(SimpleNamespace(session_hash="page"), SimpleNamespace(client=None), None))
     assert refused.value.status_code == 429 and refused.value.detail == "Too many requests from you at once."
     assert asked == [("page", [])]
 

@@ -10,13 +10,13 @@ import os
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from cnnviz import server
 from cnnviz.server import BodyLimit, DiskFull, DiskQuota, UploadGuard
+from tests.fixtures.loop import run_coroutine
 
 MB = 2**20
 
@@ -202,8 +202,7 @@ def run_asgi(middleware, chunks: list[bytes], declared: int | None, client: str 
     async def send(message):
         sent.append(message)
 
-    with ThreadPoolExecutor(1) as pool:  # its own event loop: Playwright's sync API may hold this thread's
-        pool.submit(asyncio.run, middleware(scope, receive, send)).result()
+    run_coroutine(middleware(scope, receive, send))
     status = next(m["status"] for m in sent if m["type"] == "http.response.start")
     return status, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body").decode()
 
@@ -350,7 +349,7 @@ def test_freed_memory_goes_back_once_per_quiet_spell_never_while_requests_come()
     time.sleep(1.3)
     assert trims == []  # no request yet: nothing was freed by one
     for _ in range(6):  # requests 0.2 s apart: never a quiet second
-        asyncio.run(giver({"type": "http"}, None, None))
+        run_coroutine(giver({"type": "http"}, None, None))
         time.sleep(0.2)
     assert trims == [] and seen == ["http"] * 6
     last = giver.last  # when the last request ended
@@ -358,10 +357,10 @@ def test_freed_memory_goes_back_once_per_quiet_spell_never_while_requests_come()
     assert len(trims) == 1 and trims[0] - last >= 1.0  # once, a quiet second after the last request
     time.sleep(1.3)
     assert len(trims) == 1  # once per spell, not every second
-    asyncio.run(giver({"type": "lifespan"}, None, None))  # not a request: starts no spell
+    run_coroutine(giver({"type": "lifespan"}, None, None))  # not a request: starts no spell
     time.sleep(1.3)
     assert len(trims) == 1 and seen[-1] == "lifespan"
-    asyncio.run(giver({"type": "http"}, None, None))
+    run_coroutine(giver({"type": "http"}, None, None))
     time.sleep(2.0)
     assert len(trims) == 2
 

@@ -261,7 +261,8 @@ def refresh(model, weights, image, method, target, layer, opacity, link):
     choices = explore.attribution_choices(model, weights)
     names = {info.name for info in choices.layers}
     keep = layer if layer in names else choices.default_layer
-    target = target if target in choices.labels else ""
+    by_index = str(target).isdigit() and (not choices.labels or int(target) < len(choices.labels))
+    target = target if target in choices.labels or by_index else ""  # what the user chose stays, if this model has it
     chosen = gr.skip()  # the method radio is the user's: only a link sets it (a late refresh never undoes a click)
     if link:
         method, target, keep = _linked(link, choices, method, target, keep)

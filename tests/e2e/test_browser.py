@@ -51,18 +51,20 @@ OFFLINE_LABEL = "EfficientNet-Lite0 (TF) · timm — ImageNet weights bundled, w
 
 def wait_text(page: Page, selector: str, *, startswith: str | None = None, contains: str | None = None,
               timeout: int = UI_TIMEOUT_MS) -> str:
-    """Wait until the element's visible text starts with / contains the given strings; return the text."""
-    page.wait_for_function(
+    """Wait until the element's visible text starts with / contains the given strings; return that text (as
+    it was when it matched: a later event may already be redrawing the element)."""
+    found = page.wait_for_function(
         """([sel, start, part]) => {
             const el = document.querySelector(sel);
             if (!el) return false;
             const t = el.innerText.trim();
-            return t.length > 0 && (start === null || t.startsWith(start)) && (part === null || t.includes(part));
+            const ok = t.length > 0 && (start === null || t.startsWith(start)) && (part === null || t.includes(part));
+            return ok ? t : false;
         }""",
         arg=[selector, startswith, contains],
         timeout=timeout,
     )
-    return page.inner_text(selector).strip()
+    return found.json_value()
 
 
 def open_app(page: Page, url: str) -> None:
