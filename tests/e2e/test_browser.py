@@ -54,11 +54,12 @@ def wait_text(page: Page, selector: str, *, startswith: str | None = None, conta
     """Wait until the element's visible text starts with / contains the given strings; return that text (as
     it was when it matched: a later event may already be redrawing the element)."""
     found = page.wait_for_function(
-        """([sel, start, part]) => {
+        r"""([sel, start, part]) => {
             const el = document.querySelector(sel);
             if (!el) return false;
             const t = el.innerText.trim();
-            const ok = t.length > 0 && (start === null || t.startsWith(start)) && (part === null || t.includes(part));
+            const pending = /^(processing \||queue:|\d+(\.\d+)?s\b)/.test(t);  // Gradio's status over a pending output
+            const ok = t.length > 0 && !pending && (start === null || t.startsWith(start)) && (part === null || t.includes(part));
             return ok ? t : false;
         }""",
         arg=[selector, startswith, contains],
