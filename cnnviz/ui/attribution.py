@@ -330,11 +330,15 @@ def build(state: PageState) -> AttributionTab:
                    **HEAVY, api_name="guided_gradcam")
     guided_go.click(show_guided, [model, image, target, layer, weights], [guided, guided_caption],
                     **HEAVY, api_visibility="private")
+    # A new question goes to cam_asked at once (light lane; it stops a map still running for an older one), then
+    # to the map. One listener per trigger: a second on the photo's change looped for ever in Gradio 6.31 when the
+    # photo arrived while this tab was not yet drawn (each run re-fired the change; see the browser test).
+    # (always_last: a choice made while a map runs is drawn when that one ends, which cam_asked makes early)
+    redraw = dict(fn=show, inputs=cam_inputs, outputs=cam_outputs, **HEAVY, trigger_mode="always_last", api_visibility="private",
+                  show_progress_on=[overlay])  # the caption stays readable meanwhile: it says what the run will take
     gr.on([image.change, method.change, target.change, layer.input], cam_asked, cam_inputs[:-1], caption,
-          concurrency_id=WORK, api_visibility="private")  # at once, beside the map's own (heavy) event
-    gr.on([image.change, method.change, target.change, layer.input, opacity.change], show, cam_inputs, cam_outputs,
-          **HEAVY, trigger_mode="always_last", api_visibility="private",
-          show_progress_on=[overlay])  # the caption stays readable meanwhile: it says what the run will take
+          concurrency_id=WORK, trigger_mode="always_last", api_visibility="private").then(**redraw)
+    opacity.change(**redraw)
     check.click(sanity, [model, image, method, target, layer, opacity, weights], [random_overlay, random_caption],
                 **HEAVY, api_visibility="private")
     go.click(show_projection, [model, image, layer, channel, how, weights], [projected, projected_caption],

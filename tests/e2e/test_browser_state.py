@@ -30,9 +30,14 @@ def test_one_upload_serves_every_tab(browser_page: Page, app_url, shot):
     page.locator("#input-image input[type=file]").set_input_files(str(EXAMPLES / "cat.png"))
     wait_text(page, "#maps-caption", startswith="conv1", timeout=TIMEOUT)
     assert "photo" not in query(page)  # an upload cannot go in a link
+    joins = []  # the page's calls from here on
+    page.on("request", lambda request: joins.append(request.url) if "/queue/join" in request.url else None)
     open_tab(page, "Attribution")  # no second upload: the tab already drew the map of the same photo
     wait_text(page, "#attr-caption", contains="Grad-CAM", timeout=TIMEOUT)
     expect(page.locator("#attr-image img")).to_be_visible()
+    settled = len(joins)
+    page.wait_for_timeout(3000)  # a page at rest sends nothing (a photo that came while the tab was not drawn
+    assert len(joins) == settled, f"{len(joins) - settled} calls after the map was drawn"  # once re-ran it for ever)
     open_tab(page, "Compare")
     wait_text(page, "#cmp-caption", startswith="A:", timeout=TIMEOUT)
     expect(page.locator("#cmp-a-0 img")).to_be_visible()
