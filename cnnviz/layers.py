@@ -73,6 +73,10 @@ class LayerInfo:
             CnnvizError: the output does not have the layout this layer was listed with (a model
                 whose structure changes with its input).
         """
+        return self.to_nchw(output)[0]
+
+    def to_nchw(self, output: torch.Tensor) -> torch.Tensor:
+        """Every batch item of this layer's raw ``output`` as ``Tensor[N,C,H,W]`` (a view; see :meth:`to_chw`)."""
         c, h, w = self.shape
         if not isinstance(output, torch.Tensor) or output.ndim != (3 if self.layout == "tokens" else 4):
             raise CnnvizError(
@@ -80,15 +84,15 @@ class LayerInfo:
                 f"{tuple(getattr(output, 'shape', ()))}; it cannot be drawn for this input."
             )
         if self.layout == "NCHW":
-            return output[0]
+            return output
         if self.layout == "NHWC":
-            return output[0].permute(2, 0, 1)
+            return output.permute(0, 3, 1, 2)
         if output.shape[1] != self.prefix + h * w:
             raise CnnvizError(
                 f"Layer {self.name!r} was listed with {self.prefix + h * w} tokens but gave "
                 f"{output.shape[1]}; it cannot be drawn for this input."
             )
-        return output[0, self.prefix :].reshape(h, w, output.shape[2]).permute(2, 0, 1)
+        return output[:, self.prefix :].reshape(output.shape[0], h, w, output.shape[2]).permute(0, 3, 1, 2)
 
 
 def _layout_words(layout: Layout, prefix: int) -> str:
