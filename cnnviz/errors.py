@@ -30,6 +30,10 @@ class CheckpointError(CnnvizError):
     """A user's checkpoint that cannot be read safely, or does not fit the architecture named for it."""
 
 
+class CollectionError(CnnvizError):
+    """An image collection that cannot be used: a folder with no images, or a zip refused as unsafe or damaged."""
+
+
 MAX_QUOTE = 80  # characters of user input a message may repeat
 _ALLOCATION_FAILED = ("can't allocate memory", "not enough memory", "out of memory")  # CPU and CUDA allocators
 
