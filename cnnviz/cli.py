@@ -3,6 +3,7 @@
     cnnviz serve                       # http://127.0.0.1:7860
     cnnviz serve --host 0.0.0.0 --port 8080 --share --device cpu
     cnnviz serve --mcp                 # also an MCP server: http://127.0.0.1:7860/gradio_api/mcp/
+    cnnviz atlas --model resnet18 --data ~/photos --layers layer3,layer4   # dataset examples of a folder
     python -m cnnviz serve ...         # the same, without the console script
 
 GRADIO_SERVER_NAME / GRADIO_SERVER_PORT are respected when the flags are not given; CNNVIZ_MCP=1 (or
@@ -56,13 +57,34 @@ def serve_parser(prog: str = f"{PROG} serve") -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """``cnnviz <command>``: one sub-command per job (``serve`` today; ``atlas`` is planned)."""
+    """``cnnviz <command>``: one sub-command per job (``serve``, ``atlas``)."""
     parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     serve = commands.add_parser("serve", help="start the app (as `python app.py` does)", description=DESCRIPTION)
     add_serve_arguments(serve)
     serve.set_defaults(run=serve_command)
+    atlas = commands.add_parser(
+        "atlas", help="dataset examples: what each channel responds to across a folder of images",
+        description="Run (or resume, or look up) the dataset examples of a model's layers over a folder of images "
+                    "(recursively; one sub-folder per class gives labels). Results go to an SQLite file in "
+                    "--data-dir (CNNVIZ_DATA_DIR, else ~/.cache/cnnviz); the app's Feature maps and Collection "
+                    "views read them. Ctrl-C stops at the next batch; run it again to resume.")
+    add_atlas_arguments(atlas)
+    atlas.set_defaults(run=atlas_command)
     return parser
+
+
+def add_atlas_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="a registry name (resnet50, timm/convnext_tiny.fb_in1k)")
+    parser.add_argument("--data", required=True, metavar="DIR", help="the folder of images")
+    parser.add_argument("--layers", default="", help="comma-separated layer names (default: the output of each stage)")
+    parser.add_argument("--weights", default="pretrained", choices=["pretrained", "random"])
+    parser.add_argument("--k", type=int, default=9, help="examples kept per channel, each order (default 9)")
+    parser.add_argument("--engine", default="local", choices=["local", "ray"])
+    parser.add_argument("--ray-address", default=None, help="a Ray cluster (default: RAY_ADDRESS, else a local Ray)")
+    parser.add_argument("--batch-size", type=int, default=None, help="images per batch (default: sized to the layers)")
+    parser.add_argument("--workers", type=int, default=None, help="decode workers of the local engine (default: cores - 1)")
+    parser.add_argument("--data-dir", default=None, help="where the database lives (default: CNNVIZ_DATA_DIR or ~/.cache/cnnviz)")
 
 
 def parse_serve_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -151,6 +173,44 @@ def serve_command(args: argparse.Namespace) -> None:
         raise SystemExit(f"Cannot serve on {args.host}:{args.port} ({str(e).split('. ')[0]}); "
                          "is another server using that port? Choose one with --port.") from None
     server.wait_forever()
+
+
+def atlas_command(args: argparse.Namespace) -> None:
+    """Run the atlas with a progress bar; SIGINT/SIGTERM stop it at the next batch (its progress is kept)."""
+    import signal
+    import threading
+
+    from tqdm import tqdm
+
+    from cnnviz.errors import CnnvizError
+    from cnnviz.explore import atlas
+
+    stopping = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stopping.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    bar = tqdm(total=0, unit="img", desc="atlas", dynamic_ncols=True)
+
+    def progress(p) -> None:
+        bar.total = p.total
+        bar.n = p.done
+        bar.refresh()
+
+    try:
+        report = atlas(args.model, args.data, layers=args.layers or None, weights=args.weights, k=args.k, engine=args.engine,
+                       data_dir=args.data_dir, batch_size=args.batch_size, progress=progress, stop=stopping.is_set,
+                       ray_address=args.ray_address, workers=args.workers)
+    except CnnvizError as e:
+        raise SystemExit(f"cnnviz atlas: {e}") from None
+    finally:
+        bar.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print(report.describe())
+    for skipped in report.skipped[:20]:
+        print(f"  skipped {skipped.path}: {skipped.reason}")
+    if len(report.skipped) > 20:
+        print(f"  … and {len(report.skipped) - 20} more")
+    if not report.complete:
+        raise SystemExit(130)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -293,3 +293,20 @@ def _traced_stages(layers: tuple[LayerInfo, ...], geometry: dict[str, Geometry])
         tied = sorted((n for n in candidates if end[n] == last), key=lambda n: n.count("."))
         stages.append(Stage(s, next((n for n in tied if spans[n] <= 2), tied[-1])))
     return tuple(stages)
+
+
+def field_box(geometry: Geometry, y: int, x: int, input_size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The input window (top, left, bottom, right; clipped to the input) that position (``y``, ``x``) of a map
+    with this ``geometry`` sees: its receptive field centred on the position's centre in input pixels.
+    A map that sees the whole input (attention, global pooling) gives the whole input.
+
+    >>> field_box(Geometry(stride=(8.0, 8.0), field=(35, 35)), 2, 3, (224, 224))
+    (2, 10, 37, 45)
+    """
+    h, w = input_size
+    if geometry.whole or geometry.pooled:
+        return 0, 0, h, w
+    (sh, sw), (fh, fw) = geometry.stride, geometry.field
+    cy, cx = (y + 0.5) * sh, (x + 0.5) * sw
+    top, left = int(round(cy - fh / 2)), int(round(cx - fw / 2))
+    return max(0, top), max(0, left), min(h, top + fh), min(w, left + fw)

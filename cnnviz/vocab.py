@@ -92,6 +92,24 @@ class CompareKind(StrEnum):
         return {"filters": "first-layer filters", "stages": "maps at each stage", "cam": "Grad-CAM"}[self]
 
 
+class ExampleOrder(StrEnum):
+    """Which dataset examples of a channel: the images that drive it hardest, least, or a fixed random sample
+    (is the channel selective at all?)."""
+
+    TOP = "top"
+    BOTTOM = "bottom"
+    RANDOM = "random"
+
+    @property
+    def label(self) -> str:
+        return {"top": "most activating", "bottom": "least activating", "random": "random sample"}[self]
+
+
+class Engine(StrEnum):
+    LOCAL = "local"  # in-process: a DataLoader's decode workers and the model here
+    RAY = "ray"  # Ray Data: decode tasks and a model actor pool, on a local Ray or a cluster
+
+
 E = TypeVar("E", bound=StrEnum)
 
 

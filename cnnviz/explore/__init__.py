@@ -9,7 +9,8 @@ work and returns a frozen view that says which weights it used. One module per v
 - :mod:`.maps`: feature maps, a channel, layer statistics, top-5, and :func:`maps_page` (one page update);
 - :mod:`.attributions`: class activation maps, projections, Guided Grad-CAM, feature visualisation;
 - :mod:`.comparison`: two models side by side;
-- :mod:`.live`: webcam frames.
+- :mod:`.live`: webcam frames;
+- :mod:`.datasets`: dataset examples and statistics over an image collection (the atlas).
 """
 from __future__ import annotations
 
@@ -46,6 +47,18 @@ from .comparison import (
     CompareSide,
     CompareView,
     compare,
+)
+from .datasets import (
+    AtlasReport,
+    CollectionTable,
+    DatasetExample,
+    ExamplesView,
+    NotComputedError,
+    Progress,
+    atlas,
+    collection_table,
+    dataset_examples,
+    default_atlas_layers,
 )
 from .filters import FiltersView, filter_grid, list_convolutions
 from .live import LiveView, live_maps
@@ -91,4 +104,6 @@ __all__ = [
     "feature_maps", "filter_grid", "find_layer", "guided_gradcam", "layer_activations", "layer_place",
     "layer_stats", "list_convolutions", "live_maps", "load_checkpoint", "maps_page", "predict", "projection",
     "readable_macs", "select_model", "startup_model", "weights_used",
+    "AtlasReport", "CollectionTable", "DatasetExample", "ExamplesView", "NotComputedError", "Progress", "atlas", "collection_table",
+    "dataset_examples", "default_atlas_layers",
 ]
