@@ -47,6 +47,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --model: weights to load into it (.safetensors or a PyTorch state dict, read safely)",
     )
     parser.add_argument("--labels", metavar="FILE", help="with --model: its class names, one per line")
+    parser.add_argument(
+        "--data", metavar="NAME=DIR", action="append", default=[],
+        help="an image collection the page offers by name for dataset examples (repeatable; or set CNNVIZ_COLLECTIONS); "
+             "no request can name any other folder",
+    )
 
 
 def serve_parser(prog: str = f"{PROG} serve") -> argparse.ArgumentParser:
@@ -156,6 +161,15 @@ def serve_command(args: argparse.Namespace) -> None:
         raise SystemExit("--checkpoint and --labels go with --model (your own module); for a registry model's "
                          "checkpoint use the Compare tab's upload.")
     os.environ["CNNVIZ_DEVICE"] = args.device
+    if args.data:
+        from cnnviz.dataset import catalog
+        from cnnviz.errors import CnnvizError
+
+        try:
+            named = [catalog.parse(spec) for spec in args.data]
+        except CnnvizError as e:
+            raise SystemExit(f"--data: {e}") from None
+        os.environ[catalog.ENV] = os.pathsep.join(f"{name}={path}" for name, path in named)
     if args.model:
         sys.path.insert(0, os.getcwd())  # the operator's package, as `python -m` finds it
         serve_model(args.model, args.checkpoint, args.labels)

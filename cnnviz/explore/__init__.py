@@ -49,16 +49,23 @@ from .comparison import (
     compare,
 )
 from .datasets import (
+    AtlasJob,
     AtlasReport,
     CollectionTable,
     DatasetExample,
     ExamplesView,
     NotComputedError,
     Progress,
+    add_collection_zip,
     atlas,
+    atlas_job,
+    collection_folder,
     collection_table,
+    collections,
     dataset_examples,
     default_atlas_layers,
+    start_atlas,
+    stop_atlas,
 )
 from .filters import FiltersView, filter_grid, list_convolutions
 from .live import LiveView, live_maps
@@ -95,15 +102,15 @@ from .models import (
 
 __all__ = [
     "CAM_METHODS", "CAM_NAMES", "CHECKPOINT_LIMIT_MB", "CHECKPOINT_SUFFIXES", "COLORMAPS", "COMPARE_TILES", "COMPARE_VIEWS",
-    "COMPARE_WORDS", "FEATUREVIS_MAX_STEPS", "KEPT", "MAX_DEPTH", "MAX_FRAME_BYTES", "PROJECTIONS", "REQUEST_SECONDS", "STAGE_STRIDES",
-    "WEIGHT_CHOICES", "AttributionChoices", "AttributionView", "CamCost", "ChannelView", "ChannelVisualizationView",
-    "ComparePair", "CompareSide", "CompareView", "FeatureMapsView", "FiltersView", "GuidedGradCamView",
-    "LayerStatsView", "LiveView", "MapsPage", "MapsQuery", "ModelView", "Prediction", "ProjectionView", "Startup",
-    "WeightsOutcome", "architecture", "attribution", "attribution_choices", "attribution_cost", "channel",
-    "channel_at", "channel_visualization", "check_frame", "compare", "curated_models", "decode_frame", "encode",
-    "feature_maps", "filter_grid", "find_layer", "guided_gradcam", "layer_activations", "layer_place",
-    "layer_stats", "list_convolutions", "live_maps", "load_checkpoint", "maps_page", "predict", "projection",
-    "readable_macs", "select_model", "startup_model", "weights_used",
-    "AtlasReport", "CollectionTable", "DatasetExample", "ExamplesView", "NotComputedError", "Progress", "atlas", "collection_table",
-    "dataset_examples", "default_atlas_layers",
+    "COMPARE_WORDS", "FEATUREVIS_MAX_STEPS", "KEPT", "MAX_DEPTH", "MAX_FRAME_BYTES", "PROJECTIONS", "REQUEST_SECONDS",
+    "STAGE_STRIDES", "WEIGHT_CHOICES", "AtlasJob", "AtlasReport", "AttributionChoices", "AttributionView", "CamCost",
+    "ChannelView", "ChannelVisualizationView", "CollectionTable", "ComparePair", "CompareSide", "CompareView", "DatasetExample",
+    "ExamplesView", "FeatureMapsView", "FiltersView", "GuidedGradCamView", "LayerStatsView", "LiveView", "MapsPage", "MapsQuery",
+    "ModelView", "NotComputedError", "Prediction", "Progress", "ProjectionView", "Startup", "WeightsOutcome",
+    "add_collection_zip", "architecture", "atlas", "atlas_job", "attribution", "attribution_choices", "attribution_cost",
+    "channel", "channel_at", "channel_visualization", "check_frame", "collection_folder", "collection_table", "collections",
+    "compare", "curated_models", "dataset_examples", "decode_frame", "default_atlas_layers", "encode", "feature_maps",
+    "filter_grid", "find_layer", "guided_gradcam", "layer_activations", "layer_place", "layer_stats", "list_convolutions",
+    "live_maps", "load_checkpoint", "maps_page", "predict", "projection", "readable_macs", "select_model", "start_atlas",
+    "startup_model", "stop_atlas", "weights_used",
 ]

@@ -16,8 +16,9 @@ import numpy as np
 
 from .. import layers as layer_listing
 from .. import preprocess, receptive, vocab
-from ..dataset import job
+from ..dataset import catalog, job
 from ..dataset.accumulate import Entries, LayerAtlas
+from ..dataset.background import AtlasJob, Jobs
 from ..dataset.files import Skipped
 from ..dataset.job import AtlasReport, Progress
 from ..dataset.store import AtlasKey, Store
@@ -26,8 +27,11 @@ from ..layers import LayerInfo
 from ..loading import LoadedModel, load_model
 from ..pretrained import WeightsOutcome
 
-__all__ = ["AtlasReport", "CollectionTable", "DatasetExample", "ExamplesView", "NotComputedError", "Progress", "Skipped", "atlas",
-           "collection_table", "dataset_examples", "default_atlas_layers"]
+__all__ = [
+    "AtlasJob", "AtlasReport", "CollectionTable", "DatasetExample", "ExamplesView", "NotComputedError", "Progress", "Skipped",
+    "add_collection_zip", "atlas", "atlas_job", "collection_folder", "collection_table", "collections", "dataset_examples",
+    "default_atlas_layers", "start_atlas", "stop_atlas",
+]
 
 MAX_K = 100  # examples kept per channel and order: a page shows 9; more is a table, not a picture
 
@@ -240,3 +244,49 @@ def collection_table(
     stored, _, _ = _stored(loaded, root, info, data_dir)
     return CollectionTable(info.name, job.collection_name(root), stored.images, stored.labels, stored.mean(), stored.maximum,
                            stored.active_share(), stored.dead(), stored.top_class(), stored.selectivity(), loaded.weights)
+
+
+# --------------------------------------------------------------------------------------------------
+# Collections by name and jobs in the background: what a server offers (no request names a path)
+# --------------------------------------------------------------------------------------------------
+
+JOBS = Jobs()
+collection_folder = catalog.folder  # a collection's folder, by name (the operator's --data, or an uploaded zip's)
+
+
+def collections() -> list[str]:
+    """The collections a page may choose: the operator's (``--data NAME=DIR``), then uploaded zips."""
+    return catalog.names()
+
+
+def add_collection_zip(zip_path: str | Path, parent: str | Path) -> str:
+    """Extract an uploaded zip safely under ``parent`` (see :func:`cnnviz.dataset.files.extract_zip` for the
+    limits) and return its collection name, ``upload/<digest>``."""
+    return catalog.add_zip(zip_path, parent)
+
+
+def start_atlas(model: str, collection: str, *, layers: Sequence[str] | str | None = None, weights: str = "pretrained",
+                k: int = 9, data_dir: str | Path | None = None) -> AtlasJob:
+    """Start (or find) the atlas job of ``model`` over the named ``collection`` in the background; the same
+    question asked again returns the same job (running: its progress; done: its report, a lookup)."""
+    k = vocab.whole(k, 1, MAX_K, "k (examples kept per channel)")
+    loaded = load_model(model, weights)
+    chosen = _layers(loaded, layers)
+    root = collection_folder(collection)
+    key = (loaded.spec.key, job.weights_digest(loaded), str(root), tuple(info.name for info in chosen), k)
+    words = f"{loaded.spec.key} ({weights}) on {collection}: {', '.join(info.name for info in chosen)}, {k} per channel"
+
+    def run(progress, stop) -> AtlasReport:
+        return job.run_atlas(loaded, root, chosen, k=k, store=Store(data_dir), progress=progress, stop=stop)
+
+    return JOBS.start(key, words, run)
+
+
+def atlas_job(job_id: str) -> AtlasJob:
+    """A job started by :func:`start_atlas`, as it is now."""
+    return JOBS.get(str(job_id))
+
+
+def stop_atlas(job_id: str) -> AtlasJob:
+    """Stop a job at its next batch; what it saved is kept (starting it again resumes)."""
+    return JOBS.stop(str(job_id))
