@@ -9,6 +9,7 @@ them, whatever the engine, in one place.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -115,8 +116,11 @@ def default_workers() -> int:
 def run_local(job: EngineJob) -> Iterator[Batch]:
     """The in-process engine: a ``DataLoader`` decodes in worker processes while the model runs here."""
     workers = default_workers() if job.workers is None else job.workers
+    # a process with other threads (a server) starts its workers fresh: forking it could copy a held lock
+    context = "spawn" if workers and threading.active_count() > 1 else None
     loader = DataLoader(_Files(job.items, job.transform), batch_size=job.batch_size, num_workers=workers,
-                        collate_fn=_collate, persistent_workers=False, prefetch_factor=2 if workers else None)
+                        collate_fn=_collate, persistent_workers=False, prefetch_factor=2 if workers else None,
+                        multiprocessing_context=context)
     for rows in loader:
         if job.stop():
             return
