@@ -66,6 +66,18 @@ def decode(path: str, transform: Callable) -> torch.Tensor:
     return transform(open_image(path))
 
 
+def try_decode(path: str, transform: Callable) -> tuple[torch.Tensor | None, str | None]:
+    """:func:`decode`, never raising: ``(tensor, None)``, or ``(None, reason)`` for a file that cannot be read or
+    prepared. Every engine decodes through it, so a bad file is skipped with the same words whatever the engine,
+    and one bad file never ends a pass."""
+    try:
+        return decode(path, transform), None
+    except CnnvizError as e:
+        return None, str(e)
+    except Exception as e:  # a transform that fails on this one picture: skipped, said why  # noqa: BLE001
+        return None, f"could not be prepared for the model ({type(e).__name__}: {str(e)[:120]})"
+
+
 def reduce_batch(model: torch.nn.Module, layers: Sequence[LayerInfo], x: torch.Tensor) -> dict[str, Reduced]:
     """One forward pass of ``x`` (``Tensor[B,3,H,W]`` on the model's device), each layer's maps reduced as the
     hook sees them (so a later in-place change cannot touch them); the pass stops after the last layer.
@@ -96,12 +108,7 @@ class _Files(Dataset):
 
     def __getitem__(self, index: int):
         item = self.items[index]
-        try:
-            return item.id, decode(item.path, self.transform), None
-        except CnnvizError as e:
-            return item.id, None, str(e)
-        except Exception as e:  # a transform that fails on this one picture: skipped, said why  # noqa: BLE001
-            return item.id, None, f"could not be prepared for the model ({type(e).__name__}: {str(e)[:120]})"
+        return item.id, *try_decode(item.path, self.transform)
 
 
 def _collate(rows):
