@@ -4,9 +4,11 @@ and the local Ray it starts leaves no process behind. One local Ray (2 CPUs) ser
 start and its workers' (each imports torch) make the module take about 40 s on two cores."""
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -182,3 +184,25 @@ def test_cnnviz_imports_without_ray_and_says_how_to_get_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # what a missing package looks like to `import ray`
     with pytest.raises(cnnviz.CnnvizError, match=r"pip install 'cnnviz\[ray\]'"):
         ray_engine.connect()
+
+
+def test_both_engines_store_the_same_atlas(local_ray, collection, tmp_path):
+    """Through the public API: the same examples (every order, several channels) and the same table."""
+    folder = str(tmp_path / "photos")
+    shutil.copytree(Path(collection[0].path).parent, folder)
+    stores = {}
+    for engine in ("local", "ray"):
+        stores[engine] = tmp_path / engine
+        report = cnnviz.atlas("resnet18", folder, layers=["layer1", "layer3"], weights="random", k=5, engine=engine,
+                              data_dir=stores[engine], workers=0)
+        assert report.complete and report.images == GOOD and len(report.skipped) == 3 and report.engine == engine
+    for layer, channels in (("layer1", (0, 7, 63)), ("layer3", (0, 100, 255))):
+        for order in ("top", "bottom", "random"):
+            for channel in channels:
+                local, ray = (cnnviz.dataset_examples("resnet18", layer, channel, data=folder, weights="random", k=5, order=order,
+                                                      data_dir=stores[e]) for e in ("local", "ray"))
+                assert [(e.path, e.value, e.y, e.x) for e in local] == [(e.path, e.value, e.y, e.x) for e in ray]
+        tables = [cnnviz.collection_table("resnet18", layer, data=folder, weights="random", data_dir=stores[e]) for e in ("local", "ray")]
+        np.testing.assert_array_equal(tables[0].maximum, tables[1].maximum)
+        np.testing.assert_allclose(tables[0].mean, tables[1].mean, rtol=1e-9)
+        np.testing.assert_array_equal(tables[0].active_share, tables[1].active_share)
