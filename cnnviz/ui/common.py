@@ -16,6 +16,7 @@ import re
 import shutil
 import time
 import uuid
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -473,6 +474,37 @@ class OutputFiles:
 
 
 OUTPUTS = OutputFiles()
+
+
+def add_collection(zip_path: str) -> str:
+    """Extract an uploaded zip of images into ``collections/`` of the server's folder (beside the outputs)
+    and return its collection name (``upload/<digest>``). The entries' declared unpacked bytes are reserved
+    on the disk quota first (the total and the visitor's share); over either, a sentence and nothing
+    extracted. The library checks every entry (paths, sizes, ratios) and refuses a bad zip with a sentence.
+
+    Raises:
+        Refusal: the quota is full, or the zip is refused (its sentence)."""
+    quota = OUTPUTS.quota
+    parent = OUTPUTS.folder.parent / "collections"
+    try:
+        with zipfile.ZipFile(zip_path) as archive:
+            size = sum(info.file_size for info in archive.infolist() if not info.is_dir())
+    except (zipfile.BadZipFile, OSError) as e:
+        raise Refusal("That file is not a readable .zip. Upload a zip of images (one folder per class gives labels).") from e
+    try:
+        reservation = quota.reserve(size, gradio_patches.current_client_host(), "collection") if quota else None
+    except server.DiskFull as e:
+        raise Refusal(str(e)) from None
+    made: list[Path] = []
+    try:
+        name = explore.add_collection_zip(zip_path, parent)
+        made = [p for p in explore.collection_folder(name).rglob("*") if p.is_file()]
+        return name
+    except CnnvizError as e:
+        raise Refusal(str(e)) from None
+    finally:
+        if reservation is not None:
+            quota.release(reservation, made)
 
 
 
