@@ -324,7 +324,7 @@ def build_demo() -> gr.Blocks:
         refresh_all = gr.State(False)  # whether the last model/weights step changed the model shown
         open_maps = gr.State(False)  # whether the last row click opened Feature maps
         photo = gr.Textbox(visible=False)  # the shared photo's link name (an example's stem; "" otherwise)
-        state = PageState(model, weights, photo)
+        state = PageState(model, weights, photo, gr.Textbox(visible=False))
         with gr.Tabs(selected="architecture") as tabs:  # each tab wires its own public endpoint first
             with gr.Tab(TABS["architecture"], id="architecture") as arch_tab:
                 arch = architecture_tab.build(state, current)

@@ -179,7 +179,11 @@ def _table(model, weights, collection, layer) -> explore.CollectionTable:
 
 
 def _frame(table: explore.CollectionTable) -> pd.DataFrame:
-    return pd.DataFrame(table.rows(), columns=TABLE_HEADERS)
+    """The table's rows, numbers to 4 significant digits (the CSV keeps them whole)."""
+    frame = pd.DataFrame(table.rows(), columns=TABLE_HEADERS)
+    for column in ("mean", "max", "active share", "selectivity"):
+        frame[column] = frame[column].map(lambda v: float(f"{v:.4g}"))
+    return frame
 
 
 def _table_caption(table: explore.CollectionTable, collection: str) -> str:
@@ -383,6 +387,8 @@ def build(state: PageState) -> CollectionTab:
                          format="png", object_fit="contain", elem_id="collection-gallery")
     listed = gr.JSON(visible=False, label="examples")
     shown = gr.State(None)
+    if state.collection is not None:  # the page's collection, for Feature maps' top images
+        collection.change(None, collection, state.collection, js="(name) => name", queue=False, api_visibility="private")
 
     # public endpoints: names and text only (hidden boxes: any collection or layer name, checked by the handler)
     api_collection = gr.Textbox(visible=False, label="collection")

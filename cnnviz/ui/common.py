@@ -63,6 +63,7 @@ class PageState:
     model: gr.Dropdown
     weights: gr.Radio
     photo: gr.Textbox  # hidden: the shared photo's link name (an example's stem), "" for an upload or none
+    collection: gr.Textbox | None = None  # hidden: the collection chosen in the Collection tab (a name, never a path)
 
 
 @dataclass
@@ -220,6 +221,14 @@ def parameter_problem(component, value) -> str | None:
         if not ok:
             return "must be a number"
         return _range_problem(component, value)
+    if isinstance(component, gr.Dropdown) and component.multiselect:
+        valid = [choice[1] for choice in component.choices]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            return "must be a list of names"
+        wrong = [v for v in value if v not in valid]
+        if wrong and not getattr(component, "allow_custom_value", False):
+            return f"has {quoted(wrong[0])}, which is not one of its {len(valid)} choices"
+        return None
     if isinstance(component, (gr.Radio, gr.Dropdown)):
         if not isinstance(value, str):
             return "must be text"
