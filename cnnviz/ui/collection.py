@@ -32,6 +32,7 @@ from .common import (
     weights_used,
     whole,
 )
+from .gradio_patches import document_as_text
 
 ORDER_CHOICES = [("most activating", "top"), ("least activating", "bottom"), ("random sample", "random")]
 NO_COLLECTION = ("Choose a collection (the server's, started with `--data NAME=DIR`) or upload a .zip of images "
@@ -394,6 +395,9 @@ def build(state: PageState) -> CollectionTab:
     api_collection = gr.Textbox(visible=False, label="collection")
     api_layers = gr.Textbox(visible=False, label="layers")
     api_layer = gr.Textbox(visible=False, label="layer")
+    document_as_text(api_collection, "A collection's name as the server lists it (its --data NAME, or upload/<digest>); never a path.", "faces")
+    document_as_text(api_layers, 'Layer names separated by commas ("layer3, layer4"); empty: each stage\'s output.', "layer4")
+    document_as_text(api_layer, 'A layer the atlas was built for ("layer4").', "layer4")
     api_only = gr.Button(visible=False)
     api_only.click(atlas, [model, weights, api_collection, api_layers, k], [job_id, job_state, status], concurrency_id=WORK,
                    api_name="atlas")
