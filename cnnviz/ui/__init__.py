@@ -4,7 +4,7 @@ The only package that imports gradio; it calls nothing of the library but :mod:`
 :mod:`cnnviz.server` for the process's temp folder and middlewares). Public endpoints: each tab's
 (``/architecture``, ``/filters``, ``/feature_maps``, ``/channel``, ``/layer_stats``, ``/activations``,
 ``/channel_visualization``, ``/attribution``, ``/projection``, ``/guided_gradcam``, ``/compare``,
-``/load_checkpoint``); everything else is wired as private events.
+``/load_checkpoint``, ``/atlas``, ``/atlas_job``, ``/dataset_examples``, ``/collection_table``); everything else is wired as private events.
 
 A new view is a new ``explore`` function, a new ``ui/<tab>.py`` with ``build(model, weights)`` and
 its tests.
@@ -23,6 +23,7 @@ from .. import cancel, explore, server
 from ..errors import CnnvizError, quoted
 from . import architecture as architecture_tab
 from . import attribution as attribution_tab
+from . import collection as collection_tab
 from . import compare as compare_tab
 from . import feature_maps as feature_maps_tab
 from . import featurevis, webcam
@@ -88,16 +89,16 @@ def weights_radio(view: explore.ModelView, weights: str) -> gr.Radio:
 # &method=gradcampp&class=tabby&layer=layer4 · Feature maps: layer, channel · Filters: layer · Compare: b, bweights, view
 
 TABS = {"architecture": "Architecture", "filters": "Filters", "feature-maps": "Feature maps", "attribution": "Attribution",
-        "compare": "Compare"}
+        "compare": "Compare", "collection": "Collection"}
 LINK_LIMIT = 200  # characters of a URL parameter read at all (names are far shorter)
-TAB_MODULES = (feature_maps_tab, filters_tab, attribution_tab, compare_tab)  # the tabs with a part of the link, in output order
+TAB_MODULES = (feature_maps_tab, filters_tab, attribution_tab, compare_tab, collection_tab)  # the tabs with a part of the link, in output order
 LINK_KEYS = tuple(dict.fromkeys(("model", "layer", "tab", "weights", "photo", *(k for m in TAB_MODULES for k in m.LINK))))
 PHOTO_TABS = ("feature-maps", "attribution", "compare")  # the tabs with a photo box, in output order
 
 # Writes the view into the address bar (no reload, no history entry), so copying it shares the view.
 # Runs in the browser only. "/" stays readable in timm names (timm/resnet50.a1_in1k). An uploaded photo is
 # not in the link (only this server holds it, for a while); an example is (photo=coffee).
-SYNC_URL = """(model, weights, tab, photo, mapsLayer, channel, filtersLayer, attrLayer, method, target, modelB, weightsB, view) => {
+SYNC_URL = """(model, weights, tab, photo, mapsLayer, channel, filtersLayer, attrLayer, method, target, modelB, weightsB, view, collection) => {
     const put = (k, v) => (v || v === 0) ? `${k}=${encodeURIComponent(v).replace(/%2F/g, '/')}` : null;
     const ours = OURS;
     const layer = tab === 'filters' ? filtersLayer : tab === 'attribution' ? attrLayer : mapsLayer;
@@ -106,6 +107,7 @@ SYNC_URL = """(model, weights, tab, photo, mapsLayer, channel, filtersLayer, att
         'attribution': [put('method', method !== 'gradcam' ? method : null), put('class', target)],
         'compare': [put('b', modelB !== model ? modelB : null), put('bweights', weightsB),
                     put('view', view !== 'filters' ? view : null)],
+        'collection': [put('collection', collection)],
     };
     const others = [...new URLSearchParams(location.search)].filter(([k]) => !ours.includes(k))  // ?__theme=dark stays
         .map(([k, v]) => `${encodeURIComponent(k)}=${encodeURIComponent(v)}`);
@@ -168,6 +170,18 @@ def share_photo(index: int):
 
     chosen.__name__ = chosen.__qualname__ = "share_photo"
     return chosen
+
+
+@user_errors
+def open_example(shown: dict | None, evt: gr.SelectData):
+    """A Collection gallery item clicked: its image (copied into the server's outputs) in every photo box,
+    Feature maps opened at the atlas's layer and the channel. Returns (each box of :data:`PHOTO_TABS`, photo
+    name, tabs, tab, maps layer, maps channel)."""
+    opened = collection_tab.open_example(shown, evt)
+    if opened is None:
+        return (gr.skip(),) * (len(PHOTO_TABS) + 5)
+    path, layer, channel = opened
+    return (*(path,) * len(PHOTO_TABS), "", gr.Tabs(selected="feature-maps"), "feature-maps", layer, channel)
 
 
 def _select(model: str, weights: str, layer: str, shown: str):
@@ -310,7 +324,7 @@ def build_demo() -> gr.Blocks:
         refresh_all = gr.State(False)  # whether the last model/weights step changed the model shown
         open_maps = gr.State(False)  # whether the last row click opened Feature maps
         photo = gr.Textbox(visible=False)  # the shared photo's link name (an example's stem; "" otherwise)
-        state = PageState(model, weights, photo)
+        state = PageState(model, weights, photo, gr.Textbox(visible=False))
         with gr.Tabs(selected="architecture") as tabs:  # each tab wires its own public endpoint first
             with gr.Tab(TABS["architecture"], id="architecture") as arch_tab:
                 arch = architecture_tab.build(state, current)
@@ -326,6 +340,8 @@ def build_demo() -> gr.Blocks:
                 attr = attribution_tab.build(state)
             with gr.Tab(TABS["compare"], id="compare") as cmp_tab:
                 cmp = compare_tab.build(state)
+            with gr.Tab(TABS["collection"], id="collection") as col_tab:
+                col = collection_tab.build(state)
 
         # one photo for the page: a photo chosen in any tab (uploaded, pasted, an example, cleared) goes in the
         # others' boxes (whose change events redraw them) and, when it is an example, in the address bar
@@ -337,7 +353,11 @@ def build_demo() -> gr.Blocks:
             gr.on([chosen.box.upload, chosen.box.clear], **share)
             chosen.examples.load_input_event.then(**share)
 
-        linked = [out for tab in (maps, kernels, attr, cmp) for out in tab.link_outputs]  # TAB_MODULES' order
+        # a collection's image clicked: that photo in every box, Feature maps at its layer and channel
+        col.gallery.select(open_example, col.shown, [*(p.box for p in boxes), photo, tabs, view_tab, maps.layer, maps.channel],
+                           api_visibility="private", concurrency_id=WORK)
+
+        linked = [out for tab in (maps, kernels, attr, cmp, col) for out in tab.link_outputs]  # TAB_MODULES' order
         chain = demo.load(
             open_page, None, [model, weights, tabs, view_tab, banner, notice, shown, refresh_all, photo,
                               *(p.box for p in boxes), *linked],
@@ -356,7 +376,7 @@ def build_demo() -> gr.Blocks:
                     refresh_all, [tabs, view_tab], api_visibility="private", queue=False)
         starts.append(use)
         for chain in starts:
-            for tab in (arch, kernels, maps, attr, cmp):  # a model or weights change refreshes every tab, one after the other
+            for tab in (arch, kernels, maps, attr, cmp, col):  # a model or weights change refreshes every tab, one after the other
                 chain = chain.success(**when(refresh_all, tab))
 
         # linked views: a row of the Architecture table opens its layer in Feature maps or Filters
@@ -366,11 +386,12 @@ def build_demo() -> gr.Blocks:
         ).success(**when(open_maps, maps))
 
         # the address bar follows the view; the Architecture table highlights the Feature maps layer
-        for tab_id, tab in (("architecture", arch_tab), ("filters", filters_tab_), ("feature-maps", maps_tab), ("attribution", attr_tab), ("compare", cmp_tab)):
+        drawn = (arch_tab, filters_tab_, maps_tab, attr_tab, cmp_tab, col_tab)  # in TABS' order
+        for tab_id, tab in zip(TABS, drawn, strict=True):
             tab.select(None, None, view_tab, js=f"() => '{tab_id}'", api_visibility="private", queue=False)
         maps.layer.change(None, maps.layer, current, js="(layer) => layer", api_visibility="private", queue=False)
         in_link = [shown, weights, view_tab, photo, maps.layer, maps.channel, kernels.layer, attr.layer, attr.method,
-                   attr.target, cmp.models[1], cmp.weights_b, cmp.view]  # SYNC_URL's parameters, in order
+                   attr.target, cmp.models[1], cmp.weights_b, cmp.view, col.collection]  # SYNC_URL's parameters, in order
         gr.on([c.change for c in in_link], None, in_link, None, js=SYNC_URL,
               api_visibility="private", queue=False)
         document_as_text(model, MODEL_API, "resnet18")

@@ -16,6 +16,7 @@ import re
 import shutil
 import time
 import uuid
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,7 @@ class PageState:
     model: gr.Dropdown
     weights: gr.Radio
     photo: gr.Textbox  # hidden: the shared photo's link name (an example's stem), "" for an upload or none
+    collection: gr.Textbox | None = None  # hidden: the collection chosen in the Collection tab (a name, never a path)
 
 
 @dataclass
@@ -219,6 +221,14 @@ def parameter_problem(component, value) -> str | None:
         if not ok:
             return "must be a number"
         return _range_problem(component, value)
+    if isinstance(component, gr.Dropdown) and component.multiselect:
+        valid = [choice[1] for choice in component.choices]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            return "must be a list of names"
+        wrong = [v for v in value if v not in valid]
+        if wrong and not getattr(component, "allow_custom_value", False):
+            return f"has {quoted(wrong[0])}, which is not one of its {len(valid)} choices"
+        return None
     if isinstance(component, (gr.Radio, gr.Dropdown)):
         if not isinstance(value, str):
             return "must be text"
@@ -473,6 +483,37 @@ class OutputFiles:
 
 
 OUTPUTS = OutputFiles()
+
+
+def add_collection(zip_path: str) -> str:
+    """Extract an uploaded zip of images into ``collections/`` of the server's folder (beside the outputs)
+    and return its collection name (``upload/<digest>``). The entries' declared unpacked bytes are reserved
+    on the disk quota first (the total and the visitor's share); over either, a sentence and nothing
+    extracted. The library checks every entry (paths, sizes, ratios) and refuses a bad zip with a sentence.
+
+    Raises:
+        Refusal: the quota is full, or the zip is refused (its sentence)."""
+    quota = OUTPUTS.quota
+    parent = OUTPUTS.folder.parent / "collections"
+    try:
+        with zipfile.ZipFile(zip_path) as archive:
+            size = sum(info.file_size for info in archive.infolist() if not info.is_dir())
+    except (zipfile.BadZipFile, OSError) as e:
+        raise Refusal("That file is not a readable .zip. Upload a zip of images (one folder per class gives labels).") from e
+    try:
+        reservation = quota.reserve(size, gradio_patches.current_client_host(), "collection") if quota else None
+    except server.DiskFull as e:
+        raise Refusal(str(e)) from None
+    made: list[Path] = []
+    try:
+        name = explore.add_collection_zip(zip_path, parent)
+        made = [p for p in explore.collection_folder(name).rglob("*") if p.is_file()]
+        return name
+    except CnnvizError as e:
+        raise Refusal(str(e)) from None
+    finally:
+        if reservation is not None:
+            quota.release(reservation, made)
 
 
 

@@ -27,6 +27,7 @@ from .common import (
     in_page,
     label_dict,
     layer_dropdown,
+    markdown_text,
     photo_box,
     projection_outputs,
     user_errors,
@@ -301,6 +302,36 @@ def n_box(channels: str):
     return gr.Slider(interactive=channels != "all")
 
 
+TOP_IMAGES = 9  # the picked channel's images from the page's collection
+NO_COLLECTION = ("Choose a collection in the **Collection** tab (and build its atlas there) to see the images of a whole "
+                 "collection that drive this channel hardest.")
+
+
+@user_errors
+def top_images(model, weights, collection, layer, channel, is_open):
+    """The picked channel's top images in the page's collection, when the accordion is open (else nothing
+    changes, and nothing is computed). No atlas yet: a one-line hint, not an error. Returns (gallery,
+    caption)."""
+    if not is_open:
+        return gr.skip(), gr.skip()
+    if not collection:
+        return [], NO_COLLECTION
+    if channel is None or channel == "":
+        return [], NO_CHANNEL
+    try:
+        view = explore.dataset_examples(model, layer or "", whole(channel, "Channel"), data=explore.collection_folder(collection),
+                                        weights=weights, k=TOP_IMAGES)
+    except explore.NotComputedError:
+        return [], (f"ℹ️ No atlas of `{layer}` in {markdown_text(collection)} for this model and weights yet: build it in the "
+                    "**Collection** tab.")
+    except CnnvizError as e:
+        return [], f"⚠️ {markdown_text(str(e).replace(str(explore.collection_folder(collection)), collection))}"
+    gallery = [(OUTPUTS.write(f"{model}-{view.layer}-{view.channel}-top{i}.png", explore.encode(ex.crop, "png")),
+                f"{ex.path} · {ex.value:.3g}") for i, ex in enumerate(view)]
+    return gallery, (f"The {len(view)} images of {markdown_text(collection)} ({view.images:,} in its atlas) that drive channel "
+                     f"**{view.channel}** of `{view.layer}` hardest, each cropped to what its strongest position sees.")
+
+
 LINK = ("layer", "channel")  # ?model=resnet18&layer=layer3.0.conv1[&tab=feature-maps&channel=12]
 
 
@@ -369,6 +400,11 @@ def build(state: PageState, live: Callable | None = None, looks_for: Callable | 
         channel_text = gr.Markdown(NO_CHANNEL, elem_id="channel-caption")
     if looks_for is not None:
         looks_for(layer, picked, image)  # what the picked channel looks for: its own section and endpoint
+    with gr.Accordion("Top 9 images in the collection (dataset examples)", open=False, elem_id="maps-top-images") as top_section:
+        top_caption = gr.Markdown(NO_COLLECTION, elem_id="maps-top-caption")
+        top_gallery = gr.Gallery(label="The channel's top images in the collection", columns=9, height=200, format="png",
+                                 object_fit="contain", elem_id="maps-top-gallery")
+    top_open = gr.State(False)
     with gr.Accordion("Zeiler–Fergus projection of this channel (what in the photo drives it)", open=False,
                       elem_id="maps-projection"):
         with gr.Row():
@@ -417,13 +453,17 @@ def build(state: PageState, live: Callable | None = None, looks_for: Callable | 
     channels.change(n_box, channels, n, queue=False, api_visibility="private")
     image.change(None, js=SCROLL_TO_GRID)  # an example clicked below the fold: bring the result into view
     clicked = [picked, overlay, enlarged, channel_text]
+    top = dict(fn=top_images, inputs=[model, weights, state.collection or gr.State(""), layer, picked, top_open],
+               outputs=[top_gallery, top_caption], concurrency_id=WORK, api_visibility="private")
+    top_section.expand(lambda: True, None, top_open, queue=False, api_visibility="private").then(**top)
+    top_section.collapse(lambda: False, None, top_open, queue=False, api_visibility="private")
     grid.select(clicked_tile, [model, image, layer, weights, channels, n, opacity, colormap], clicked, concurrency_id=WORK,
-                api_visibility="private")
+                api_visibility="private").then(**top)
     stats_table.select(clicked_row, [model, image, layer, weights, opacity, colormap], clicked, concurrency_id=WORK,
-                       api_visibility="private")
+                       api_visibility="private").then(**top)
     gr.on(  # Enter in the Channel box; the opacity slider dragged, typed + Enter, or reset
         [picked.submit, opacity.change], channel_if_image, [*io_channel["inputs"], colormap], io_channel["outputs"],
         concurrency_id=WORK, trigger_mode="always_last", api_visibility="private",
-    )
+    ).then(**top)
     export.click(exports_if_image, io_maps["inputs"], files, concurrency_id=WORK, api_visibility="private")
     return FeatureMapsTab(show, io_page, layer, photo, picked, [layer, picked])

@@ -1,0 +1,113 @@
+"""Dataset examples in the page and over HTTP, against an app started with a collection (``CNNVIZ_COLLECTIONS``,
+what ``cnnviz serve --data faces=DIR`` sets) and a store of its own (``CNNVIZ_DATA_DIR``).
+
+``test_collection_tab_builds_the_atlas_and_opens_an_example`` — resnet18 with random weights, the link's
+collection chosen, layer4 only: Build the atlas shows its progress, then the report, the channel table over the
+whole collection and the channel's top images; a page at rest sends nothing; clicking the first image opens
+Feature maps with that photo at layer4, channel 0, whose "Top 9 images" accordion shows the same channel's
+images. Screenshots: ``test-artifacts/test_collection_tab_…/``.
+
+``test_a_path_as_collection_name_is_refused`` — raw HTTP: every endpoint refuses a server path given as the
+collection's name, with a sentence that lists the names there are.
+"""
+from __future__ import annotations
+
+import re
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests.fixtures.collections import make_collection
+
+from .conftest import CHROMIUM, UI_TIMEOUT_MS, App, Raw, _artifact_dir
+from .test_browser import open_tab, wait_text
+
+pytestmark = [pytest.mark.e2e]
+
+
+@pytest.fixture(scope="module")
+def collection_app(tmp_path_factory):
+    """The app with one collection, "faces" (4 images of each of 3 classes)."""
+    root = make_collection(tmp_path_factory.mktemp("faces"), per_class=4)
+    store = tmp_path_factory.mktemp("store")
+    app = App(tmp_path_factory.mktemp("collection-app"), env={"CNNVIZ_COLLECTIONS": f"faces={root}", "CNNVIZ_DATA_DIR": str(store)})
+    try:
+        yield app.serving()
+    finally:
+        app.stop()
+
+
+@pytest.fixture
+def page(chromium, collection_app, request):
+    context = chromium.new_context(viewport={"width": 1400, "height": 1000})
+    context.set_default_timeout(UI_TIMEOUT_MS)
+    expect.set_options(timeout=UI_TIMEOUT_MS)
+    page = context.new_page()
+    page.page_errors = []
+    page.on("pageerror", lambda e: page.page_errors.append(str(e)))
+    page.artifacts = _artifact_dir(request)
+    yield page
+    if getattr(getattr(request.node, "rep_call", None), "failed", False):
+        page.screenshot(path=str(page.artifacts / "ZZ-failure.png"), full_page=True)
+    context.close()
+
+
+def test_collection_tab_builds_the_atlas_and_opens_an_example(page: Page, collection_app):
+    assert CHROMIUM.exists()
+    shots = iter(range(1, 100))
+
+    def shot(step: str) -> None:
+        page.screenshot(path=str(page.artifacts / f"{next(shots):02d}-{step}.png"), full_page=True)
+
+    page.goto(collection_app.url + "?model=resnet18&weights=random&tab=collection&collection=faces")
+    wait_text(page, "#weights-notice", contains="·")
+    expect(page.get_by_role("tab", name="Collection", exact=True)).to_have_attribute("aria-selected", "true")
+    expect(page.locator("#collection-select input")).to_have_value("faces")
+    page.locator("#collection-layers input").click()
+    page.locator("#collection-layers input").press_sequentially("layer4", delay=10)
+    page.get_by_role("option", name=re.compile(r"^layer4 ·")).click()
+    page.keyboard.press("Escape")
+    page.locator("#collection-build").click()
+    wait_text(page, "#collection-status", startswith="✅", timeout=90_000)
+    status = page.inner_text("#collection-status")
+    assert "12 images" in status and "layer4" in status, status
+    caption = wait_text(page, "#collection-caption", contains="whole collection")
+    assert "12 images" in caption and "selectivity" in caption
+    expect(page.locator("#collection-layer input")).to_have_value(re.compile("^layer4"))
+    expect(page.locator("#collection-table")).to_contain_text("dead over the collection")
+    wait_text(page, "#collection-examples-caption", startswith="Channel 0 of layer4")
+    expect(page.locator("#collection-gallery img")).to_have_count(9)
+    expect(page.locator("#collection-gallery")).to_contain_text(" · ")  # "faces/face_000.png · 1.23"
+    shot("collection-built")
+
+    joins: list[str] = []
+    page.on("request", lambda r: joins.append(r.url) if "/queue/join" in r.url else None)
+    page.wait_for_timeout(3000)
+    assert joins == [], f"{len(joins)} calls from a page at rest (the timer must stop when the job is done)"
+
+    page.locator("#collection-gallery img").first.click()
+    expect(page.get_by_role("tab", name="Feature maps", exact=True)).to_have_attribute("aria-selected", "true")
+    wait_text(page, "#maps-caption", startswith="layer4", timeout=90_000)
+    expect(page.locator("#layer-select input")).to_have_value(re.compile("^layer4"))
+    expect(page.locator("#channel-number input")).to_have_value("0")
+    expect(page.locator("#input-image img")).to_be_visible()
+    wait_text(page, "#channel-caption", startswith="Channel 0")
+    page.locator("#maps-top-images").get_by_text("Top 9 images in the collection").click()
+    wait_text(page, "#maps-top-caption", contains="drive channel 0 of layer4")
+    expect(page.locator("#maps-top-gallery img")).to_have_count(9)
+    shot("opened-in-feature-maps")
+    open_tab(page, "Collection")
+    shot("collection-again")
+    assert not page.page_errors, page.page_errors
+
+
+@pytest.mark.parametrize("name", ["/etc", "../x", "faces/.."])
+def test_a_path_as_collection_name_is_refused(collection_app, name):
+    raw = Raw(collection_app.url)
+    for endpoint, data in (("atlas", ["resnet18", "random", name, "layer4", 3]),
+                           ("collection_table", ["resnet18", "random", name, "layer4"]),
+                           ("dataset_examples", ["resnet18", "random", name, "layer4", 0, 3, "top"])):
+        event, message = raw.call(endpoint, data)
+        assert event == "error", (endpoint, event, message)
+        text = str(message)
+        assert "No collection named" in text and "'faces'" in text, (endpoint, text)
