@@ -93,8 +93,13 @@ def test_statistics_equal_numpy_over_every_map(collection):
     spatial = maps.astype(np.float64).mean(axis=(2, 3))
     per_class = np.stack([spatial[classes == label].mean(axis=0) for label in range(len(LABELS))])
     np.testing.assert_allclose(atlas.per_class_mean(), per_class, rtol=1e-9)
-    np.testing.assert_array_equal(atlas.top_class(), per_class.argmax(axis=0))
-    for c in range(C):  # Morcos et al. 2018, written out
+    rectified = np.maximum(maps.astype(np.float64), 0).mean(axis=(2, 3))  # what a ReLU passes on
+    per_class = np.stack([rectified[classes == label].mean(axis=0) for label in range(len(LABELS))])
+    np.testing.assert_allclose(atlas.per_class_rectified(), per_class, rtol=1e-9)
+    assert list(atlas.top_class()[[0, 1, 2, 4]]) == list(per_class.argmax(axis=0)[[0, 1, 2, 4]])
+    assert atlas.top_class()[3] == -1 and np.isnan(atlas.selectivity()[3])  # never active: no class drives it
+    assert np.nanmin(atlas.selectivity()) >= 0 and np.nanmax(atlas.selectivity()) <= 1
+    for c in range(C):  # Morcos et al. 2018, written out, on the rectified map
         best = per_class[:, c].max()
         rest = (per_class[:, c].sum() - best) / (len(LABELS) - 1)
         expected = (best - rest) / (best + rest) if best + rest > 0 else np.nan

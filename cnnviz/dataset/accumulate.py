@@ -27,12 +27,14 @@ SAMPLE_SEED = 20181012  # the random sample's hash seed: fixed, so a sample is r
 class Reduced:
     """Per image and channel of one batch: ``value`` float32[B,C] (the spatial maximum), ``y``/``x``
     int32[B,C] (its position on the map; the first in row-major order among equal maxima), ``mean``
-    float64[B,C] (the spatial mean), ``positive`` int64[B,C] (positions > 0), ``positions`` (H·W)."""
+    float64[B,C] (the spatial mean), ``rectified`` float64[B,C] (the spatial mean of max(map, 0): what a
+    ReLU would pass on), ``positive`` int64[B,C] (positions > 0), ``positions`` (H·W)."""
 
     value: np.ndarray
     y: np.ndarray
     x: np.ndarray
     mean: np.ndarray
+    rectified: np.ndarray
     positive: np.ndarray
     positions: int
 
@@ -43,6 +45,7 @@ def reduce_maps(maps: torch.Tensor) -> Reduced:
     flat = maps.detach().reshape(b, c, h * w).float()
     value, where = flat.max(dim=2)  # among equal maxima, torch returns the first index (row-major: top-left)
     mean = flat.double().mean(dim=2)
+    rectified = flat.clamp(min=0).double().mean(dim=2)
     positive = (flat > 0).sum(dim=2)
     where = where.cpu().numpy().astype(np.int64)
     return Reduced(
@@ -50,6 +53,7 @@ def reduce_maps(maps: torch.Tensor) -> Reduced:
         y=(where // w).astype(np.int32),
         x=(where % w).astype(np.int32),
         mean=mean.cpu().numpy(),
+        rectified=rectified.cpu().numpy(),
         positive=positive.cpu().numpy().astype(np.int64),
         positions=h * w,
     )
@@ -117,6 +121,7 @@ class LayerAtlas:
     maximum: np.ndarray  # float32[C]: -inf before any image
     positive: np.ndarray  # int64[C]: positions > 0, over every image
     class_mean: np.ndarray  # float64[L,C]: per class, sum over its images of the spatial mean
+    class_rectified: np.ndarray  # float64[L,C]: per class, sum over its images of the rectified spatial mean
     class_images: np.ndarray  # int64[L]
 
     @classmethod
@@ -124,7 +129,8 @@ class LayerAtlas:
         labels = tuple(labels)
         return cls(channels, k, labels, Entries.empty(channels, k), Entries.empty(channels, k), Entries.empty(channels, k),
                    np.full(k, np.iinfo(np.uint64).max, np.uint64), 0, 0, np.zeros(channels), np.full(channels, -np.inf, np.float32),
-                   np.zeros(channels, np.int64), np.zeros((len(labels), channels)), np.zeros(len(labels), np.int64))
+                   np.zeros(channels, np.int64), np.zeros((len(labels), channels)), np.zeros((len(labels), channels)),
+                   np.zeros(len(labels), np.int64))
 
     def add(self, ids: Sequence[int], classes: Sequence[int], reduced: Reduced, rank: np.ndarray, keys: Sequence[int]) -> None:
         """Fold a batch in: image ``ids`` (never added before), their class indices (-1: none), their
@@ -148,6 +154,7 @@ class LayerAtlas:
         labelled = classes >= 0
         if len(self.labels) and labelled.any():
             np.add.at(self.class_mean, classes[labelled], reduced.mean[labelled])
+            np.add.at(self.class_rectified, classes[labelled], reduced.rectified[labelled])
             np.add.at(self.class_images, classes[labelled], 1)
 
     def _sample(self, batch: Entries, keys: np.ndarray, rank: np.ndarray) -> None:
@@ -177,6 +184,7 @@ class LayerAtlas:
         self.maximum = np.maximum(self.maximum, other.maximum)
         self.positive += other.positive
         self.class_mean += other.class_mean
+        self.class_rectified += other.class_rectified
         self.class_images += other.class_images
 
     # ------------------------------------------------------------------------------------------
@@ -200,20 +208,28 @@ class LayerAtlas:
         with np.errstate(invalid="ignore", divide="ignore"):
             return self.class_mean / self.class_images[:, None]
 
+    def per_class_rectified(self) -> np.ndarray:
+        """float64[L,C]: each class's mean of the rectified map (max(map, 0)) over its images (NaN: no image)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return self.class_rectified / self.class_images[:, None]
+
     def top_class(self) -> np.ndarray:
-        """int64[C]: the class with the highest mean (-1 without labels or with fewer than two classes seen)."""
-        means = self.per_class_mean()
+        """int64[C]: the class that drives the channel most: the highest mean of the rectified map (-1 without
+        labels, with fewer than two classes seen, or for a channel never active)."""
+        means = self.per_class_rectified()
         seen = self.class_images > 0
         if seen.sum() < 2:
             return np.full(self.channels, -1, np.int64)
-        return np.argmax(np.where(seen[:, None], means, -np.inf), axis=0).astype(np.int64)
+        best = np.argmax(np.where(seen[:, None], means, -np.inf), axis=0).astype(np.int64)
+        return np.where(np.nanmax(np.where(seen[:, None], means, np.nan), axis=0) > 0, best, -1)  # never active: no class
 
     def selectivity(self) -> np.ndarray:
         """float64[C]: the class-selectivity index of Morcos et al. (2018), (μmax − μ−max)/(μmax + μ−max): μmax the
-        highest class mean, μ−max the mean of the other classes' means. 0: no preference, 1: only one class
-        drives it. Meaningful for non-negative maps (after a ReLU); NaN without two classes or when the
-        denominator is not positive."""
-        means = self.per_class_mean()[self.class_images > 0]
+        highest class mean, μ−max the mean of the other classes' means, of the rectified map (max(map, 0)): the
+        index is defined for non-negative activity (they measured it after ReLUs), and a layer without a ReLU
+        (a block's projection) would otherwise give values outside [0, 1]. 0: no preference, 1: only one class
+        drives it; NaN without two classes or when no class drives it at all."""
+        means = self.per_class_rectified()[self.class_images > 0]
         if len(means) < 2:
             return np.full(self.channels, np.nan)
         best = means.max(axis=0)
@@ -230,7 +246,8 @@ class LayerAtlas:
             **self.top.arrays("top"), **self.bottom.arrays("bottom"), **self.sample.arrays("sample"),
             "sample_keys": self.sample_keys, "counts": np.array([self.channels, self.k, self.images, self.positions], np.int64),
             "labels": np.array(self.labels, dtype=np.str_), "total_mean": self.total_mean, "maximum": self.maximum,
-            "positive": self.positive, "class_mean": self.class_mean, "class_images": self.class_images,
+            "positive": self.positive, "class_mean": self.class_mean, "class_rectified": self.class_rectified,
+            "class_images": self.class_images,
         }
 
     @classmethod
@@ -239,4 +256,4 @@ class LayerAtlas:
         return cls(channels, k, tuple(str(v) for v in arrays["labels"]), Entries.from_arrays(arrays, "top"),
                    Entries.from_arrays(arrays, "bottom"), Entries.from_arrays(arrays, "sample"), np.asarray(arrays["sample_keys"]),
                    images, positions, np.asarray(arrays["total_mean"]), np.asarray(arrays["maximum"]), np.asarray(arrays["positive"]),
-                   np.asarray(arrays["class_mean"]), np.asarray(arrays["class_images"]))
+                   np.asarray(arrays["class_mean"]), np.asarray(arrays["class_rectified"]), np.asarray(arrays["class_images"]))

@@ -113,7 +113,7 @@ def scan(store: Store, root: Path, name: str) -> tuple[files.Listing, list[Store
 
 def _rows(reduced: Reduced, rows: np.ndarray) -> Reduced:
     return dataclasses.replace(reduced, value=reduced.value[rows], y=reduced.y[rows], x=reduced.x[rows],
-                               mean=reduced.mean[rows], positive=reduced.positive[rows])
+                               mean=reduced.mean[rows], rectified=reduced.rectified[rows], positive=reduced.positive[rows])
 
 
 def default_batch_size(layers: Sequence[LayerInfo], device: str) -> int:

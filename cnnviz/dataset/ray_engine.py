@@ -43,7 +43,7 @@ STORE_VARIABLE = "CNNVIZ_RAY_STORE_MB"
 # after it when their resources match, and each actor would then decode its batches itself, one after the
 # other with its passes, instead of tasks decoding the next batches meanwhile. Decoding waits on the disk too.
 DECODE_CPUS = 0.5
-FIELDS = ("value", "y", "x", "mean", "positive")  # Reduced's per-image arrays, each a column per layer
+FIELDS = ("value", "y", "x", "mean", "rectified", "positive")  # Reduced's per-image arrays, each a column per layer
 
 _started = False  # this module started the process's Ray: only then may shutdown() end it
 
@@ -159,7 +159,7 @@ class _Reducer:
 def _zeros(layers: Sequence[LayerInfo], rows: int) -> dict[str, np.ndarray]:
     """Every layer's output columns for ``rows`` rows, zero-filled (the channel count comes from the listing,
     so a batch of skipped files has the same columns as any other)."""
-    dtypes = {"value": np.float32, "y": np.int32, "x": np.int32, "mean": np.float64, "positive": np.int64}
+    dtypes = {"value": np.float32, "y": np.int32, "x": np.int32, "mean": np.float64, "rectified": np.float64, "positive": np.int64}
     out = {}
     for index, layer in enumerate(layers):
         out.update({f"{index}.{name}": np.zeros((rows, layer.shape[0]), dtype) for name, dtype in dtypes.items()})

@@ -188,8 +188,8 @@ def _frame(table: explore.CollectionTable) -> pd.DataFrame:
 
 
 def _table_caption(table: explore.CollectionTable, collection: str) -> str:
-    labelled = "top class and class selectivity (Morcos et al. 2018: 0 = no preference, 1 = one class only)" if table.labels \
-        else "no labels (put each class in its own folder for top class and selectivity)"
+    labelled = ("top class and class selectivity of the rectified map (Morcos et al. 2018: 0 = no preference, 1 = one class only)"
+                if table.labels else "no labels (put each class in its own folder for top class and selectivity)")
     return (f"`{table.layer}` over the **whole collection** {markdown_text(collection)} ({table.images:,} images): mean over "
             "every position of every image, max, active share (positions > 0), dead = never above 0 in any image "
             f"(Feature maps' \"dead\" is one photo's); {labelled}. Sort from a column's ⋮ menu.\n\n{weights_used(table.weights)}")
