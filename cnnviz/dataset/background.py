@@ -7,6 +7,7 @@ asked; a stopped job keeps what it saved at its last checkpoint, and asking agai
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from ..errors import CnnvizError
 from .job import AtlasReport, Progress
 
 KEEP_FINISHED = 200  # finished jobs remembered (their reports); the oldest are forgotten first
+MAX_WAITING = int(os.environ.get("CNNVIZ_ATLAS_QUEUE", "4"))  # jobs queued or running: a public link cannot stack more
 
 
 @dataclass
@@ -74,6 +76,10 @@ class Jobs:
             found = self._jobs.get(ident)
             if found is not None and not found.finished:
                 return found
+            waiting = sum(not job.finished for job in self._jobs.values())
+            if waiting >= MAX_WAITING:
+                raise CnnvizError(f"The server already has {waiting} atlas jobs queued or running (at most {MAX_WAITING}); "
+                                  "try again when one has finished.")
             job = AtlasJob(ident, what)
             self._jobs.pop(ident, None)
             self._jobs[ident] = job
