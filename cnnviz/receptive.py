@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+import xxhash
 from torch.overrides import TorchFunctionMode
 
 from .hooks import forward_hooks
@@ -201,15 +202,17 @@ def trace_geometry(model: torch.nn.Module, names: list[str], x: torch.Tensor) ->
 
 
 def layer_geometry(loaded: LoadedModel, layers: tuple[LayerInfo, ...]) -> dict[str, Geometry]:
-    """:func:`trace_geometry` of every listed layer of a loaded model, on zeros of its input size;
-    computed once per loaded model (kept on it)."""
+    """:func:`trace_geometry` of ``layers`` (callers pass every listed layer) of a loaded model, on zeros of its
+    input size; computed once per loaded model and set of layers (kept on it)."""
+    names = [layer.name for layer in layers]
 
     def compute() -> dict[str, Geometry]:
         x = torch.zeros(1, *loaded.input_size, device=loaded.device)
         with loaded.lock:
-            return trace_geometry(loaded.model, [layer.name for layer in layers], x)
+            return trace_geometry(loaded.model, names, x)
 
-    return loaded.memo("receptive.geometry", compute)
+    key = xxhash.xxh3_64_hexdigest("\n".join(names).encode())  # another set of layers is another answer
+    return loaded.memo(f"receptive.geometry.{key}", compute)
 
 
 @dataclass(frozen=True)

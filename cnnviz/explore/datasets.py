@@ -173,7 +173,7 @@ def dataset_examples(
     entries: Entries = {vocab.ExampleOrder.TOP: stored.top, vocab.ExampleOrder.BOTTOM: stored.bottom,
                         vocab.ExampleOrder.RANDOM: stored.sample}[order]
     paths = {image.id: image for image in store.images(job.collection_name(root))}
-    geometry = receptive.layer_geometry(loaded, (info,)).get(info.name)
+    geometry = receptive.layer_geometry(loaded, layer_listing.list_layers(loaded)).get(info.name)
     found = []
     for j in range(k):
         image_id = int(entries.image[channel, j])

@@ -269,7 +269,10 @@ def refresh(model, weights, image, method, target, layer, opacity, link):
         chosen = method
     labels = gr.Dropdown(choices=[""] + list(choices.labels), value=target)
     layers = gr.Dropdown(choices=[(info.label, info.name) for info in choices.layers], value=keep)
-    return (layers, labels, chosen, {}, *show(model, image, method, target, keep, weights, opacity))
+    drawn = show(model, image, method, target, keep, weights, opacity)
+    if not isinstance(drawn, tuple):  # one skip: a newer refresh of this page is queued (it draws the map)
+        drawn = (gr.skip(),) * 4
+    return (layers, labels, chosen, {}, *drawn)
 
 
 @dataclass

@@ -341,7 +341,7 @@ def from_link(params: dict[str, str], model: str, weights: str) -> tuple:
     if wanted and wanted not in names:
         warn(f"The link's collection {quoted(wanted)} is not on this server; collections here: {', '.join(names) or 'none'}.")
         wanted = ""
-    return (gr.Dropdown(choices=names, value=wanted or (names[0] if len(names) == 1 else None)),)
+    return (gr.Dropdown(choices=names, value=wanted or (names[0] if len(names) == 1 else "")),)
 
 
 @dataclass
@@ -358,7 +358,7 @@ def build(state: PageState) -> CollectionTab:
     gr.Markdown("Dataset examples: run the model once over a whole collection of images, then see each channel's "
                 "statistics over all of them and the images that drive it hardest.")
     with gr.Row():
-        collection = gr.Dropdown(explore.collections(), value=None, label="Collection", scale=2, elem_id="collection-select",
+        collection = gr.Dropdown(explore.collections(), value="", allow_custom_value=True, label="Collection", scale=2, elem_id="collection-select",
                                  info="The server's collections (cnnviz serve --data NAME=DIR) and the zips uploaded here.")
         upload = SafeFile(label="Or upload a .zip of images", file_types=[".zip"], type="filepath", scale=1, height=120,
                           elem_id="collection-zip")

@@ -25,7 +25,8 @@ from .conftest import EXAMPLES
 pytestmark = pytest.mark.e2e
 
 DOCUMENTED = {"/architecture", "/filters", "/feature_maps", "/channel", "/layer_stats", "/activations", "/channel_visualization",
-              "/attribution", "/projection", "/guided_gradcam", "/compare", "/load_checkpoint"}
+              "/attribution", "/projection", "/guided_gradcam", "/compare", "/load_checkpoint", "/atlas", "/atlas_job",
+              "/dataset_examples", "/collection_table"}
 
 
 def _named_endpoints(client) -> list[str]:
