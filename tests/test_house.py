@@ -200,8 +200,8 @@ def test_a_models_derived_data_goes_with_it(coffee):
     cnnviz.feature_maps("resnet18", coffee, "layer1", "random")
     cnnviz.architecture("resnet18", "random", 2)
     cnnviz.filter_grid("resnet18", "random", layer="layer1.0.conv1")
-    assert {"layers.listing", "receptive.geometry", "summary.depth2", "filters.cache", "preprocess.inputs",
-            "activations.predictions"} <= set(loaded.derived)
+    assert {"layers.listing", "summary.depth2", "filters.cache", "preprocess.inputs", "activations.predictions"} <= set(loaded.derived)
+    assert any(key.startswith("receptive.geometry.") for key in loaded.derived)  # one per set of layers
     listing = weakref.ref(loaded.derived["layers.listing"])
     gone = weakref.ref(loaded)
     del loaded
