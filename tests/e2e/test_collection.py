@@ -111,3 +111,48 @@ def test_a_path_as_collection_name_is_refused(collection_app, name):
         assert event == "error", (endpoint, event, message)
         text = str(message)
         assert "No collection named" in text and "'faces'" in text, (endpoint, text)
+
+
+def _zip(folder, target, extra: dict[str, bytes] | None = None):
+    import zipfile
+
+    with zipfile.ZipFile(target, "w") as archive:
+        for path in sorted(folder.rglob("*.*")):
+            archive.write(path, path.relative_to(folder).as_posix())  # faces/…, not_faces/…, scenes/… at the top
+        for name, data in (extra or {}).items():
+            archive.writestr(name, data)
+    return target
+
+
+def test_a_zip_uploaded_in_the_page_is_built_and_its_top_image_opens(page: Page, collection_app, tmp_path):
+    """From the upload of a zip to a click on a top image; a hostile zip is refused with the library's sentence."""
+    from .test_browser import error_toasts
+    from .test_browser_shell import warnings_shown
+
+    folder = make_collection(tmp_path / "mine", per_class=3)
+    hostile = _zip(folder, tmp_path / "hostile.zip", {"../escape.png": b"x"})
+    page.goto(collection_app.url + "?model=resnet18&weights=random&tab=collection")
+    wait_text(page, "#weights-notice", contains="·")
+    page.locator("#collection-zip input[type=file]").set_input_files(str(hostile))
+    page.wait_for_function("() => document.querySelectorAll('.toast-body.warning').length > 0", timeout=60_000)
+    assert any("escape.png" in text and "Nothing was extracted" in text for text in warnings_shown(page)), warnings_shown(page)
+    expect(page.locator("#collection-select input")).not_to_have_value(re.compile("^upload/"))
+
+    page.goto(collection_app.url + "?model=resnet18&weights=random&tab=collection")  # a fresh upload box
+    wait_text(page, "#weights-notice", contains="·")
+    page.locator("#collection-zip input[type=file]").set_input_files(str(_zip(folder, tmp_path / "mine.zip")))
+    expect(page.locator("#collection-select input")).to_have_value(re.compile("^upload/"), timeout=60_000)
+    page.locator("#collection-layers input").click()
+    page.locator("#collection-layers input").press_sequentially("layer4", delay=10)
+    page.get_by_role("option", name=re.compile(r"^layer4 ·")).click()
+    page.keyboard.press("Escape")
+    page.locator("#collection-build").click()
+    status = wait_text(page, "#collection-status", startswith="✅", timeout=90_000)
+    assert "9 images" in status, status
+    expect(page.locator("#collection-gallery img")).to_have_count(9)
+    page.screenshot(path=str(page.artifacts / "01-zip-built.png"), full_page=True)
+    page.locator("#collection-gallery img").first.click()
+    expect(page.get_by_role("tab", name="Feature maps", exact=True)).to_have_attribute("aria-selected", "true")
+    wait_text(page, "#maps-caption", startswith="layer4", timeout=90_000)
+    expect(page.locator("#input-image img")).to_be_visible()
+    assert not error_toasts(page) and not page.page_errors
