@@ -87,15 +87,6 @@ def styled(frame: pd.DataFrame, current: str | None):
     return style.apply(lambda row: [HIGHLIGHT if row.name in marked else ""] * len(row), axis=1)
 
 
-def highlight(table: pd.DataFrame | None, current: str):
-    """The table as shown, re-highlighted for layer ``current`` (no model work)."""
-    if table is None or not len(table) or list(table.columns) != TABLE_HEADERS:
-        return gr.skip()
-    for column in ("params", "MACs"):  # the page may hand the display strings back
-        table[column] = pd.to_numeric(table[column].astype(str).str.replace(",", ""), errors="coerce").fillna(0).astype("int64")
-    return styled(table, current)
-
-
 @dataclass
 class ArchitectureTab(Refresh):
     table: gr.Dataframe
@@ -125,5 +116,7 @@ def build(state: PageState, current: gr.Textbox) -> ArchitectureTab:
     io = dict(inputs=[model, weights, depth, current], outputs=outputs, concurrency_id=WORK)
     # .change: dragging, typing a number (Enter or not) and any reset all apply; only the last pending runs
     depth.change(architecture_page, **io, trigger_mode="always_last", api_visibility="private")
-    current.change(highlight, [table, current], table, queue=False, api_visibility="private")
+    # the Feature maps layer changed: the table again from the (cached) summary, never from the page's copy of it,
+    # which may be the last model's (a model switch changes both; a reply with the old rows could land last)
+    current.change(architecture_page, **io, trigger_mode="always_last", api_visibility="private")
     return ArchitectureTab(architecture_page, io, table, opens, note)
