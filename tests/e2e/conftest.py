@@ -29,6 +29,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -240,26 +241,37 @@ class PageProblems:
 @pytest.fixture
 def browser_page(chromium, app_url, request):
     """A fresh browser context and page per test, 1400×1000, with generous timeouts for model loads."""
+    with page_in(chromium, request) as page:
+        yield page
+
+
+@contextmanager
+def page_in(browser, request):
+    """A page in a new context of ``browser`` (1400×1000, generous timeouts), its errors collected in
+    ``page.problems`` (also ``page.page_errors``), its screenshots in ``page.artifacts``, and a last
+    screenshot when the test failed; the context is closed after."""
     from playwright.sync_api import expect
 
     expect.set_options(timeout=UI_TIMEOUT_MS)
-    context = chromium.new_context(viewport={"width": 1400, "height": 1000})
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
     context.set_default_timeout(UI_TIMEOUT_MS)
     page = context.new_page()
     problems = PageProblems()
     page.on("pageerror", lambda e: problems.page_errors.append(str(e)))
     page.on("console", lambda m: problems.console_errors.append(m.text) if m.type == "error" else None)
-    page.problems = problems
+    page.problems, page.page_errors = problems, problems.page_errors
     page.artifacts = _artifact_dir(request)
     page.shots = 0
-    yield page
-    failed = any(getattr(getattr(request.node, f"rep_{when}", None), "failed", False) for when in ("setup", "call"))
-    if failed:
-        try:
-            page.screenshot(path=str(page.artifacts / "ZZ-failure.png"), full_page=True)
-        except Exception:  # the page may be gone; the failure itself is what matters
-            pass
-    context.close()
+    try:
+        yield page
+    finally:
+        failed = any(getattr(getattr(request.node, f"rep_{when}", None), "failed", False) for when in ("setup", "call"))
+        if failed:
+            try:
+                page.screenshot(path=str(page.artifacts / "ZZ-failure.png"), full_page=True)
+            except Exception:  # the page may be gone; the failure itself is what matters
+                pass
+        context.close()
 
 
 @pytest.fixture

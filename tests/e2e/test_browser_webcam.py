@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import expect
 
-from .conftest import CHROMIUM, CHROMIUM_ARGS, UI_TIMEOUT_MS, _artifact_dir
+from .conftest import CHROMIUM, CHROMIUM_ARGS, page_in
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -24,18 +24,11 @@ FAKE_CAMERA = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-st
 def camera_page(chromium, app_url, request):
     """A page in a Chromium of its own, launched with a fake camera (``chromium`` checks it exists)."""
     browser = chromium.browser_type.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS + FAKE_CAMERA)
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    context.set_default_timeout(UI_TIMEOUT_MS)
-    expect.set_options(timeout=UI_TIMEOUT_MS)
-    page = context.new_page()
-    page.page_errors = []
-    page.on("pageerror", lambda e: page.page_errors.append(str(e)))
-    page.artifacts = _artifact_dir(request)
-    yield page
-    failed = getattr(getattr(request.node, "rep_call", None), "failed", False)
-    if failed:
-        page.screenshot(path=str(page.artifacts / "ZZ-failure.png"), full_page=True)
-    browser.close()
+    try:
+        with page_in(browser, request) as page:
+            yield page
+    finally:
+        browser.close()
 
 
 def grid_src(page) -> str | None:

@@ -19,7 +19,7 @@ from playwright.sync_api import Page, expect
 
 from tests.fixtures.collections import make_collection
 
-from .conftest import CHROMIUM, UI_TIMEOUT_MS, App, Raw, _artifact_dir
+from .conftest import CHROMIUM, App, Raw, page_in
 from .test_browser import open_tab, wait_text
 
 pytestmark = [pytest.mark.e2e]
@@ -39,17 +39,8 @@ def collection_app(tmp_path_factory):
 
 @pytest.fixture
 def page(chromium, collection_app, request):
-    context = chromium.new_context(viewport={"width": 1400, "height": 1000})
-    context.set_default_timeout(UI_TIMEOUT_MS)
-    expect.set_options(timeout=UI_TIMEOUT_MS)
-    page = context.new_page()
-    page.page_errors = []
-    page.on("pageerror", lambda e: page.page_errors.append(str(e)))
-    page.artifacts = _artifact_dir(request)
-    yield page
-    if getattr(getattr(request.node, "rep_call", None), "failed", False):
-        page.screenshot(path=str(page.artifacts / "ZZ-failure.png"), full_page=True)
-    context.close()
+    with page_in(chromium, request) as page:
+        yield page
 
 
 def test_collection_tab_builds_the_atlas_and_opens_an_example(page: Page, collection_app):
@@ -111,6 +102,27 @@ def test_a_path_as_collection_name_is_refused(collection_app, name):
         assert event == "error", (endpoint, event, message)
         text = str(message)
         assert "No collection named" in text and "'faces'" in text, (endpoint, text)
+
+
+@pytest.mark.parametrize("endpoint, data, said", [
+    ("atlas", ["resnet18", "random", "faces", "layer4", 10**9], "k"),
+    ("atlas", ["resnet18", "random", "faces", ["layer4"] * 3, 3], "layer"),
+    ("atlas", ["resnet18", "random", {"path": "/etc"}, "layer4", 3], "collection"),
+    ("atlas_job", [12345], "job"),
+    ("atlas_job", ["no-such-job"], "No atlas job"),
+    ("dataset_examples", ["resnet18", "random", "faces", "layer4", "many", 3, "top"], "channel"),
+    ("dataset_examples", ["resnet18", "random", "faces", "layer4", 10**12, 3, "top"], ("from 0 to 511", "No atlas of layer4")),
+    ("dataset_examples", ["resnet18", "random", "faces", "layer4", 0, -1, "top"], "k"),
+    ("dataset_examples", ["resnet18", "random", "faces", "layer4", 0, 3, "best"], "order"),
+    ("collection_table", ["resnet18", "random", "faces"], "Choose a layer"),
+])
+def test_payloads_the_page_never_sends_get_a_sentence(collection_app, endpoint, data, said):
+    """Wrong types, huge values, missing parameters: an error event with a sentence, and the server lives."""
+    raw = Raw(collection_app.url)
+    event, message = raw.call(endpoint, data)
+    said = (said,) if isinstance(said, str) else said  # a range check, or no atlas yet (when this test runs first)
+    assert event == "error" and any(words.lower() in str(message).lower() for words in said), (endpoint, event, message)
+    assert raw.call("atlas_job", ["still-alive"])[0] == "error"  # answered: the server is up
 
 
 def _zip(folder, target, extra: dict[str, bytes] | None = None):
