@@ -1,8 +1,9 @@
 """Your own architecture in the page: ``python -m cnnviz serve --model tests.fixtures.custom_net:factory``
-(the operator's module, imported at start-up) is in the picker, opened by default, and its Feature maps
-for a photo are the library's, in Chromium."""
+(the operator's module, imported at start-up) is in the picker, opened by default, and every tab shows
+it as the library does, in Chromium: Architecture, Filters, Feature maps, Attribution and Compare."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from playwright.sync_api import expect
 
@@ -25,7 +26,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 ENTRY = ("-m", "cnnviz", "serve", "--device", "cpu", "--model", "tests.fixtures.custom_net:factory")
 
 
-def test_the_operators_module_is_opened_and_its_feature_maps_are_the_librarys(start, chromium, tmp_path):
+def test_the_operators_module_is_opened_and_every_tab_shows_it_as_the_library_does(start, chromium, tmp_path):
     import cnnviz
 
     app = start(entry=ENTRY).serving()
@@ -60,6 +61,27 @@ def test_the_operators_module_is_opened_and_its_feature_maps_are_the_librarys(st
         shown = wait_image(page, "#maps-image", not_src=first["src"])
         assert_close(fetch_image(page, shown["src"]), truth.image, f"cat at {layer}")
         page.screenshot(path=str(tmp_path / "custom-module-feature-maps.png"), full_page=True)
+
+        open_tab(page, "Filters")
+        grid = cnnviz.filter_grid(handle)  # the first convolution: the stem's 3×3 RGB kernels
+        wait_text(page, "#filters-caption", startswith=grid.conv.name)
+        served = fetch_image(page, wait_image(page, "#filters-image")["src"])
+        assert np.array_equal(served, grid.image), "the Filters tab does not show the module's own kernels"
+
+        open_tab(page, "Attribution")  # the photo uploaded in Feature maps is the page's photo here too
+        cam = cnnviz.attribution(handle, cat)
+        caption = wait_text(page, "#attr-caption", contains="Grad-CAM for")
+        assert cam.layer.name in caption and cam.label in caption, caption
+        served = fetch_image(page, wait_image(page, "#attr-overlay")["src"])
+        assert_close(served, cam.overlay, "Grad-CAM of the module")
+
+        open_tab(page, "Compare")  # opens on the module: its trained weights against a seeded random copy
+        wait_text(page, "#cmp-caption", contains="Random weights, as chosen")
+        expect(page.locator("#cmp-a-0")).to_contain_text(grid.conv.name)
+        expect(page.locator("#cmp-b-0 img")).to_be_visible()
+        a = fetch_image(page, page.locator("#cmp-a-0 img").get_attribute("src"))
+        b = fetch_image(page, page.locator("#cmp-b-0 img").get_attribute("src"))
+        assert a.shape == b.shape and not np.array_equal(a, b)
         assert error_toasts(page) == [] and errors == []
     finally:
         context.close()
