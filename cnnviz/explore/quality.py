@@ -184,6 +184,9 @@ def explanation_quality(model: str | LoadedModel, image, *, target: str | int | 
                        loaded.weights)
 
 
+ALIKE, PARTLY = 0.8, 0.4  # the sanity check's words: "alike" from 0.8 (Spearman or SSIM), "partly" from 0.4
+
+
 @dataclass(frozen=True)
 class SanityView:
     """The sanity check (Adebayo et al. 2018): one method's map with the page's weights and with random
@@ -198,9 +201,19 @@ class SanityView:
     weights: WeightsOutcome  # the page's weights (the random map's are ``random.weights``)
 
     @property
+    def verdict(self) -> str:
+        """``"alike"`` (Spearman or SSIM ≥ 0.8: do not trust the map), ``"partly"`` (≥ 0.4), ``"different"``
+        (the map depends on what the model learned), or ``"flat"``. The cut-offs are this app's rule of
+        thumb: Adebayo et al. report the scores, not a threshold."""
+        if self.flat:
+            return "flat"
+        top = max(self.spearman, self.ssim)
+        return "alike" if top >= ALIKE else "partly" if top >= PARTLY else "different"
+
+    @property
     def alike(self) -> bool:
-        """Whether the two maps are so alike that the map should not be trusted (Spearman or SSIM ≥ 0.5)."""
-        return not self.flat and max(self.spearman, self.ssim) >= 0.5
+        """Whether the two maps are so alike that the map should not be trusted (:attr:`verdict` ``"alike"``)."""
+        return self.verdict == "alike"
 
 
 def sanity_check(model: str | LoadedModel, image, method: str = "gradcam", target: str | int = "", layer: str = "",
