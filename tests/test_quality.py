@@ -295,3 +295,23 @@ def test_sanity_check_compares_the_trained_and_the_random_map(coffee):
     assert view.spearman == pytest.approx(np.corrcoef(ranks(na.ravel()), ranks(nb.ravel()))[0, 1], abs=1e-6)
     same = cnnviz.sanity_check("resnet18", str(coffee), weights="random")  # random against itself: the same map
     assert same.spearman == pytest.approx(1.0) and same.ssim == pytest.approx(1.0) and same.alike
+
+
+def test_the_page_says_what_the_scores_mean(coffee):
+    """The sanity check's words follow its numbers; the endpoint's table and curves hold the view's scores."""
+    import dataclasses
+
+    tab = importlib.import_module("cnnviz.ui.attribution")
+    same = cnnviz.sanity_check("resnet18", str(coffee), weights="random")
+    assert "do not trust" in tab.sanity_numbers(same) and "random already" in tab.sanity_numbers(same)
+    low = dataclasses.replace(same, spearman=0.1, ssim=0.2)
+    assert low.verdict == "different" and "passes this check" in tab.sanity_numbers(low)
+    assert dataclasses.replace(same, spearman=0.5, ssim=0.3).verdict == "partly"
+    flat = dataclasses.replace(same, spearman=math.nan, ssim=math.nan, flat=True)
+    assert "same value everywhere" in tab.sanity_numbers(flat)
+    table, deletion, insertion, caption = tab.explanation_quality("resnet18", str(coffee), "", "", "random", ["gradcam", "layercam"])
+    view = cnnviz.explanation_quality("resnet18", str(coffee), weights="random", methods=["gradcam", "layercam"])
+    assert list(table["method"]) == [view.scores[m].name for m in view.ranking]
+    assert list(table.columns[2:]) == ["deletion AUC ↓", "insertion AUC ↑", "Average Drop ↓", "Increase in Confidence ↑"]
+    assert len(deletion) == len(insertion) == 2 * 21 and set(deletion["method"]) == {"Grad-CAM", "LayerCAM"}
+    assert "Best on this photo" in caption
