@@ -103,8 +103,8 @@ def quality_cost(model: str | LoadedModel, methods_asked: Sequence[str] | None =
                  weights: str = "pretrained", steps: int = QUALITY_STEPS) -> budget.Cost:
     """What :func:`explanation_quality` would take (the photo does not change it), refused as it refuses.
 
-    >>> cost = quality_cost("resnet18", weights="random")
-    >>> cost.seconds > 0
+    >>> cost = quality_cost("resnet18", ["gradcam"], weights="random")  # 1 + 40 passes, and the map's
+    >>> cost.seconds > 0 and cost.nbytes > 0
     True
     """
     asked = _methods(methods_asked)
