@@ -35,6 +35,7 @@ from .explore import (
     collection_table,
     compare,
     dataset_examples,
+    explanation_quality,
     feature_maps,
     filter_grid,
     guided_gradcam,
@@ -44,6 +45,7 @@ from .explore import (
     maps_page,
     predict,
     projection,
+    sanity_check,
 )
 from .hooks import forward_hooks
 from .layers import LayerInfo, get_layer, list_layers, listing_note
@@ -79,6 +81,7 @@ __all__ = [
     "dataset_examples",
     "DatasetExample",
     "ExamplesView",
+    "explanation_quality",
     "feature_maps",
     "filter_grid",
     "forward_hooks",
@@ -99,6 +102,7 @@ __all__ = [
     "open_image",
     "predict",
     "projection",
+    "sanity_check",
     "run",
 ]
 __version__ = "1.0.0"

@@ -8,6 +8,7 @@ work and returns a frozen view that says which weights it used. One module per v
 - :mod:`.filters`: a convolution's filters;
 - :mod:`.maps`: feature maps, a channel, layer statistics, top-5, and :func:`maps_page` (one page update);
 - :mod:`.attributions`: class activation maps, projections, Guided Grad-CAM, feature visualisation;
+- :mod:`.quality`: which map to trust (deletion / insertion, Average Drop, the sanity check's scores);
 - :mod:`.comparison`: two models side by side;
 - :mod:`.live`: webcam frames;
 - :mod:`.datasets`: dataset examples and statistics over an image collection (the atlas).
@@ -99,8 +100,22 @@ from .models import (
     startup_model,
     weights_used,
 )
+from .quality import (
+    DEFAULT_QUALITY_METHODS,
+    QUALITY_METHODS,
+    QUALITY_NAMES,
+    QUALITY_STEPS,
+    MethodScores,
+    QualityView,
+    SanityView,
+    explanation_quality,
+    quality_cost,
+    sanity_check,
+)
 
 __all__ = [
+    "DEFAULT_QUALITY_METHODS", "QUALITY_METHODS", "QUALITY_NAMES", "QUALITY_STEPS", "MethodScores", "QualityView", "SanityView",
+    "explanation_quality", "quality_cost", "sanity_check",
     "CAM_METHODS", "CAM_NAMES", "CHECKPOINT_LIMIT_MB", "CHECKPOINT_SUFFIXES", "COLORMAPS", "COMPARE_TILES", "COMPARE_VIEWS",
     "COMPARE_WORDS", "FEATUREVIS_MAX_STEPS", "KEPT", "MAX_DEPTH", "MAX_FRAME_BYTES", "PROJECTIONS", "REQUEST_SECONDS",
     "STAGE_STRIDES", "WEIGHT_CHOICES", "AtlasJob", "AtlasReport", "AttributionChoices", "AttributionView", "CamCost",

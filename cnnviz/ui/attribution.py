@@ -2,7 +2,7 @@
 the random-weights sanity check one click away) and what a channel responds to in this photo
 (Zeiler–Fergus projections).
 
-Public endpoints: ``/attribution``, ``/projection``, ``/guided_gradcam``.
+Public endpoints: ``/attribution``, ``/projection``, ``/guided_gradcam``, ``/explanation_quality``.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 import numpy as np
+import pandas as pd
 
 from .. import cancel, explore
 from ..errors import CnnvizError, InvalidImageError, quoted
@@ -58,7 +59,11 @@ SANITY = (
 
 def _cam(model, image, method, target, layer, weights, opacity):
     """(overlay file, .npy file, {label: probability}, caption)."""
-    view = explore.attribution(model, image, method, target or "", layer or "", weights, float(opacity))
+    return _cam_outputs(model, method, explore.attribution(model, image, method, target or "", layer or "", weights, float(opacity)))
+
+
+def _cam_outputs(model, method, view):
+    """A map's (overlay file, .npy file, {label: probability}, caption)."""
     h, w = view.map.shape
     buffer = io.BytesIO()
     np.save(buffer, view.map, allow_pickle=False)
@@ -140,6 +145,75 @@ def show_guided(model, image, target, layer, weights):
     return guided_gradcam(model, image, target, layer, weights)
 
 
+QUALITY_CHOICES = [(explore.QUALITY_NAMES[m] + (" (slow)" if m == "scorecam" else ""), m) for m in explore.QUALITY_METHODS]
+QUALITY_COLUMNS = ["rank", "method", "deletion AUC ↓", "insertion AUC ↑", "Average Drop ↓", "Increase in Confidence ↑"]
+QUALITY_TABLE_LABEL = "The methods ranked on this photo by insertion − deletion (↓ lower is better, ↑ higher is better)"
+QUALITY_INTRO = (
+    "**Which map to trust:** each method's map is tested on this photo by perturbing the picture in the order the map "
+    "ranks its pixels (Petsiuk et al. 2018; Chattopadhay et al. 2018). **Deletion** removes the top-ranked pixels "
+    "first (set to the average colour) and watches the class's probability: a map that found what matters makes it "
+    "fall fast (a low area under the curve). **Insertion** starts from a blank picture and puts the top-ranked pixels "
+    "back: it should rise fast (a high area). **Average Drop** is how much the probability falls when the picture is "
+    "multiplied by the map (lower is better); **Increase in Confidence** is 1 when that raises it. One photo is a small "
+    "sample: these rank the maps on this photo, not the methods in general."
+)
+
+
+def _quality_outputs(view) -> tuple:
+    """(ranking table, deletion curves, insertion curves, caption) of a :class:`QualityView`."""
+    rows = []
+    for rank, m in enumerate(view.ranking, 1):
+        s = view.scores[m]
+        values = [None] * 4 if s.flat else [round(s.deletion, 4), round(s.insertion, 4), round(s.average_drop, 4),
+                                            int(s.increase_in_confidence)]
+        rows.append([rank, s.name + (" (flat map: not scored)" if s.flat else ""), *values])
+    table = pd.DataFrame(rows, columns=QUALITY_COLUMNS)
+    frames = {"deletion": [], "insertion": []}
+    for m in view.ranking:
+        s = view.scores[m]
+        if s.flat:
+            continue
+        for curve, values in (("deletion", s.deletion_curve), ("insertion", s.insertion_curve)):
+            frames[curve].append(pd.DataFrame({"fraction of pixels": s.fractions.astype(float),
+                                               "probability": values.astype(float), "method": s.name}))
+    curves = [pd.concat(frames[c], ignore_index=True) if frames[c] else
+              pd.DataFrame(columns=["fraction of pixels", "probability", "method"]) for c in ("deletion", "insertion")]
+    best = view.scores[view.ranking[0]]
+    lead = (f"Best on this photo: **{best.name}** (insertion − deletion = {best.difference:.3f}; the table is ranked "
+            "by it)." if not best.flat else "Every map was flat: nothing to rank.")
+    caption = (
+        f"**{len(view.scores)} map{'s' if len(view.scores) != 1 else ''}** explaining **{markdown_text(view.label)}** "
+        f"(class {view.class_index}, probability {view.probability:.1%}) at `{view.layer.name}`, scored with "
+        f"{view.steps} steps ({2 * view.steps - 1} perturbed pictures per curve pair, and one for Average Drop). {lead}"
+        f"\n\n{weights_used(view.weights)}"
+    )
+    return table, curves[0], curves[1], caption
+
+
+@user_errors
+def explanation_quality(model: str, image: str, target: str = "", layer: str = "", weights: str = "pretrained",
+                        methods: list[str] | None = None):
+    """Which map to trust: deletion / insertion AUCs, Average Drop and Increase in Confidence of each method's map on this photo, ranked, with the curves.
+
+    Args:
+        model: a curated key (alexnet, resnet50, ...), any torchvision classifier name, or timm/<name>.
+        image: an image uploaded to this app (the path /gradio_api/upload answers; over MCP, the URL upload_file_to_gradio returns).
+        target: the class to explain, as an index ("281") or a label ("tabby"); empty: the model's top class.
+        layer: qualified module name of the CAMs' target layer; empty: the last map before the network pools it.
+        weights: "pretrained" or "random".
+        methods: the methods to score, from "gradcam", "gradcampp", "layercam", "scorecam" (slow), "guided_gradcam"; default: all but Score-CAM.
+    """
+    view = explore.explanation_quality(model, image, target=target or None, methods=methods, weights=weights, layer=layer or "")
+    return _quality_outputs(view)
+
+
+@in_page(outputs=4, caption=3)
+def show_quality(model, image, target, layer, weights, methods):
+    if not image:
+        return None, None, None, NO_IMAGE
+    return explanation_quality(model, image, target, layer, weights, methods)
+
+
 # What each page (by session) asked of its class activation map last, and when: a run for an older
 # question stops at its next module (a Score-CAM at bn2 is minutes of passes; a newer choice should not wait).
 ASKED: dict[str, tuple[tuple, float]] = {}
@@ -209,12 +283,29 @@ def sanity(model, image, method, target, layer, opacity, weights):
     the class the model with the page's weights puts first, not the random network's own guess)."""
     if not image:
         return None, NO_IMAGE
-    same = target
-    if not same:
-        top = explore.predict(model, image, weights, k=1)
-        same = str(top[0].index) if top else ""  # a model without labels: its own top class
-    overlay, _npy, _label, caption = _cam(model, image, method, same, layer, "random", opacity)
-    return overlay, f"{SANITY}\n\n{caption}"
+    view = explore.sanity_check(model, image, method, target or "", layer or "", weights, float(opacity))
+    overlay, _npy, _label, caption = _cam_outputs(model, method, view.random)
+    return overlay, f"{SANITY}\n\n{sanity_numbers(view)}\n\n{caption}"
+
+
+def sanity_numbers(view) -> str:
+    """The sanity check's scores in a sentence, with what a high value means."""
+    if view.flat:
+        return ("**How alike:** one of the two maps has the same value everywhere, so there is no ranking or "
+                "structure to compare.")
+    same = (" The page's weights are random already, so both maps come from the same untrained network: the "
+            "scores are 1 by construction.") if not view.weights.pretrained else ""
+    verdict = {
+        "alike": ("**High: do not trust this map.** It hardly changes when the learned weights are replaced by random "
+                  "ones, so it shows the picture and the layer's shape, not what the model learned."),
+        "partly": ("**In between: trust it with care.** Part of the map survives random weights (the picture's own "
+                   "structure, the layer's shape); a value near 1 would mean it does not depend on what the model learned."),
+        "different": ("**Low: it passes this check.** The map changes when the learned weights are replaced by random ones, "
+                      "so it depends on what the model learned. A high value (near 1) would mean it does not: don't trust it then."),
+    }[view.verdict]
+    return (f"**How alike (Adebayo et al. report both):** Spearman rank correlation **{view.spearman:.2f}**, SSIM "
+            f"**{view.ssim:.2f}** between the map with the page's weights and this one (absolute maps scaled to 0–1; "
+            f"1 is the same map; the words use 0.8 and 0.4 as a rule of thumb). {verdict}{same}")
 
 
 @user_errors
@@ -314,6 +405,22 @@ def build(state: PageState) -> AttributionTab:
         guided = gr.Image(label="Guided Grad-CAM (left) beside the picture the model saw (right)", type="filepath",
                           interactive=False, height=320, elem_id="attr-guided-image")
         guided_caption = gr.Markdown(elem_id="attr-guided-caption", label="caption")
+    with gr.Accordion("Which map to trust: deletion, insertion, Average Drop", open=False, elem_id="attr-quality"):
+        gr.Markdown(QUALITY_INTRO)
+        with gr.Row():
+            quality_methods = gr.Dropdown(QUALITY_CHOICES, value=list(explore.DEFAULT_QUALITY_METHODS), multiselect=True,
+                                          label="Methods to score", elem_id="attr-quality-methods", scale=3)
+            quality_go = gr.Button("Which map to trust? Score the maps on this photo", elem_id="attr-quality-button", scale=1)
+        quality_caption = gr.Markdown(elem_id="attr-quality-caption")
+        quality_table = gr.Dataframe(headers=QUALITY_COLUMNS, interactive=False, label=QUALITY_TABLE_LABEL,
+                                     elem_id="attr-quality-table")
+        with gr.Row():
+            plot = dict(x="fraction of pixels", y="probability", color="method", y_lim=[0, 1], height=360)
+            # the title inside the plot (a label above it pushed the legend out of the block's height)
+            deletion_plot = gr.LinePlot(title="Deletion: top-ranked pixels removed (falls fast = good)", show_label=False,
+                                        label="Deletion curves", elem_id="attr-quality-deletion", **plot)
+            insertion_plot = gr.LinePlot(title="Insertion: top-ranked pixels put back (rises fast = good)", show_label=False,
+                                         label="Insertion curves", elem_id="attr-quality-insertion", **plot)
     with gr.Accordion("Zeiler–Fergus projection of one channel", open=False, elem_id="attr-projection"):
         with gr.Row():
             channel = gr.Number(value=0, precision=0, label="Channel", elem_id="attr-channel")
@@ -331,6 +438,10 @@ def build(state: PageState) -> AttributionTab:
                    **HEAVY, api_name="projection")
     api_only.click(guided_gradcam, [model, image, target, layer, weights], [guided, guided_caption],
                    **HEAVY, api_name="guided_gradcam")
+    quality_inputs = [model, image, target, layer, weights, quality_methods]
+    quality_outputs = [quality_table, deletion_plot, insertion_plot, quality_caption]
+    api_only.click(explanation_quality, quality_inputs, quality_outputs, **HEAVY, api_name="explanation_quality")
+    quality_go.click(show_quality, quality_inputs, quality_outputs, **HEAVY, api_visibility="private")
     guided_go.click(show_guided, [model, image, target, layer, weights], [guided, guided_caption],
                     **HEAVY, api_visibility="private")
     # A new question goes to cam_asked at once (light lane; it stops a map still running for an older one), then

@@ -26,7 +26,8 @@ pytestmark = pytest.mark.e2e
 
 DOCUMENTED = {"/architecture", "/filters", "/feature_maps", "/channel", "/layer_stats", "/activations", "/channel_visualization",
               "/attribution", "/projection", "/guided_gradcam", "/compare", "/load_checkpoint", "/atlas", "/atlas_job",
-              "/dataset_examples", "/collection_table"}
+              "/dataset_examples", "/collection_table",
+              "/explanation_quality"}
 
 
 def _named_endpoints(client) -> list[str]:
