@@ -194,9 +194,9 @@ def rollout(attention: list[torch.Tensor]) -> torch.Tensor:
     """Attention rollout (Abnar & Zuidema 2020) of per-block, head-averaged ``Tensor[N,N]``: each plus
     the identity (the residual path), rows renormalised, multiplied from the first block to the last.
 
-    >>> a = torch.full((2, 2), 0.5)
+    >>> a = torch.full((2, 2), 0.5)  # each token attends half to itself: with the residual, three quarters
     >>> rollout([a, a])[0].tolist()
-    [0.5, 0.5]
+    [0.625, 0.375]
     """
     eye = torch.eye(attention[0].shape[-1], dtype=attention[0].dtype, device=attention[0].device)
     joint = eye

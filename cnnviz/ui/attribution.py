@@ -344,7 +344,7 @@ def build(state: PageState) -> AttributionTab:
             overlay = gr.Image(label="Class activation map", type="filepath", interactive=False, height=420,
                                buttons=["download", "fullscreen"], elem_id="attr-overlay")
             explained = gr.Label(label="Class explained", elem_id="attr-class")
-            npy = gr.File(label="Raw map (.npy, float32, the target layer's height × width)", elem_id="attr-npy")
+            npy = gr.File(label="Raw map (.npy, float32, the target layer's height × width; for a ViT's attention methods, its patch grid)", elem_id="attr-npy")
     with gr.Group(elem_id="attr-sanity"):
         check = gr.Button("Sanity check: the same map with random weights (Adebayo et al. 2018)", elem_id="attr-sanity-button")
         with gr.Row():
