@@ -11,6 +11,7 @@ from playwright.sync_api import Page, expect
 
 from .conftest import EXAMPLES
 from .test_browser import fetch_image, open_app, open_tab, type_model_name, wait_image, wait_text
+from .test_browser_shell import open_link
 from .test_public_link import assert_sentence
 
 pytestmark = pytest.mark.e2e
@@ -76,3 +77,23 @@ def test_a_vit_opens_on_attention_rollout_and_a_cnn_takes_xgradcam(browser_page:
     second = wait_image(page, "#attr-overlay", not_src=first["src"])
     assert fetch_image(page, second["src"]).shape[1] == 224
     shot("xgradcam-resnet18")
+
+
+def test_is_cam_says_its_cost_first_and_a_link_opens_a_vit_on_the_method_it_names(browser_page: Page, app_url, shot):
+    page = browser_page
+    open_link(page, app_url, model="mobilenet_v3_small", weights="random", tab="attribution", layer="features.2")
+    page.locator("#attr-image input[type=file]").set_input_files(str(EXAMPLES / "cat.png"))
+    wait_text(page, "#attr-caption", contains="Grad-CAM for")
+    page.get_by_role("radio", name="IS-CAM (slow)", exact=True).check()
+    said = wait_text(page, "#attr-caption", contains="IS-CAM at features.2: 24 channels × 10 steps")
+    assert "passes" in said and "≈" in said
+    caption = wait_text(page, "#attr-caption", contains="IS-CAM for")
+    assert "features.2" in caption
+    wait_image(page, "#attr-overlay")
+    shot("iscam-cost-then-map")
+    open_link(page, app_url, model="timm/vit_tiny_patch16_224", tab="attribution", method="chefer", photo="coffee")
+    caption = wait_text(page, "#attr-caption", contains="Gradient-weighted rollout for")
+    assert "14×14 patch grid" in caption
+    expect(page.get_by_role("radio", name="Gradient-weighted rollout (ViT)", exact=True)).to_be_checked()
+    wait_image(page, "#attr-overlay")
+    shot("chefer-from-a-link")
