@@ -117,7 +117,7 @@ def attribution(model: str, image: str, method: str = "gradcam", target: str = "
         method: "gradcam", "gradcampp" (Grad-CAM++), "layercam", "xgradcam" (XGrad-CAM), "smoothgradcampp" (Smooth Grad-CAM++),
             "scorecam" (Score-CAM, slow), "sscam" (SS-CAM, slower), "iscam" (IS-CAM, slow); for a vision transformer also
             "rollout" (attention rollout), "chefer" (gradient-weighted rollout) and, for torchvision vit_*, "legrad" (LeGrad),
-            which read every block's attention (layer unused); empty: rollout for a vision transformer, gradcam otherwise.
+            which read every block's attention (layer unused; the page opens a vision transformer on rollout).
         target: the class to explain, as an index ("281") or a label ("tabby"); empty: the model's top class.
         layer: qualified module name of the target layer; empty: the last map before the network pools it.
         weights: "pretrained" or "random" (random is the sanity check: a map that explains must differ from it).

@@ -45,8 +45,9 @@ def test_hostile_attribution_payloads_get_sentences(raw):
     assert_sentence(raw.call("attribution", [VIT, image, "chefer", "99999999999", "", "random", 0.5]), "out of range")
     assert_sentence(raw.call("attribution", [VIT, image, "chefer", "", "", "random", 1e9]), "Opacity")
     assert_sentence(raw.call("attribution", ["resnet18", image, "sscam", "", "layer4", "random", 0.5]), "masked copies")
-    status, _ = raw.call("attribution", [VIT, image, "rollout", "", "", "random", 0.5])
-    assert status == "complete"  # the server is alive and answers
+    assert_sentence(raw.call("attribution", [VIT, image, "", "", "", "random", 0.5]), "rollout")  # the API names its method
+    status, outputs = raw.call("attribution", [VIT, image, "rollout", "", "", "random", 0.5])
+    assert status == "complete", outputs  # the server is alive and answers
 
 
 def test_a_vit_opens_on_attention_rollout_and_a_cnn_takes_xgradcam(browser_page: Page, app_url, shot):
