@@ -4,7 +4,7 @@ The baselines are the model as loaded (fused attention where timm uses it), batc
 backward pass is the class score's gradient back to the input. Random weights (offline); CPU unless
 CNNVIZ_DEVICE says otherwise.
 
-    python bench/rollout.py [model ...]     # default: timm/vit_tiny_patch16_224 timm/deit_small_patch16_224 vit_b_16
+    python bench/rollout.py [--threads N] [model ...]   # default: timm/vit_tiny_patch16_224 timm/deit_small_patch16_224 vit_b_16
 """
 from __future__ import annotations
 
@@ -68,4 +68,8 @@ def main(names: list[str]) -> None:
               f"{t_chefer * 1e3:.1f} ms ({t_chefer / t_both:.2f}× forward + backward, median of pairs {r_chefer:.2f}×)")
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or list(MODELS))
+    args = sys.argv[1:]
+    if args[:1] == ["--threads"]:  # on cores shared with other work, one thread is steadier (no waits at each op's barrier)
+        torch.set_num_threads(int(args[1]))
+        args = args[2:]
+    main(args or list(MODELS))

@@ -157,14 +157,14 @@ def attention_captured(loaded: LoadedModel, layout: VitLayout, found: list, keep
                 kwargs[key] = value
         return tuple(args), kwargs
 
-    def on_mha(module, args, _kwargs, output):
+    def on_mha(module, args, kwargs, output):
         if threading.get_ident() != owner:
             return None
         weights = output[1]
         keep(weights)
         if not keep_graph:
             return output[0], None
-        value = args[2] if len(args) > 2 else _kwargs["value"]
+        value = args[2] if len(args) > 2 else kwargs["value"]
         e, heads = module.embed_dim, module.num_heads
         bias = None if module.in_proj_bias is None else module.in_proj_bias[2 * e:]
         v = F.linear(value, module.in_proj_weight[2 * e:], bias)

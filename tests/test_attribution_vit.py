@@ -186,6 +186,9 @@ def test_fused_attention_is_restored_and_hooks_removed_also_when_the_pass_raises
         assert [m.fused_attn for m in model.modules() if hasattr(m, "fused_attn")] == flags
         assert _hooks(model) == hooks
     assert all(p.grad is None for p in model.parameters()) and all(p.requires_grad for p in model.parameters())
+    with torch.inference_mode():  # a caller's inference mode: the gradient is still taken
+        inside = attention_map(loaded, torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(2)), "chefer")
+    assert inside.map.abs().max() > 0
     tv = _tiny_torchvision()
     tv_loaded = from_module(tv, input_size=(3, 64, 64), name="tiny-tv-restore")
     with pytest.raises(InvalidOptionError):
