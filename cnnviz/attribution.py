@@ -1,6 +1,6 @@
-"""Why the model decided (class activation maps) and what a channel responds to in this photo
-(Zeiler–Fergus projections). The only module that imports the CAM library (``torchcam``) and the
-attribution library (``captum``).
+"""Why the model decided (class activation maps; for a vision transformer LeGrad, beside the rollouts
+of :mod:`cnnviz.rollout`) and what a channel responds to in this photo (Zeiler–Fergus projections).
+The only module that imports the CAM library (``torchcam``) and the attribution library (``captum``).
 
 Every pass here holds the model's lock, runs in eval mode with each module's own training flag
 restored afterwards, removes every hook it (or a library) registered, also when it raises, and turns
@@ -27,6 +27,7 @@ from . import vocab
 from .errors import CnnvizError, InvalidOptionError, did_you_mean, quoted
 from .hooks import eval_mode, forward_hooks, interruptible, relus_out_of_place
 from .layers import LayerInfo, get_layer, list_layers
+from .rollout import TokenMap, vit_layout
 
 if TYPE_CHECKING:
     from .loading import LoadedModel
@@ -37,6 +38,10 @@ PROJECTIONS = vocab.values(vocab.Projection)
 PROJECTION_NAMES = {m.value: m.label for m in vocab.Projection}
 SCORECAM_BATCH = 32  # masked copies of the input per forward pass, at most (cnnviz.budget may choose fewer)
 MAX_SCORECAM_CHANNELS = 4096  # Score-CAM runs one masked input per channel: more is minutes of CPU
+MASKING_METHODS = ("scorecam", "sscam", "iscam")  # one masked copy of the input per channel (and sample): batched, own model copy
+CAM_SAMPLES = {"sscam": 35, "iscam": 10, "smoothgradcampp": 4}  # torchcam's defaults: noisy samples / integration steps
+NOISE_SEED = 0  # SS-CAM and Smooth Grad-CAM++ draw noise: seeded, so a link gives the same map again
+LEGRAD_BLOCKS = 4  # LeGrad averages the last four blocks' maps (torchcam's documented use)
 
 
 def _outside_inference_mode(fn):
@@ -176,13 +181,19 @@ class ClassMap:
     logits: torch.Tensor  # Tensor[1,N] float32 cpu: the class scores of the same pass (for a top-5)
 
 
-def _torchcam_extractor(method: str, model: torch.nn.Module, name: str, input_shape, reshape, batch: int):
-    from torchcam.methods import GradCAM, GradCAMpp, LayerCAM, ScoreCAM
+def _torchcam_extractor(method: str, model: torch.nn.Module, name: str, input_shape, reshape, batch: int,
+                        samples: int | None):
+    from torchcam.methods import ISCAM, SSCAM, GradCAM, GradCAMpp, LayerCAM, ScoreCAM, SmoothGradCAMpp, XGradCAM
 
-    kinds = {"gradcam": GradCAM, "gradcampp": GradCAMpp, "layercam": LayerCAM}
-    if method == "scorecam":
-        return ScoreCAM(model, name, batch_size=batch, input_shape=input_shape, reshape_transform=reshape)
-    return kinds[method](model, name, input_shape=input_shape, reshape_transform=reshape)
+    common = dict(input_shape=input_shape, reshape_transform=reshape)
+    if method in MASKING_METHODS:
+        kind = {"scorecam": ScoreCAM, "sscam": SSCAM, "iscam": ISCAM}[method]
+        extra = {} if method == "scorecam" else {"num_samples": samples or CAM_SAMPLES[method]}
+        return kind(model, name, batch_size=batch, **extra, **common)
+    if method == "smoothgradcampp":
+        return SmoothGradCAMpp(model, name, num_samples=samples or CAM_SAMPLES[method], **common)
+    kinds = {"gradcam": GradCAM, "gradcampp": GradCAMpp, "layercam": LayerCAM, "xgradcam": XGradCAM}
+    return kinds[method](model, name, **common)
 
 
 def own_copy(loaded: LoadedModel) -> torch.nn.Module:
@@ -201,13 +212,17 @@ def class_activation_map(
     target_class: int | None = None,
     layer: LayerInfo | str | None = None,
     batch: int = SCORECAM_BATCH,
+    samples: int | None = None,
 ) -> ClassMap:
     """The ``method`` class activation map of ``x`` (``Tensor[1,3,H,W]``, the model's input) for
     ``target_class`` (None: the model's top class) at ``layer`` (None: :func:`default_layer`).
 
     Gradient methods keep the graph only from the target layer on where :func:`graph_from_layer`
-    (the same map, for a fraction of the memory); Score-CAM keeps no graph and scores its masked
-    copies of the input ``batch`` at a time (the map does not depend on ``batch``; the memory does).
+    (the same map, for a fraction of the memory); Score-CAM, SS-CAM and IS-CAM keep no graph and score
+    their masked copies of the input ``batch`` at a time (the map does not depend on ``batch``; the
+    memory does) on their own copy of the model. ``samples``: SS-CAM's and Smooth Grad-CAM++'s noisy
+    samples, IS-CAM's integration steps (None: :data:`CAM_SAMPLES`, torchcam's defaults); their noise is
+    drawn from a fixed seed, so the same request gives the same map.
     Every pass runs under :func:`cnnviz.hooks.interruptible`, so a stop check lands within one module.
 
     Raises:
@@ -223,20 +238,26 @@ def class_activation_map(
     """
     method = vocab.option(vocab.CamMethod, method, "method")
     info = resolve_layer(loaded, layer)
-    if method == "scorecam" and info.shape[0] > MAX_SCORECAM_CHANNELS:
+    masking = method in MASKING_METHODS
+    if masking and info.shape[0] > MAX_SCORECAM_CHANNELS:
         raise InvalidOptionError(
-            f"Score-CAM masks the input once per channel, and {info.name} has {info.shape[0]} channels "
+            f"{method.label} masks the input once per channel, and {info.name} has {info.shape[0]} channels "
             f"(at most {MAX_SCORECAM_CHANNELS} here). Pick a layer with fewer channels or another method."
         )
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise InvalidOptionError(f"The Score-CAM batch must be a whole number of at least 1, not {quoted(batch)}.")
-    model, lock = (own_copy(loaded), nullcontext()) if method == "scorecam" else (loaded.model, loaded.lock)
+    if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 1):
+        raise InvalidOptionError(f"The number of samples must be a whole number of at least 1, not {quoted(samples)}.")
+    model, lock = (own_copy(loaded), nullcontext()) if masking else (loaded.model, loaded.lock)
     module = dict(model.named_modules())[info.name]
-    no_graph_before = method == "scorecam" or graph_from_layer(info)
-    graph_starts = method != "scorecam" and graph_from_layer(info)
-    with lock, eval_mode(model), interruptible(model), gradients_on(), _graph_starts_at(module, graph_starts):
+    no_graph_before = masking or graph_from_layer(info)
+    graph_starts = not masking and graph_from_layer(info)
+    noisy = torch.random.fork_rng(devices=[]) if method in CAM_SAMPLES else nullcontext()
+    with lock, eval_mode(model), interruptible(model), gradients_on(), _graph_starts_at(module, graph_starts), noisy:
+        if method in CAM_SAMPLES:
+            torch.manual_seed(NOISE_SEED)  # inside fork_rng: the caller's generator is left as it was
         inputs = x if no_graph_before else _input_with_grad(x)
-        with _torchcam_extractor(method, model, info.name, tuple(x.shape[1:]), _to_nchw(info), batch) as extractor, \
+        with _torchcam_extractor(method, model, info.name, tuple(x.shape[1:]), _to_nchw(info), batch, samples) as extractor, \
                 _fresh_output(module, info):
             with torch.no_grad() if no_graph_before else nullcontext():
                 scores = model(inputs)
@@ -248,10 +269,44 @@ def class_activation_map(
             if not 0 <= chosen < n:
                 raise InvalidOptionError(f"Class index {chosen} is out of range: {loaded.spec.display} has classes 0 to {n - 1}.")
             probability = float(torch.softmax(scores[0].detach().float(), 0)[chosen])
-            cams = extractor(chosen, scores if method != "scorecam" else None, normalized=False)
+            cams = extractor(chosen, scores if not masking and method != "smoothgradcampp" else None, normalized=False)
     cam = cams[0][0].detach().float().cpu()
     logits = scores.detach().float().cpu()
     return ClassMap(torch.nan_to_num(cam).clamp_min(0), chosen, probability, top, info, method, logits)
+
+
+@_outside_inference_mode
+def legrad(loaded: LoadedModel, x: torch.Tensor, target_class: int | None = None) -> TokenMap:
+    """LeGrad (Bousselham et al. 2024, torchcam's): per block of the last :data:`LEGRAD_BLOCKS`, the
+    positive gradient of that block's own class score (the head applied to its tokens) with respect to its
+    attention, averaged over heads and queries, then over the blocks; on the patch grid. torchcam's LeGrad
+    reads torchvision's ``VisionTransformer`` only.
+
+    Raises:
+        InvalidOptionError: not a torchvision ViT (the sentence says what to use), a class index outside
+            the model's outputs.
+    """
+    from torchcam.methods import LeGrad
+
+    layout = vit_layout(loaded)
+    if layout.kind != "torchvision":
+        raise InvalidOptionError(f"LeGrad (torchcam's) reads torchvision's VisionTransformer (vit_b_16, …) only; for "
+                                 f"{loaded.spec.display} use attention rollout or gradient-weighted rollout.")
+    model = loaded.model
+    blocks = [name.rsplit(".", 1)[0] for name in layout.attention][-LEGRAD_BLOCKS:]
+    with loaded.lock, eval_mode(model), interruptible(model), gradients_on():
+        with LeGrad(model, blocks, prefix_tokens=layout.prefix, grid_shape=layout.grid) as extractor:
+            scores = model(x)
+            if not isinstance(scores, torch.Tensor) or scores.ndim != 2:
+                raise CnnvizError(f"{loaded.spec.display} does not output class scores, so there is no class to explain.")
+            n, top = scores.shape[1], int(scores[0].argmax())
+            chosen = top if target_class is None else int(target_class)
+            if not 0 <= chosen < n:
+                raise InvalidOptionError(f"Class index {chosen} is out of range: {loaded.spec.display} has classes 0 to {n - 1}.")
+            probability = float(torch.softmax(scores[0].detach().float(), 0)[chosen])
+            cam = extractor(chosen, normalized=False)[0][0]
+    return TokenMap(torch.nan_to_num(cam.detach().float().cpu()), chosen, probability, top, "legrad",
+                    scores.detach().float().cpu(), layout)
 
 
 def upsampled(cam: torch.Tensor, height: int, width: int) -> torch.Tensor:

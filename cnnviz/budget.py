@@ -30,11 +30,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .attribution import CAM_NAMES, SCORECAM_BATCH, default_layer, graph_from_layer
+from . import vocab
+from .attribution import CAM_NAMES, CAM_SAMPLES, LEGRAD_BLOCKS, MASKING_METHODS, SCORECAM_BATCH, default_layer, graph_from_layer
 from .errors import InvalidOptionError
 from .hooks import forward_hooks, interruptible
 from .layers import LayerInfo, list_layers
 from .loading import model_nbytes
+from .rollout import VitLayout, attention_bytes
 
 if TYPE_CHECKING:
     from .loading import LoadedModel
@@ -237,25 +239,65 @@ def cam_cost(loaded: LoadedModel, info: LayerInfo, method: str, batch: int = SCO
     of the input at a time.
     """
     forward = forward_cost(loaded)
-    if method == "scorecam":
-        kept, per_copy = _scorecam_bytes(loaded, info)
-        return Cost(int(kept + batch * per_copy), (2 + COPY_TIME_FACTOR * info.shape[0]) * forward.seconds)
+    if method in MASKING_METHODS:
+        kept, per_copy = _scorecam_bytes(loaded, info, method)
+        copies = info.shape[0] * masked_rounds(method)
+        return Cost(int(kept + batch * per_copy), (2 + COPY_TIME_FACTOR * copies) * forward.seconds)
     graph = map_bytes(loaded, after=info) + info.nbytes if graph_from_layer(info) else map_bytes(loaded)
     back = forward.seconds - _reached(loaded, info)
-    return Cost(int(forward.nbytes + GRAPH_FACTOR * graph), forward.seconds + BACKWARD_TIME_FACTOR * back)
+    one = Cost(int(forward.nbytes + GRAPH_FACTOR * graph), forward.seconds + BACKWARD_TIME_FACTOR * back)
+    if method == "smoothgradcampp":  # then one pass and backward pass per noisy copy of the input
+        return one.then(_gradient_pass(loaded, None).repeated(CAM_SAMPLES[method]))
+    return one
 
 
-def _scorecam_bytes(loaded: LoadedModel, info: LayerInfo) -> tuple[int, float]:
+def masked_rounds(method: str) -> int:
+    """How many masked copies of the input per channel: 1 for Score-CAM, the noisy samples for SS-CAM,
+    the integration steps for IS-CAM (:data:`cnnviz.attribution.CAM_SAMPLES`)."""
+    return CAM_SAMPLES.get(method, 1) if method in MASKING_METHODS else 1
+
+
+def masked_passes(method: str, channels: int, batch: int) -> int:
+    """The forward passes of a masking method: two (the class's own score, twice), then a batch of
+    masked copies per pass, the channels of each round in ⌈channels / batch⌉ passes.
+
+    >>> masked_passes("scorecam", 64, 32), masked_passes("iscam", 64, 32)
+    (4, 22)
+    """
+    return 2 + masked_rounds(method) * -(-channels // batch)
+
+
+def attention_cost(loaded: LoadedModel, layout: VitLayout, method: str) -> Cost:
+    """A vision transformer's attention map (:mod:`cnnviz.rollout`, LeGrad): the rollout is one pass
+    without gradients (plus an N×N per block); gradient-weighted rollout and LeGrad keep the pass's
+    graph and go back to the first (LeGrad: to each of its last blocks, one backward pass each)."""
+    extra = attention_bytes(layout, method)
+    if method == "rollout":
+        forward = forward_cost(loaded)
+        return Cost(forward.nbytes + extra, forward.seconds)
+    graph = _gradient_pass(loaded, None)
+    if method == "legrad":
+        forward = forward_cost(loaded).seconds
+        return Cost(graph.nbytes + extra, forward + BACKWARD_TIME_FACTOR * forward * min(LEGRAD_BLOCKS, len(layout.attention)))
+    return Cost(graph.nbytes + extra, graph.seconds)
+
+
+def _scorecam_bytes(loaded: LoadedModel, info: LayerInfo, method: str = "scorecam") -> tuple[int, float]:
     """Score-CAM's bytes: (kept for the whole run: its own copy of the model, the layer's maps and their
-    normalised copy; per masked copy: a pass without gradients, the copy and its upsampled mask)."""
-    return model_nbytes(loaded.model) + 2 * info.nbytes, forward_cost(loaded).nbytes + MASK_COPIES * input_bytes(loaded)
+    normalised copy; per masked copy: a pass without gradients, the copy and its upsampled mask).
+    SS-CAM and IS-CAM also keep every map upsampled to the input (SS-CAM: and a noisy copy of them)."""
+    kept = model_nbytes(loaded.model) + 2 * info.nbytes
+    if method in ("sscam", "iscam"):
+        _c, h, w = loaded.input_size
+        kept += (2 if method == "sscam" else 1) * 4 * info.shape[0] * h * w
+    return kept, forward_cost(loaded).nbytes + MASK_COPIES * input_bytes(loaded)
 
 
-def scorecam_batch(loaded: LoadedModel, info: LayerInfo) -> int:
-    """How many masked copies of the input one Score-CAM pass may take within :data:`REQUEST_BYTES`:
-    :data:`cnnviz.attribution.SCORECAM_BATCH` when it fits, fewer when not, at least 1. The map does
-    not depend on it (every channel is still scored, a few at a time)."""
-    kept, per_copy = _scorecam_bytes(loaded, info)
+def scorecam_batch(loaded: LoadedModel, info: LayerInfo, method: str = "scorecam") -> int:
+    """How many masked copies of the input one Score-CAM (SS-CAM, IS-CAM) pass may take within
+    :data:`REQUEST_BYTES`: :data:`cnnviz.attribution.SCORECAM_BATCH` when it fits, fewer when not, at
+    least 1. The map does not depend on it (every channel is still scored, a few at a time)."""
+    kept, per_copy = _scorecam_bytes(loaded, info, method)
     return max(1, min(SCORECAM_BATCH, int((REQUEST_BYTES - kept) // per_copy)))
 
 
@@ -377,13 +419,16 @@ def check_cam(loaded: LoadedModel, info: LayerInfo, method: str) -> int:
     methods, a later layer (the graph is kept from the target layer on) or a smaller model.
     """
     name = CAM_NAMES.get(method, method)
-    if method == "scorecam":
-        batch = scorecam_batch(loaded, info)
+    if method in MASKING_METHODS:
+        batch = scorecam_batch(loaded, info, method)
         cost = _estimate(lambda: cam_cost(loaded, info, method, batch), loaded)
         if not cost.fits:
             _c, h, w = loaded.input_size
-            check(cost, f"Score-CAM {_where(loaded, info)} would run {info.shape[0]:,} masked copies of the {h}×{w} input",
-                  _scorecam_fits(loaded, info))
+            rounds = masked_rounds(method)
+            copies = f"{info.shape[0] * rounds:,} masked copies ({info.shape[0]:,} channels × {rounds} " \
+                f"{'noisy samples' if method == 'sscam' else 'steps'})" if rounds > 1 else f"{info.shape[0]:,} masked copies"
+            check(cost, f"{name} {_where(loaded, info)} would run {copies} of the {h}×{w} input",
+                  _scorecam_fits(loaded, info, method))
         return batch
     cost = _estimate(lambda: cam_cost(loaded, info, method), loaded)
     if not cost.fits:
@@ -395,13 +440,14 @@ def check_cam(loaded: LoadedModel, info: LayerInfo, method: str) -> int:
     return 1
 
 
-def _scorecam_fits(loaded: LoadedModel, info: LayerInfo) -> str:
-    """What fits instead of a Score-CAM at ``info``: at most N channels (a named earlier layer), or
-    Grad-CAM with its estimate."""
-    if cam_cost(loaded, info, "scorecam", 1).nbytes > REQUEST_BYTES:
+def _scorecam_fits(loaded: LoadedModel, info: LayerInfo, method: str = "scorecam") -> str:
+    """What fits instead of a Score-CAM (SS-CAM, IS-CAM) at ``info``: at most N channels (a named
+    earlier layer), or Grad-CAM with its estimate."""
+    name = CAM_NAMES.get(method, method)
+    if cam_cost(loaded, info, method, 1).nbytes > REQUEST_BYTES:
         return "even one masked copy per pass does not fit; use Grad-CAM or a smaller model"
     per_pass = forward_cost(loaded).seconds
-    most = int((REQUEST_SECONDS / per_pass - 2) / COPY_TIME_FACTOR) if per_pass > 0 else 0
+    most = int((REQUEST_SECONDS / per_pass - 2) / COPY_TIME_FACTOR / masked_rounds(method)) if per_pass > 0 else 0
     found = _candidates(loaded)
     earlier = [i for i in found[: found.index(info)] if i.shape[0] <= most] if info in found else []
     parts = []
@@ -410,7 +456,21 @@ def _scorecam_fits(loaded: LoadedModel, info: LayerInfo) -> str:
     gradcam = cam_cost(loaded, info, "gradcam")
     if gradcam.fits:
         parts.append(f"use Grad-CAM ({describe(gradcam)})")
-    return ", or ".join(parts) or f"Score-CAM does not fit for {loaded.spec.display}; use a smaller model"
+    return ", or ".join(parts) or f"{name} does not fit for {loaded.spec.display}; use a smaller model"
+
+
+def check_attention(loaded: LoadedModel, layout: VitLayout, method: str) -> Cost:
+    """:func:`attention_cost` when it fits; else the sentence (the rollout, one pass, is what fits
+    instead of the gradient methods; a smaller input or model instead of the rollout)."""
+    cost = _estimate(lambda: attention_cost(loaded, layout, method), loaded)
+    if cost.fits:
+        return cost
+    rollout = attention_cost(loaded, layout, "rollout")
+    fits = f"attention rollout fits ({describe(rollout)})" if method != "rollout" and rollout.fits else "use a smaller model"
+    label = vocab.AttentionMethod(method).label
+    what = label[0].upper() + label[1:]
+    return check(cost, f"{what} of {loaded.spec.display} would read {len(layout.attention)} blocks' attention over "
+                       f"{layout.tokens:,} tokens", fits)
 
 
 def featurevis_steps(loaded: LoadedModel, info: LayerInfo, size: tuple[int, int]) -> int:

@@ -61,14 +61,49 @@ class FilterScale(StrEnum):
 
 
 class CamMethod(StrEnum):
+    """Class activation maps at a target layer (torchcam)."""
+
     GRADCAM = "gradcam"
     GRADCAMPP = "gradcampp"
     LAYERCAM = "layercam"
     SCORECAM = "scorecam"
+    XGRADCAM = "xgradcam"
+    SMOOTHGRADCAMPP = "smoothgradcampp"
+    SSCAM = "sscam"  # Score-CAM over noisy copies of the maps: one pass per channel and sample
+    ISCAM = "iscam"  # Score-CAM integrated over scaled masks: one pass per channel and step
 
     @property
     def label(self) -> str:
-        return {"gradcam": "Grad-CAM", "gradcampp": "Grad-CAM++", "layercam": "LayerCAM", "scorecam": "Score-CAM"}[self]
+        return {"gradcam": "Grad-CAM", "gradcampp": "Grad-CAM++", "layercam": "LayerCAM", "scorecam": "Score-CAM",
+                "xgradcam": "XGrad-CAM", "smoothgradcampp": "Smooth Grad-CAM++", "sscam": "SS-CAM", "iscam": "IS-CAM"}[self]
+
+
+class AttentionMethod(StrEnum):
+    """Vision-transformer attributions read from the attention itself (no target layer)."""
+
+    ROLLOUT = "rollout"  # Abnar & Zuidema 2020
+    CHEFER = "chefer"  # gradient-weighted rollout, Chefer et al. 2021
+    LEGRAD = "legrad"  # Bousselham et al. 2024 (torchcam; torchvision VisionTransformer only)
+
+    @property
+    def label(self) -> str:
+        return {"rollout": "attention rollout", "chefer": "gradient-weighted rollout", "legrad": "LeGrad"}[self]
+
+
+def attribution_method(value: object) -> CamMethod | AttentionMethod:
+    """``value`` as a class activation map or an attention method, else :class:`InvalidOptionError`
+    listing both.
+
+    >>> attribution_method("rollout").label, attribution_method("gradcam").label
+    ('attention rollout', 'Grad-CAM')
+    """
+    for kind in (CamMethod, AttentionMethod):
+        if value in values(kind):
+            return kind(value)
+    listed = ", ".join(f"{m.value} ({m.label})" for kind in (CamMethod, AttentionMethod) for m in kind)
+    valid = values(CamMethod) + values(AttentionMethod)
+    hint = did_you_mean(str(value), valid) if isinstance(value, str) else ""
+    raise InvalidOptionError(f"Unknown method {quoted(value)}; use one of: {listed}.{hint}")
 
 
 class Projection(StrEnum):

@@ -21,9 +21,12 @@ from ..pretrained import WeightsOutcome
 from ..render import COLORMAPS, encode
 from ..summary import readable_macs
 from .attributions import (
+    ATTENTION_METHODS,
     CAM_METHODS,
     CAM_NAMES,
     FEATUREVIS_MAX_STEPS,
+    MASKING_METHODS,
+    METHOD_NAMES,
     PROJECTIONS,
     REQUEST_SECONDS,
     AttributionChoices,
@@ -36,6 +39,7 @@ from .attributions import (
     attribution_choices,
     attribution_cost,
     channel_visualization,
+    default_method,
     guided_gradcam,
     projection,
 )
@@ -128,4 +132,5 @@ __all__ = [
     "filter_grid", "find_layer", "guided_gradcam", "layer_activations", "layer_place", "layer_stats", "list_convolutions",
     "live_maps", "load_checkpoint", "maps_page", "predict", "projection", "readable_macs", "select_model", "start_atlas",
     "startup_model", "stop_atlas", "weights_used",
+    "ATTENTION_METHODS", "MASKING_METHODS", "METHOD_NAMES", "default_method",  # transformer-native attribution
 ]

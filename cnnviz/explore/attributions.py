@@ -8,13 +8,16 @@ import numpy as np
 import torch
 
 from .. import attribution as methods  # the room; `attribution` here is the view function
-from .. import budget, cache, featurevis, layers, preprocess, render, vocab
+from .. import budget, cache, featurevis, layers, preprocess, render, rollout, vocab
 from ..loading import LoadedModel, load_model
 from ..pretrained import WeightsOutcome
 
 REQUEST_SECONDS = budget.REQUEST_SECONDS  # one request's deadline (the UI stops work past it)
 CAM_METHODS = methods.CAM_METHODS
 CAM_NAMES = methods.CAM_NAMES
+ATTENTION_METHODS = vocab.values(vocab.AttentionMethod)  # a vision transformer's own: no target layer
+METHOD_NAMES = {**CAM_NAMES, **{m.value: m.label[0].upper() + m.label[1:] for m in vocab.AttentionMethod}}
+MASKING_METHODS = methods.MASKING_METHODS  # one masked copy of the photo per channel (and sample): slow, costed first
 PROJECTIONS = methods.PROJECTIONS
 FEATUREVIS_MAX_STEPS = featurevis.MAX_STEPS
 
@@ -30,9 +33,12 @@ class CamCost:
     cost: budget.Cost
 
     def describe(self) -> str:
-        """``"Score-CAM at `bn2`: 1280 channels, 42 passes — ≈ 41 s, ≈ 310 MB on this server"``."""
-        what = f"{self.layer.shape[0]} channels, one masked copy of the photo each, in {self.passes} passes" \
-            if self.method == "scorecam" else f"{self.passes} pass{'es' if self.passes != 1 else ''}"
+        """``"Score-CAM at `bn2`: 1280 channels, one masked copy of the photo each, in 42 passes — ≈ 41 s,
+        ≈ 310 MB on this server"``; SS-CAM and IS-CAM say their samples or steps per channel too."""
+        rounds = budget.masked_rounds(self.method)
+        per = {"sscam": f" × {rounds} noisy samples", "iscam": f" × {rounds} steps"}.get(self.method, "")
+        what = f"{self.layer.shape[0]} channels{per}, one masked copy of the photo each, in {self.passes} passes" \
+            if self.method in MASKING_METHODS else f"{self.passes} pass{'es' if self.passes != 1 else ''}"
         return f"{CAM_NAMES[self.method]} at `{self.layer.name}`: {what} — {budget.describe(self.cost)} on this server"
 
 
@@ -48,47 +54,76 @@ def attribution_cost(model: str | LoadedModel, method: str = "gradcam", layer: s
     loaded = load_model(model, weights)
     info = methods.resolve_layer(loaded, layer or None)
     batch = budget.check_cam(loaded, info, method)
-    passes = 2 + -(-info.shape[0] // batch) if method == "scorecam" else 1
+    if method in MASKING_METHODS:
+        passes = budget.masked_passes(method, info.shape[0], batch)
+    else:
+        passes = 1 + methods.CAM_SAMPLES.get(method, 0)  # Smooth Grad-CAM++: one more per noisy copy
     return CamCost(str(method), info, passes, budget.cam_cost(loaded, info, method, batch))
 
 
 @dataclass(frozen=True)
 class AttributionView:
     overlay: np.ndarray  # uint8[H,W,3]: the map over the picture the model saw, a colour bar below
-    map: np.ndarray  # float32[h,w]: the raw class activation map at the target layer's resolution
+    map: np.ndarray  # float32[h,w]: the raw map, at the target layer's resolution (attention methods: the patch grid)
     class_index: int  # the class explained
     label: str  # its label ("class N" for a model without labels)
     probability: float  # the model's probability for it
     top_label: str  # the model's own top class
-    layer: layers.LayerInfo  # the target layer
+    layer: layers.LayerInfo | None  # the target layer (None for the attention methods: they read every block)
     method: str
     weights: WeightsOutcome
 
+    @property
+    def raw(self) -> np.ndarray:
+        """The raw map (``float32[h,w]``, not scaled): the target layer's grid, or a ViT's patch grid."""
+        return self.map
+
+
+def default_method(loaded: LoadedModel) -> str:
+    """The method a page starts with: attention rollout for a vision transformer :mod:`cnnviz.rollout`
+    reads (a CAM at a token layer may be all zero there: the class is read from the class token),
+    Grad-CAM otherwise."""
+    return "rollout" if rollout.is_vit(loaded) else "gradcam"
+
 
 def attribution(
-    model: str | LoadedModel, image, method: str = "gradcam", target: str | int = "", layer: str = "",
+    model: str | LoadedModel, image, method: str = "", target: str | int = "", layer: str = "",
     weights: str = "pretrained", opacity: float = 0.5,
 ) -> AttributionView:
-    """A class activation map (Grad-CAM, Grad-CAM++, LayerCAM or Score-CAM) of ``image`` for ``target``
-    (a class index or label; empty: the top class) at ``layer`` (empty: the last map before pooling),
-    drawn over the picture the model saw.
+    """Why the model puts ``image`` in class ``target`` (a class index or label; empty: the top class),
+    drawn over the picture the model saw: a class activation map at ``layer`` (empty: the last map before
+    pooling) — Grad-CAM, Grad-CAM++, LayerCAM, XGrad-CAM, Smooth Grad-CAM++, Score-CAM, SS-CAM, IS-CAM —
+    or, for a vision transformer, a map read from its attention on the patch grid (``layer`` unused):
+    ``"rollout"`` (attention rollout), ``"chefer"`` (gradient-weighted rollout), ``"legrad"`` (LeGrad,
+    torchvision ViTs). ``method`` empty: :func:`default_method` (rollout for a ViT, Grad-CAM otherwise).
 
     Raises:
-        InvalidOptionError: an unknown method or class, or a map that would not fit one request's
-            budget (:mod:`cnnviz.budget`): the sentence says what would (a layer with fewer channels
-            for Score-CAM, a later layer, Grad-CAM). Score-CAM's batches are made smaller to fit.
+        InvalidOptionError: an unknown method or class, an attention method for a model that is not a
+            vision transformer these methods read, or a map that would not fit one request's budget
+            (:mod:`cnnviz.budget`): the sentence says what would (a layer with fewer channels for the
+            masking methods, a later layer, Grad-CAM). Their batches are made smaller to fit.
 
     >>> view = attribution("timm/tf_efficientnet_lite0", "examples/coffee.png")
     >>> view.label, view.map.shape, view.overlay.shape[1]
     ('espresso', (7, 7), 224)
+    >>> attribution("timm/vit_tiny_patch16_224", "examples/coffee.png", weights="random").raw.shape
+    (14, 14)
     """
-    method = vocab.option(vocab.CamMethod, method, "method")
-    opacity = vocab.unit_interval(opacity, "Opacity")
     loaded = load_model(model, weights)
+    method = vocab.attribution_method(method or default_method(loaded))
+    opacity = vocab.unit_interval(opacity, "Opacity")
     x = preprocess.model_input(loaded, image).x
     wanted = methods.class_index(loaded, target)
+    if isinstance(method, vocab.AttentionMethod):
+        layout = rollout.vit_layout(loaded)
+        budget.check_attention(loaded, layout, method)  # before any pass
+        token = methods.legrad(loaded, x, wanted) if method == "legrad" else rollout.attention_map(loaded, x, method, wanted)
+        raw = token.map.numpy().astype(np.float32)
+        picture = render.cam_picture(preprocess.seen_image(loaded, x), raw, opacity)
+        return AttributionView(picture, raw, token.class_index, methods.label_of(loaded, token.class_index),
+                               token.probability, methods.label_of(loaded, token.top_class), None, str(method), loaded.weights)
     info = methods.resolve_layer(loaded, layer or None)
-    batch = budget.check_cam(loaded, info, method)  # before any pass: refuses what would not fit, sizes Score-CAM's batches
+    batch = budget.check_cam(loaded, info, method)  # before any pass: refuses what would not fit, sizes the masking batches
     found = methods.class_activation_map(loaded, x, method, wanted, info, batch)
     raw = found.map.numpy().astype(np.float32)
     picture = render.cam_picture(preprocess.seen_image(loaded, x), raw, opacity)
@@ -231,14 +266,21 @@ class AttributionChoices:
     layers: tuple[layers.LayerInfo, ...]  # every listed layer (any can be the target)
     default_layer: str  # the last map before pooling
     labels: tuple[str, ...]  # the model's class labels (empty when it has none)
+    default_method: str = "gradcam"  # "rollout" for a vision transformer (:func:`default_method`)
+    attention: tuple[str, ...] = ()  # the attention methods that apply (rollout, chefer; legrad for torchvision ViTs)
 
 
 def attribution_choices(model: str | LoadedModel, weights: str = "pretrained") -> AttributionChoices:
-    """What the Attribution tab offers for ``model``: its layers, the default target layer, its labels.
+    """What the Attribution tab offers for ``model``: its layers, the default target layer, its labels,
+    the default method and the attention methods that apply.
 
-    >>> attribution_choices("resnet18", "random").default_layer
-    'layer4'
+    >>> found = attribution_choices("resnet18", "random")
+    >>> found.default_layer, found.default_method, found.attention
+    ('layer4', 'gradcam', ())
     """
     loaded = load_model(model, weights)
+    vit = rollout.is_vit(loaded)
+    attention = (*rollout.ROLLOUT_METHODS, *(("legrad",) if vit and rollout.vit_layout(loaded).kind == "torchvision" else ())) \
+        if vit else ()
     return AttributionChoices(layers.list_layers(loaded), methods.default_layer(loaded).name,
-                              tuple(loaded.categories or ()))
+                              tuple(loaded.categories or ()), default_method(loaded), attention)

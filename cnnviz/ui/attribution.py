@@ -38,6 +38,8 @@ from .common import (
 
 METHOD_CHOICES = [
     ("Grad-CAM", "gradcam"), ("Grad-CAM++", "gradcampp"), ("LayerCAM", "layercam"), ("Score-CAM (slow)", "scorecam"),
+    ("XGrad-CAM", "xgradcam"), ("Smooth Grad-CAM++", "smoothgradcampp"), ("SS-CAM (slower)", "sscam"), ("IS-CAM (slow)", "iscam"),
+    ("Attention rollout (ViT)", "rollout"), ("Gradient-weighted rollout (ViT)", "chefer"), ("LeGrad (torchvision ViT)", "legrad"),
 ]
 NO_IMAGE = "Upload a photo, paste one, or pick an example to see which parts of it the model's decision rests on."
 EXPLAINED = {
@@ -49,6 +51,22 @@ EXPLAINED = {
                  "especially at earlier layers."),
     "scorecam": ("Score-CAM uses no gradients: it masks the picture with each map in turn and weights the map by how much "
                  "that masked picture alone raises the class score."),
+    "xgradcam": ("XGrad-CAM weights each map by its gradient averaged where the map is active (each position counted by "
+                 "the map's own value), which keeps the map faithful to how the score changes with the layer."),
+    "smoothgradcampp": ("Smooth Grad-CAM++ is Grad-CAM++ with its gradients averaged over a few noisy copies of the picture, "
+                        "so the map depends less on one picture's noise."),
+    "sscam": ("SS-CAM is Score-CAM with each mask made noisy several times and the scores averaged: steadier maps, "
+              "at one pass per channel and sample."),
+    "iscam": ("IS-CAM is Score-CAM with each mask faded in over several steps and the scores added up (integrated): "
+              "one pass per channel and step."),
+    "rollout": ("Attention rollout follows the attention from the class token back to the patches through every block "
+                "(each block's attention averaged over its heads, the skip connection added, multiplied block by block); "
+                "it ignores the class: it shows where the class token looks."),
+    "chefer": ("Gradient-weighted rollout (Chefer et al.) keeps, in each block, only the attention whose rise raises this "
+               "class's score (attention × its gradient, positive part, averaged over heads) and adds it up through the "
+               "blocks: a map of this class, not of where the model looks in general."),
+    "legrad": ("LeGrad asks, for each of the last blocks, how the class score read at that block changes with its attention "
+               "(positive gradients, averaged over heads and over those blocks)."),
 }
 SANITY = (
     "**Sanity check (Adebayo et al., 2018):** the same method on the same picture with *random* weights. A map "
@@ -67,14 +85,23 @@ def _cam_outputs(model, method, view):
     h, w = view.map.shape
     buffer = io.BytesIO()
     np.save(buffer, view.map, allow_pickle=False)
-    name = f"{model}-{method}-{view.class_index}"
+    name = f"{model}-{view.method}-{view.class_index}"
     also = "" if view.label == view.top_label else f" (the model's own top class is **{markdown_text(view.top_label)}**)"
-    empty = (" The map is zero everywhere: the class score does not rise with any of this layer's maps here "
-             "(in a vision transformer the class is read from the class token; pick an earlier layer).") if not view.map.any() else ""
+    if view.layer is None:  # an attention method: every block, the patch grid
+        where = (f"read from every block's attention, on the {h}×{w} patch grid (upsampled to the picture the model saw; "
+                 "bright: the patches the class rests on; the target layer is not used)")
+        empty = (" The map is zero everywhere: the class score does not change with the attention here (a random "
+                 "classifier head that is all zero, as torchvision's is before training, gives no gradient).") \
+            if not view.map.any() else ""
+    else:
+        where = (f"at `{view.layer.name}` ({h}×{w}, upsampled to the picture the model saw; bright: the parts that raise "
+                 "this class's score)")
+        empty = (" The map is zero everywhere: the class score does not rise with any of this layer's maps here "
+                 "(in a vision transformer the class is read from the class token; pick an earlier layer, or attention "
+                 "rollout).") if not view.map.any() else ""
     caption = (
-        f"**{explore.CAM_NAMES[method]}** for **{markdown_text(view.label)}** (class {view.class_index}, probability "
-        f"{view.probability:.1%}){also}, at `{view.layer.name}` ({h}×{w}, upsampled to the picture the model saw; "
-        f"bright: the parts that raise this class's score).{empty} {EXPLAINED[method]}\n\n{weights_used(view.weights)}"
+        f"**{explore.METHOD_NAMES[view.method]}** for **{markdown_text(view.label)}** (class {view.class_index}, probability "
+        f"{view.probability:.1%}){also}, {where}.{empty} {EXPLAINED[view.method]}\n\n{weights_used(view.weights)}"
     )
     return (
         OUTPUTS.write(f"{name}-overlay.jpg", explore.encode(view.overlay, "jpeg")),
@@ -92,7 +119,10 @@ def attribution(model: str, image: str, method: str = "gradcam", target: str = "
     Args:
         model: a curated key (alexnet, resnet50, ...), any torchvision classifier name, or timm/<name>.
         image: an image uploaded to this app (the path /gradio_api/upload answers; over MCP, the URL upload_file_to_gradio returns).
-        method: "gradcam", "gradcampp" (Grad-CAM++), "layercam" or "scorecam" (Score-CAM, slow).
+        method: "gradcam", "gradcampp" (Grad-CAM++), "layercam", "xgradcam" (XGrad-CAM), "smoothgradcampp" (Smooth Grad-CAM++),
+            "scorecam" (Score-CAM, slow), "sscam" (SS-CAM, slower), "iscam" (IS-CAM, slow); for a vision transformer also
+            "rollout" (attention rollout), "chefer" (gradient-weighted rollout) and, for torchvision vit_*, "legrad" (LeGrad),
+            which read every block's attention (layer unused; the page opens a vision transformer on rollout).
         target: the class to explain, as an index ("281") or a label ("tabby"); empty: the model's top class.
         layer: qualified module name of the target layer; empty: the last map before the network pools it.
         weights: "pretrained" or "random" (random is the sanity check: a map that explains must differ from it).
@@ -235,7 +265,7 @@ def cam_asked(model, image, method, target, layer, weights, request: gr.Request 
         ASKED[session] = (_question(image, method, target, layer), time.monotonic())
         while len(ASKED) > ASKED_PAGES:
             ASKED.pop(next(iter(ASKED)))
-    if not image or method != "scorecam":
+    if not image or method not in explore.MASKING_METHODS:
         return gr.skip()
     try:
         cost = explore.attribution_cost(model, method, layer or "", weights)
@@ -245,14 +275,14 @@ def cam_asked(model, image, method, target, layer, weights, request: gr.Request 
 
 
 def _counting(model, method, layer, weights, progress):
-    """Score-CAM's real progress: each forward pass counted against the passes it will make."""
-    if method != "scorecam" or progress is None:
+    """Score-CAM's (SS-CAM's, IS-CAM's) real progress: each forward pass counted against the passes it will make."""
+    if method not in explore.MASKING_METHODS or progress is None:
         return nullcontext()
-    total, done = explore.attribution_cost(model, method, layer or "", weights).passes, [0]
+    total, done, name = explore.attribution_cost(model, method, layer or "", weights).passes, [0], explore.CAM_NAMES[method]
 
     def tick():
         done[0] += 1
-        progress((min(done[0], total), total), desc=f"Score-CAM: pass {min(done[0], total)} of {total}", unit="passes")
+        progress((min(done[0], total), total), desc=f"{name}: pass {min(done[0], total)} of {total}", unit="passes")
 
     return cancel.on_each_pass(tick)
 
@@ -345,6 +375,16 @@ def _linked(link: dict, choices, method: str, target: str, layer: str) -> tuple[
     return method, target, layer
 
 
+def _default_changes(method: str, choices) -> bool:
+    """Whether a model change moves the method to the new model's default: a vision transformer opens on
+    attention rollout where the page shows the CNN default (Grad-CAM; a CAM at a token layer may be all zero),
+    a model that is no transformer goes back to Grad-CAM from an attention method it cannot take (LeGrad
+    likewise for a timm ViT). Any other method the user picked stays."""
+    if method in explore.ATTENTION_METHODS:
+        return method not in choices.attention
+    return method == "gradcam" and choices.default_method != "gradcam"
+
+
 @user_errors
 def refresh(model, weights, image, method, target, layer, opacity, link):
     """After a model change: its layers (the default target chosen), its labels, and the map again. A page
@@ -354,7 +394,9 @@ def refresh(model, weights, image, method, target, layer, opacity, link):
     keep = layer if layer in names else choices.default_layer
     by_index = str(target).isdigit() and (not choices.labels or int(target) < len(choices.labels))
     target = target if target in choices.labels or by_index else ""  # what the user chose stays, if this model has it
-    chosen = gr.skip()  # the method radio is the user's: only a link sets it (a late refresh never undoes a click)
+    chosen = gr.skip()  # the method radio is the user's: only a link or a model family's default sets it
+    if _default_changes(method, choices):
+        method = chosen = choices.default_method
     if link:
         method, target, keep = _linked(link, choices, method, target, keep)
         chosen = method
@@ -393,7 +435,7 @@ def build(state: PageState) -> AttributionTab:
             overlay = gr.Image(label="Class activation map", type="filepath", interactive=False, height=420,
                                buttons=["download", "fullscreen"], elem_id="attr-overlay")
             explained = gr.Label(label="Class explained", elem_id="attr-class")
-            npy = gr.File(label="Raw map (.npy, float32, the target layer's height × width)", elem_id="attr-npy")
+            npy = gr.File(label="Raw map (.npy, float32, the target layer's height × width; for a ViT's attention methods, its patch grid)", elem_id="attr-npy")
     with gr.Group(elem_id="attr-sanity"):
         check = gr.Button("Sanity check: the same map with random weights (Adebayo et al. 2018)", elem_id="attr-sanity-button")
         with gr.Row():
