@@ -281,7 +281,7 @@ def test_explanation_quality_scores_each_method_for_one_class(coffee):
 
 
 def test_explanation_quality_bad_requests_get_sentences(coffee, monkeypatch):
-    for methods, words in ((["nope"], "Unknown method"), ([], "at least one"), (5, "list of method names")):
+    for methods, words in ((["nope"], "Unknown method"), (["gradcam", 3], "Unknown method"), (5, "list of method names")):
         with pytest.raises(InvalidOptionError, match=words):
             cnnviz.explanation_quality("resnet18", str(coffee), weights="random", methods=methods)
     with pytest.raises(InvalidOptionError, match="no class"):
@@ -325,3 +325,19 @@ def test_the_page_says_what_the_scores_mean(coffee):
     assert list(table.columns[2:]) == ["deletion AUC ↓", "insertion AUC ↑", "Average Drop ↓", "Increase in Confidence ↑"]
     assert len(deletion) == len(insertion) == 2 * 21 and set(deletion["method"]) == {"Grad-CAM", "LayerCAM"}
     assert "Best on this photo" in caption
+
+
+def test_a_vision_transformer_scores_its_attention_maps_by_default(coffee):
+    """A ViT's default methods are its attention methods (a CAM at a token layer may be all zero there): the
+    maps scored are exactly what ``cnnviz.attribution`` draws for them, on the patch grid."""
+    name = "timm/vit_tiny_patch16_224"
+    assert cnnviz.explore.default_quality_methods(name, "random") == ("rollout", "chefer")
+    assert cnnviz.explore.default_quality_methods("resnet18", "random") == cnnviz.explore.DEFAULT_QUALITY_METHODS
+    view = cnnviz.explanation_quality(name, str(coffee), weights="random", methods=[], steps=4)
+    assert tuple(view.scores) == ("rollout", "chefer") and view.layer is None
+    for m, s in view.scores.items():
+        drawn = cnnviz.attribution(name, str(coffee), m, str(view.class_index), weights="random")
+        assert s.map.shape == (14, 14) and np.allclose(s.map, drawn.raw, atol=1e-6), m
+        assert s.flat or (0 <= s.deletion <= 1 and 0 <= s.insertion <= 1)
+    with pytest.raises(InvalidOptionError, match="vision transformer"):
+        cnnviz.explanation_quality("resnet18", str(coffee), weights="random", methods=["rollout"])

@@ -112,6 +112,7 @@ from .quality import (
     MethodScores,
     QualityView,
     SanityView,
+    default_quality_methods,
     explanation_quality,
     quality_cost,
     sanity_check,
@@ -119,7 +120,7 @@ from .quality import (
 
 __all__ = [
     "DEFAULT_QUALITY_METHODS", "QUALITY_METHODS", "QUALITY_NAMES", "QUALITY_STEPS", "MethodScores", "QualityView", "SanityView",
-    "explanation_quality", "quality_cost", "sanity_check",
+    "default_quality_methods", "explanation_quality", "quality_cost", "sanity_check",
     "CAM_METHODS", "CAM_NAMES", "CHECKPOINT_LIMIT_MB", "CHECKPOINT_SUFFIXES", "COLORMAPS", "COMPARE_TILES", "COMPARE_VIEWS",
     "COMPARE_WORDS", "FEATUREVIS_MAX_STEPS", "KEPT", "MAX_DEPTH", "MAX_FRAME_BYTES", "PROJECTIONS", "REQUEST_SECONDS",
     "STAGE_STRIDES", "WEIGHT_CHOICES", "AtlasJob", "AtlasReport", "AttributionChoices", "AttributionView", "CamCost",

@@ -10,14 +10,14 @@ from types import MappingProxyType
 import numpy as np
 import torch
 
-from .. import budget, preprocess, quality
+from .. import budget, preprocess, quality, rollout
 from ..attribution import (
     CAM_METHODS,
-    CAM_NAMES,
     class_activation_map,
     class_index,
     guided_gradcam,
     label_of,
+    legrad,
     resolve_layer,
     upsampled,
 )
@@ -25,14 +25,27 @@ from ..errors import InvalidOptionError, quoted
 from ..layers import LayerInfo
 from ..loading import LoadedModel, load_model
 from ..pretrained import WeightsOutcome
-from .attributions import AttributionView, attribution
+from .attributions import ATTENTION_METHODS, METHOD_NAMES, AttributionView, attribution, attribution_choices
 
 GUIDED = "guided_gradcam"  # the projection that explains a class: Guided Grad-CAM, |signal| summed over colour as its map
-QUALITY_METHODS = (*CAM_METHODS, GUIDED)
-QUALITY_NAMES = {**CAM_NAMES, GUIDED: "Guided Grad-CAM"}
+QUALITY_METHODS = (*CAM_METHODS, *ATTENTION_METHODS, GUIDED)
+QUALITY_NAMES = {**METHOD_NAMES, GUIDED: "Guided Grad-CAM"}
 # methods=None: the CAMs that take one pass and the projection that explains a class; the ones with a pass per
-# channel (Score-CAM) only when asked, and within the budget
+# channel (Score-CAM) only when asked, and within the budget. A vision transformer's: its attention methods.
 DEFAULT_QUALITY_METHODS = ("gradcam", "gradcampp", "layercam", GUIDED)
+VIT_QUALITY_METHODS = ("rollout", "chefer")
+
+
+def default_quality_methods(model: str | LoadedModel, weights: str = "pretrained") -> tuple[str, ...]:
+    """What :func:`explanation_quality` scores when no method is named: for a vision transformer
+    :mod:`cnnviz.rollout` reads, its attention methods (LeGrad too where it applies); else
+    :data:`DEFAULT_QUALITY_METHODS`.
+
+    >>> default_quality_methods("timm/vit_tiny_patch16_224", "random")
+    ('rollout', 'chefer')
+    """
+    attention = attribution_choices(model, weights).attention
+    return tuple(m for m in ATTENTION_METHODS if m in attention) if attention else DEFAULT_QUALITY_METHODS
 QUALITY_STEPS = quality.DEFAULT_STEPS
 
 
@@ -67,16 +80,17 @@ class QualityView:
     class_index: int  # the class explained (every map explains the same one)
     label: str
     probability: float  # the model's probability for it on the photo
-    layer: LayerInfo  # the CAMs' target layer (Guided Grad-CAM's Grad-CAM too)
+    layer: LayerInfo | None  # the CAMs' target layer (Guided Grad-CAM's Grad-CAM too); None: attention methods only
     steps: int  # S: intervals of the curves (2S − 1 perturbed passes per map, and one for Average Drop)
     weights: WeightsOutcome
 
 
-def _methods(asked: object) -> tuple[str, ...]:
-    if asked is None:
-        return DEFAULT_QUALITY_METHODS
+def _methods(asked: object, loaded: LoadedModel) -> tuple[str, ...]:
+    """The methods asked, checked and without repeats; None, an empty list or "": the model's default."""
     if isinstance(asked, str):
         asked = [part.strip() for part in asked.split(",") if part.strip()]
+    if asked is None or (isinstance(asked, Sequence) and not asked):
+        return default_quality_methods(loaded)
     if not isinstance(asked, Sequence) or isinstance(asked, (bytes, bytearray)):
         raise InvalidOptionError(f"Methods must be a list of method names (from {', '.join(QUALITY_METHODS)}), not {quoted(asked)}.")
     chosen: list[str] = []
@@ -85,8 +99,6 @@ def _methods(asked: object) -> tuple[str, ...]:
             raise InvalidOptionError(f"Unknown method {quoted(m)}: the methods are {', '.join(QUALITY_METHODS)}.")
         if m not in chosen:
             chosen.append(m)
-    if not chosen:
-        raise InvalidOptionError(f"Pick at least one method to score (from {', '.join(QUALITY_METHODS)}).")
     return tuple(chosen)
 
 
@@ -95,6 +107,8 @@ def _map_cost(loaded: LoadedModel, info: LayerInfo, method: str) -> budget.Cost:
     method at a layer whose graph does not fit)."""
     if method == GUIDED:
         return budget.check_guided_gradcam(loaded, info)
+    if method in ATTENTION_METHODS:
+        return budget.check_attention(loaded, rollout.vit_layout(loaded), method)
     batch = budget.check_cam(loaded, info, method)
     return budget.cam_cost(loaded, info, method, batch)
 
@@ -107,9 +121,9 @@ def quality_cost(model: str | LoadedModel, methods_asked: Sequence[str] | None =
     >>> cost.seconds > 0 and cost.nbytes > 0
     True
     """
-    asked = _methods(methods_asked)
     steps = quality.check_steps(steps)
     loaded = load_model(model, weights)
+    asked = _methods(methods_asked, loaded)
     info = resolve_layer(loaded, layer or None)
     return _check(loaded, info, asked, steps)
 
@@ -143,9 +157,11 @@ def explanation_quality(model: str | LoadedModel, image, *, target: str | int | 
     """Deletion and insertion AUCs (Petsiuk et al. 2018), Average Drop and Increase in Confidence
     (Chattopadhay et al. 2018) of each method's map of ``image`` for ``target`` (a class index or label;
     None: the model's top class), with the curves, and the methods ranked (definitions:
-    :mod:`cnnviz.quality`). ``methods`` None: Grad-CAM, Grad-CAM++, LayerCAM (one pass each) and Guided
-    Grad-CAM; Score-CAM (one pass per channel) only when asked. ``layer``: the CAMs' target layer (empty:
-    the last map before pooling). The whole request is checked against the budget before it starts.
+    :mod:`cnnviz.quality`). ``methods`` None or empty: :func:`default_quality_methods` (Grad-CAM,
+    Grad-CAM++, LayerCAM — one pass each — and Guided Grad-CAM; for a vision transformer, attention
+    rollout and gradient-weighted rollout, LeGrad too where it applies); the masking methods (a pass per
+    channel) only when asked. ``layer``: the CAMs' target layer (empty: the last map before pooling;
+    unused by the attention methods). The whole request is checked against the budget before it starts.
 
     Raises:
         InvalidOptionError: an unknown method or class, steps outside 2–200, or a request that would not
@@ -155,10 +171,12 @@ def explanation_quality(model: str | LoadedModel, image, *, target: str | int | 
     >>> s = view.scores["gradcam"]
     >>> 0 <= s.deletion <= 1 and 0 <= s.insertion <= 1, view.ranking
     (True, ('gradcam',))
+    >>> explanation_quality("timm/vit_tiny_patch16_224", "examples/coffee.png", weights="random").ranking[0] in ("rollout", "chefer")
+    True
     """
-    asked = _methods(methods)
     steps = quality.check_steps(steps)
     loaded = load_model(model, weights)
+    asked = _methods(methods, loaded)
     x = preprocess.model_input(loaded, image).x
     wanted = class_index(loaded, target)
     info = resolve_layer(loaded, layer or None)
@@ -169,6 +187,9 @@ def explanation_quality(model: str | LoadedModel, image, *, target: str | int | 
         if m == GUIDED:
             signal, cam = guided_gradcam(loaded, x, chosen, info)
             maps[m] = signal.abs().sum(0)
+        elif m in ATTENTION_METHODS:
+            cam = legrad(loaded, x, chosen) if m == "legrad" else rollout.attention_map(loaded, x, m, chosen)
+            maps[m] = cam.map
         else:
             cam = class_activation_map(loaded, x, m, chosen, info, budget.check_cam(loaded, info, m))
             maps[m] = cam.map
@@ -180,7 +201,8 @@ def explanation_quality(model: str | LoadedModel, image, *, target: str | int | 
               for m, s in scored.items()}
     ranking = tuple(sorted(asked, key=lambda m: (scores[m].flat, -scores[m].difference if not scores[m].flat else 0.0,
                                                  scores[m].average_drop if not scores[m].flat else 0.0)))
-    return QualityView(MappingProxyType(scores), ranking, chosen, label_of(loaded, chosen), probability, info, steps,
+    layered = info if any(m not in ATTENTION_METHODS for m in asked) else None
+    return QualityView(MappingProxyType(scores), ranking, chosen, label_of(loaded, chosen), probability, layered, steps,
                        loaded.weights)
 
 
@@ -229,7 +251,7 @@ def sanity_check(model: str | LoadedModel, image, method: str = "gradcam", targe
     """
     trained = attribution(model, image, method, target if target is not None else "", layer, weights, opacity)
     random = attribution(model if isinstance(model, str) else model.spec.name, image, method, str(trained.class_index),
-                         trained.layer.name, "random", opacity)
+                         trained.layer.name if trained.layer else "", "random", opacity)
     h, w = (load_model(model, weights).input_size[1:]) if isinstance(model, str) else model.input_size[1:]
     a = upsampled(torch.from_numpy(trained.map), h, w).numpy()
     b = upsampled(torch.from_numpy(random.map), h, w).numpy()

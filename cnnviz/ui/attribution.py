@@ -175,7 +175,9 @@ def show_guided(model, image, target, layer, weights):
     return guided_gradcam(model, image, target, layer, weights)
 
 
-QUALITY_CHOICES = [(explore.QUALITY_NAMES[m] + (" (slow)" if m == "scorecam" else ""), m) for m in explore.QUALITY_METHODS]
+QUALITY_CHOICES = [(explore.QUALITY_NAMES[m] + (" (slow)" if m in explore.MASKING_METHODS else ""), m) for m in explore.QUALITY_METHODS]
+QUALITY_DEFAULTS = (f"{', '.join(explore.QUALITY_NAMES[m] for m in explore.DEFAULT_QUALITY_METHODS)}; for a vision transformer "
+                    "its attention methods")
 QUALITY_COLUMNS = ["rank", "method", "deletion AUC ↓", "insertion AUC ↑", "Average Drop ↓", "Increase in Confidence ↑"]
 QUALITY_TABLE_LABEL = "The methods ranked on this photo by insertion − deletion (↓ lower is better, ↑ higher is better)"
 QUALITY_INTRO = (
@@ -213,7 +215,8 @@ def _quality_outputs(view) -> tuple:
             "by it)." if not best.flat else "Every map was flat: nothing to rank.")
     caption = (
         f"**{len(view.scores)} map{'s' if len(view.scores) != 1 else ''}** explaining **{markdown_text(view.label)}** "
-        f"(class {view.class_index}, probability {view.probability:.1%}) at `{view.layer.name}`, scored with "
+        f"(class {view.class_index}, probability {view.probability:.1%}) "
+        f"{f'at `{view.layer.name}`' if view.layer else 'from its attention'}, scored with "
         f"{view.steps} steps ({2 * view.steps - 1} perturbed pictures per curve pair, and one for Average Drop). {lead}"
         f"\n\n{weights_used(view.weights)}"
     )
@@ -231,7 +234,7 @@ def explanation_quality(model: str, image: str, target: str = "", layer: str = "
         target: the class to explain, as an index ("281") or a label ("tabby"); empty: the model's top class.
         layer: qualified module name of the CAMs' target layer; empty: the last map before the network pools it.
         weights: "pretrained" or "random".
-        methods: the methods to score, from "gradcam", "gradcampp", "layercam", "scorecam" (slow), "guided_gradcam"; default: all but Score-CAM.
+        methods: the methods to score, from "gradcam", "gradcampp", "layercam", "xgradcam", "smoothgradcampp", "scorecam", "sscam", "iscam" (the last three slow), "rollout", "chefer", "legrad" (vision transformers), "guided_gradcam"; empty: Grad-CAM, Grad-CAM++, LayerCAM and Guided Grad-CAM, or for a vision transformer its attention methods.
     """
     view = explore.explanation_quality(model, image, target=target or None, methods=methods, weights=weights, layer=layer or "")
     return _quality_outputs(view)
@@ -450,8 +453,8 @@ def build(state: PageState) -> AttributionTab:
     with gr.Accordion("Which map to trust: deletion, insertion, Average Drop", open=False, elem_id="attr-quality"):
         gr.Markdown(QUALITY_INTRO)
         with gr.Row():
-            quality_methods = gr.Dropdown(QUALITY_CHOICES, value=list(explore.DEFAULT_QUALITY_METHODS), multiselect=True,
-                                          label="Methods to score", elem_id="attr-quality-methods", scale=3)
+            quality_methods = gr.Dropdown(QUALITY_CHOICES, value=[], multiselect=True, elem_id="attr-quality-methods", scale=3,
+                                          label="Methods to score", info=f"None chosen: the model's default ({QUALITY_DEFAULTS}).")
             quality_go = gr.Button("Which map to trust? Score the maps on this photo", elem_id="attr-quality-button", scale=1)
         quality_caption = gr.Markdown(elem_id="attr-quality-caption")
         quality_table = gr.Dataframe(headers=QUALITY_COLUMNS, interactive=False, label=QUALITY_TABLE_LABEL,
