@@ -234,7 +234,9 @@ def explanation_quality(model: str, image: str, target: str = "", layer: str = "
         target: the class to explain, as an index ("281") or a label ("tabby"); empty: the model's top class.
         layer: qualified module name of the CAMs' target layer; empty: the last map before the network pools it.
         weights: "pretrained" or "random".
-        methods: the methods to score, from "gradcam", "gradcampp", "layercam", "xgradcam", "smoothgradcampp", "scorecam", "sscam", "iscam" (the last three slow), "rollout", "chefer", "legrad" (vision transformers), "guided_gradcam"; empty: Grad-CAM, Grad-CAM++, LayerCAM and Guided Grad-CAM, or for a vision transformer its attention methods.
+        methods: the methods to score, from "gradcam", "gradcampp", "layercam", "xgradcam", "smoothgradcampp", "scorecam", "sscam",
+            "iscam" (the last three slow), "rollout", "chefer", "legrad" (vision transformers), "guided_gradcam"; empty: Grad-CAM,
+            Grad-CAM++, LayerCAM and Guided Grad-CAM, or for a vision transformer its attention methods.
     """
     view = explore.explanation_quality(model, image, target=target or None, methods=methods, weights=weights, layer=layer or "")
     return _quality_outputs(view)
