@@ -17,7 +17,8 @@ from .conftest import ARTIFACTS, ROOT, _free_port, _wait_until_serving, stop_pro
 pytestmark = pytest.mark.e2e
 
 PUBLIC = {"architecture", "filters", "feature_maps", "channel", "layer_stats", "activations", "channel_visualization", "attribution",
-          "projection", "guided_gradcam", "compare", "load_checkpoint", "atlas", "atlas_job", "dataset_examples", "collection_table"}
+          "projection", "guided_gradcam", "compare", "load_checkpoint", "atlas", "atlas_job", "dataset_examples", "collection_table",
+          "intervene", "channel_importance"}
 
 
 @pytest.fixture(scope="module")
