@@ -419,7 +419,8 @@ def channel_importance(model: str, image: str, layer: str, target: str = "", wei
     """
     view = explore.channel_importance(model, image, layer or "", target=target or None, weights=weights)
     count = len(view.drops)
-    table = pd.DataFrame({"channel": view.ranking, "drop": view.drops[view.ranking].round(5), "rank": np.arange(1, count + 1)})
+    table = pd.DataFrame({"channel": view.ranking, "drop": view.drops[view.ranking].astype(np.float64).round(5),
+                          "rank": np.arange(1, count + 1)})
     plot = gr.BarPlot(pd.DataFrame({"channel": np.arange(count), "drop": view.drops}), x_lim=[-0.5, count - 0.5])
     best = ", ".join(str(int(c)) for c in view.ranking[:5])
     how = "the network before the layer once per pass" if view.fast else "whole copies of the photo (this model cannot share the start)"
