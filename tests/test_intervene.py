@@ -302,3 +302,38 @@ def test_bad_importance_requests_are_sentences(monkeypatch):
     monkeypatch.setattr(budget, "REQUEST_SECONDS", 1e-6)
     with pytest.raises(InvalidOptionError, match="Channel importance at layer4 of .* would zero its 512 channels"):
         explore.channel_importance("resnet18", COFFEE, "layer4", weights="random")
+
+
+def test_an_abandoned_ranking_stops_within_a_pass(monkeypatch):
+    """A stop check that fires (the client is gone) ends channel importance at the next module, not after
+    every channel; the model keeps no hook."""
+    from cnnviz import cancel, hooks
+
+    loaded = load_model("resnet18", "random")
+    monkeypatch.setattr(hooks, "STOP_CHECK_EVERY_S", 0.0)  # ask at every module boundary
+    modules = sum(1 for _ in loaded.model.modules())
+    asked, passes = [], []
+
+    def check():
+        asked.append(1)
+        return "gone" if len(asked) > 3 * modules else None  # during the third pass
+
+    handle = loaded.model.register_forward_pre_hook(lambda *_: passes.append(1))
+    try:
+        with cancel.stop_when(check), pytest.raises(cancel.Stopped, match="gone"):
+            channel_importance(loaded, _input(loaded), get_layer(loaded, "layer3.0.conv1"), batch=8)
+    finally:
+        handle.remove()
+    assert len(passes) <= 4  # of the 1 + 32 (+1) passes 256 channels take 8 at a time
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in loaded.model.modules())
+
+
+def test_page_handlers_hint_before_a_photo():
+    import importlib
+
+    tab = importlib.import_module("cnnviz.ui.feature_maps")
+    assert tab.intervene_in_page("resnet18", None, "layer1", "3", "zero", 1.0, "random", "")[-1] == tab.NO_IMAGE
+    said = tab.intervene_in_page("resnet18", COFFEE, "layer1", " ", "zero", 1.0, "random", "")[-1]
+    assert said.startswith("Type channels first")
+    assert tab.importance_in_page("resnet18", None, "layer1", "", "random")[0] == tab.NO_IMAGE
+    assert tab.follow_channel(12.0) == "12"
