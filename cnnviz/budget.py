@@ -312,7 +312,7 @@ def importance_cost(loaded: LoadedModel, info: LayerInfo, batch: int | None = No
     per ``batch`` channels. Where the batched tail applies (not known to fail for this layer), each pass
     runs the network before the layer once and the rest once per copy, plus one whole copy the first time
     (the check); else every copy runs the whole network. A copy is costed as the rest of the network at
-    batch 1 (:data:`COPY_TIME_FACTOR`): measured, the estimate is 1.6–3.5× the CPU seconds at late layers
+    batch 1 (:data:`COPY_TIME_FACTOR`): measured, the estimate is 1.9–3.5× the CPU seconds at late layers
     (ResNet-18 ``layer4.0.conv1``, ResNet-50 ``layer4.2.conv3``, Lite0 ``blocks.5.0.conv_pwl``: batched copies of a
     small map share the weights' memory traffic) and 1.6–2.1× at early ones (large maps batch less well),
     one thread, batches of 32; a lower factor would under-estimate the early layers."""

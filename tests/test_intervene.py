@@ -98,6 +98,20 @@ class Concat(nn.Module):
         return self.head(torch.cat([a, b], 1).mean((2, 3)))
 
 
+class BatchRead(nn.Module):
+    """Swin-like: reads the batch size before the layer and reshapes with it after (no batch there but its own)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, stride=8, padding=1)
+        self.b = nn.Conv2d(4, 5, 3, padding=1)
+        self.head = nn.Linear(5 * 8 * 8, 3)
+
+    def forward(self, x):
+        n = x.shape[0]
+        return self.head(torch.relu(self.b(torch.relu(self.a(x)))).reshape(n, -1))
+
+
 @pytest.fixture(scope="module")
 def channels_last():
     torch.manual_seed(0)
@@ -244,6 +258,28 @@ def test_concatenation_falls_back_to_whole_copies(concat):
     assert not found.fast  # cat([a (batch 1), b (batch 4)]) cannot broadcast: whole copies instead
     expected = reference_drops(concat, "b", "NCHW", 0, x, range(10), found.class_index)
     assert torch.allclose(found.drops, expected, atol=1e-5)
+
+
+def test_a_model_that_reads_its_batch_size_falls_back():
+    torch.manual_seed(2)
+    loaded = from_module(BatchRead(), input_size=(3, 64, 64), name="test-intervene-batch")
+    x = _input(loaded)
+    found = channel_importance(loaded, x, get_layer(loaded, "b"), batch=3)
+    assert not found.fast  # reshape(1, -1) of 3 copies: the head cannot take it, whole copies instead
+    expected = reference_drops(loaded, "b", "NCHW", 0, x, range(5), found.class_index)
+    assert torch.allclose(found.drops, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["zero", "mean"])
+def test_timm_convnext_channels_last(mode):
+    loaded = load_model("timm/convnext_tiny", "random")
+    info = get_layer(loaded, "stages.1.blocks.0.mlp.fc1")
+    assert info.layout == "NHWC"
+    x = _input(loaded)
+    found = intervene(loaded, x, info, [0, 100, 767], mode)
+    expected = reference_logits(loaded.model, info.name, x, lambda out: reference_change(out, "NHWC", 0, mode, [0, 100, 767], 1))
+    assert torch.allclose(found.logits_after, expected[0], rtol=1e-4, atol=1e-4)
+    assert not torch.equal(found.logits_after, found.logits_before)
 
 
 def test_hooks_removed_and_modes_kept():
