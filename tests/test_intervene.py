@@ -373,3 +373,15 @@ def test_page_handlers_hint_before_a_photo():
     assert said.startswith("Type channels first")
     assert tab.importance_in_page("resnet18", None, "layer1", "", "random")[0] == tab.NO_IMAGE
     assert tab.follow_channel(12.0) == "12"
+
+
+def test_a_model_without_class_scores_gets_a_sentence():
+    from cnnviz.errors import CnnvizError
+
+    torch.manual_seed(3)
+    maps_only = from_module(nn.Sequential(nn.Conv2d(3, 4, 3, stride=4), nn.ReLU(), nn.Conv2d(4, 6, 3)), input_size=(3, 32, 32),
+                            name="test-intervene-maps-only")
+    with pytest.raises(CnnvizError, match="does not output class scores"):
+        intervene(maps_only, _input(maps_only), get_layer(maps_only, "0"), [1], "zero")
+    with pytest.raises(CnnvizError, match="does not output class scores"):
+        channel_importance(maps_only, _input(maps_only), get_layer(maps_only, "0"))
