@@ -117,6 +117,20 @@ class Projection(StrEnum):
         return {"guided_backprop": "guided backpropagation", "deconvnet": "deconvnet"}[self]
 
 
+class Intervention(StrEnum):
+    """What an intervention does to the chosen channels of a layer (:mod:`cnnviz.intervene`)."""
+
+    ZERO = "zero"  # ablate: set to 0
+    MEAN = "mean"  # ablate: set to the channel's mean over its map, on this photo
+    SCALE = "scale"  # multiply by a factor from 0 to 3
+    KEEP = "keep"  # keep only these channels: every other channel set to 0
+
+    @property
+    def label(self) -> str:
+        return {"zero": "set to zero", "mean": "set to their mean on this photo", "scale": "scaled",
+                "keep": "kept, every other channel zeroed"}[self]
+
+
 class CompareKind(StrEnum):
     FILTERS = "filters"  # first-layer filters
     STAGES = "stages"  # maps at each stage

@@ -9,6 +9,7 @@ work and returns a frozen view that says which weights it used. One module per v
 - :mod:`.maps`: feature maps, a channel, layer statistics, top-5, and :func:`maps_page` (one page update);
 - :mod:`.attributions`: class activation maps, projections, Guided Grad-CAM, feature visualisation;
 - :mod:`.quality`: which map to trust (deletion / insertion, Average Drop, the sanity check's scores);
+- :mod:`.interventions`: channels ablated, scaled or kept, and which channels matter for a class;
 - :mod:`.comparison`: two models side by side;
 - :mod:`.live`: webcam frames;
 - :mod:`.datasets`: dataset examples and statistics over an image collection (the atlas).
@@ -73,6 +74,7 @@ from .datasets import (
     stop_atlas,
 )
 from .filters import FiltersView, filter_grid, list_convolutions
+from .interventions import INTERVENTIONS, MAX_SCALE, ChannelImportanceView, ClassChange, InterventionView, channel_importance, intervene
 from .live import LiveView, live_maps
 from .maps import (
     ChannelView,
@@ -122,13 +124,15 @@ __all__ = [
     "DEFAULT_QUALITY_METHODS", "QUALITY_METHODS", "QUALITY_NAMES", "QUALITY_STEPS", "MethodScores", "QualityView", "SanityView",
     "default_quality_methods", "explanation_quality", "quality_cost", "sanity_check",
     "CAM_METHODS", "CAM_NAMES", "CHECKPOINT_LIMIT_MB", "CHECKPOINT_SUFFIXES", "COLORMAPS", "COMPARE_TILES", "COMPARE_VIEWS",
-    "COMPARE_WORDS", "FEATUREVIS_MAX_STEPS", "KEPT", "MAX_DEPTH", "MAX_FRAME_BYTES", "PROJECTIONS", "REQUEST_SECONDS",
+    "COMPARE_WORDS", "FEATUREVIS_MAX_STEPS", "INTERVENTIONS", "KEPT", "MAX_SCALE", "MAX_DEPTH", "MAX_FRAME_BYTES", "PROJECTIONS", "REQUEST_SECONDS",
     "STAGE_STRIDES", "WEIGHT_CHOICES", "AtlasJob", "AtlasReport", "AttributionChoices", "AttributionView", "CamCost",
-    "ChannelView", "ChannelVisualizationView", "CollectionTable", "ComparePair", "CompareSide", "CompareView", "DatasetExample",
+    "ChannelImportanceView", "ChannelView", "ClassChange", "InterventionView",
+    "ChannelVisualizationView", "CollectionTable", "ComparePair", "CompareSide", "CompareView", "DatasetExample",
     "ExamplesView", "FeatureMapsView", "FiltersView", "GuidedGradCamView", "LayerStatsView", "LiveView", "MapsPage", "MapsQuery",
     "ModelView", "NotComputedError", "Prediction", "Progress", "ProjectionView", "Startup", "WeightsOutcome",
     "add_collection_zip", "architecture", "atlas", "atlas_job", "attribution", "attribution_choices", "attribution_cost",
-    "channel", "channel_at", "channel_visualization", "check_frame", "collection_folder", "collection_table", "collections",
+    "channel", "channel_at", "channel_importance", "intervene",
+    "channel_visualization", "check_frame", "collection_folder", "collection_table", "collections",
     "compare", "curated_models", "dataset_examples", "decode_frame", "default_atlas_layers", "encode", "feature_maps",
     "filter_grid", "find_layer", "guided_gradcam", "layer_activations", "layer_place", "layer_stats", "list_convolutions",
     "live_maps", "load_checkpoint", "maps_page", "predict", "projection", "readable_macs", "select_model", "start_atlas",

@@ -1,7 +1,8 @@
 """The Feature maps tab: the user's photo through any layer, the top-5, and the drill-down into one
 channel (click a tile) with per-channel statistics and exports.
 
-Public endpoints: ``/feature_maps``, ``/channel``, ``/layer_stats``, ``/activations``.
+Public endpoints: ``/feature_maps``, ``/channel``, ``/layer_stats``, ``/activations``, ``/intervene``,
+``/channel_importance``.
 """
 from __future__ import annotations
 
@@ -332,6 +333,117 @@ def top_images(model, weights, collection, layer, channel, is_open):
                      f"**{view.channel}** of `{view.layer}` hardest, each cropped to what its strongest position sees.")
 
 
+INTERVENTION_CHOICES = [("zero (ablate)", "zero"), ("its mean on this photo (ablate)", "mean"), ("scale × factor", "scale"),
+                        ("keep only these (zero the rest)", "keep")]
+NO_INTERVENTION = ("Pick channels (the clicked one is filled in), what to do to them, and press **Run**: the rest of the network "
+                   "runs again from this layer, and the top-5 and a later layer's maps are shown before and after.")
+NO_IMPORTANCE = ("Press the button: every channel of this layer is zeroed in turn (many per pass), and the channels are ranked "
+                 "by how far the class's score (logit) drops. Click a row to open that channel.")
+CHANGE_HEADERS = ["class", "logit before", "logit after", "Δ logit", "probability before", "probability after", "Δ probability"]
+IMPORTANCE_HEADERS = ["channel", "drop", "rank"]
+
+
+@user_errors
+def intervene(model: str, image: str, layer: str, channels: str, mode: str = "zero", factor: float = 1.0,
+              weights: str = "pretrained", later_layer: str = ""):
+    """Change some channels of a layer (zero them, set them to their mean on this photo, scale them, or keep only them) and
+    run the rest of the network from there: the top-5 before and after, the change of the top classes' scores, and the maps
+    of a later layer before and after.
+
+    Args:
+        model: a curated key (alexnet, resnet50, ...), any torchvision classifier name, or timm/<name>.
+        image: an image uploaded to this app (the path /gradio_api/upload answers; over MCP, the URL upload_file_to_gradio returns).
+        layer: qualified module name of the layer to change (e.g. "layer4.0.conv1"); empty: the first convolution.
+        channels: the channels to change: a number, numbers separated by commas ("3, 7, 12"), or "top-N" (the N with the highest mean on this photo).
+        mode: "zero", "mean" (each channel set to its mean on this photo), "scale" (times the factor) or "keep" (only these channels, the rest zeroed).
+        factor: the scale factor, from 0 to 3 (mode "scale" only).
+        weights: "pretrained" or "random".
+        later_layer: qualified module name of the later layer whose maps are drawn before and after; empty: the last map before the network pools it.
+    """
+    view = explore.intervene(model, image, layer or "", channels, mode=mode, factor=factor, weights=weights, later_layer=later_layer or "")
+    return _intervention_outputs(model, view)
+
+
+def _intervention_outputs(model: str, view) -> tuple:
+    """(top-5 before, top-5 after, change table, later maps before, after, caption) of an InterventionView."""
+    rows = pd.DataFrame([(c.label if c.label == f"class {c.index}" else f"{c.label} ({c.index})", round(c.logit_before, 4),
+                          round(c.logit_after, 4), round(c.logit_after - c.logit_before, 4), round(c.probability_before, 4),
+                          round(c.probability_after, 4), round(c.probability_after - c.probability_before, 4))
+                         for c in view.changes], columns=CHANGE_HEADERS)
+    top = view.changes[0] if view.changes else None
+    said = ""
+    if top is not None:
+        said = (f" The top class before, **{markdown_text(top.label)}**: logit {top.logit_before:.3f} → {top.logit_after:.3f}, "
+                f"probability {top.probability_before:.1%} → {top.probability_after:.1%}.")
+    before_top = view.top5_before[0].label if view.top5_before else None
+    after_top = view.top5_after[0].label if view.top5_after else None
+    if before_top and after_top and before_top != after_top:
+        said += f" The top class changes to **{markdown_text(after_top)}**."
+    later = f"`{view.later.name}`"
+    if view.maps_before is None:
+        maps_text = f" {later} did not run in this pass: no maps to compare."
+    elif not view.later_changed:
+        maps_text = f" {later} comes before `{view.layer.name}`: the change cannot reach it, so its maps are the same."
+    else:
+        maps_text = (f" Below: the {len(view.later_channels)} strongest channels of {later} as the model made them (left) and after "
+                     "the change (right), on one scale.")
+    what = view.describe().replace(f" of {view.layer.name} ", f"** of `{view.layer.name}` **")  # a listed layer's name: code, not text
+    caption = f"**{what[:1].upper()}{what[1:]}**.{said}{maps_text}\n\n{weights_used(view.weights)}"
+    name = f"{model}-{view.layer.name}-{view.mode}"
+    images = [None if grid is None else OUTPUTS.write(f"{name}-{which}.png", explore.encode(grid, "png"))
+              for which, grid in (("before", view.maps_before), ("after", view.maps_after))]
+    return label_dict(view.top5_before), label_dict(view.top5_after), rows, *images, caption
+
+
+@user_errors
+def intervene_in_page(model, image, layer, channels, mode, factor, weights, later_layer):
+    """The page's intervention (a hint before there is a photo or a channel)."""
+    if not image:
+        return None, None, None, None, None, NO_IMAGE
+    if channels is None or not str(channels).strip():
+        return None, None, None, None, None, "Type channels first (or click a tile of the grid: its channel is filled in)."
+    return intervene(model, image, layer, channels, mode, factor, weights, later_layer)
+
+
+@user_errors
+def channel_importance(model: str, image: str, layer: str, target: str = "", weights: str = "pretrained"):
+    """Which channels of a layer matter for a class: each channel zeroed in turn (many per pass), ranked by how far the
+    class's score (logit) drops; a positive drop means the channel supported the class.
+
+    Args:
+        model: a curated key (alexnet, resnet50, ...), any torchvision classifier name, or timm/<name>.
+        image: an image uploaded to this app (the path /gradio_api/upload answers; over MCP, the URL upload_file_to_gradio returns).
+        layer: qualified module name (e.g. "layer4.0.conv1"); empty: the first convolution.
+        target: the class, as an index ("281") or a label ("tabby"); empty: the model's top class.
+        weights: "pretrained" or "random".
+    """
+    view = explore.channel_importance(model, image, layer or "", target=target or None, weights=weights)
+    count = len(view.drops)
+    table = pd.DataFrame({"channel": view.ranking, "drop": view.drops[view.ranking].astype(np.float64).round(5),
+                          "rank": np.arange(1, count + 1)})
+    plot = gr.BarPlot(pd.DataFrame({"channel": np.arange(count), "drop": view.drops}), x_lim=[-0.5, count - 0.5])
+    best = ", ".join(str(int(c)) for c in view.ranking[:5])
+    how = "the network before the layer once per pass" if view.fast else "whole copies of the photo (this model cannot share the start)"
+    caption = (f"**{markdown_text(view.label)}** (class {view.class_index}, logit {view.logit:.3f}, probability {view.probability:.1%}): "
+               f"each of the {count} channels of `{view.layer.name}` zeroed alone; the drop is the class's logit before minus after "
+               f"(positive: the channel supported the class, negative: it held it back). Most important: {best}. "
+               f"{view.passes} passes, {view.batch} channels per pass, {how}. Click a row to open that channel."
+               f"\n\n{weights_used(view.weights)}")
+    return caption, plot, table
+
+
+@user_errors
+def importance_in_page(model, image, layer, target, weights):
+    if not image:
+        return NO_IMAGE, None, None
+    return channel_importance(model, image, layer, target, weights)
+
+
+def follow_channel(channel):
+    """The Intervene box follows the picked channel (a typed list stays until another channel is picked)."""
+    return gr.skip() if channel is None or channel == "" else str(int(channel))
+
+
 LINK = ("layer", "channel")  # ?model=resnet18&layer=layer3.0.conv1[&tab=feature-maps&channel=12]
 
 
@@ -415,6 +527,35 @@ def build(state: PageState, live: Callable | None = None, looks_for: Callable | 
         projected_caption = gr.Markdown(elem_id="maps-projection-caption")
     go.click(project_picked, [model, image, layer, picked, how, weights], [projected, projected_caption],
              **HEAVY, api_visibility="private")
+    with gr.Accordion("Intervene: change channels and run the rest of the network", open=False, elem_id="maps-intervene"):
+        with gr.Row():
+            int_channels = gr.Textbox(label="Channels", placeholder="3, 7, 12 or top-5", elem_id="intervene-channels", scale=2,
+                                      info="Numbers separated by commas, or top-N (the N strongest on this photo).")
+            int_mode = gr.Radio(INTERVENTION_CHOICES, value="zero", label="Do", elem_id="intervene-mode", scale=3)
+        with gr.Row():
+            int_factor = gr.Slider(0, explore.MAX_SCALE, value=2.0, step=0.1, label="Scale factor (scale only)", elem_id="intervene-factor")
+            int_later = gr.Textbox(label="Later layer to compare", placeholder="empty: the last map before pooling", elem_id="intervene-later")
+            int_go = gr.Button("Run", variant="primary", elem_id="intervene-run")
+        int_caption = gr.Markdown(NO_INTERVENTION, elem_id="intervene-caption")
+        with gr.Row():
+            int_before = gr.Label(num_top_classes=5, label="Top-5 before", elem_id="intervene-before")
+            int_after = gr.Label(num_top_classes=5, label="Top-5 after", elem_id="intervene-after")
+        int_table = gr.Dataframe(headers=CHANGE_HEADERS, interactive=False, elem_id="intervene-changes",
+                                 label="The top classes' scores before and after")
+        with gr.Row():
+            int_maps_before = gr.Image(label="Later layer before", type="filepath", interactive=False, height=320,
+                                       elem_id="intervene-maps-before", buttons=["download", "fullscreen"])
+            int_maps_after = gr.Image(label="Later layer after", type="filepath", interactive=False, height=320,
+                                      elem_id="intervene-maps-after", buttons=["download", "fullscreen"])
+    with gr.Accordion("Which channels matter for this class", open=False, elem_id="maps-importance"):
+        with gr.Row():
+            imp_target = gr.Textbox(label="Class (empty: the top class)", placeholder="tabby or 281", elem_id="importance-target", scale=2)
+            imp_go = gr.Button("Zero each channel in turn and rank them", variant="primary", elem_id="importance-run", scale=1)
+        imp_caption = gr.Markdown(NO_IMPORTANCE, elem_id="importance-caption")
+        imp_plot = gr.BarPlot(x="channel", y="drop", title="Drop of the class's logit when the channel is zeroed", height=220,
+                              elem_id="importance-plot", label="Drop per channel")
+        imp_table = gr.Dataframe(headers=IMPORTANCE_HEADERS, interactive=False, max_height=360, elem_id="importance-table",
+                                 label="Channels by drop, largest first (click a row to open it)")
     with gr.Accordion("Channel statistics", open=True, elem_id="stats-section"):
         stats_summary = gr.Markdown(elem_id="stats-summary")
         means = gr.BarPlot(x="channel", y="mean", title="Mean activation per channel", height=220, elem_id="stats-plot",
@@ -466,4 +607,15 @@ def build(state: PageState, live: Callable | None = None, looks_for: Callable | 
         concurrency_id=WORK, trigger_mode="always_last", api_visibility="private",
     ).then(**top)
     export.click(exports_if_image, io_maps["inputs"], files, concurrency_id=WORK, api_visibility="private")
+    int_io = dict(inputs=[model, image, layer, int_channels, int_mode, int_factor, weights, int_later],
+                  outputs=[int_before, int_after, int_table, int_maps_before, int_maps_after, int_caption], **HEAVY)
+    api_only.click(intervene, **int_io, api_name="intervene")
+    int_go.click(intervene_in_page, **int_io, api_visibility="private")
+    imp_io = dict(inputs=[model, image, layer, imp_target, weights], outputs=[imp_caption, imp_plot, imp_table], **HEAVY)
+    api_only.click(channel_importance, **imp_io, api_name="channel_importance")
+    imp_go.click(importance_in_page, **imp_io, api_visibility="private")
+    imp_table.select(clicked_row, [model, image, layer, weights, opacity, colormap], clicked, concurrency_id=WORK,
+                     api_visibility="private").then(**top)
+    picked.change(follow_channel, picked, int_channels, queue=False, api_visibility="private")
+
     return FeatureMapsTab(show, io_page, layer, photo, picked, [layer, picked])

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.e2e
 
 DOCUMENTED = {"/architecture", "/filters", "/feature_maps", "/channel", "/layer_stats", "/activations", "/channel_visualization",
               "/attribution", "/projection", "/guided_gradcam", "/compare", "/load_checkpoint", "/atlas", "/atlas_job",
-              "/dataset_examples", "/collection_table",
+              "/dataset_examples", "/collection_table", "/intervene", "/channel_importance",
               "/explanation_quality"}
 
 

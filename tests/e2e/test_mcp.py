@@ -18,7 +18,7 @@ pytestmark = pytest.mark.e2e
 
 PUBLIC = {"architecture", "filters", "feature_maps", "channel", "layer_stats", "activations", "channel_visualization", "attribution",
           "projection", "guided_gradcam", "compare", "load_checkpoint", "atlas", "atlas_job", "dataset_examples", "collection_table",
-          "explanation_quality"}
+          "intervene", "channel_importance", "explanation_quality"}
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,7 @@ def test_the_endpoint_serves_the_librarys_scores(raw):
 
 @pytest.mark.parametrize(("data", "words"), [
     ([MODEL, {"path": COFFEE}, "", "", "pretrained", ["nope"]], "nope"),
-    ([MODEL, {"path": COFFEE}, "", "", "pretrained", []], "at least one"),
+    ([MODEL, {"path": COFFEE}, "", "", "pretrained", ["rollout"]], "vision transformer"),  # an attention method for a CNN
     ([MODEL, {"path": COFFEE}, "", "", "pretrained", 5], ""),
     ([MODEL, {"path": COFFEE}, "", "", "pretrained", ["gradcam"] * 100_000], ""),
     ([MODEL, {"path": COFFEE}, "espreso", "", "pretrained", ["gradcam"]], "espresso"),
