@@ -437,7 +437,7 @@ def build(state: PageState) -> AttributionTab:
             opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Opacity of the map over the picture", elem_id="attr-opacity")
         with gr.Column(scale=2, min_width=320):
             caption = gr.Markdown(NO_IMAGE, elem_id="attr-caption")
-            overlay = gr.Image(label="Class activation map", type="filepath", interactive=False, height=420,
+            overlay = gr.Image(label="The map over the picture the model saw", type="filepath", interactive=False, height=420,
                                buttons=["download", "fullscreen"], elem_id="attr-overlay")
             explained = gr.Label(label="Class explained", elem_id="attr-class")
             npy = gr.File(label="Raw map (.npy, float32, the target layer's height × width; for a ViT's attention methods, its patch grid)", elem_id="attr-npy")
