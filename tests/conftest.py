@@ -21,3 +21,13 @@ def _offline(monkeypatch):
 @pytest.fixture
 def coffee() -> Path:
     return EXAMPLES / "coffee.png"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _modules_forgotten():
+    """Modules a test file gives the library (``from_module``) are forgotten after it: the first one given
+    is the app's startup model, so one left behind would open every later test's app on it."""
+    yield
+    from cnnviz import loading
+
+    loading.clear_modules()

@@ -13,7 +13,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from .conftest import EXAMPLES
-from .test_browser import open_app, open_tab, wait_image, wait_text
+from .test_browser import choose_layer, open_app, open_tab, type_model_name, wait_image, wait_text
 from .test_public_link import assert_sentence, assert_served
 
 pytestmark = pytest.mark.e2e
@@ -21,6 +21,7 @@ pytestmark = pytest.mark.e2e
 MODEL = "timm/tf_efficientnet_lite0"  # the bundled pretrained weights: the same numbers in both processes
 LAYER = "blocks.5.0.conv_pwl"  # 192×7×7
 COFFEE = str(EXAMPLES / "coffee.png")
+VIT = "timm/vit_tiny_patch16_224"  # random weights offline
 
 
 def test_intervene_matches_the_library(raw):
@@ -111,4 +112,17 @@ def test_intervene_and_rank_channels_in_the_page(browser_page: Page, app_url, li
     shot("ranked")
     page.locator('#importance-table [data-testid="cell-0-0"]').click()
     wait_text(page, "#channel-caption", startswith=f"Channel {best} of 32 in conv_stem")
+
+    # A vision transformer's patch tokens (random weights, seeded by the name: the same in both processes)
+    type_model_name(page, VIT)
+    wait_text(page, "#maps-caption", startswith="patch_embed")
+    choose_layer(page, "blocks.5", cnnviz.feature_maps(VIT, COFFEE, "blocks.5").layer.label)
+    wait_text(page, "#maps-caption", startswith="blocks.5")
+    page.locator("#intervene-channels textarea").fill("top-8")
+    page.locator("#intervene-mode").get_by_text("zero (ablate)").click()
+    page.locator("#intervene-run").click()
+    truth = cnnviz.intervene(VIT, COFFEE, "blocks.5", "top-8", mode="zero")
+    wait_text(page, "#intervene-caption", startswith=f"Channels {', '.join(map(str, truth.channels))} of blocks.5 set to zero")
+    expect(page.locator("#intervene-after")).to_contain_text(truth.top5_after[0].label)
+    shot("intervened-vit")
     assert not page.problems.page_errors

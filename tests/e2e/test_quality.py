@@ -7,7 +7,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from .conftest import ARTIFACTS, EXAMPLES
-from .test_browser import open_app, open_tab, wait_image, wait_text
+from .test_browser import open_app, open_tab, type_model_name, wait_image, wait_text
 from .test_public_link import assert_sentence, assert_served
 
 pytestmark = pytest.mark.e2e
@@ -85,3 +85,12 @@ def test_which_map_to_trust_in_the_browser(browser_page: Page, start, shot):
     assert "SSIM" in numbers and "Random weights, as chosen" in numbers
     assert "trust" in numbers  # what a high value means
     shot("sanity-check-numbers")
+
+    type_model_name(page, "timm/vit_tiny_patch16_224")  # a ViT: no method picked scores its attention methods
+    wait_text(page, "#attr-caption", contains="Attention rollout for")
+    page.locator("#attr-quality-button").click()
+    caption = wait_text(page, "#attr-quality-caption", contains="from its attention", timeout=400_000)
+    assert "2 maps" in caption and "Random weights" in caption
+    expect(table).to_contain_text("Attention rollout")
+    expect(table).to_contain_text("Gradient-weighted rollout")
+    shot("which-map-to-trust-vit")
