@@ -27,7 +27,7 @@ from . import vocab
 from .errors import CnnvizError, InvalidOptionError, did_you_mean, quoted
 from .hooks import eval_mode, forward_hooks, interruptible, relus_out_of_place
 from .layers import LayerInfo, get_layer, list_layers
-from .rollout import TokenMap, vit_layout
+from .rollout import TokenMap, class_scores, vit_layout
 
 if TYPE_CHECKING:
     from .loading import LoadedModel
@@ -297,13 +297,7 @@ def legrad(loaded: LoadedModel, x: torch.Tensor, target_class: int | None = None
     with loaded.lock, eval_mode(model), interruptible(model), gradients_on():
         with LeGrad(model, blocks, prefix_tokens=layout.prefix, grid_shape=layout.grid) as extractor:
             scores = model(x)
-            if not isinstance(scores, torch.Tensor) or scores.ndim != 2:
-                raise CnnvizError(f"{loaded.spec.display} does not output class scores, so there is no class to explain.")
-            n, top = scores.shape[1], int(scores[0].argmax())
-            chosen = top if target_class is None else int(target_class)
-            if not 0 <= chosen < n:
-                raise InvalidOptionError(f"Class index {chosen} is out of range: {loaded.spec.display} has classes 0 to {n - 1}.")
-            probability = float(torch.softmax(scores[0].detach().float(), 0)[chosen])
+            chosen, top, probability = class_scores(loaded, scores, target_class)
             cam = extractor(chosen, normalized=False)[0][0]
     return TokenMap(torch.nan_to_num(cam.detach().float().cpu()), chosen, probability, top, "legrad",
                     scores.detach().float().cpu(), layout)

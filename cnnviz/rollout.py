@@ -222,7 +222,9 @@ def patch_map(relevance: torch.Tensor, layout: VitLayout) -> torch.Tensor:
     return rows.mean(0)[layout.prefix:].reshape(layout.grid)
 
 
-def _scores(loaded: LoadedModel, scores, target_class: int | None) -> tuple[int, int, float]:
+def class_scores(loaded: LoadedModel, scores, target_class: int | None) -> tuple[int, int, float]:
+    """(the class explained, the top class, its probability) from a pass's ``scores`` ``Tensor[1,N]``;
+    ``target_class`` None: the top class. Refuses a model without class scores and a class out of range."""
     if not isinstance(scores, torch.Tensor) or scores.ndim != 2:
         raise CnnvizError(f"{loaded.spec.display} does not output class scores, so there is no class to explain.")
     n, top = scores.shape[1], int(scores[0].argmax())
@@ -257,7 +259,7 @@ def attention_map(loaded: LoadedModel, x: torch.Tensor, method: str = "rollout",
         with torch.enable_grad() if chefer else torch.no_grad():
             inputs = x.detach().clone().requires_grad_(chefer)
             scores = model(inputs)
-            chosen, top, probability = _scores(loaded, scores, target_class)
+            chosen, top, probability = class_scores(loaded, scores, target_class)
             if len(found) != len(layout.attention) or found[0].shape[-1] != layout.tokens:
                 raise CnnvizError(f"{loaded.spec.display} did not show its attention as expected ({len(found)} of "
                                   f"{len(layout.attention)} blocks, {layout.tokens} tokens each), so there is no rollout to draw.")
