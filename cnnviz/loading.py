@@ -337,6 +337,20 @@ def _over_the_cap(count: int) -> str:
             "(set CNNVIZ_MAX_PARAMS to change that).")
 
 
+def _built_with_autograd(fn):
+    """``fn`` run outside a caller's ``torch.inference_mode()``: a model built inside one would hold
+    inference tensors as parameters, and once cached it would fail every later view that needs gradients
+    (attribution, feature visualisation) with a torch error about inference tensors."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with torch.inference_mode(False):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@_built_with_autograd
 def load_model(
     name: str | LoadedModel, weights: str = "pretrained", device: str | torch.device | None = None
 ) -> LoadedModel:
@@ -591,6 +605,7 @@ def _load_upload(name: str, choice: str, device: torch.device) -> LoadedModel:
     return _CACHE.get((name, choice, str(device)), build)
 
 
+@_built_with_autograd
 def load_checkpoint(
     model: str,
     path: str | os.PathLike,

@@ -73,9 +73,16 @@ def test_the_shared_model_comes_out_unchanged_also_when_it_raises():
 
 
 def test_works_under_inference_mode_and_no_grad():
+    """Also when the model is first built inside the caller's inference mode (it is then cached): its
+    parameters must not be inference tensors, or every later gradient view of it fails."""
+    loading.clear_cache()
     with torch.inference_mode(), torch.no_grad():
         view = explore.channel_visualization("resnet18", "layer1", 0, steps=2, weights="random", seed=5)
     assert np.isfinite(view.activation)
+    model = load_model("resnet18", "random").model
+    assert not any(p.is_inference() for p in model.parameters())
+    again = explore.channel_visualization("resnet18", "layer1", 0, steps=2, weights="random", seed=5)
+    np.testing.assert_array_equal(again.image, view.image)
 
 
 @pytest.mark.slow
