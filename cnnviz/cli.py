@@ -153,6 +153,7 @@ def serve_command(args: argparse.Namespace) -> None:
     """Start the server as the flags say and serve until SIGINT/SIGTERM (then tidy up and exit)."""
     logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("cnnviz").setLevel(logging.INFO)
+    _check_port(args.host, args.port)  # before ~10 s of imports: a taken port is said at once
     import torch
 
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -182,11 +183,34 @@ def serve_command(args: argparse.Namespace) -> None:
 
     try:
         running.append(launch(args.host, args.port, args.share, mcp=True if args.mcp else None))
-    except OSError as e:
+    except OSError as e:  # taken since _check_port looked
         shutil.rmtree(folder, ignore_errors=True)
-        raise SystemExit(f"Cannot serve on {args.host}:{args.port} ({str(e).split('. ')[0]}); "
-                         "is another server using that port? Choose one with --port.") from None
+        raise SystemExit(_cannot_serve(args.host, args.port, e)) from None
     server.wait_forever()
+
+
+def _cannot_serve(host: str, port: int, error: OSError) -> str:
+    return (f"Cannot serve on {host}:{port} ({str(error).split('. ')[0]}); is another server using that port? "
+            "Choose one with --port.")
+
+
+def _check_port(host: str, port: int) -> None:
+    """Exit with :func:`_cannot_serve`'s sentence when ``host:port`` is already taken (bound as uvicorn binds it,
+    with ``SO_REUSEADDR``). A host that does not resolve is left to the launch, which says why."""
+    import errno
+    import socket
+
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except (OSError, UnicodeError):
+        return
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise SystemExit(_cannot_serve(host, port, e)) from None
 
 
 def atlas_command(args: argparse.Namespace) -> None:

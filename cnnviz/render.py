@@ -61,7 +61,8 @@ def to_unit(a: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     unit = np.multiply(a, np.float32(0.5), dtype=np.float32)
     unit -= lo_half
     unit /= np.maximum(hi_half - lo_half, np.float32(EPS / 2))
-    return np.nan_to_num(np.clip(unit, 0.0, 1.0, out=unit), copy=False, nan=0.0)
+    # fmax/fmin (not clip) take the number over a NaN: NaN goes to 0, and ±inf is clipped, in two passes
+    return np.fmin(np.fmax(unit, np.float32(0.0), out=unit), np.float32(1.0), out=unit)
 
 
 def minmax(a: np.ndarray, axes: tuple[int, ...] | None = None) -> np.ndarray:
@@ -130,7 +131,7 @@ def resize_tiles(images: np.ndarray, size: int) -> np.ndarray:
     longest = max(h, w)
     if size >= longest:
         factor = max(1, size // longest)
-        return images.repeat(factor, axis=1).repeat(factor, axis=2)
+        return images if factor == 1 else images.repeat(factor, axis=1).repeat(factor, axis=2)
     step = math.ceil(longest / max(size, 1))
     step_h, step_w = min(step, h), min(step, w)
     hh, ww = (h // step_h) * step_h, (w // step_w) * step_w  # drop the last partial block
@@ -189,7 +190,9 @@ def scale_maps(
         unit = to_unit(a, lo, hi)
     if normalise == "channel" and not centred:
         spread = np.float32(0.5) * hi - np.float32(0.5) * lo  # halves: the range itself may overflow float32
-        unit = np.where(spread > np.float32(EPS / 2) * np.maximum(np.abs(hi), 1.0), unit, np.float32(0.5))
+        flat = ~(spread > np.float32(EPS / 2) * np.maximum(np.abs(hi), 1.0)).reshape(-1)
+        if flat.any():
+            unit[flat] = np.float32(0.5)
     return unit.astype(np.float32, copy=False)
 
 

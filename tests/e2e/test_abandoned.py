@@ -1,8 +1,9 @@
 """A public link one visitor cannot take down: work nobody waits for stops, a long request cannot starve
 the cheap views, every refusal is one log line, and what a visitor sends is echoed as text only.
 
-Each test here starts its own ``python app.py`` (it fills the queue or reads the server's log): the
-``start`` fixture."""
+A test that stops its server or sets a short deadline starts its own ``python app.py`` (the ``start``
+fixture); the two abandoned heavy calls share one server with a long deadline (``long_app``), and the rest
+use the session's shared server, reading only what its log gained during the test."""
 from __future__ import annotations
 
 import json
@@ -12,8 +13,8 @@ import time
 import httpx
 import pytest
 
-from .conftest import EXAMPLES, Raw
-from .test_lifecycle import _dependency, _join, _wait_for_any_log
+from .conftest import EXAMPLES, App, Raw
+from .test_lifecycle import LogSince, _dependency, _join, _wait_for_any_log
 from .test_public_link import assert_sentence, maps_args
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -28,23 +29,32 @@ def scorecam_args(image: dict) -> list:
     return ["resnet18", image, "scorecam", "", "layer4", "random", 0.5]  # 512 masked copies of the photo
 
 
-def test_a_call_whose_result_nobody_fetches_stops_and_frees_its_lane(start):
-    app = start(env=LONG).serving()
-    raw = Raw(app.url)
+@pytest.fixture(scope="module")
+def long_app(tmp_path_factory):
+    """One server with a long deadline for the tests whose heavy call is abandoned (each ends with the
+    lane free again: the abandoned call stopped)."""
+    app = App(tmp_path_factory.mktemp("long-app"), env=LONG).serving()
+    yield app
+    app.stop()
+
+
+def test_a_call_whose_result_nobody_fetches_stops_and_frees_its_lane(long_app):
+    log = LogSince(long_app)
+    raw = Raw(long_app.url)
     response = raw.post("channel_visualization", {"data": LONG_VISUALIZATION})  # its result is never fetched
     assert response.status_code == 200, response.text
-    _wait_for_any_log(app, ["channel_visualization stopped mid-pass: gone"], timeout=90)
+    _wait_for_any_log(log, ["channel_visualization stopped mid-pass: gone"], timeout=90)
     status, outputs = raw.call("channel_visualization", ["resnet18", "layer4", 0, 4, "random", 0])
     assert status == "complete", outputs  # the heavy lane is free again
 
 
-def test_a_call_whose_stream_the_client_closes_stops(start):
-    app = start(env=LONG).serving()
-    raw = Raw(app.url)
+def test_a_call_whose_stream_the_client_closes_stops(long_app):
+    log = LogSince(long_app)
+    raw = Raw(long_app.url)
     event_id = raw.post("channel_visualization", {"data": LONG_VISUALIZATION}).json()["event_id"]
     with raw.http.stream("GET", f"{raw.url}/gradio_api/call/channel_visualization/{event_id}"):
         time.sleep(3)  # reading, then hanging up mid-request
-    _wait_for_any_log(app, ["channel_visualization stopped mid-pass: gone"], timeout=90)
+    _wait_for_any_log(log, ["channel_visualization stopped mid-pass: gone"], timeout=90)
 
 
 def test_cheap_views_answer_while_heavy_requests_run(start):
@@ -78,10 +88,9 @@ def test_cheap_views_answer_while_heavy_requests_run(start):
     assert answered < min((t for t, _ in finished.values()), default=float("inf"))
 
 
-def test_every_refusal_is_one_log_line_and_a_sentence(start):
-    app = start().serving()
-    raw = Raw(app.url)
-    before = len(app.output())
+def test_every_refusal_is_one_log_line_and_a_sentence(server):
+    log = LogSince(server)
+    raw = Raw(server.url)
     refusals = [
         ("feature_maps", maps_args({"path": "/etc/passwd"})),
         ("feature_maps", maps_args({"url": "data:image/png;base64,AAAA"})),
@@ -91,7 +100,7 @@ def test_every_refusal_is_one_log_line_and_a_sentence(start):
     for name, args in refusals:
         assert_sentence(raw.call(name, args))
     time.sleep(1)
-    logged = app.output()[before:]
+    logged = log.output()
     assert "Traceback" not in logged, logged[-3000:]
     lines = [line for line in logged.splitlines() if "refused" in line]
     assert len(lines) == len(refusals), logged[-3000:]
@@ -100,16 +109,15 @@ def test_every_refusal_is_one_log_line_and_a_sentence(start):
 
 @pytest.mark.parametrize("frame", [{"path": "/etc/hosts"}, {"path": "/etc/hosts", "meta": {"_type": "gradio.FileData"}}],
                          ids=["meta-less", "with-meta"])
-def test_a_webcam_frame_naming_a_server_file_gets_the_sentence(start, frame):
-    app = start().serving()
+def test_a_webcam_frame_naming_a_server_file_gets_the_sentence(app_url, frame):
     with httpx.Client(timeout=60) as http:
-        config = http.get(f"{app.url}config").json()
+        config = http.get(f"{app_url}config").json()
         stream = _dependency(config, trigger=("webcam-input", "stream"))
-        session = "webcam-hostile"
-        _join(http, app.url, stream, ["resnet18", frame, "conv1", "random", "first", 8, "gray",
+        session = f"webcam-hostile-{len(frame)}"
+        _join(http, app_url, stream, ["resnet18", frame, "conv1", "random", "first", 8, "gray",
                                       "channel"], session)
         message = None
-        with http.stream("GET", f"{app.url}gradio_api/queue/data", params={"session_hash": session}) as events:
+        with http.stream("GET", f"{app_url}gradio_api/queue/data", params={"session_hash": session}) as events:
             for line in events.iter_lines():
                 if line.startswith("data: ") and "process_completed" in line:
                     message = json.loads(line[6:])
@@ -118,12 +126,11 @@ def test_a_webcam_frame_naming_a_server_file_gets_the_sentence(start, frame):
     assert_sentence(("error", message["output"].get("error")), "webcam")
 
 
-def test_a_link_value_with_html_shows_as_text(start, chromium):
+def test_a_link_value_with_html_shows_as_text(app_url, chromium):
     """``?view=<a href=…>`` in a link: the warning toast shows the characters, and no link element."""
-    app = start().serving()
     page = chromium.new_page()
     try:
-        page.goto(f"{app.url}?tab=compare&view=<a href=https://evil.example/login>log in</a>", timeout=120_000)
+        page.goto(f"{app_url}?tab=compare&view=<a href=https://evil.example/login>log in</a>", timeout=120_000)
         page.wait_for_function("() => document.querySelectorAll('.toast-body.warning').length >= 1", timeout=120_000)
         toast = page.locator(".toast-body.warning").first
         assert "<a href=https://evil.example/login>" in toast.inner_text()

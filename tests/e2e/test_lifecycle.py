@@ -95,16 +95,17 @@ def _wait_for_any_log(app: App | LogSince, texts: list[str], timeout: float = 90
 
 
 class LogSince:
-    """What the shared server logs from now on (earlier tests' lines are not this test's)."""
+    """What a shared server (the session's, or a module's :class:`App`) logs from now on (earlier tests'
+    lines are not this test's)."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Server | App) -> None:
         if server.log is None:
             pytest.skip("needs the server's log (an external server from CNNVIZ_E2E_URL has none here)")
-        self.server = server
-        self.start = len(server.log_text())
+        self.text = server.log_text if isinstance(server, Server) else server.output
+        self.start = len(self.text())
 
     def output(self) -> str:
-        return self.server.log_text()[self.start:]
+        return self.text()[self.start:]
 
 
 def test_work_whose_client_is_gone_stops(server):
