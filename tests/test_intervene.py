@@ -385,3 +385,23 @@ def test_a_model_without_class_scores_gets_a_sentence():
         intervene(maps_only, _input(maps_only), get_layer(maps_only, "0"), [1], "zero")
     with pytest.raises(CnnvizError, match="does not output class scores"):
         channel_importance(maps_only, _input(maps_only), get_layer(maps_only, "0"))
+
+
+def test_importance_counts_its_passes_as_it_makes_them():
+    """The page's progress: one call per forward pass, as it starts, against the passes expected. The first
+    run at a layer expects one more (the check of the batched tail); where the check fails (a concatenation
+    after the layer), the first batch runs again and the total grows to the passes made."""
+    torch.manual_seed(2)
+    sequential = from_module(nn.Sequential(nn.Conv2d(3, 40, 3, stride=4), nn.ReLU(), nn.Conv2d(40, 6, 3), nn.Flatten(),
+                                           nn.Linear(6 * 14 * 14, 5)), input_size=(3, 64, 64), name="test-intervene-progress")
+    concatenated = from_module(Concat(), input_size=(3, 64, 64), name="test-intervene-progress-cat")
+    for loaded, layer, fast in ((sequential, "0", True), (concatenated, "b", False)):  # Concat's `b`: concatenated after
+        info = get_layer(loaded, layer)
+        for first in (True, False):
+            calls: list[tuple[int, int]] = []
+            view = explore.channel_importance(loaded, COFFEE, info.name, progress=lambda done, total, calls=calls: calls.append((done, total)))
+            assert view.fast is fast
+            assert [done for done, _ in calls] == list(range(1, view.passes + 1))
+            expected = 1 + -(-info.shape[0] // view.batch) + first
+            assert [total for _, total in calls] == [max(expected, done) for done in range(1, view.passes + 1)]
+            assert view.passes == expected + (first and not fast)

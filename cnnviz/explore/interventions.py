@@ -2,15 +2,17 @@
 channels of a layer matter for a class (each zeroed in turn)."""
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .. import budget, layers, preprocess, render, vocab
+from .. import budget, cancel, layers, preprocess, render, vocab
 from ..activations import Prediction, top_k
 from ..attribution import class_index, label_of, resolve_layer  # (the package's `attribution` is the view function)
-from ..intervene import MAX_FACTOR, check_factor
+from ..intervene import MAX_FACTOR, check_factor, fast_path_ok
 from ..intervene import channel_importance as importance_passes
 from ..intervene import intervene as intervention_passes
 from ..loading import LoadedModel, load_model
@@ -142,9 +144,11 @@ class ChannelImportanceView:
 
 def channel_importance(
     model: str | LoadedModel, image, layer: str, *, target: str | int | None = None, weights: str = "pretrained",
+    progress: Callable[[int, int], None] | None = None,
 ) -> ChannelImportanceView:
     """Zero each channel of ``layer`` in turn (many per pass) and rank the channels by how far the score
     (logit) of ``target`` drops: a class index or label; None or empty: the model's top class.
+    ``progress(done, total)`` is called as each forward pass starts (``total``: the passes expected).
 
     Raises:
         InvalidOptionError: an unknown class, or a layer whose channels would not fit one request's budget
@@ -160,7 +164,8 @@ def channel_importance(
     wanted = class_index(loaded, target)
     batch = budget.check_importance(loaded, info)  # before any pass: refuses what would not fit, sizes the batches
     x = preprocess.model_input(loaded, image).x
-    found = importance_passes(loaded, x, info, wanted, batch)
+    with _counted(importance_passes_expected(loaded, info, batch), progress):
+        found = importance_passes(loaded, x, info, wanted, batch)
     drops = found.drops.numpy().astype(np.float32)
     ranking = np.argsort(-drops, kind="stable")
     logit = float(found.logits_before[found.class_index])
@@ -168,3 +173,24 @@ def channel_importance(
     return ChannelImportanceView(drops, ranking, found.class_index, label_of(loaded, found.class_index), logit,
                                  probability, label_of(loaded, found.top_class), info, found.batch, found.passes,
                                  found.fast, loaded.weights)
+
+
+def importance_passes_expected(loaded: LoadedModel, info: layers.LayerInfo, batch: int) -> int:
+    """The passes :func:`cnnviz.intervene.channel_importance` makes: one as is, one per ``batch`` channels,
+    and, the first time for this model and layer, one whole copy that checks the batched tail (when the
+    check fails, the first batch runs again as whole copies: one more)."""
+    return 1 + -(-info.shape[0] // batch) + (fast_path_ok(loaded, info) is None)
+
+
+def _counted(total: int, progress: Callable[[int, int], None] | None):
+    """Within the block, ``progress(done, total)`` as each watched forward pass starts (``total`` grows
+    if more passes come than expected)."""
+    if progress is None:
+        return nullcontext()
+    done = [0]
+
+    def tick() -> None:
+        done[0] += 1
+        progress(done[0], max(total, done[0]))
+
+    return cancel.on_each_pass(tick)

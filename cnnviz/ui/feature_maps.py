@@ -417,7 +417,12 @@ def channel_importance(model: str, image: str, layer: str, target: str = "", wei
         target: the class, as an index ("281") or a label ("tabby"); empty: the model's top class.
         weights: "pretrained" or "random".
     """
-    view = explore.channel_importance(model, image, layer or "", target=target or None, weights=weights)
+    return _importance(model, image, layer, target, weights)
+
+
+def _importance(model, image, layer, target, weights, progress=None):
+    """:func:`channel_importance`'s outputs; ``progress(done, total)`` as each pass starts."""
+    view = explore.channel_importance(model, image, layer or "", target=target or None, weights=weights, progress=progress)
     count = len(view.drops)
     table = pd.DataFrame({"channel": view.ranking, "drop": view.drops[view.ranking].astype(np.float64).round(5),
                           "rank": np.arange(1, count + 1)})
@@ -433,10 +438,15 @@ def channel_importance(model: str, image: str, layer: str, target: str = "", wei
 
 
 @user_errors
-def importance_in_page(model, image, layer, target, weights):
+def importance_in_page(model, image, layer, target, weights, progress=gr.Progress()):
+    """The page's ranking, its passes counted on the plot as they are made."""
     if not image:
         return NO_IMAGE, None, None
-    return channel_importance(model, image, layer, target, weights)
+
+    def counted(done: int, total: int) -> None:
+        progress((done, total), desc=f"Zeroing the channels: pass {done} of {total}", unit="passes")
+
+    return _importance(model, image, layer, target, weights, counted)
 
 
 def follow_channel(channel):
@@ -613,7 +623,7 @@ def build(state: PageState, live: Callable | None = None, looks_for: Callable | 
     int_go.click(intervene_in_page, **int_io, api_visibility="private")
     imp_io = dict(inputs=[model, image, layer, imp_target, weights], outputs=[imp_caption, imp_plot, imp_table], **HEAVY)
     api_only.click(channel_importance, **imp_io, api_name="channel_importance")
-    imp_go.click(importance_in_page, **imp_io, api_visibility="private")
+    imp_go.click(importance_in_page, **imp_io, api_visibility="private", show_progress_on=[imp_plot])  # the caption stays readable
     imp_table.select(clicked_row, [model, image, layer, weights, opacity, colormap], clicked, concurrency_id=WORK,
                      api_visibility="private").then(**top)
     picked.change(follow_channel, picked, int_channels, queue=False, api_visibility="private")
