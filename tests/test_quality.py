@@ -264,7 +264,10 @@ def test_sanity_scores_bad_inputs():
 
 @pytest.mark.slow
 def test_explanation_quality_scores_each_method_for_one_class(coffee):
-    view = cnnviz.explanation_quality("resnet18", str(coffee), weights="random", target="tabby")
+    stages: list[tuple[int, int]] = []
+    view = cnnviz.explanation_quality("resnet18", str(coffee), weights="random", target="tabby",
+                                      progress=lambda stage, total: stages.append((stage, total)))
+    assert stages == [(1, 5), (2, 5), (3, 5), (4, 5), (5, 5)]  # each method's map, then the scoring, each as it starts
     assert tuple(view.scores) == cnnviz.explore.DEFAULT_QUALITY_METHODS == ("gradcam", "gradcampp", "layercam", "guided_gradcam")
     assert view.class_index == 281 and view.label == "tabby" and not view.weights.pretrained
     assert sorted(view.ranking) == sorted(view.scores) and view.steps == 20

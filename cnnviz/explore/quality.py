@@ -3,7 +3,7 @@ Average Drop, Increase in Confidence), and the sanity check's scores (the traine
 method with random weights)."""
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -153,7 +153,7 @@ def _check(loaded: LoadedModel, info: LayerInfo, asked: tuple[str, ...], steps: 
 
 def explanation_quality(model: str | LoadedModel, image, *, target: str | int | None = None,
                         methods: Sequence[str] | str | None = None, weights: str = "pretrained", layer: str = "",
-                        steps: int = QUALITY_STEPS) -> QualityView:
+                        steps: int = QUALITY_STEPS, progress: Callable[[int, int], None] | None = None) -> QualityView:
     """Deletion and insertion AUCs (Petsiuk et al. 2018), Average Drop and Increase in Confidence
     (Chattopadhay et al. 2018) of each method's map of ``image`` for ``target`` (a class index or label;
     None: the model's top class), with the curves, and the methods ranked (definitions:
@@ -162,6 +162,7 @@ def explanation_quality(model: str | LoadedModel, image, *, target: str | int | 
     rollout and gradient-weighted rollout, LeGrad too where it applies); the masking methods (a pass per
     channel) only when asked. ``layer``: the CAMs' target layer (empty: the last map before pooling;
     unused by the attention methods). The whole request is checked against the budget before it starts.
+    ``progress(stage, stages)`` is called as each stage starts: each method's map, then the scoring of them all.
 
     Raises:
         InvalidOptionError: an unknown method or class, steps outside 2–200, or a request that would not
@@ -183,7 +184,10 @@ def explanation_quality(model: str | LoadedModel, image, *, target: str | int | 
     _check(loaded, info, asked, steps)  # before any pass
     maps: dict[str, torch.Tensor] = {}
     chosen = wanted
-    for m in asked:
+    stages = len(asked) + 1
+    for stage, m in enumerate(asked, 1):
+        if progress is not None:
+            progress(stage, stages)
         if m == GUIDED:
             signal, cam = guided_gradcam(loaded, x, chosen, info)
             maps[m] = signal.abs().sum(0)
@@ -194,6 +198,8 @@ def explanation_quality(model: str | LoadedModel, image, *, target: str | int | 
             cam = class_activation_map(loaded, x, m, chosen, info, budget.check_cam(loaded, info, m))
             maps[m] = cam.map
         chosen = cam.class_index  # every later map explains the first one's class (the top class when none was named)
+    if progress is not None:
+        progress(stages, stages)
     scored = quality.score_maps(loaded, x, maps, chosen, steps)
     probability = float(torch.softmax(cam.logits[0], 0)[chosen])
     scores = {m: MethodScores(m, QUALITY_NAMES[m], s.deletion, s.insertion, s.average_drop, s.increase_in_confidence,

@@ -238,15 +238,26 @@ def explanation_quality(model: str, image: str, target: str = "", layer: str = "
             "iscam" (the last three slow), "rollout", "chefer", "legrad" (vision transformers), "guided_gradcam"; empty: Grad-CAM,
             Grad-CAM++, LayerCAM and Guided Grad-CAM, or for a vision transformer its attention methods.
     """
-    view = explore.explanation_quality(model, image, target=target or None, methods=methods, weights=weights, layer=layer or "")
+    return _quality(model, image, target, layer, weights, methods)
+
+
+def _quality(model, image, target, layer, weights, methods, progress=None):
+    view = explore.explanation_quality(model, image, target=target or None, methods=methods, weights=weights, layer=layer or "",
+                                       progress=progress)
     return _quality_outputs(view)
 
 
 @in_page(outputs=4, caption=3)
-def show_quality(model, image, target, layer, weights, methods):
+def show_quality(model, image, target, layer, weights, methods, progress=gr.Progress()):
+    """The page's scores, each stage (a method's map, then the scoring of them all) counted on the table."""
     if not image:
         return None, None, None, NO_IMAGE
-    return explanation_quality(model, image, target, layer, weights, methods)
+
+    def counted(stage: int, stages: int) -> None:
+        what = f"map {stage} of {stages - 1}" if stage < stages else "deleting and inserting pixels"
+        progress((stage - 1, stages), desc=f"Which map to trust: {what}", unit="stages done")  # the bar: what is done
+
+    return _quality(model, image, target, layer, weights, methods, counted)
 
 
 # What each page (by session) asked of its class activation map last, and when: a run for an older
@@ -488,7 +499,8 @@ def build(state: PageState) -> AttributionTab:
     quality_inputs = [model, image, target, layer, weights, quality_methods]
     quality_outputs = [quality_table, deletion_plot, insertion_plot, quality_caption]
     api_only.click(explanation_quality, quality_inputs, quality_outputs, **HEAVY, api_name="explanation_quality")
-    quality_go.click(show_quality, quality_inputs, quality_outputs, **HEAVY, api_visibility="private")
+    quality_go.click(show_quality, quality_inputs, quality_outputs, **HEAVY, api_visibility="private",
+                     show_progress_on=[quality_table])  # the caption stays readable
     guided_go.click(show_guided, [model, image, target, layer, weights], [guided, guided_caption],
                     **HEAVY, api_visibility="private")
     # A new question goes to cam_asked at once (light lane; it stops a map still running for an older one), then

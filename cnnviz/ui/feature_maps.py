@@ -444,7 +444,7 @@ def importance_in_page(model, image, layer, target, weights, progress=gr.Progres
         return NO_IMAGE, None, None
 
     def counted(done: int, total: int) -> None:
-        progress((done, total), desc=f"Zeroing the channels: pass {done} of {total}", unit="passes")
+        progress((done - 1, total), desc=f"Zeroing the channels: pass {done} of {total}", unit="passes done")  # the bar: what is done
 
     return _importance(model, image, layer, target, weights, counted)
 
