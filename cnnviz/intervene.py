@@ -28,7 +28,7 @@ import torch
 
 from . import vocab
 from .errors import CnnvizError, InvalidOptionError, quoted
-from .hooks import eval_mode, interruptible
+from .hooks import eval_mode, forward_hooks, interruptible
 from .layers import LayerInfo
 
 if TYPE_CHECKING:
@@ -261,8 +261,13 @@ def intervene(loaded: LoadedModel, x: torch.Tensor, layer: LayerInfo, channels: 
     with _passes(loaded) as model:
         before_maps: list = []
         later_maps: list = []
-        watch = [(layer.name, module)] + ([(later.name, modules[later.name])] if later is not None else [])
-        with _captured(module, before_maps), _order(watch, order), \
+        watched = [layer.name] + ([later.name] if later is not None else [])
+
+        def first_output(name: str, _inputs, _output) -> None:  # which of the two makes its first output first
+            if name not in order:
+                order.append(name)
+
+        with _captured(module, before_maps), forward_hooks(model, watched, first_output), \
                 (_captured(modules[later.name], later_maps) if later is not None else _nothing()):
             logits_before = _scores(loaded, model(x), 1)[0]
         if not before_maps:
@@ -284,23 +289,6 @@ def intervene(loaded: LoadedModel, x: torch.Tensor, layer: LayerInfo, channels: 
 @contextmanager
 def _nothing() -> Iterator[None]:
     yield
-
-
-@contextmanager
-def _order(watched: Sequence[tuple[str, torch.nn.Module]], order: list[str]) -> Iterator[None]:
-    """``order`` gets each watched module's name when its first output of the pass is made."""
-    owner = threading.get_ident()
-    handles = []
-    for name, module in watched:
-        def hook(_m, _i, _o, name=name):
-            if threading.get_ident() == owner and name not in order:
-                order.append(name)
-        handles.append(module.register_forward_hook(hook))
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 # --- channel importance ---------------------------------------------------------------------------
