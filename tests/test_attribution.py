@@ -100,6 +100,7 @@ def tiny_net() -> torch.nn.Module:
     )
 
 
+@pytest.mark.slow  # several seconds: the full run has it, the inner loop need not
 def test_tiny_net_every_method_and_model_unchanged():
     loaded = load_model("alexnet", "random")
     model = loaded.model

@@ -67,6 +67,7 @@ def _help(*command: str) -> str:
     return done.stdout
 
 
+@pytest.mark.slow  # several seconds: the full run has it, the inner loop need not
 def test_help_of_app_py_and_of_the_command_agree():
     """``python app.py --help`` and ``python -m cnnviz serve --help`` (the console script's very function)
     say the same but for the program's name; ``cnnviz --help`` lists the serve command."""

@@ -42,6 +42,7 @@ def test_a_collection_is_a_name_never_a_path(faces, name):
         assert "collection" in text.lower() and "/etc" not in text.replace(repr(name), "")
 
 
+@pytest.mark.slow  # several seconds: the full run has it, the inner loop need not
 def test_atlas_then_table_and_examples(faces):
     before = collection.view_page("resnet18", "random", "faces", "layer4", 0, 3, "top")
     assert before[0].startswith("ℹ️ No atlas of `layer4`") and str(faces) not in before[0]  # a hint that names no path

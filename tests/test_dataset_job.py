@@ -161,6 +161,7 @@ cnnviz.atlas("resnet18", sys.argv[1], layers=["layer1", "layer4"], weights="rand
 """
 
 
+@pytest.mark.slow  # several seconds: the full run has it, the inner loop need not
 def test_a_job_killed_mid_pass_resumes_from_its_last_checkpoint(collection, tmp_path):
     store = tmp_path / "store"
     job = subprocess.Popen([sys.executable, "-c", KILLABLE, str(collection), str(store)], cwd=Path(__file__).parents[1])
@@ -189,6 +190,7 @@ def test_a_job_killed_mid_pass_resumes_from_its_last_checkpoint(collection, tmp_
     _same_examples(collection, store, tmp_path / "fresh")
 
 
+@pytest.mark.slow  # several seconds: the full run has it, the inner loop need not
 def test_the_cli_runs_the_atlas_and_prints_its_report(collection, tmp_path):
     done = subprocess.run([sys.executable, "-m", "cnnviz", "atlas", "--model", MODEL, "--weights", "random", "--data", str(collection),
                            "--layers", "layer4", "--k", "3", "--data-dir", str(tmp_path), "--workers", "0"],

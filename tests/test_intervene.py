@@ -216,6 +216,7 @@ def reference_drops(loaded, layer: str, layout: str, prefix: int, x: torch.Tenso
         for c in channels])
 
 
+@pytest.mark.slow  # several seconds: the full run has it, the inner loop need not
 def test_importance_equals_single_ablations_resnet():
     loaded = load_model("resnet18", "random")
     info = get_layer(loaded, "layer1.0.conv1")
@@ -240,6 +241,7 @@ def test_importance_channels_last_and_tokens(channels_last):
     assert found.fast and torch.allclose(found.drops[some], expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow  # several seconds: the full run has it, the inner loop need not
 def test_fast_path_equals_whole_copies():
     loaded = load_model("resnet18", "random")
     info = get_layer(loaded, "layer2.1.conv1")  # a residual shortcut made before it is added after it

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from cnnviz import explore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,6 +21,7 @@ def test_the_offline_banner_says_so_once():
     assert opened.model in opened.notice or "opened on" in opened.notice
 
 
+@pytest.mark.slow  # several seconds: the full run has it, the inner loop need not
 def test_help_and_readme_name_the_same_mcp_url():
     said = subprocess.run([sys.executable, "app.py", "--help"], cwd=ROOT, capture_output=True, text=True,
                           check=True).stdout

@@ -223,6 +223,7 @@ def test_names_are_case_insensitive_like_the_libraries():
         registry.get_spec("ResNet5O")
 
 
+@pytest.mark.slow  # several seconds: the full run has it, the inner loop need not
 def test_random_weights_are_the_same_for_a_name_in_every_process():
     """A ``weights=random`` link shows its recipient the same filters: the weights come from the name alone,
     here and in a fresh interpreter, and building does not disturb the caller's own random stream."""

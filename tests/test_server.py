@@ -338,6 +338,7 @@ def test_output_files_are_refused_when_full_and_nothing_is_deleted(tmp_path, mon
     assert all(Path(p).exists() for p in paths) and len(list((tmp_path / "outputs").iterdir())) == 72
 
 
+@pytest.mark.slow  # several seconds: the full run has it, the inner loop need not
 def test_freed_memory_goes_back_once_per_quiet_spell_never_while_requests_come():
     trims: list[float] = []
     seen: list[str] = []
