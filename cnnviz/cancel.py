@@ -63,6 +63,18 @@ def on_each_pass(callback: Callable[[], None]) -> Iterator[None]:
         _ON_PASS.reset(token)
 
 
+def count_passes(expected: int, progress: Callable[[int, int], None]):
+    """:func:`on_each_pass` with a count: ``progress(done, total)`` as each watched pass starts, ``total`` the
+    passes ``expected`` (or ``done``, when more come than expected)."""
+    done = [0]
+
+    def tick() -> None:
+        done[0] += 1
+        progress(done[0], max(expected, done[0]))
+
+    return on_each_pass(tick)
+
+
 def current_pass_counter() -> Callable[[], None] | None:
     """This thread's (context's) pass callback, set by :func:`on_each_pass`, or None."""
     return _ON_PASS.get()

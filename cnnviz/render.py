@@ -122,7 +122,8 @@ def tile(
 def resize_tiles(images: np.ndarray, size: int) -> np.ndarray:
     """Resize tiles ``[N,h,w,...]`` (any ``h, w >= 1``, square or not) so the longer side is about
     ``size``: nearest-neighbour up by a whole factor (every pixel stays a crisp block), or block-average
-    down by a whole step, where a side shorter than the step is averaged whole into one pixel.
+    down by a whole step, where a side shorter than the step is averaged whole into one pixel. Tiles already
+    at that size come back as they are (``images`` itself, not a copy).
 
     >>> resize_tiles(np.ones((2, 1, 401), np.float32), 100).shape
     (2, 1, 80)

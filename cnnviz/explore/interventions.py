@@ -164,7 +164,8 @@ def channel_importance(
     wanted = class_index(loaded, target)
     batch = budget.check_importance(loaded, info)  # before any pass: refuses what would not fit, sizes the batches
     x = preprocess.model_input(loaded, image).x
-    with _counted(importance_passes_expected(loaded, info, batch), progress):
+    counted = nullcontext() if progress is None else cancel.count_passes(_passes_expected(loaded, info, batch), progress)
+    with counted:
         found = importance_passes(loaded, x, info, wanted, batch)
     drops = found.drops.numpy().astype(np.float32)
     ranking = np.argsort(-drops, kind="stable")
@@ -175,22 +176,9 @@ def channel_importance(
                                  found.fast, loaded.weights)
 
 
-def importance_passes_expected(loaded: LoadedModel, info: layers.LayerInfo, batch: int) -> int:
+def _passes_expected(loaded: LoadedModel, info: layers.LayerInfo, batch: int) -> int:
     """The passes :func:`cnnviz.intervene.channel_importance` makes: one as is, one per ``batch`` channels,
     and, the first time for this model and layer, one whole copy that checks the batched tail (when the
     check fails, the first batch runs again as whole copies: one more)."""
     return 1 + -(-info.shape[0] // batch) + (fast_path_ok(loaded, info) is None)
 
-
-def _counted(total: int, progress: Callable[[int, int], None] | None):
-    """Within the block, ``progress(done, total)`` as each watched forward pass starts (``total`` grows
-    if more passes come than expected)."""
-    if progress is None:
-        return nullcontext()
-    done = [0]
-
-    def tick() -> None:
-        done[0] += 1
-        progress(done[0], max(total, done[0]))
-
-    return cancel.on_each_pass(tick)

@@ -294,13 +294,12 @@ def _counting(model, method, layer, weights, progress):
     """Score-CAM's (SS-CAM's, IS-CAM's) real progress: each forward pass counted against the passes it will make."""
     if method not in explore.MASKING_METHODS or progress is None:
         return nullcontext()
-    total, done, name = explore.attribution_cost(model, method, layer or "", weights).passes, [0], explore.CAM_NAMES[method]
+    total, name = explore.attribution_cost(model, method, layer or "", weights).passes, explore.CAM_NAMES[method]
 
-    def tick():
-        done[0] += 1
-        progress((min(done[0], total), total), desc=f"{name}: pass {min(done[0], total)} of {total}", unit="passes")
+    def shown(done: int, _total: int) -> None:  # the estimate stays the total: a pass beyond it shows as the last
+        progress((min(done, total), total), desc=f"{name}: pass {min(done, total)} of {total}", unit="passes")
 
-    return cancel.on_each_pass(tick)
+    return cancel.count_passes(total, shown)
 
 
 @in_page(outputs=4, caption=3)
