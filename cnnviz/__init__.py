@@ -7,106 +7,26 @@
 >>> view.maps.shape, view.image.shape      # Tensor[C,H,W] float32, uint8[H,W,3] grid
 (torch.Size([64, 56, 56]), (614, 462, 3))
 """
-from __future__ import annotations
+import sys
+import types
 
-from .activations import capture, run
-from .checkpoint import CheckpointReport
-from .cli import launch
-from .errors import (
-    CheckpointError,
-    CnnvizError,
-    InvalidImageError,
-    InvalidOptionError,
-    UnknownLayerError,
-    UnknownModelError,
-)
-from .explore import (
-    AtlasReport,
-    CollectionTable,
-    DatasetExample,
-    ExamplesView,
-    MapsPage,
-    MapsQuery,
-    architecture,
-    atlas,
-    attribution,
-    channel,
-    channel_importance,
-    channel_visualization,
-    collection_table,
-    compare,
-    dataset_examples,
-    explanation_quality,
-    feature_maps,
-    filter_grid,
-    guided_gradcam,
-    intervene,
-    layer_activations,
-    layer_stats,
-    list_convolutions,
-    maps_page,
-    predict,
-    projection,
-    sanity_check,
-)
-from .hooks import forward_hooks
-from .layers import LayerInfo, get_layer, list_layers, listing_note
-from .loading import LoadedModel, from_module, get_spec, load_checkpoint, load_model
-from .preprocess import open_image
-from .registry import DEFAULT_MODEL, OFFLINE_MODEL, ModelSpec, list_models
+import lazy_loader
 
-__all__ = [
-    "DEFAULT_MODEL",
-    "OFFLINE_MODEL",
-    "CheckpointError",
-    "CheckpointReport",
-    "CnnvizError",
-    "InvalidImageError",
-    "InvalidOptionError",
-    "LayerInfo",
-    "LoadedModel",
-    "MapsPage",
-    "MapsQuery",
-    "ModelSpec",
-    "UnknownLayerError",
-    "UnknownModelError",
-    "architecture",
-    "atlas",
-    "AtlasReport",
-    "attribution",
-    "capture",
-    "channel",
-    "channel_importance",
-    "channel_visualization",
-    "collection_table",
-    "CollectionTable",
-    "compare",
-    "dataset_examples",
-    "DatasetExample",
-    "ExamplesView",
-    "explanation_quality",
-    "feature_maps",
-    "filter_grid",
-    "forward_hooks",
-    "from_module",
-    "get_spec",
-    "get_layer",
-    "guided_gradcam",
-    "intervene",
-    "list_convolutions",
-    "layer_activations",
-    "launch",
-    "layer_stats",
-    "list_layers",
-    "listing_note",
-    "list_models",
-    "load_checkpoint",
-    "load_model",
-    "maps_page",
-    "open_image",
-    "predict",
-    "projection",
-    "sanity_check",
-    "run",
-]
+# The public names and the modules they come from are listed once, in __init__.pyi (which type checkers read);
+# each is imported on first use, so `import cnnviz` and `cnnviz --help` are quick.
+__getattr__, __dir__, __all__ = lazy_loader.attach_stub(__name__, __file__)
 __version__ = "1.0.0"
+
+
+class _Package(types.ModuleType):
+    """``cnnviz.attribution`` and ``cnnviz.intervene`` are public functions (from ``explore``) and also the
+    names of library modules. Loading such a module sets it as the package's attribute, which would hide
+    the function; the public name wins, as it did when this file imported everything up front."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name in __all__ and isinstance(value, types.ModuleType) and value.__name__ == f"{__name__}.{name}":
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

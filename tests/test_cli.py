@@ -2,6 +2,8 @@
 Spaces use, and the package's declared entry point."""
 from __future__ import annotations
 
+import ast
+import importlib
 import os
 import subprocess
 import sys
@@ -86,7 +88,7 @@ def test_the_package_declares_the_console_script_and_its_files():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     assert project["project"]["scripts"] == {"cnnviz": "cnnviz.cli:main"}
     assert (ROOT / "cnnviz" / "py.typed").exists()
-    assert "py.typed" in project["tool"]["setuptools"]["package-data"]["cnnviz"]
+    assert {"py.typed", "__init__.pyi"} <= set(project["tool"]["setuptools"]["package-data"]["cnnviz"])
     # packages are listed by name (examples/ is mapped in as cnnviz.examples): none may be left out
     on_disk = {".".join(init.parent.relative_to(ROOT).parts) for init in (ROOT / "cnnviz").rglob("__init__.py")}
     assert on_disk <= set(project["tool"]["setuptools"]["packages"])
@@ -94,3 +96,26 @@ def test_the_package_declares_the_console_script_and_its_files():
     pins = [line.strip() for line in (ROOT / "requirements.txt").read_text().splitlines()
             if line.strip() and not line.startswith("#")]
     assert sorted(project["project"]["dependencies"]) == sorted(pins)
+
+
+def test_import_cnnviz_loads_no_framework_and_each_public_name_on_first_use():
+    """``import cnnviz`` (what ``cnnviz --help`` and ``python app.py --help`` pay) imports neither torch nor
+    gradio; a library module that shares a public function's name (``attribution``, ``intervene``), loaded
+    first, does not hide the function; every name the stub lists is the very object of its module."""
+    probe = (
+        "import sys, cnnviz\n"
+        "print(sorted(m for m in ('torch', 'torchvision', 'timm', 'gradio', 'ray') if m in sys.modules))\n"
+        "import cnnviz.attribution, cnnviz.intervene\n"
+        "print(cnnviz.attribution.__module__, cnnviz.intervene.__module__)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["[]", "cnnviz.explore.attributions cnnviz.explore.interventions"]
+
+    import cnnviz
+
+    stub = ast.parse((ROOT / "cnnviz" / "__init__.pyi").read_text(encoding="utf-8"))
+    listed = {alias.name: f"cnnviz.{node.module}" for node in stub.body if isinstance(node, ast.ImportFrom) for alias in node.names}
+    assert sorted(listed) == cnnviz.__all__ == sorted(dir(cnnviz))
+    for name, module in listed.items():
+        assert getattr(cnnviz, name) is getattr(importlib.import_module(module), name), name

@@ -36,6 +36,13 @@ class Imports:
         self.private: dict[str, set[str]] = {}
         for name, path in self.paths.items():
             self._read(name, path)
+        for stub in sorted(root.rglob("*.pyi")):  # a lazy package's imports are in its stub (cnnviz/__init__.pyi)
+            name = module_name(stub, root)
+            edges, external, private = self.edges[name], self.external[name], self.private[name]
+            self._read(name, stub)
+            self.edges[name] |= edges
+            self.external[name] |= external
+            self.private[name] |= private
 
     def _resolve(self, name: str, node: ast.ImportFrom) -> str:
         if not node.level:

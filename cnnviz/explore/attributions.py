@@ -7,7 +7,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .. import attribution as methods  # the room; `attribution` here is the view function
+# The room. `cnnviz.attribution` is the public view function defined below: while this module loads, the package
+# has no such attribute yet, so this import finds the module (comparison.py imports from it by name instead).
+from .. import attribution as methods
 from .. import budget, cache, featurevis, layers, preprocess, render, rollout, vocab
 from ..loading import LoadedModel, load_model
 from ..pretrained import WeightsOutcome

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .. import activations, attribution, budget, checkpoint, filters, preprocess, render, stages, vocab
+from .. import activations, budget, checkpoint, filters, preprocess, render, stages, vocab
 from ..activations import Prediction
+from ..attribution import class_activation_map, default_layer, label_of  # by name: `cnnviz.attribution` is the view function
 from ..loading import LoadedModel, load_model
 from ..pretrained import WeightsOutcome
 from .filters import filter_grid
@@ -104,7 +105,7 @@ def _cost(loaded: LoadedModel, view: str) -> budget.Cost:
     """What one side of a comparison costs: Grad-CAM at its default layer, else one pass (the stages'
     maps, or the top-5 beside the filters)."""
     if view == "cam":
-        return budget.cam_cost(loaded, attribution.default_layer(loaded), "gradcam")
+        return budget.cam_cost(loaded, default_layer(loaded), "gradcam")
     return budget.forward_cost(loaded)
 
 
@@ -152,14 +153,14 @@ def same_classes(a, b) -> bool:
 def _compare_cams(loaded_a: LoadedModel, loaded_b: LoadedModel, x_a: torch.Tensor, x_b: torch.Tensor, one_photo: bool):
     """Each side's Grad-CAM; on one photo with the same classes on both sides (:func:`same_classes`), B
     explains A's top class (one question, two models); on two photos each side explains its own top class."""
-    found_a = attribution.class_activation_map(loaded_a, x_a, "gradcam")
+    found_a = class_activation_map(loaded_a, x_a, "gradcam")
     same_question = one_photo and same_classes(loaded_a.categories, loaded_b.categories)
-    found_b = attribution.class_activation_map(loaded_b, x_b, "gradcam", found_a.class_index if same_question else None)
+    found_b = class_activation_map(loaded_b, x_b, "gradcam", found_a.class_index if same_question else None)
     pictures, tops = [], []
     for loaded, x, found in ((loaded_a, x_a, found_a), (loaded_b, x_b, found_b)):
         raw = found.map.numpy().astype(np.float32)
         pictures.append(render.cam_picture(preprocess.seen_image(loaded, x), raw, 0.5))
-        caption = (f"Grad-CAM for {attribution.label_of(loaded, found.class_index)} (class {found.class_index}, "
+        caption = (f"Grad-CAM for {label_of(loaded, found.class_index)} (class {found.class_index}, "
                    f"probability {found.probability:.1%}) at {found.layer.name}")
         tops.append((caption, tuple(activations.top_k(found.logits, loaded.categories))))
     pair = ComparePair("Grad-CAM", pictures[0], pictures[1], tops[0][0], tops[1][0])
