@@ -3,6 +3,7 @@ Spaces use, and the package's declared entry point."""
 from __future__ import annotations
 
 import ast
+import fnmatch
 import importlib
 import os
 import subprocess
@@ -89,6 +90,11 @@ def test_the_package_declares_the_console_script_and_its_files():
     assert project["project"]["scripts"] == {"cnnviz": "cnnviz.cli:main"}
     assert (ROOT / "cnnviz" / "py.typed").exists()
     assert {"py.typed", "__init__.pyi"} <= set(project["tool"]["setuptools"]["package-data"]["cnnviz"])
+    # the stub is the list `import cnnviz` loads from: nothing may leave it out of the package or of git
+    excluded = project["tool"]["setuptools"].get("exclude-package-data", {})
+    assert not any(fnmatch.fnmatch("__init__.pyi", pattern) for key in ("cnnviz", "*") for pattern in excluded.get(key, []))
+    ignored = subprocess.run(["git", "check-ignore", "-q", "cnnviz/__init__.pyi"], cwd=ROOT, capture_output=True)
+    assert ignored.returncode != 0, ".gitignore leaves out cnnviz/__init__.pyi"
     # packages are listed by name (examples/ is mapped in as cnnviz.examples): none may be left out
     on_disk = {".".join(init.parent.relative_to(ROOT).parts) for init in (ROOT / "cnnviz").rglob("__init__.py")}
     assert on_disk <= set(project["tool"]["setuptools"]["packages"])
